@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# torch==2.13.0 is pinned here: it installs a CPU build offline on these machines.
+PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
+
+.PHONY: install demo test bench export clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) -e '.[all]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m vaefast.demo --out out/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider --benchmark-disable
+
+bench: $(STAMP)
+	mkdir -p out/bench
+	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-json=out/bench/results.json
+
+export: $(STAMP)
+	$(PY) -m vaefast.shipped exported
+
+clean:
+	rm -rf out .pytest_cache .benchmarks
