@@ -59,3 +59,13 @@ def short_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "short"
     train("mnist5k", out, epochs=2, max_train=1000, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def short_export(short_run, tmp_path_factory) -> Path:
+    """The short run exported with int8 and fp16 variants."""
+    from vaefast.export import export
+
+    out = tmp_path_factory.mktemp("exported") / "short"
+    export(short_run, out, int8=True, fp16=True)
+    return out

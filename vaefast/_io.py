@@ -13,6 +13,12 @@ from typing import Any, Iterator
 from vaefast.errors import VaefastError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_new_output(out: Path, force: bool = False) -> None:
     """Refuse an output path that already exists unless ``force``."""
     if out.exists() and not force:
@@ -29,6 +35,7 @@ def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     check_new_output(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make shipped outputs private
     try:
         yield tmp
         if out.exists():  # only reachable with force
@@ -51,6 +58,7 @@ def atomic_file(out: str | os.PathLike) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", suffix=out.suffix, dir=out.parent)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         os.replace(tmp, out)

@@ -25,6 +25,14 @@ def _train(args: argparse.Namespace) -> None:
           f"{last['epoch']} epochs")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from vaefast.export import export, format_report
+
+    report = export(args.run, args.out, int8=args.int8, fp16=args.fp16, force=args.force)
+    print(f"wrote {args.out}")
+    print(format_report(report))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vaefast`` argument parser with one subcommand per stage of the pipeline."""
     parser = argparse.ArgumentParser(
@@ -48,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder to create, e.g. runs/NAME")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="export a run's encoder and decoder to ONNX, verified",
+                       description="Export encoder.onnx (x -> mu, logvar) and decoder.onnx "
+                                   "(z -> x_hat), verify them against the eager model, write "
+                                   "model.json and export_report.json.")
+    p.add_argument("run", help="run folder written by `vaefast train`")
+    p.add_argument("--out", required=True, help="folder to create, e.g. exported/NAME")
+    p.add_argument("--int8", action="store_true", help="also write dynamically quantized int8 "
+                                                       "models")
+    p.add_argument("--fp16", action="store_true", help="also write fp16 models (for GPUs)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=_export)
     return parser
 
 

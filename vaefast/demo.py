@@ -9,9 +9,11 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def run(out: Path, epochs: int = 10) -> None:
-    """Train on mnist5k into ``out/run``."""
+    """Train on mnist5k into ``out/run``, export to ``out/exported``, encode through ORT."""
     from vaefast.train import train
 
     out.mkdir(parents=True, exist_ok=True)
@@ -20,6 +22,26 @@ def run(out: Path, epochs: int = 10) -> None:
     last = config["history"][-1]
     print(f"[train] mnist5k, Z=20, {epochs} epochs in {time.perf_counter() - t0:.1f} s: "
           f"test loss {last['test_loss']:.2f} per sample -> {out / 'run'}")
+    exported = export_and_encode(out)
+
+
+def export_and_encode(out: Path) -> Path:
+    """Export the demo run with int8, then encode the test split through ONNX Runtime."""
+    from vaefast import data, runtime
+    from vaefast.export import export, format_report
+
+    t0 = time.perf_counter()
+    report = export(out / "run", out / "exported", int8=True, force=True)
+    print(f"[export] {out / 'exported'} in {time.perf_counter() - t0:.1f} s")
+    print(format_report(report))
+    vae = runtime.load(out / "exported")
+    X = data.load("mnist5k").X_test
+    t0 = time.perf_counter()
+    mu, logvar = vae.encode(X)
+    print(f"[runtime] encoded {len(X)} test images through ONNX Runtime "
+          f"({', '.join(vae.providers)}) in {1e3 * (time.perf_counter() - t0):.1f} ms: "
+          f"mu {mu.shape}, mean sigma {float(np.exp(0.5 * logvar).mean()):.3f}")
+    return out / "exported"
 
 
 def main() -> None:

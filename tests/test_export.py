@@ -1,0 +1,110 @@
+"""Export to ONNX: files, metadata, verification against eager PyTorch, variants, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from vaefast.errors import VaefastError
+from vaefast.export import export
+
+FILES = {"encoder.onnx", "decoder.onnx", "encoder.int8.onnx", "decoder.int8.onnx",
+         "encoder.fp16.onnx", "decoder.fp16.onnx", "model.json", "export_report.json"}
+
+
+def test_export_writes_self_contained_checked_models(short_export):
+    import onnx
+
+    assert {p.name for p in short_export.iterdir()} == FILES  # no external-data side files
+    for name in FILES - {"model.json", "export_report.json"}:
+        model = onnx.load(str(short_export / name))
+        onnx.checker.check_model(model, full_check=True)
+        assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
+        assert not any("Random" in n.op_type for n in model.graph.node)  # deterministic
+        batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+        assert batch.dim_param and not batch.dim_value  # dynamic batch axis
+
+
+def test_metadata_props_repeat_model_json(short_export, short_run):
+    import onnx
+
+    from vaefast.export import sha256_file
+
+    meta = json.loads((short_export / "model.json").read_text())
+    assert meta["weights_sha256"] == sha256_file(short_run / "model.safetensors")
+    assert (meta["input_dim"], meta["latent_dim"], meta["image_shape"]) == (784, 20, [28, 28])
+    assert meta["label_names"] == [str(i) for i in range(10)] and meta["pixel_scale"] == 255
+    assert meta["training"]["data"] == "mnist5k" and "onnxruntime" in meta["versions"]
+    props = {p.key: p.value for p in onnx.load(str(short_export / "encoder.onnx")).metadata_props}
+    assert props["vaefast.weights_sha256"] == meta["weights_sha256"]
+    assert json.loads(props["vaefast.latent_dim"]) == 20
+
+
+def test_report_compares_eager_and_onnx_at_every_batch_size(short_export):
+    report = json.loads((short_export / "export_report.json").read_text())
+    fp32 = report["fp32"]
+    assert set(fp32["random"]) == {"1", "7", "256", "4096"}
+    assert fp32["test_split"]["n"] == 1000
+    assert fp32["max_abs"] <= 1e-5 and fp32["test_split"]["knn10_overlap"] > 0.99
+    # a 2-epoch model's int8 figures are only reported; the shipped models must meet 0.9
+    assert report["int8"]["meets_target"] == (report["int8"]["knn10_overlap_vs_fp32"] >= 0.9)
+    assert report["fp16"]["knn10_overlap_vs_fp32"] >= 0.95
+    for variant in ("int8", "fp16"):
+        assert report[variant]["recon_psnr_db_vs_fp32"] > 30
+
+
+def test_onnx_matches_eager_on_test_data(short_export, short_run):
+    import torch
+
+    from vaefast import data, runtime
+    from vaefast.train import load_run
+
+    model, _ = load_run(short_run)
+    X = data.load("mnist5k").X_test[:300]
+    with torch.no_grad():
+        mu, logvar = (t.numpy() for t in model.encode(torch.from_numpy(X)))
+        x_hat = model.decode(torch.from_numpy(mu)).numpy()
+    vae = runtime.load(short_export, providers="cpu", spin=False)
+    o_mu, o_logvar = vae.encode(X)
+    np.testing.assert_allclose(o_mu, mu, atol=1e-5)
+    np.testing.assert_allclose(o_logvar, logvar, atol=1e-5)
+    np.testing.assert_allclose(vae.decode(mu), x_hat, atol=1e-5)
+
+
+def test_failed_verification_leaves_nothing(short_run, tmp_path):
+    with pytest.raises(VaefastError, match="failed verification"):
+        export(short_run, tmp_path / "out", tolerance=1e-12)
+    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_out_needs_force_and_is_kept(short_run, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(VaefastError, match="already exists"):
+        export(short_run, tmp_path / "out")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_corrupt_run_is_refused(short_run, tmp_path):
+    bad = tmp_path / "run"
+    shutil.copytree(short_run, bad)
+    (bad / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(VaefastError, match="corrupt weights"):
+        export(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["export", "NOWHERE", "--out", "OUT"], "not found"),
+])
+def test_cli_export_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    args = [str(tmp_path / a) if a in ("OUT", "NOWHERE") else a for a in args]
+    result = run_cli(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    assert not (tmp_path / "OUT").exists()

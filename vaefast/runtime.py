@@ -1,0 +1,260 @@
+"""Torch-free batched inference on exported VAEs with ONNX Runtime (CPU, CUDA, TensorRT).
+
+>>> from vaefast import runtime
+>>> vae = runtime.load("exported/mnist5k-z20")
+>>> mu, logvar = vae.encode(images)          # uint8 [N, 784] or [N, 28, 28], or floats in [0, 1]
+>>> x_hat = vae.decode(mu)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vaefast._io import read_json
+from vaefast.errors import VaefastError
+
+MODEL_JSON = "model.json"
+VARIANT_SUFFIX = {"fp32": "", "int8": ".int8", "fp16": ".fp16"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider"}
+SHA_KEY = "vaefast.weights_sha256"
+DEFAULT_BATCH = 4096
+
+
+def model_files(variant: str = "fp32") -> tuple[str, str]:
+    """File names of the encoder and decoder of a variant (fp32, int8, fp16)."""
+    if variant not in VARIANT_SUFFIX:
+        raise VaefastError(f"unknown variant {variant!r}; use one of {sorted(VARIANT_SUFFIX)}")
+    s = VARIANT_SUFFIX[variant]
+    return f"encoder{s}.onnx", f"decoder{s}.onnx"
+
+
+def read_model_json(folder: str | os.PathLike) -> dict[str, Any]:
+    """Read and check an exported folder's model.json."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VaefastError(f"exported model folder {folder} not found; create one with "
+                           "`vaefast export`")
+    if not (folder / MODEL_JSON).is_file():
+        raise VaefastError(f"{folder} has no {MODEL_JSON}; is it a vaefast export?")
+    meta = read_json(folder / MODEL_JSON)
+    missing = {"input_dim", "latent_dim", "pixel_scale", "weights_sha256"} - set(meta)
+    if missing:
+        raise VaefastError(f"{folder / MODEL_JSON} lacks {sorted(missing)}; export again")
+    return meta
+
+
+def _resolve_providers(providers: str | list[str]) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if isinstance(providers, str):
+        if providers == "auto":
+            return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        if providers not in PROVIDERS:
+            raise VaefastError(f"unknown providers {providers!r}; use auto, cpu, cuda or tensorrt")
+        wanted = PROVIDERS[providers]
+        if wanted not in available:
+            raise VaefastError(f"{wanted} is not available in this onnxruntime build "
+                               f"(available: {', '.join(available)}); install onnxruntime-gpu")
+        chain = {"cpu": [wanted], "cuda": [wanted, "CPUExecutionProvider"],
+                 "tensorrt": [wanted, "CUDAExecutionProvider", "CPUExecutionProvider"]}
+        return [p for p in chain[providers] if p in available]
+    return list(providers)
+
+
+class ExportedVAE:
+    """An exported encoder/decoder pair; all methods take and return numpy arrays."""
+
+    def __init__(self, folder: Path, meta: dict[str, Any], encoder, decoder, variant: str):
+        self.folder, self.meta, self.variant = folder, meta, variant
+        self.encoder_session, self.decoder_session = encoder, decoder
+        self.input_dim = int(meta["input_dim"])
+        self.latent_dim = int(meta["latent_dim"])
+        self.pixel_scale = float(meta["pixel_scale"])
+        shape = meta.get("image_shape")
+        self.image_shape = tuple(shape) if shape else None
+        self.label_names = meta.get("label_names")
+        self.on_gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        self._device_outputs: dict[tuple, Any] = {}
+
+    def __repr__(self) -> str:
+        return (f"ExportedVAE({str(self.folder)!r}, variant={self.variant!r}, "
+                f"D={self.input_dim}, Z={self.latent_dim}, providers={self.providers})")
+
+    @property
+    def providers(self) -> list[str]:
+        """Providers actually in use by the encoder session, first = preferred."""
+        return self.encoder_session.get_providers()
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def check_inputs(self, X: np.ndarray) -> np.ndarray:
+        """Validate inputs: [N, D] or [N, *image_shape]; uint8 pixels or finite floats."""
+        X = X if isinstance(X, np.ndarray) else np.asarray(X)
+        if X.dtype.kind not in "uif":
+            raise VaefastError(f"inputs have dtype {X.dtype}; pass uint8 pixels or floats")
+        if X.ndim == 3 and X.shape[1] * X.shape[2] == self.input_dim:
+            X = X.reshape(X.shape[0], -1)
+        if X.ndim != 2 or X.shape[1] != self.input_dim:
+            raise VaefastError(f"inputs have shape {X.shape}; this model expects "
+                               f"[N, {self.input_dim}]"
+                               + (f" or [N, {self.image_shape[0]}, {self.image_shape[1]}]"
+                                  if self.image_shape else ""))
+        return X
+
+    def _to_float(self, chunk: np.ndarray) -> np.ndarray:
+        if chunk.dtype.kind in "ui":
+            return np.multiply(chunk, np.float32(1.0 / self.pixel_scale), dtype=np.float32)
+        chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+        if not np.isfinite(chunk).all():
+            raise VaefastError("inputs contain NaN or inf; clean them first")
+        return chunk
+
+    # --- running --------------------------------------------------------------------------
+
+    def _run(self, session, name: str, x: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
+        if not self.on_gpu:
+            return session.run(outputs, {name: x})
+        # IO binding: the input is copied to the device once, outputs stay in device
+        # buffers reused across same-sized batches and are copied back once.
+        import onnxruntime as ort
+
+        binding = session.io_binding()
+        binding.bind_cpu_input(name, x)
+        for out in outputs:
+            width = self.latent_dim if out != "x_hat" else self.input_dim
+            key = (id(session), out, x.shape[0])
+            if key not in self._device_outputs:
+                self._device_outputs[key] = ort.OrtValue.ortvalue_from_shape_and_type(
+                    [x.shape[0], width], np.float32, "cuda", 0)
+            binding.bind_ortvalue_output(out, self._device_outputs[key])
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def encode(self, X: np.ndarray, batch_size: int = DEFAULT_BATCH) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior means and log-variances, each [N, Z] float32, in batches of ``batch_size``."""
+        X = self.check_inputs(X)
+        n = X.shape[0]
+        mu = np.empty((n, self.latent_dim), np.float32)
+        logvar = np.empty((n, self.latent_dim), np.float32)
+        for start in range(0, n, _check_batch(batch_size)):
+            stop = min(start + batch_size, n)
+            m, lv = self._run(self.encoder_session, "x", self._to_float(X[start:stop]),
+                              ["mu", "logvar"])
+            mu[start:stop], logvar[start:stop] = m, lv
+        return mu, logvar
+
+    def decode(self, Z: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """Decoded images x_hat [N, D] float32 in [0, 1] from latents Z [N, Z]."""
+        Z = np.asarray(Z)
+        if Z.ndim != 2 or Z.shape[1] != self.latent_dim or Z.dtype.kind not in "iuf":
+            raise VaefastError(f"latents have shape {Z.shape} and dtype {Z.dtype}; this model "
+                               f"expects float [N, {self.latent_dim}]")
+        n = Z.shape[0]
+        out = np.empty((n, self.input_dim), np.float32)
+        for start in range(0, n, _check_batch(batch_size)):
+            stop = min(start + batch_size, n)
+            z = np.ascontiguousarray(Z[start:stop], dtype=np.float32)
+            if not np.isfinite(z).all():
+                raise VaefastError("latents contain NaN or inf")
+            out[start:stop] = self._run(self.decoder_session, "z", z, ["x_hat"])[0]
+        return out
+
+    def sample_z(self, n: int, seed: int = 0) -> np.ndarray:
+        """``n`` draws of z ~ N(0, I), [n, Z] float32, from numpy's seeded generator."""
+        if n < 1:
+            raise VaefastError(f"number of samples must be >= 1, got {n}")
+        return np.random.default_rng(seed).standard_normal((n, self.latent_dim), np.float32)
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """Decoded z ~ N(0, I): [n, D] images; mu and sigma are bypassed entirely."""
+        return self.decode(self.sample_z(n, seed))
+
+    def reconstruct(self, X: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """decode(mu(X)): the deterministic reconstruction, [N, D] float32."""
+        return self.decode(self.encode(X, batch_size)[0], batch_size)
+
+
+def _check_batch(batch_size: int) -> int:
+    if batch_size < 1:
+        raise VaefastError(f"batch size must be >= 1, got {batch_size}")
+    return batch_size
+
+
+def session_options(threads: int | None = None, spin: bool = True):
+    """ONNX Runtime options: intra-op thread count, and spinning (off beside torch)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    so.log_severity_level = 3
+    return so
+
+
+def open_session(path: Path, providers: list[str], options):
+    """An InferenceSession, with unreadable files turned into a clear error."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise VaefastError(f"{path} not found; export the model again")
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as e:  # ORT raises its own types for truncated or invalid protobufs
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VaefastError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+
+
+def _check_io(session, path: Path, meta: dict, inputs: dict[str, int],
+              outputs: dict[str, int]) -> None:
+    for kind, declared, actual in (("inputs", inputs, session.get_inputs()),
+                                   ("outputs", outputs, session.get_outputs())):
+        got = {a.name: a.shape for a in actual}
+        if set(got) != set(declared):
+            raise VaefastError(f"{path}: {kind} {sorted(got)} do not match model.json "
+                               f"{sorted(declared)}; wrong model file?")
+        for name, width in declared.items():
+            shape = got[name]
+            if len(shape) != 2 or shape[1] != width:
+                raise VaefastError(f"{path}: {name} has shape {shape}, model.json declares "
+                                   f"[batch, {width}]; wrong model file?")
+    sha = session.get_modelmeta().custom_metadata_map.get(SHA_KEY)
+    if sha != meta["weights_sha256"]:
+        raise VaefastError(f"{path}: belongs to another model (weights sha256 {sha} vs "
+                           f"{meta['weights_sha256']} in model.json); export again")
+
+
+def load(exported_dir: str | os.PathLike, providers: str | list[str] = "auto",
+         threads: int | None = None, variant: str = "fp32", spin: bool = True) -> ExportedVAE:
+    """Open an exported model folder for inference.
+
+    ``providers``: ``auto`` (CUDA when onnxruntime-gpu sees a GPU, else CPU), ``cpu``,
+    ``cuda``, ``tensorrt``, or an explicit ONNX Runtime provider list. Asking for a GPU
+    provider and getting CPU is an error, never a silent fallback. ``threads`` sets
+    ONNX Runtime's intra-op threads; ``spin=False`` stops idle threads spinning (use it
+    when torch or Numba share the process).
+    """
+    folder = Path(exported_dir)
+    meta = read_model_json(folder)
+    enc_file, dec_file = model_files(variant)
+    chain = _resolve_providers(providers)
+    options = session_options(threads, spin)
+    D, Z = int(meta["input_dim"]), int(meta["latent_dim"])
+    sessions = []
+    for name, ins, outs in ((enc_file, {"x": D}, {"mu": Z, "logvar": Z}),
+                            (dec_file, {"z": Z}, {"x_hat": D})):
+        session = open_session(folder / name, chain, options)
+        _check_io(session, folder / name, meta, ins, outs)
+        if isinstance(providers, str) and providers in ("cuda", "tensorrt"):
+            if session.get_providers()[0] != PROVIDERS[providers]:
+                raise VaefastError(f"asked for {providers} but ONNX Runtime fell back to "
+                                   f"{session.get_providers()[0]} (no usable GPU?)")
+        sessions.append(session)
+    return ExportedVAE(folder, meta, sessions[0], sessions[1], variant)
