@@ -80,6 +80,33 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, *, int8: bool = F
     return report
 
 
+def load_eager(exported_dir: str | os.PathLike):
+    """Rebuild the eager PyTorch VAE from an export's fp32 ONNX weights (for benchmarks).
+
+    The initializers carry the trained weights under their module names, so the shipped
+    models can be compared with eager PyTorch without shipping the run folder.
+    """
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from vaefast.model import VAE
+
+    meta = runtime.read_model_json(exported_dir)
+    model = VAE(meta["input_dim"], meta["hidden_dim"], meta["latent_dim"])
+    state = {}
+    for name in runtime.model_files("fp32"):
+        graph = onnx.load(str(Path(exported_dir) / name)).graph
+        for init in graph.initializer:
+            state[init.name.removeprefix("vae.")] = torch.from_numpy(
+                numpy_helper.to_array(init).copy())
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if {k: tuple(v.shape) for k, v in state.items() if k in expected} != expected:
+        raise VaefastError(f"{exported_dir}: ONNX weights do not match model.json sizes")
+    model.load_state_dict({k: state[k] for k in expected})
+    return model.eval()
+
+
 def _model_json(config: dict, weights_sha: str, int8: bool, fp16: bool) -> dict[str, Any]:
     sizes = config["model"]
     variants = {"fp32": dict(zip(("encoder", "decoder"), runtime.model_files("fp32")))}

@@ -140,6 +140,9 @@ class ExportedVAE:
         """Posterior means and log-variances, each [N, Z] float32, in batches of ``batch_size``."""
         X = self.check_inputs(X)
         n = X.shape[0]
+        if n <= _check_batch(batch_size):  # one batch: hand ONNX Runtime's arrays back as-is
+            mu, logvar = self._run(self.encoder_session, "x", self._to_float(X), ["mu", "logvar"])
+            return mu, logvar
         mu = np.empty((n, self.latent_dim), np.float32)
         logvar = np.empty((n, self.latent_dim), np.float32)
         for start in range(0, n, _check_batch(batch_size)):

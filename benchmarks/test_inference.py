@@ -1,0 +1,103 @@
+"""Exported runtimes vs eager PyTorch: latency per batch size and agreement.
+
+Same thread count for torch and ONNX Runtime; ONNX Runtime's spinning threads are off
+because torch runs in the same process; pytest-benchmark warms up before timing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import EXPORTED, THREADS, timed_median
+
+BATCHES = [1, 64, 1024, 8192]
+RUNTIMES = ["eager", "ort-fp32", "ort-int8", "ort-cuda"]
+MODELS = {"z20": EXPORTED / "mnist5k-z20", "z2": EXPORTED / "mnist5k-z2"}
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def models(request):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(THREADS)
+    import onnxruntime as ort
+
+    from vaefast import runtime
+    from vaefast.export import load_eager
+
+    folder = MODELS[request.param]
+    out = {"name": request.param, "eager": load_eager(folder),
+           "ort-fp32": runtime.load(folder, providers="cpu", threads=THREADS, spin=False),
+           "ort-int8": runtime.load(folder, providers="cpu", threads=THREADS, spin=False,
+                                    variant="int8")}
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        try:
+            out["ort-cuda"] = runtime.load(folder, providers="cuda")
+        except Exception:
+            pass
+    return out
+
+
+def _inputs(batch: int, width: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.random((batch, width), dtype=np.float32) if width == 784 else \
+        rng.standard_normal((batch, width), dtype=np.float32)
+
+
+def _callable(models, kind: str, part: str):
+    import torch
+
+    if kind == "eager":
+        model = models["eager"]
+        fn = model.encode if part == "encoder" else model.decode
+
+        def run(x):
+            with torch.inference_mode():
+                out = fn(torch.from_numpy(x))
+            return tuple(t.numpy() for t in out) if isinstance(out, tuple) else (out.numpy(),)
+        return run
+    vae = models[kind]
+    if part == "encoder":
+        return lambda x: vae.encode(x, batch_size=len(x))
+    return lambda z: (vae.decode(z, batch_size=len(z)),)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("kind", RUNTIMES)
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_latency(benchmark, models, part, kind, batch):
+    if kind not in models:
+        pytest.skip(f"{kind} not available here")
+    z = models["ort-fp32"].latent_dim
+    x = _inputs(batch, 784 if part == "encoder" else z)
+    run = _callable(models, kind, part)
+    reference = _callable(models, "eager", part)(x)
+    benchmark.group = f"{models['name']} {part} batch={batch}"
+    benchmark.extra_info.update(model=models["name"], part=part, runtime=kind, batch=batch,
+                                threads=THREADS)
+    got = benchmark(run, x)
+    err = max(float(np.abs(g - r).max()) for g, r in zip(got, reference))
+    benchmark.extra_info["max_abs_error_vs_eager"] = err
+    median = timed_median(benchmark)
+    if median:
+        benchmark.extra_info["rows_per_s"] = batch / median
+    if kind in ("eager", "ort-fp32"):
+        assert err <= 1e-5
+    elif kind == "ort-cuda":
+        assert err <= 1e-4
+
+
+@pytest.mark.parametrize("kind", ["ort-fp32", "ort-int8"])
+def test_encoder_agreement_on_test_split(models, mnist_test, kind):
+    """fp32 within 1e-5 of eager; int8 keeps kNN@10 overlap >= 0.9 (mnist5k test split)."""
+    import torch
+
+    from vaefast.metrics import knn_overlap
+
+    with torch.inference_mode():
+        eager_mu = models["eager"].encode(torch.from_numpy(mnist_test))[0].numpy()
+    mu = models[kind].encode(mnist_test)[0]
+    if kind == "ort-fp32":
+        assert float(np.abs(mu - eager_mu).max()) <= 1e-5
+    else:
+        assert knn_overlap(mu, eager_mu, 10) >= 0.9
