@@ -1,0 +1,73 @@
+"""Input-space affinities P of the exact t-SNE, as scikit-learn computes them.
+
+Squared Euclidean distances (rounded to float32), a per-point binary search for the
+precision that meets the perplexity, then P = max((P_cond + P_cond.T) / sum, eps).
+P is kept dense (N x N float32) while building it (12 N^2 bytes at the peak) fits
+``max_dense_bytes``; past that only the per-point precisions and normalizers are kept
+(O(N)) and P rows are recomputed exactly, and rounded the same way, inside the
+gradient kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from vaefast.tsne import _kernels
+
+DEFAULT_MAX_DENSE_BYTES = 1 << 30  # 1 GiB: dense P up to N = 9,459
+P_DTYPE = np.float32
+
+
+@dataclass
+class Affinities:
+    """Joint probabilities P, dense or implicit.
+
+    ``P`` is [N, N] (dense) or a [0, 0] placeholder (implicit: rows are recomputed from
+    ``X``, ``beta``, ``sum_p`` and ``total``).
+    """
+
+    P: np.ndarray
+    X: np.ndarray
+    beta: np.ndarray
+    sum_p: np.ndarray
+    total: float
+
+    @property
+    def dense(self) -> bool:
+        return self.P.shape[0] == self.X.shape[0]
+
+    def kernel_args(self) -> tuple:
+        return self.P, self.X, self.beta, self.sum_p, self.total
+
+    def to_dense(self) -> np.ndarray:
+        """The full [N, N] P (for tests and small N)."""
+        if self.dense:
+            return self.P
+        n = self.X.shape[0]
+        out = np.empty((n, n), P_DTYPE)
+        _kernels.joint_matrix(self.X, self.beta, self.sum_p, self.total, out)
+        return out
+
+
+def joint_probabilities(X: np.ndarray, perplexity: float,
+                        max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES) -> Affinities:
+    """P of scikit-learn's exact t-SNE for rows of X (float32 or float64)."""
+    X = np.ascontiguousarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    n = X.shape[0]
+    dense = 12 * n * n <= max_dense_bytes
+    C = np.empty((n, n) if dense else (0, 0), np.float64)
+    beta, sum_p, row_total = np.empty(n), np.empty(n), np.empty(n)
+    # scikit-learn takes the log of the perplexity as a C float
+    log_perplexity = math.log(float(np.float32(perplexity)))
+    _kernels.conditional_probabilities(X, log_perplexity, C, beta, sum_p, row_total)
+    total = max(2.0 * float(np.sum(row_total)), _kernels.MACHINE_EPSILON)
+    P = np.empty(C.shape, P_DTYPE)
+    if dense:
+        _kernels.symmetrize(C, total, P)
+    del C
+    return Affinities(P, X, beta, sum_p, total)

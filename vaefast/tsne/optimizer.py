@@ -1,0 +1,95 @@
+"""scikit-learn's gradient descent for t-SNE (momentum, gains), on the exact Numba gradient.
+
+``_gradient_descent`` in sklearn/manifold/_t_sne.py, step for step: gains +0.2 where the
+update and gradient disagree in sign, x0.8 elsewhere, floor ``min_gain``; the error and
+gradient norm are checked every ``n_iter_check`` iterations and on the last one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+from vaefast.tsne import _kernels
+from vaefast.tsne.affinities import Affinities
+
+Callback = Callable[[int, float, float], object]
+
+
+class KLObjective:
+    """KL(P || Q) of an embedding and its gradient, with P scaled by ``exaggeration``."""
+
+    def __init__(self, affinities: Affinities):
+        self.affinities = affinities
+        n = affinities.X.shape[0]
+        self.n = n
+        self.sw = np.empty(n)
+        self.attr = np.empty((2, n))
+        self.rep = np.empty((2, n))
+        self.kl_rows = np.empty(n)
+        sums = np.empty((2, n))
+        _kernels.p_log_p(*affinities.kernel_args(), sums)
+        self.sum_p = float(np.sum(sums[0]))
+        self.sum_p_log_p = float(np.sum(sums[1]))
+
+    def terms(self, Y: np.ndarray, compute_error: bool) -> None:
+        """Fill the per-row sums (and KL rows) for the embedding Y [2, N]."""
+        _kernels.gradient_terms(Y[0], Y[1], *self.affinities.kernel_args(), compute_error,
+                                self.sw, self.attr, self.rep, self.kl_rows)
+
+    def kl(self, z: float, exaggeration: float) -> float:
+        """KL divergence from the last ``terms`` call with KL rows, given Z = sum of w."""
+        a = exaggeration
+        return a * (self.sum_p_log_p + (math.log(a) + math.log(z)) * self.sum_p
+                    + float(np.sum(self.kl_rows)))
+
+    def __call__(self, Y: np.ndarray, exaggeration: float = 1.0,
+                 compute_error: bool = True) -> tuple[float, np.ndarray]:
+        """(KL divergence or NaN, gradient [2, N]) at the embedding Y [2, N]."""
+        self.terms(Y, compute_error)
+        z = float(np.sum(self.sw))
+        grad = 4.0 * (exaggeration * self.attr - self.rep / z)
+        return (self.kl(z, exaggeration) if compute_error else math.nan), grad
+
+
+def gradient_descent(objective: KLObjective, Y: np.ndarray, it: int, max_iter: int, *,
+                     exaggeration: float, momentum: float, learning_rate: float,
+                     n_iter_without_progress: int, min_grad_norm: float,
+                     min_gain: float = 0.01, n_iter_check: int = 50, verbose: int = 0,
+                     callbacks: Sequence[Callback] = (), on_check=None
+                     ) -> tuple[np.ndarray, float, int, bool]:
+    """Run iterations ``it`` .. ``max_iter - 1``; return (Y, error, last iteration, stopped).
+
+    ``stopped`` is True when a callback asked to stop. ``Y`` is [2, N] and is updated
+    in place; each iteration is one parallel gradient kernel and one fused update.
+    """
+    update = np.zeros_like(Y)
+    gains = np.ones_like(Y)
+    error = best_error = np.finfo(float).max
+    best_iter = i = it
+    for i in range(it, max_iter):
+        check = (i + 1) % n_iter_check == 0
+        with_error = check or i == max_iter - 1
+        objective.terms(Y, with_error)
+        z, grad_norm = _kernels.descent_step(Y, objective.sw, objective.attr, objective.rep,
+                                             exaggeration, update, gains, momentum,
+                                             learning_rate, min_gain)
+        if with_error:
+            error = objective.kl(z, exaggeration)
+        if check:
+            if verbose >= 2:
+                print(f"[t-SNE] Iteration {i + 1}: error = {error:.7f}, "
+                      f"gradient norm = {grad_norm:.7f}")
+            if on_check is not None:
+                on_check(i + 1)
+            if any(cb(i + 1, error, grad_norm) for cb in callbacks):
+                return Y, error, i, True
+            if error < best_error:
+                best_error, best_iter = error, i
+            elif i - best_iter > n_iter_without_progress:
+                break
+            if grad_norm <= min_grad_norm:
+                break
+    return Y, error, i, False

@@ -1,0 +1,45 @@
+"""Out-of-sample placement: new points optimized one by one against a fixed embedding.
+
+openTSNE's ``TSNEEmbedding.transform`` semantics, computed exactly: each new point gets
+perplexity-calibrated affinities to *all* reference points (no kNN truncation), starts
+at the median embedding position of its ``k`` nearest reference points, and descends
+the gradient of its own KL term with the reference points held fixed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from vaefast.tsne import _kernels
+
+
+def nearest_references(X_new: np.ndarray, X_ref: np.ndarray, k: int,
+                       block: int = 1024) -> np.ndarray:
+    """Indices [M, k] of each new row's k nearest reference rows (brute force, blocked)."""
+    ref = X_ref.astype(np.float64)
+    ref_sq = (ref * ref).sum(1)
+    out = np.empty((X_new.shape[0], k), np.int64)
+    for start in range(0, X_new.shape[0], block):
+        x = X_new[start:start + block].astype(np.float64)
+        d = (x * x).sum(1)[:, None] + ref_sq[None, :] - 2.0 * x @ ref.T
+        out[start:start + len(x)] = np.argpartition(d, k - 1, axis=1)[:, :k]
+    return out
+
+
+def place(X_new: np.ndarray, X_ref: np.ndarray, Y_ref: np.ndarray, *, perplexity: float = 5.0,
+          k: int = 25, n_iter: int = 250, learning_rate: float = 0.1, exaggeration: float = 1.5,
+          momentum: float = 0.8, max_grad_norm: float = 0.25) -> np.ndarray:
+    """Embed rows of X_new [M, D] into the reference embedding Y_ref [N, 2] of X_ref [N, D]."""
+    k = min(k, X_ref.shape[0])
+    neighbours = nearest_references(X_new, X_ref, k)
+    init = np.median(Y_ref[neighbours], axis=1)
+    out = np.empty((X_new.shape[0], 2))
+    y = np.ascontiguousarray(Y_ref.T, dtype=np.float64)
+    dtype = np.result_type(X_new.dtype, X_ref.dtype, np.float32)
+    _kernels.place_points(np.ascontiguousarray(X_new, dtype), np.ascontiguousarray(X_ref, dtype),
+                          y[0], y[1], np.ascontiguousarray(init, np.float64),
+                          math.log(float(np.float32(perplexity))), n_iter, learning_rate,
+                          exaggeration, momentum, max_grad_norm, 0.01, out)
+    return out
