@@ -33,6 +33,28 @@ def _export(args: argparse.Namespace) -> None:
     print(format_report(report))
 
 
+def _tsne(args: argparse.Namespace) -> None:
+    import time
+
+    import numpy as np
+
+    from vaefast._io import atomic_file
+    from vaefast.tsne import TSNE
+    from vaefast.tsne.io import read_points
+
+    X = read_points(args.input)
+    t0 = time.perf_counter()
+    tsne = TSNE(perplexity=args.perplexity, max_iter=args.max_iter, random_state=args.seed,
+                n_jobs=args.threads, progress=not args.quiet).fit(X)
+    seconds = time.perf_counter() - t0
+    with atomic_file(args.out) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, tsne.embedding_.astype(np.float32))
+    print(f"wrote {args.out}: {len(X)} points, KL {tsne.kl_divergence_:.4f} after "
+          f"{tsne.n_iter_ + 1} iterations in {seconds:.2f} s "
+          f"({tsne.timings_['pairs_per_s']:.2e} pairs/s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vaefast`` argument parser with one subcommand per stage of the pipeline."""
     parser = argparse.ArgumentParser(
@@ -68,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="also write fp16 models (for GPUs)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("tsne", help="exact t-SNE (Numba) of latent means to 2-D",
+                       description="scikit-learn's exact t-SNE, computed by Numba. INPUT is a "
+                                   ".npy array [N, Z], or a .npz holding mu (or X).")
+    p.add_argument("input", help="latent means: .npy, or .npz with mu / X")
+    p.add_argument("--out", required=True, help="output .npy of the [N, 2] embedding")
+    p.add_argument("--perplexity", type=float, default=30.0)
+    p.add_argument("--max-iter", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="Numba threads (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_tsne)
     return parser
 
 

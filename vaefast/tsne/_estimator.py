@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -129,7 +130,9 @@ class TSNE:
             from sklearn.decomposition import PCA
 
             pca = PCA(n_components=2, random_state=random_state)
-            Y = pca.fit_transform(X).astype(np.float32, copy=False)
+            with warnings.catch_warnings():  # constant input: zero explained variance
+                warnings.simplefilter("ignore", RuntimeWarning)
+                Y = pca.fit_transform(X).astype(np.float32, copy=False)
             std = np.std(Y[:, 0])
             # constant input: no direction to follow; keep the (zero) PCA as is
             return (Y / std * 1e-4 if std > 0 else Y).astype(np.float64)

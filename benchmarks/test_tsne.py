@@ -1,0 +1,82 @@
+"""Exact t-SNE: vaefast vs scikit-learn exact vs openTSNE (Barnes-Hut, FFT), side by side.
+
+``make bench`` runs N = 1,000, 2,000, 5,000 (scikit-learn exact up to 2,000 unless
+VAEFAST_BENCH_SKLEARN_MAX says otherwise: it takes minutes). Under ``make test`` only a
+small N runs, once, as a correctness check. Numba's first call in the process is timed
+apart (``cold_s``) and a warm-up run precedes the timed one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from conftest import EXPORTED, THREADS
+
+SIZES = [300, 1000, 2000, 5000]
+SKLEARN_MAX = int(os.environ.get("VAEFAST_BENCH_SKLEARN_MAX", "2000"))
+_COLD: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def latent_means():
+    from vaefast import data, runtime
+
+    return runtime.load(EXPORTED / "mnist5k-z20", providers="cpu").encode(
+        data.read("mnist5k").X)[0]
+
+
+def _run(impl: str, X: np.ndarray):
+    """Fit one implementation; return (embedding, KL, extra figures)."""
+    if impl == "vaefast":
+        from vaefast.tsne import TSNE
+
+        tsne = TSNE(random_state=0, n_jobs=THREADS).fit(X)
+        return tsne.embedding_, tsne.kl_divergence_, {
+            "pairs_per_s": tsne.timings_["pairs_per_s"],
+            "affinities_s": tsne.timings_["affinities_s"],
+            "optimize_s": tsne.timings_["optimize_s"]}
+    if impl == "sklearn-exact":
+        from sklearn.manifold import TSNE
+
+        tsne = TSNE(method="exact", random_state=0, n_jobs=THREADS).fit(X)
+        return tsne.embedding_, tsne.kl_divergence_, {}
+    import openTSNE
+
+    method = impl.split("-")[1]
+    emb = openTSNE.TSNE(negative_gradient_method=method, n_jobs=THREADS, random_state=0,
+                        verbose=False).fit(X)
+    return np.asarray(emb), float(emb.kl_divergence), {}
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("impl", ["vaefast", "sklearn-exact", "openTSNE-bh", "openTSNE-fft"])
+def test_tsne(benchmark, latent_means, impl, n):
+    from sklearn.manifold import trustworthiness
+
+    if benchmark.disabled and n > SIZES[0]:
+        pytest.skip("large N only under make bench")
+    if not benchmark.disabled and n == SIZES[0]:
+        pytest.skip("the small N is the test-suite check")
+    if impl == "sklearn-exact" and n > SKLEARN_MAX:
+        pytest.skip(f"scikit-learn exact above N={SKLEARN_MAX} takes too long")
+    pytest.importorskip("openTSNE") if impl.startswith("openTSNE") else None
+    X = latent_means[:n]
+    if impl == "vaefast" and impl not in _COLD:
+        t0 = time.perf_counter()
+        _run(impl, X[:300])  # Numba loads (or compiles) its kernels on the first call
+        _COLD[impl] = time.perf_counter() - t0
+    if impl == "vaefast" and not benchmark.disabled:
+        _run(impl, X)  # warm-up at this size
+    benchmark.group = f"tsne N={n}"
+    emb, kl, extra = benchmark.pedantic(_run, args=(impl, X), rounds=1, iterations=1)
+    benchmark.extra_info.update(impl=impl, n=n, kl=kl, threads=THREADS,
+                                trustworthiness=trustworthiness(X, emb, n_neighbors=10),
+                                **extra)
+    if impl == "vaefast":
+        benchmark.extra_info["cold_first_call_s"] = _COLD[impl]
+    assert emb.shape == (n, 2) and np.isfinite(emb).all()
+    assert benchmark.extra_info["trustworthiness"] > 0.9

@@ -1,0 +1,188 @@
+"""Exact t-SNE: parity with scikit-learn's exact method, determinism, O(N) mode, transform."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import squareform
+from sklearn.manifold import TSNE as SklearnTSNE
+from sklearn.manifold import trustworthiness
+from sklearn.manifold._t_sne import _joint_probabilities, _kl_divergence
+from sklearn.metrics import pairwise_distances
+
+from conftest import EXPORTED, ROOT
+from vaefast.errors import VaefastError
+from vaefast.tsne import TSNE, joint_probabilities
+from vaefast.tsne.optimizer import KLObjective
+
+
+@pytest.fixture(scope="module")
+def latent_means():
+    """Real latent means: the shipped Z=20 encoder on 600 mnist5k test images."""
+    from vaefast import data, runtime
+
+    return runtime.load(EXPORTED / "mnist5k-z20", providers="cpu").encode(
+        data.load("mnist5k").X_test[:600])[0]
+
+
+def clusters(n_per: int = 60, k: int = 4, d: int = 10, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=10.0, size=(k, d))
+    y = np.repeat(np.arange(k), n_per)
+    return (centers[y] + rng.normal(size=(len(y), d))).astype(np.float32), y
+
+
+def sklearn_p(X, perplexity=30.0):
+    return _joint_probabilities(pairwise_distances(X, squared=True), perplexity, 0)
+
+
+def test_p_matches_sklearn(latent_means):
+    P = joint_probabilities(latent_means, 30.0).P
+    ref = squareform(sklearn_p(latent_means))
+    off = ~np.eye(len(ref), dtype=bool)
+    np.testing.assert_allclose(P[off], ref[off], rtol=1e-6)
+    assert (np.diag(P) == 0).all()
+
+
+def test_implicit_p_equals_dense_p(latent_means):
+    dense = joint_probabilities(latent_means, 20.0)
+    implicit = joint_probabilities(latent_means, 20.0, max_dense_bytes=0)
+    assert dense.dense and not implicit.dense and implicit.P.size == 0
+    np.testing.assert_array_equal(implicit.to_dense(), dense.P)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 30.0])
+@pytest.mark.parametrize("exaggeration", [1.0, 12.0])
+@pytest.mark.parametrize("dense", [True, False])
+def test_kl_and_gradient_match_sklearn(latent_means, scale, exaggeration, dense):
+    X = latent_means[:300]
+    n = len(X)
+    Y = np.random.default_rng(1).normal(scale=scale, size=(n, 2))
+    aff = joint_probabilities(X, 30.0, max_dense_bytes=1 << 40 if dense else 0)
+    kl, grad = KLObjective(aff)(np.ascontiguousarray(Y.T), exaggeration)
+    kl_ref, grad_ref = _kl_divergence(Y.ravel(), sklearn_p(X) * exaggeration, 1, n, 2)
+    assert kl == pytest.approx(kl_ref, rel=1e-6)
+    grad_ref = grad_ref.reshape(n, 2)
+    assert np.linalg.norm(grad.T - grad_ref) <= 1e-6 * np.linalg.norm(grad_ref)
+
+
+@pytest.mark.parametrize("data", ["latent", "clusters"])
+def test_full_run_matches_sklearn_from_the_same_start(latent_means, data):
+    # 3 clusters: t-SNE trajectories are chaotic, and on some cluster sets scikit-learn in
+    # float32 and in float64 already end 2-3% apart in KL from the same start.
+    X = latent_means[:400] if data == "latent" else clusters(n_per=80, k=3)[0]
+    init = np.random.default_rng(0).normal(scale=1e-4, size=(len(X), 2)).astype(np.float32)
+    ours = TSNE(init=init, random_state=0).fit(X)
+    ref = SklearnTSNE(method="exact", init=init, random_state=0).fit(X)
+    assert ours.kl_divergence_ == pytest.approx(ref.kl_divergence_, rel=0.02)
+    t_ours = trustworthiness(X, ours.embedding_, n_neighbors=10)
+    t_ref = trustworthiness(X, ref.embedding_, n_neighbors=10)
+    assert abs(t_ours - t_ref) <= 0.01
+    assert ours.n_iter_ == ref.n_iter_
+
+
+def test_defaults_follow_sklearn():
+    ours, ref = TSNE(), SklearnTSNE(method="exact")
+    for name in ("n_components", "perplexity", "early_exaggeration", "learning_rate",
+                 "max_iter", "n_iter_without_progress", "min_grad_norm", "init"):
+        assert getattr(ours, name) == getattr(ref, name), name
+    X = clusters()[0]
+    assert TSNE(max_iter=250).fit(X).learning_rate_ == 50  # max(240 / 12 / 4, 50)
+
+
+def test_same_seed_is_bit_identical_across_threads_and_runs(latent_means):
+    X = latent_means[:300]
+    runs = [TSNE(random_state=3, init="random", n_jobs=t, max_iter=300).fit_transform(X)
+            for t in (1, 2, 2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[1], runs[2])
+    implicit = TSNE(random_state=3, init="random", n_jobs=2, max_iter=300,
+                    max_dense_bytes=0).fit_transform(X)
+    np.testing.assert_array_equal(runs[0], implicit)
+
+
+def test_thread_count_is_restored():
+    import numba
+
+    before = numba.get_num_threads()
+    TSNE(n_jobs=1, max_iter=250).fit(clusters()[0])
+    assert numba.get_num_threads() == before
+
+
+def test_callbacks_every_50_iterations_can_stop():
+    seen = []
+
+    def stop_at_100(iteration, kl, grad_norm):
+        seen.append((iteration, kl, grad_norm))
+        return iteration >= 100
+
+    tsne = TSNE(callbacks=[stop_at_100], random_state=0).fit(clusters()[0])
+    assert [s[0] for s in seen] == [50, 100]
+    assert tsne.n_iter_ == 99 and all(np.isfinite(s[1]) and s[2] > 0 for s in seen)
+
+
+def test_clusters_are_separated():
+    X, y = clusters()
+    Y = TSNE(random_state=0).fit_transform(X)
+    from sklearn.neighbors import KNeighborsClassifier
+
+    assert KNeighborsClassifier(5).fit(Y, y).score(Y, y) == 1.0
+
+
+def test_transform_places_points_near_their_class():
+    from sklearn.neighbors import KNeighborsClassifier
+
+    X, y = clusters(n_per=80, seed=2)
+    rng = np.random.default_rng(0)
+    test = rng.permutation(len(X))[:60]
+    train = np.setdiff1d(np.arange(len(X)), test)
+    tsne = TSNE(random_state=0).fit(X[train])
+    placed = tsne.transform(X[test])
+    assert placed.shape == (60, 2) and np.isfinite(placed).all()
+    knn = KNeighborsClassifier(5).fit(tsne.embedding_, y[train])
+    assert knn.score(placed, y[test]) >= 0.9
+    # each point is placed independently: a subset gets the same positions
+    np.testing.assert_array_equal(tsne.transform(X[test[:10]]), placed[:10])
+
+
+def test_duplicates_and_constant_columns_work():
+    X, _ = clusters(n_per=30)
+    X[:, 3] = 5.0
+    X = np.concatenate([X, X[:20]])
+    Y = TSNE(max_iter=300, random_state=0).fit_transform(X)
+    assert np.isfinite(Y).all()
+    Y = TSNE(max_iter=250, random_state=0, perplexity=5).fit_transform(np.ones((20, 3)))
+    assert np.isfinite(Y).all()
+
+
+@pytest.mark.parametrize("kwargs, X, message", [
+    ({}, np.array([[0.0, np.nan], [1.0, 2.0]]), "NaN or inf"),
+    ({}, np.zeros((1, 3)), "at least 2 points"),
+    ({"perplexity": 10}, np.random.default_rng(0).random((10, 3)), "less than n_samples"),
+    ({"n_components": 3}, np.random.default_rng(0).random((10, 3)), "n_components=3"),
+    ({"init": np.zeros((5, 2)), "perplexity": 3}, np.random.default_rng(0).random((10, 3)),
+     r"init array has shape \(5, 2\)"),
+    ({}, np.zeros(10), "must be 2-D"),
+])
+def test_bad_input_is_a_clear_value_error(kwargs, X, message):
+    with pytest.raises(ValueError, match=message):
+        TSNE(**kwargs).fit(X)
+
+
+def test_transform_before_fit_and_wrong_width():
+    with pytest.raises(VaefastError, match="not fitted"):
+        TSNE().transform(np.zeros((2, 3)))
+    tsne = TSNE(max_iter=250, perplexity=5).fit(clusters(n_per=10)[0])
+    with pytest.raises(VaefastError, match=r"expected \[M, 10\]"):
+        tsne.transform(np.zeros((2, 3)))
+
+
+def test_tsne_never_imports_torch():
+    code = ("import sys, numpy as np; from vaefast.tsne import TSNE;"
+            "TSNE(max_iter=250, perplexity=5).fit(np.random.default_rng(0).random((40, 4)));"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "False", out.stderr
