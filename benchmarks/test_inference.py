@@ -11,7 +11,7 @@ import pytest
 
 from conftest import EXPORTED, THREADS, timed_median
 
-BATCHES = [1, 64, 1024, 8192]
+BATCHES = [1, 64, 1024, 4096, 8192]
 RUNTIMES = ["eager", "ort-fp32", "ort-int8", "ort-cuda"]
 MODELS = {"z20": EXPORTED / "mnist5k-z20", "z2": EXPORTED / "mnist5k-z2"}
 

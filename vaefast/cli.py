@@ -55,6 +55,27 @@ def _tsne(args: argparse.Namespace) -> None:
           f"({tsne.timings_['pairs_per_s']:.2e} pairs/s)")
 
 
+def _embed(args: argparse.Namespace) -> None:
+    from vaefast.embedding import embed
+
+    stats = embed(args.model, args.input, args.out, batch_size=args.batch_size,
+                  chunk_rows=args.chunk_rows, tsne=args.tsne, tsne_max=args.tsne_max,
+                  seed=args.seed, scheduler=args.scheduler, workers=args.workers,
+                  threads=args.threads, force=args.force, progress=not args.quiet)
+    if stats.get("already_complete"):
+        print(f"{args.out} is already complete ({stats['rows']} rows)")
+        return
+    rate = f", {stats['rows_per_s']:.0f} rows/s" if stats["rows_per_s"] else ""
+    print(f"wrote {args.out}: {stats['rows']} rows ({stats['chunks_resumed']} chunks resumed) "
+          f"in {stats['seconds']:.2f} s{rate}")
+
+
+def _bench_report(args: argparse.Namespace) -> None:
+    from vaefast.bench import report
+
+    print(f"wrote {report(args.results, args.out)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vaefast`` argument parser with one subcommand per stage of the pipeline."""
     parser = argparse.ArgumentParser(
@@ -91,6 +112,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_export)
 
+    p = sub.add_parser("embed", help="batch-embed a dataset through an exported encoder "
+                                     "into zarr", description="Stream INPUT through the "
+                       "exported encoder into OUT.zarr (mu, logvar, labels, optional tsne); "
+                       "resumable: run the same command again after an interruption.")
+    p.add_argument("model", help="exported model folder, e.g. exported/mnist5k-z20")
+    p.add_argument("input", help=".npy, .npz, IDX (raw or .gz), a .zarr array, or a data spec")
+    p.add_argument("--out", required=True, help="zarr store to write, e.g. out/emb.zarr")
+    p.add_argument("--batch-size", type=int, default=8192, help="rows per ONNX Runtime call")
+    p.add_argument("--chunk-rows", type=int, default=65536, help="rows per zarr chunk / task")
+    p.add_argument("--tsne", action="store_true", help="add a 2-D exact t-SNE map of mu")
+    p.add_argument("--tsne-max", type=int, default=10000,
+                   help="exact t-SNE on all rows up to this N; above, on a seeded sample of "
+                        "this size with the rest placed by transform")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scheduler", default=None,
+                   help="local (a dask LocalCluster) or tcp://HOST:PORT; default: this process")
+    p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
+    p.add_argument("--force", action="store_true",
+                   help="replace a store started with another model, input or parameters")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_embed)
+
     p = sub.add_parser("tsne", help="exact t-SNE (Numba) of latent means to 2-D",
                        description="scikit-learn's exact t-SNE, computed by Numba. INPUT is a "
                                    ".npy array [N, Z], or a .npz holding mu (or X).")
@@ -102,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="Numba threads (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_tsne)
+
+    p = sub.add_parser("bench", help="benchmark reports (run the suites with `make bench`)")
+    bench = p.add_subparsers(dest="bench_command", metavar="ACTION", required=True)
+    r = bench.add_parser("report", help="Markdown tables and PNG plots from pytest-benchmark "
+                                        "JSON")
+    r.add_argument("results", help="pytest-benchmark JSON, e.g. out/bench/results.json")
+    r.add_argument("--out", required=True, help="folder for report.md and the plots")
+    r.set_defaults(func=_bench_report)
     return parser
 
 

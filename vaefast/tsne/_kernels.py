@@ -143,20 +143,18 @@ def joint_matrix(X, beta, sum_p, total, out):
         _joint_row(X, i, beta, sum_p, total, np.empty(n, np.float32), out[i])
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def _pair_sums(i, y0, y1, prow):
-    """Sums over j of w, p*w*(yi-yj) and w^2*(yi-yj), with w = 1 / (1 + |yi-yj|^2)."""
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _point_sums(p0, p1, y0, y1, prow):
+    """Sums over j of w, p*w*(p-yj) and w^2*(p-yj), with w = 1 / (1 + |p-yj|^2)."""
     n = y0.shape[0]
-    yi0 = y0[i]
-    yi1 = y1[i]
     sw = 0.0
     a0 = 0.0
     a1 = 0.0
     r0 = 0.0
     r1 = 0.0
     for j in range(n):
-        d0 = yi0 - y0[j]
-        d1 = yi1 - y1[j]
+        d0 = p0 - y0[j]
+        d1 = p1 - y1[j]
         w = 1.0 / (1.0 + d0 * d0 + d1 * d1)
         pw = prow[j] * w
         ww = w * w
@@ -165,6 +163,13 @@ def _pair_sums(i, y0, y1, prow):
         a1 += pw * d1
         r0 += ww * d0
         r1 += ww * d1
+    return sw, a0, a1, r0, r1
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _pair_sums(i, y0, y1, prow):
+    """_point_sums for embedded point i against all points, leaving out j == i."""
+    sw, a0, a1, r0, r1 = _point_sums(y0[i], y1[i], y0, y1, prow)
     return sw - 1.0, a0, a1, r0, r1  # j == i contributed w = 1 and nothing else
 
 
@@ -283,20 +288,7 @@ def place_points(X_new, X_ref, y0, y1, init, log_perplexity, n_iter, learning_ra
         g0s = 1.0
         g1s = 1.0
         for _ in range(n_iter):
-            sw = 0.0
-            a0 = 0.0
-            a1 = 0.0
-            r0 = 0.0
-            r1 = 0.0
-            for j in range(n):
-                d0 = p0 - y0[j]
-                d1 = p1 - y1[j]
-                w = 1.0 / (1.0 + d0 * d0 + d1 * d1)
-                sw += w
-                a0 += prow[j] * w * d0
-                a1 += prow[j] * w * d1
-                r0 += w * w * d0
-                r1 += w * w * d1
+            sw, a0, a1, r0, r1 = _point_sums(p0, p1, y0, y1, prow)
             g0 = exaggeration * a0 - r0 / sw
             g1 = exaggeration * a1 - r1 / sw
             norm = math.sqrt(g0 * g0 + g1 * g1)

@@ -1,0 +1,184 @@
+"""Batch-embed: streaming into zarr, resume after SIGKILL, Dask equals serial, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import EXPORTED, ROOT, run_cli, write_idx
+from vaefast import runtime
+from vaefast.embedding import embed, open_embeddings
+from vaefast.errors import VaefastError
+
+MODEL = EXPORTED / "mnist5k-z20"
+
+
+@pytest.fixture(scope="module")
+def big_npy(tmp_path_factory):
+    """200,000 generated uint8 images (157 MB): mnist5k digits with noise and shifts."""
+    from vaefast import data
+
+    base = data.read("mnist5k").X
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("big") / "images.npy"
+    X = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(200_000, 784))
+    for start in range(0, len(X), 10_000):
+        pick = base[rng.integers(0, len(base), 10_000)].astype(np.int16)
+        noise = rng.integers(-20, 21, size=pick.shape, dtype=np.int16)
+        X[start:start + 10_000] = np.clip(pick + noise, 0, 255).astype(np.uint8)
+    X.flush()
+    del X
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_mu(big_npy):
+    return runtime.load(MODEL, providers="cpu").encode(np.load(big_npy, mmap_mode="r"))[0]
+
+
+def test_embed_streams_a_large_npy_into_zarr(big_npy, reference_mu, tmp_path):
+    stats = embed(MODEL, str(big_npy), tmp_path / "e.zarr", chunk_rows=50_000, progress=False)
+    group = open_embeddings(tmp_path / "e.zarr")
+    np.testing.assert_array_equal(group["mu"][:], reference_mu)
+    assert group["logvar"].shape == (200_000, 20) and group["mu"].chunks == (50_000, 20)
+    attrs = dict(group.attrs)["vaefast"]
+    meta = runtime.read_model_json(MODEL)
+    assert attrs["complete"] and attrs["model_sha256"] == meta["weights_sha256"]
+    assert attrs["input"]["rows"] == 200_000 and attrs["params"]["chunk_rows"] == 50_000
+    assert stats["rows"] == 200_000 and stats["rows_per_s"] > 0
+
+
+def test_resume_after_sigkill_gives_identical_store(big_npy, reference_mu, tmp_path):
+    out = tmp_path / "k.zarr"
+    cmd = [sys.executable, "-m", "vaefast.cli", "embed", str(MODEL), str(big_npy), "--out",
+           str(out), "--chunk-rows", "10000", "--batch-size", "2048", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    import zarr
+
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once some, but not all, chunks are done
+        try:
+            done = zarr.open_group(str(out), mode="r")["_progress/encoded"][:]
+            if 2 <= done.sum() < len(done):
+                break
+        except Exception:
+            pass
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with pytest.raises(VaefastError, match="incomplete"):
+        open_embeddings(out)
+    result = run_cli(*cmd[3:])
+    assert result.returncode == 0, result.stderr
+    assert "chunks resumed" in result.stdout and "(0 chunks resumed)" not in result.stdout
+    np.testing.assert_array_equal(open_embeddings(out)["mu"][:], reference_mu)
+
+
+def test_dask_local_cluster_equals_serial(tmp_path):
+    pytest.importorskip("distributed")
+    from vaefast import data
+
+    X = data.read("mnist5k").X
+    np.save(tmp_path / "x.npy", X)
+    embed(MODEL, str(tmp_path / "x.npy"), tmp_path / "serial.zarr", chunk_rows=1000,
+          progress=False)
+    embed(MODEL, str(tmp_path / "x.npy"), tmp_path / "dask.zarr", chunk_rows=1000,
+          scheduler="local", workers=2, progress=False)
+    a, b = open_embeddings(tmp_path / "serial.zarr"), open_embeddings(tmp_path / "dask.zarr")
+    np.testing.assert_array_equal(a["mu"][:], b["mu"][:])
+    np.testing.assert_array_equal(a["logvar"][:], b["logvar"][:])
+
+
+def test_peak_memory_does_not_hold_the_input(big_npy, tmp_path):
+    # VmHWM, not ru_maxrss: the latter carries the forking parent's peak across exec
+    code = ("from vaefast.embedding import embed;"
+            f"embed({str(MODEL)!r}, {str(big_npy)!r}, {str(tmp_path / 'm.zarr')!r}, "
+            "chunk_rows=20000, progress=False);"
+            "print(int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) // 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    peak_mb = int(out.stdout.strip())
+    assert peak_mb < 300, f"peak RSS {peak_mb} MB for a 157 MB input"
+
+
+def test_tsne_exact_and_reference_plus_transform(tmp_path):
+    from vaefast import data
+
+    raw = data.read("mnist5k")
+    np.savez(tmp_path / "x.npz", X=raw.X[:1500], y=raw.y[:1500])
+    stats = embed(MODEL, str(tmp_path / "x.npz"), tmp_path / "t.zarr", chunk_rows=500,
+                  tsne=True, tsne_max=600, progress=False)
+    group = open_embeddings(tmp_path / "t.zarr")
+    assert stats["tsne"]["method"] == "reference+transform"
+    Y = group["tsne"][:]
+    assert Y.shape == (1500, 2) and np.isfinite(Y).all() and (Y != 0).all(axis=1).all()
+    np.testing.assert_array_equal(group["labels"][:], raw.y[:1500])
+    ref = group["tsne_reference_index"][:]
+    np.testing.assert_array_equal(Y[ref], group["tsne_reference"][:].astype(np.float32))
+    from sklearn.neighbors import KNeighborsClassifier
+
+    others = np.setdiff1d(np.arange(1500), ref)
+    knn = KNeighborsClassifier(10).fit(Y[ref], raw.y[:1500][ref])
+    assert knn.score(Y[others], raw.y[:1500][others]) > 0.7
+
+
+def test_zarr_and_idx_inputs(tmp_path):
+    import zarr
+
+    from vaefast import data
+
+    X = data.read("mnist5k").X[:300]
+    zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=X.shape, chunks=(100, 784),
+                    dtype="uint8")[:] = X
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", X.reshape(300, 28, 28))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(300) % 10)
+    mu = runtime.load(MODEL, providers="cpu").encode(X)[0]
+    for name, spec in (("z", str(tmp_path / "in.zarr")),
+                       ("i", str(tmp_path / "t10k-images-idx3-ubyte"))):
+        embed(MODEL, spec, tmp_path / f"{name}.zarr", chunk_rows=128, progress=False)
+        np.testing.assert_array_equal(open_embeddings(tmp_path / f"{name}.zarr")["mu"][:], mu)
+    assert (open_embeddings(tmp_path / "i.zarr")["labels"][:] == np.arange(300) % 10).all()
+
+
+def test_wrong_feature_count_is_refused(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((10, 100), np.uint8))
+    with pytest.raises(VaefastError, match="has 100 features; the model expects 784"):
+        embed(MODEL, str(tmp_path / "x.npy"), tmp_path / "o.zarr", progress=False)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_truncated_input_is_refused(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((100, 784), np.uint8))
+    data_bytes = (tmp_path / "x.npy").read_bytes()
+    (tmp_path / "x.npy").write_bytes(data_bytes[:-5000])
+    with pytest.raises(VaefastError, match="truncated"):
+        embed(MODEL, str(tmp_path / "x.npy"), tmp_path / "o.zarr", progress=False)
+
+
+def test_output_holding_something_else_is_untouched(tmp_path):
+    (tmp_path / "o.zarr").mkdir()
+    (tmp_path / "o.zarr" / "precious.txt").write_text("keep")
+    result = run_cli("embed", str(MODEL), "mnist5k", "--out", str(tmp_path / "o.zarr"))
+    assert result.returncode == 2 and "not a vaefast embedding store" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "o.zarr" / "precious.txt").read_text() == "keep"
+
+
+def test_resuming_with_another_model_is_refused(tmp_path):
+    embed(MODEL, "mnist5k", tmp_path / "o.zarr", progress=False)
+    with pytest.raises(VaefastError, match="another model_sha256"):
+        embed(EXPORTED / "mnist5k-z2", "mnist5k", tmp_path / "o.zarr", progress=False)
+    assert open_embeddings(tmp_path / "o.zarr")["mu"].shape == (5000, 20)
+
+
+def test_python_api_is_vaefast_embed(tmp_path):
+    import vaefast
+
+    assert vaefast.embed is embed

@@ -1,0 +1,99 @@
+"""`vaefast bench report`: pytest-benchmark JSON -> Markdown tables and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from vaefast._io import atomic_file
+from vaefast.errors import VaefastError
+
+
+def load_results(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The benchmarks of a pytest-benchmark JSON file (timed runs only)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        benches = doc["benchmarks"]
+    except FileNotFoundError:
+        raise VaefastError(f"{path} not found; run `make bench` first") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise VaefastError(f"{path} is not a pytest-benchmark JSON file") from None
+    return [b for b in benches if b.get("stats")]
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def markdown(benches: list[dict[str, Any]]) -> str:
+    """One table per group: median, ratio to the fastest, and the recorded figures."""
+    groups: dict[str, list] = defaultdict(list)
+    for b in benches:
+        groups[b.get("group") or "ungrouped"].append(b)
+    out = []
+    for group in sorted(groups):
+        rows = sorted(groups[group], key=lambda b: b["stats"]["median"])
+        best = rows[0]["stats"]["median"]
+        out += [f"### {group}", "", "| benchmark | median | × fastest | figures |",
+                "|---|---|---|---|"]
+        for b in rows:
+            extra = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in b.get("extra_info", {}).items()
+                              if k not in ("model", "part", "batch", "n", "threads"))
+            out.append(f"| {b['name']} | {_fmt(b['stats']['median'])} | "
+                       f"{b['stats']['median'] / best:.2f} | {extra} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plots(benches: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Latency vs batch size per runtime, and t-SNE time vs N per implementation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    series: dict[tuple, dict] = defaultdict(dict)
+    for b in benches:
+        info = b.get("extra_info", {})
+        if "batch" in info:
+            series[("latency", f"{info['model']} {info['part']}", info["runtime"])][
+                info["batch"]] = b["stats"]["median"]
+        elif "impl" in info:
+            series[("tsne", "t-SNE", info["impl"])][info["n"]] = b["stats"]["median"]
+    for kind, title in sorted({(k[0], k[1]) for k in series}):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for (k, t, label), points in sorted(series.items()):
+            if (k, t) == (kind, title):
+                xs = sorted(points)
+                ax.loglog(xs, [points[x] for x in xs], marker="o", label=label)
+        ax.set_xlabel("batch size" if kind == "latency" else "N points")
+        ax.set_ylabel("median seconds")
+        ax.set_title(f"{title}: {'latency vs batch size' if kind == 'latency' else 'time vs N'}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"{kind}-{title.replace(' ', '-')}.png"
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def report(results: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write ``report.md`` and plots for a pytest-benchmark JSON file into ``out``."""
+    benches = load_results(results)
+    if not benches:
+        raise VaefastError(f"{results} holds no timed benchmarks (was it --benchmark-disable?)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = plots(benches, out)
+    text = "# Benchmark report\n\n" + markdown(benches) + "\n" + "\n".join(
+        f"![{p.stem}]({p.name})" for p in images) + "\n"
+    with atomic_file(out / "report.md") as tmp:
+        tmp.write_text(text)
+    return out / "report.md"
