@@ -70,6 +70,19 @@ def _embed(args: argparse.Namespace) -> None:
           f"in {stats['seconds']:.2f} s{rate}")
 
 
+def _plot(args: argparse.Namespace) -> None:
+    from vaefast.plot import render
+
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    written = render(args.kind, args.model, args.out, data=args.data,
+                     max_points=args.max_points, formats=formats, seed=args.seed,
+                     method=args.method, thumbnails=args.thumbnails, ellipses=args.ellipses,
+                     embed=args.embed, dims=tuple(args.dims) if args.dims else None,
+                     index=args.index)
+    for path in written:
+        print(f"wrote {path}")
+
+
 def _bench_report(args: argparse.Namespace) -> None:
     from vaefast.bench import report
 
@@ -146,6 +159,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="Numba threads (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_tsne)
+
+    p = sub.add_parser("plot", help="latent-space views from an exported model (no torch)",
+                       description="KIND: latent, uncertainty, samples, manifold, "
+                                   "reconstructions, diagnostics, or all (every view plus "
+                                   "index.md).")
+    p.add_argument("kind", metavar="KIND", help="latent | uncertainty | samples | manifold | "
+                                                "reconstructions | diagnostics | all")
+    p.add_argument("model", metavar="MODEL_DIR", help="exported model folder")
+    p.add_argument("--data", default=None, help=DATA_HELP + "; default: the model's "
+                                                            "training data")
+    p.add_argument("--out", required=True, help="folder for the images")
+    p.add_argument("--format", default="png", help="comma-separated: png, svg, pdf")
+    p.add_argument("--method", default="tsne", choices=["tsne", "pca"],
+                   help="2-D map of μ when Z > 2")
+    p.add_argument("--thumbnails", type=int, default=0, metavar="N",
+                   help="latent: draw N input images at their points")
+    p.add_argument("--ellipses", type=int, default=200, metavar="N",
+                   help="uncertainty (Z=2): ±σ ellipses for N inputs")
+    p.add_argument("--embed", action="store_true", help="samples: place z in 2-D with their "
+                                                        "images as markers")
+    p.add_argument("--dims", type=int, nargs=2, default=None, metavar=("A", "B"),
+                   help="manifold (Z>2): the two latent dims to traverse (default: highest KL)")
+    p.add_argument("--index", type=int, default=0, help="manifold (Z>2): the input whose μ "
+                                                        "the traversal starts from")
+    p.add_argument("--max-points", type=int, default=5000,
+                   help="use a seeded sample of at most this many inputs")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_plot)
 
     p = sub.add_parser("bench", help="benchmark reports (run the suites with `make bench`)")
     bench = p.add_subparsers(dest="bench_command", metavar="ACTION", required=True)

@@ -25,6 +25,7 @@ def run(out: Path, epochs: int = 10) -> None:
           f"test loss {last['test_loss']:.2f} per sample -> {out / 'run'}")
     exported = export_and_encode(out)
     embed_and_map(out, exported)
+    plot_views(out)
 
 
 def export_and_encode(out: Path) -> Path:
@@ -58,6 +59,18 @@ def embed_and_map(out: Path, exported: Path) -> Path:
     print(f"[t-SNE] exact, N={t['n']}, Z=20: KL {t['kl']:.4f} after {t['iterations']} "
           f"iterations in {t['seconds']:.2f} s ({t['pairs_per_s']:.2e} pairs/s)")
     return store
+
+
+def plot_views(out: Path, shipped: Path = Path("exported")) -> None:
+    """Every latent view for the shipped Z=20 and Z=2 models, from ONNX alone."""
+    from vaefast.plot import render
+
+    for name in ("mnist5k-z20", "mnist5k-z2"):
+        t0 = time.perf_counter()
+        folder = out / f"plots-{name.split('-')[-1]}"
+        written = render("all", shipped / name, folder, thumbnails=40)
+        print(f"[plot] {len(written) - 1} views of {shipped / name} -> {folder}/index.md "
+              f"in {time.perf_counter() - t0:.1f} s")
 
 
 def main() -> None:

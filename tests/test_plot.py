@@ -1,0 +1,120 @@
+"""Latent plots from the shipped exported models: every kind renders, says what it shows,
+and draws what was asked; no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import EXPORTED, ROOT, run_cli
+from vaefast import data, plot, runtime
+from vaefast.errors import VaefastError
+
+Z20, Z2 = EXPORTED / "mnist5k-z20", EXPORTED / "mnist5k-z2"
+
+
+@pytest.fixture(scope="module")
+def latents():
+    raw = data.read("mnist5k")
+    rows = np.random.default_rng(0).choice(len(raw.X), 400, replace=False)
+    return {z: plot.Latents.from_data(runtime.load(folder, providers="cpu"), raw.X[rows],
+                                      raw.y[rows])
+            for z, folder in ((20, Z20), (2, Z2))}
+
+
+def _pixels(fig) -> np.ndarray:
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float)
+
+
+@pytest.mark.parametrize("z", [20, 2])
+@pytest.mark.parametrize("kind", plot.KINDS)
+def test_every_kind_renders_a_titled_non_blank_image(latents, kind, z):
+    import matplotlib.pyplot as plt
+
+    fig = plot.figure(kind, latents[z])
+    assert _pixels(fig).std() > 10
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles, f"{kind} has no title"
+    plt.close(fig)
+
+
+def test_titles_say_exactly_what_is_plotted(latents):
+    import matplotlib.pyplot as plt
+
+    assert plot.latent(latents[20]).axes[0].get_title().startswith(
+        "exact t-SNE of 20-D posterior means μ (σ not used)")
+    assert plot.latent(latents[2]).axes[0].get_title().startswith(
+        "2-D posterior means μ, plotted directly (σ not used)")
+    assert "μ and σ bypassed" in plot.samples(latents[2].vae).axes[0].get_title()
+    plt.close("all")
+
+
+def test_z2_scatter_positions_are_mu_exactly(latents):
+    import matplotlib.pyplot as plt
+
+    fig = plot.latent(latents[2])
+    offsets = fig.axes[0].collections[0].get_offsets()
+    np.testing.assert_array_equal(np.asarray(offsets), latents[2].mu.astype(np.float64))
+    plt.close(fig)
+
+
+def test_thumbnail_and_ellipse_counts_match_the_request(latents):
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Ellipse
+
+    fig = plot.latent(latents[20], thumbnails=17)
+    assert sum(a.get_gid() == "thumbnail" for a in fig.axes[0].artists) == 17
+    fig = plot.uncertainty(latents[2], ellipses=23)
+    ellipses = [p for p in fig.axes[0].patches if isinstance(p, Ellipse)]
+    assert len(ellipses) == 23
+    mu, sigma = latents[2].mu, latents[2].sigma
+    for e in ellipses:  # centred on a μ, axes 2σ of that input
+        r = int(np.argmin(np.abs(mu - np.asarray(e.center)).sum(1)))
+        assert e.width == pytest.approx(2 * sigma[r, 0]) and e.height == pytest.approx(
+            2 * sigma[r, 1])
+    plt.close("all")
+
+
+def test_render_all_writes_every_view_and_an_index(tmp_path):
+    written = plot.render("all", Z2, tmp_path, max_points=300, formats=("png", "svg"))
+    names = {p.name for p in written}
+    assert {f"{k}.png" for k in plot.KINDS} | {f"{k}.svg" for k in plot.KINDS} <= names
+    index = (tmp_path / "index.md").read_text()
+    assert all(f"({k}.png)" in index and plot.CAPTIONS[k] in index for k in plot.KINDS)
+
+
+def test_plotting_never_imports_torch(tmp_path):
+    code = ("import sys; from vaefast.plot import render;"
+            f"[render(k, {str(Z20)!r}, {str(tmp_path)!r}, max_points=200) for k in "
+            "('latent', 'uncertainty', 'samples', 'manifold', 'reconstructions', "
+            "'diagnostics')];"
+            f"render('samples', {str(Z2)!r}, {str(tmp_path)!r}, embed=True);"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_labels_of_the_wrong_length_are_refused():
+    vae = runtime.load(Z2, providers="cpu")
+    with pytest.raises(VaefastError, match="labels have shape"):
+        plot.Latents.from_data(vae, np.zeros((5, 784), np.uint8), np.zeros(4))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["plot", "scatter", str(Z2), "--out", "OUT"], "unknown plot kind 'scatter'"),
+    (["plot", "latent", "NOMODEL", "--out", "OUT"], "not found"),
+    (["plot", "latent", str(Z2), "--data", "digits", "--out", "OUT"], "has 64 features"),
+    (["plot", "latent", "EMPTY", "--out", "OUT"], "has no model.json"),
+])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    (tmp_path / "EMPTY").mkdir()
+    args = [str(tmp_path / a) if a in ("OUT", "NOMODEL", "EMPTY") else a for a in args]
+    result = run_cli(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr

@@ -1,0 +1,371 @@
+"""Latent-space plots from an exported model alone (ONNX Runtime, no torch).
+
+Each view answers part of "what is plotted in a VAE latent scatter plot?" and its title
+says exactly what is drawn. Every function returns a matplotlib Figure (for notebooks);
+``render`` writes them to files for the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from vaefast import runtime
+from vaefast._io import atomic_file, write_json
+from vaefast.errors import VaefastError
+from vaefast.images import as_images, make_grid
+
+KINDS = ("latent", "uncertainty", "samples", "manifold", "reconstructions", "diagnostics")
+DENSITY_ABOVE = 200_000  # points: above this the scatter is drawn as a density image
+CAPTIONS = {
+    "latent": "Where each input's posterior mean μ lands; σ is not used for position.",
+    "uncertainty": "How wide each input's posterior is: σ = exp(½ log σ²) from the encoder.",
+    "samples": "Images decoded from z drawn from the prior N(0, I); the encoder, μ and σ "
+               "play no part.",
+    "manifold": "What the decoder draws as two latent coordinates sweep the prior's "
+                "quantiles.",
+    "reconstructions": "Inputs over decode(μ(input)): what the model keeps of each input.",
+    "diagnostics": "Per-dimension KL to the prior, active units, σ per dimension and per "
+                   "class.",
+}
+
+
+@dataclass
+class Latents:
+    """An exported model, inputs and their encodings, shared across views (one t-SNE)."""
+
+    vae: runtime.ExportedVAE
+    X: np.ndarray
+    labels: np.ndarray | None
+    mu: np.ndarray
+    logvar: np.ndarray
+    seed: int = 0
+    _positions: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_data(cls, vae: runtime.ExportedVAE, X: np.ndarray,
+                  labels: np.ndarray | None = None, seed: int = 0) -> "Latents":
+        """Encode X (uint8 pixels or floats in [0, 1]); labels must match X's rows."""
+        X = vae.check_inputs(X)
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != (X.shape[0],):
+                raise VaefastError(f"labels have shape {labels.shape}; expected "
+                                   f"({X.shape[0]},), one per input row")
+        mu, logvar = vae.encode(X)
+        return cls(vae, X, labels, mu, logvar, seed)
+
+    @property
+    def sigma(self) -> np.ndarray:
+        return np.exp(0.5 * self.logvar)
+
+    @property
+    def z(self) -> int:
+        return self.vae.latent_dim
+
+    def images(self, rows: np.ndarray) -> np.ndarray:
+        x = np.asarray(self.X[rows], np.float32)
+        return as_images(x / self.vae.pixel_scale if self.X.dtype.kind in "ui" else x,
+                         self.vae.image_shape)
+
+    def positions(self, method: str = "tsne") -> tuple[np.ndarray, str]:
+        """2-D positions of μ and a title saying what they are."""
+        if self.z == 2:
+            return self.mu.astype(np.float64), "2-D posterior means μ, plotted directly"
+        if method not in self._positions:
+            if method == "pca":
+                from sklearn.decomposition import PCA
+
+                pos = PCA(2, random_state=self.seed).fit_transform(self.mu)
+            elif method == "tsne":
+                from vaefast.tsne import map_points
+
+                pos = map_points(self.mu, seed=self.seed)
+            else:
+                raise VaefastError(f"unknown method {method!r}; use tsne or pca")
+            self._positions[method] = pos
+        name = "exact t-SNE" if method == "tsne" else "PCA"
+        return self._positions[method], f"{name} of {self.z}-D posterior means μ"
+
+
+def _figure(*args, **kwargs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def _scatter(ax, pos: np.ndarray, labels: np.ndarray | None, names: list[str] | None,
+             **kwargs) -> None:
+    """One scatter of all points colored by label (a density image for huge N)."""
+    import matplotlib.pyplot as plt
+
+    if len(pos) > DENSITY_ABOVE:
+        ax.hexbin(pos[:, 0], pos[:, 1], gridsize=300, bins="log", cmap="viridis",
+                  mincnt=1, rasterized=True)
+        return
+    size = max(1.0, min(12.0, 20000 / max(len(pos), 1)))
+    if labels is None:
+        ax.scatter(pos[:, 0], pos[:, 1], s=size, c="tab:blue", lw=0, rasterized=True, **kwargs)
+        return
+    classes = np.unique(labels)
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    color_of = {c: cmap(k % cmap.N) for k, c in enumerate(classes)}
+    ax.scatter(pos[:, 0], pos[:, 1], s=size, c=[color_of[c] for c in labels], lw=0,
+               rasterized=True, **kwargs)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", color=color_of[c],
+                      label=names[int(c)] if names and 0 <= int(c) < len(names) else str(c))
+               for c in classes]
+    ax.legend(handles=handles, fontsize=7, markerscale=1, loc="best", title="label")
+
+
+def _thumbnails(ax, pos: np.ndarray, images: np.ndarray, zoom: float = 0.6) -> None:
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    for (x, y), image in zip(pos, images):
+        box = AnnotationBbox(OffsetImage(image, cmap="gray_r", zoom=zoom), (x, y),
+                             frameon=False, pad=0.0)
+        box.set_gid("thumbnail")
+        ax.add_artist(box)
+
+
+def _subsample(n: int, k: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n, min(k, n), replace=False))
+
+
+def latent(lat: Latents, method: str = "tsne", thumbnails: int = 0):
+    """Case 1: the posterior means μ of given inputs, colored by label."""
+    pos, what = lat.positions(method)
+    fig, ax = _figure(figsize=(7, 6))
+    _scatter(ax, pos, lat.labels, lat.vae.label_names)
+    if thumbnails:
+        rows = _subsample(len(pos), thumbnails, lat.seed)
+        _thumbnails(ax, pos[rows], lat.images(rows))
+    ax.set_title(f"{what} (σ not used), N={len(pos)}", fontsize=10)
+    ax.set_xlabel("μ₁" if lat.z == 2 else "embedding 1")
+    ax.set_ylabel("μ₂" if lat.z == 2 else "embedding 2")
+    return fig
+
+
+def uncertainty(lat: Latents, method: str = "tsne", ellipses: int = 200, examples: int = 8):
+    """σ as uncertainty: ±σ ellipses around μ (Z=2) or positions colored by mean σ (Z>2),
+    with the most and least certain inputs."""
+    from matplotlib.patches import Ellipse
+
+    pos, what = lat.positions(method)
+    sigma = lat.sigma
+    mean_sigma = sigma.mean(axis=1)
+    fig = _figure(figsize=(8, 9))[0]
+    fig.clf()
+    grid = fig.add_gridspec(3, examples, height_ratios=[6, 1, 1])
+    ax = fig.add_subplot(grid[0, :])
+    if lat.z == 2:
+        _scatter(ax, pos, lat.labels, lat.vae.label_names, zorder=2)
+        for r in _subsample(len(pos), ellipses, lat.seed):
+            patch = Ellipse(tuple(pos[r]), 2 * sigma[r, 0], 2 * sigma[r, 1], fill=False,
+                            lw=0.5, alpha=0.6, color="k", gid="sigma-ellipse")
+            ax.add_patch(patch)
+        ax.set_title(f"{what} with ±σ ellipses for {min(ellipses, len(pos))} inputs "
+                     "(σ = exp(½ log σ²))", fontsize=10)
+    else:
+        points = ax.scatter(pos[:, 0], pos[:, 1], c=mean_sigma, s=4, cmap="magma_r", lw=0,
+                            rasterized=True)
+        fig.colorbar(points, ax=ax, label=f"mean σ over the {lat.z} latent dimensions")
+        ax.set_title(f"{what}, colored by mean posterior σ (position from μ only)",
+                     fontsize=10)
+    order = np.argsort(mean_sigma)
+    for row, (rows, label) in enumerate(((order[:examples], "most certain (smallest σ)"),
+                                         (order[::-1][:examples], "least certain (largest σ)"))):
+        for k, r in enumerate(rows):
+            axi = fig.add_subplot(grid[row + 1, k])
+            axi.imshow(lat.images(np.array([r]))[0], cmap="gray_r")
+            axi.set_xticks([])
+            axi.set_yticks([])
+            axi.set_xlabel(f"σ̄={mean_sigma[r]:.2f}", fontsize=7)
+            if k == 0:
+                axi.set_ylabel(label.split(" (")[0], fontsize=7)
+    return fig
+
+
+def samples(vae: runtime.ExportedVAE, n: int = 64, seed: int = 0, embed: bool = False):
+    """Case 2: decoded z ~ N(0, I) as a grid, or placed in 2-D by their z."""
+    z = vae.sample_z(n, seed)
+    images = as_images(vae.decode(z), vae.image_shape)
+    if not embed:
+        fig, ax = _figure(figsize=(6, 6))
+        ax.imshow(make_grid(images, nrow=int(np.ceil(np.sqrt(n)))), cmap="gray")
+        ax.axis("off")
+        ax.set_title(f"{n} decoded z ~ N(0, I): μ and σ bypassed", fontsize=10)
+        return fig
+    if vae.latent_dim == 2:
+        pos, what = z.astype(np.float64), "z plotted directly"
+    else:
+        from vaefast.tsne import TSNE
+
+        pos = TSNE(perplexity=min(30.0, (n - 1) / 3), random_state=seed).fit_transform(z)
+        what = f"exact t-SNE of the {vae.latent_dim}-D z"
+    fig, ax = _figure(figsize=(7, 7))
+    ax.scatter(pos[:, 0], pos[:, 1], s=0)
+    _thumbnails(ax, pos, images, zoom=0.8)
+    ax.set_title(f"{n} decoded z ~ N(0, I) placed by {what}: μ and σ bypassed", fontsize=10)
+    return fig
+
+
+def latent_kl(lat: Latents) -> np.ndarray:
+    """Mean KL(q(z_d|x) || N(0, 1)) per latent dimension over the inputs, in nats."""
+    return 0.5 * np.mean(lat.mu ** 2 + np.exp(lat.logvar) - lat.logvar - 1.0, axis=0)
+
+
+def manifold(lat: Latents, n: int = 20, dims: tuple[int, int] | None = None, index: int = 0):
+    """Decoded grid over the prior's quantiles: the whole plane for Z=2, else a traversal
+    of two dimensions (default: the two with the highest KL) around one input's μ."""
+    from scipy.stats import norm
+
+    vae = lat.vae
+    grid = norm.ppf(np.linspace(0.05, 0.95, n))
+    if vae.latent_dim == 2:
+        dims, base = (0, 1), np.zeros(2, np.float32)
+        what = "decoded z over a grid of N(0, I) quantiles (norm.ppf of 0.05..0.95)"
+    else:
+        if dims is None:
+            dims = tuple(int(d) for d in np.argsort(latent_kl(lat))[::-1][:2])
+        if not (0 <= index < len(lat.mu)):
+            raise VaefastError(f"input index {index} out of range (0..{len(lat.mu) - 1})")
+        if len(set(dims)) != 2 or not all(0 <= d < vae.latent_dim for d in dims):
+            raise VaefastError(f"dims {dims} must be two distinct dimensions in "
+                               f"0..{vae.latent_dim - 1}")
+        base = lat.mu[index].copy()
+        what = (f"decoded traversal of z[{dims[0]}], z[{dims[1]}] over N(0, 1) quantiles, "
+                f"the other {vae.latent_dim - 2} dims fixed at μ of input {index}")
+    z = np.repeat(base[None, :], n * n, axis=0)
+    yy, xx = np.meshgrid(grid[::-1], grid, indexing="ij")
+    z[:, dims[0]], z[:, dims[1]] = xx.ravel(), yy.ravel()
+    images = as_images(vae.decode(z), vae.image_shape)
+    fig, ax = _figure(figsize=(7, 7))
+    ax.imshow(make_grid(images, nrow=n, padding=0), cmap="gray")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(f"z[{dims[0]}]: {grid[0]:.2f} → {grid[-1]:.2f}")
+    ax.set_ylabel(f"z[{dims[1]}]: {grid[0]:.2f} → {grid[-1]:.2f}")
+    ax.set_title(what, fontsize=9)
+    return fig
+
+
+def reconstructions(lat: Latents, n: int = 10):
+    """Originals (top) over decode(μ) (bottom)."""
+    rows = np.arange(min(n, len(lat.X)))
+    recon = as_images(lat.vae.decode(lat.mu[rows]), lat.vae.image_shape)
+    fig, ax = _figure(figsize=(1.0 * len(rows) + 1, 2.6))
+    ax.imshow(make_grid(np.concatenate([lat.images(rows), recon]), nrow=len(rows)),
+              cmap="gray")
+    ax.axis("off")
+    ax.set_title("inputs (top) over reconstructions decode(μ) (bottom)", fontsize=10)
+    return fig
+
+
+def diagnostics(lat: Latents, active_threshold: float = 0.01):
+    """Per-dimension KL and active units, σ per dimension, mean σ per class."""
+    kl = latent_kl(lat)
+    activity = lat.mu.var(axis=0)  # Cov_x(E[z_d | x]) (Burda et al., 2016)
+    active = activity > active_threshold
+    fig, axes = _figure(1, 3, figsize=(15, 4))
+    dims = np.arange(lat.z)
+    axes[0].bar(dims, kl, color=np.where(active, "tab:blue", "tab:gray"))
+    axes[0].set_title(f"KL(q(z_d|x) ‖ N(0,1)) per dimension; {int(active.sum())} of {lat.z} "
+                      f"active (Var[μ_d] > {active_threshold})", fontsize=9)
+    axes[0].set_xlabel("latent dimension d")
+    axes[0].set_xticks(dims)
+    axes[0].set_ylabel("mean KL (nats)")
+    axes[1].boxplot([lat.sigma[:, d] for d in dims], positions=dims, showfliers=False)
+    axes[1].set_title("posterior σ per dimension over the inputs", fontsize=9)
+    axes[1].set_xlabel("latent dimension d")
+    axes[1].set_ylabel("σ")
+    if lat.labels is not None:
+        classes = np.unique(lat.labels)
+        names = lat.vae.label_names
+        means = [lat.sigma[lat.labels == c].mean() for c in classes]
+        axes[2].bar([names[int(c)] if names and 0 <= int(c) < len(names) else str(c)
+                     for c in classes], means)
+        axes[2].set_title("mean σ per class (higher: the encoder is less sure)", fontsize=9)
+        axes[2].tick_params(axis="x", rotation=45)
+    else:
+        axes[2].set_title("mean σ per class: no labels given", fontsize=9)
+        axes[2].axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def figure(kind: str, lat: Latents, **options) -> "object":
+    """The Figure of one view."""
+    views: dict[str, Callable] = {
+        "latent": lambda: latent(lat, options.get("method", "tsne"), options.get("thumbnails", 0)),
+        "uncertainty": lambda: uncertainty(lat, options.get("method", "tsne"),
+                                           options.get("ellipses", 200)),
+        "samples": lambda: samples(lat.vae, 64, lat.seed, options.get("embed", False)),
+        "manifold": lambda: manifold(lat, dims=options.get("dims"), index=options.get("index", 0)),
+        "reconstructions": lambda: reconstructions(lat),
+        "diagnostics": lambda: diagnostics(lat),
+    }
+    if kind not in views:
+        raise VaefastError(f"unknown plot kind {kind!r}; use one of {', '.join(KINDS)} or all")
+    return views[kind]()
+
+
+def render(kind: str, model_dir: str | os.PathLike, out: str | os.PathLike, *,
+           data: str | None = None, max_points: int = 5000, formats: tuple[str, ...] = ("png",),
+           seed: int = 0, **options) -> list[Path]:
+    """Write one view (or ``all`` with an index page) for an exported model; return paths."""
+    from vaefast import data as data_mod
+
+    kinds = KINDS if kind == "all" else (kind,)
+    if kind != "all" and kind not in KINDS:
+        raise VaefastError(f"unknown plot kind {kind!r}; use one of {', '.join(KINDS)} or all")
+    for fmt in formats:
+        if fmt not in ("png", "svg", "pdf"):
+            raise VaefastError(f"unknown format {fmt!r}; use png, svg or pdf")
+    vae = runtime.load(model_dir, providers="cpu", spin=False)
+    spec = data or vae.meta.get("training", {}).get("data") or "mnist5k"
+    raw = data_mod.read(spec)
+    if raw.X.shape[1] != vae.input_dim:
+        raise VaefastError(f"data {spec!r} has {raw.X.shape[1]} features; the model expects "
+                           f"{vae.input_dim}")
+    rows = _subsample(len(raw.X), max_points, seed) if len(raw.X) > max_points else \
+        np.arange(len(raw.X))
+    lat = Latents.from_data(vae, np.asarray(raw.X[rows]),
+                            None if raw.y is None else raw.y[rows], seed)
+    out = Path(out)
+    written = []
+    import matplotlib.pyplot as plt
+
+    for k in kinds:
+        fig = figure(k, lat, **options)
+        for fmt in formats:
+            path = out / f"{k}.{fmt}"
+            with atomic_file(path) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=110, bbox_inches="tight")
+            written.append(path)
+        plt.close(fig)
+    if kind == "all":
+        written.append(_index(out, formats[0], vae, spec, len(rows)))
+    return written
+
+
+def _index(out: Path, fmt: str, vae: runtime.ExportedVAE, spec: str, n: int) -> Path:
+    lines = [f"# Latent views of `{vae.folder}` (Z={vae.latent_dim}) on `{spec}` ({n} inputs)",
+             ""]
+    for k in KINDS:
+        lines += [f"## {k}", "", CAPTIONS[k], "", f"![{k}]({k}.{fmt})", ""]
+    path = out / "index.md"
+    with atomic_file(path) as tmp:
+        tmp.write_text("\n".join(lines))
+    write_json(out / "views.json", {"model": str(vae.folder), "data": spec, "n": n,
+                                    "captions": CAPTIONS})
+    return path
