@@ -26,6 +26,10 @@ def run(out: Path, epochs: int = 10) -> None:
     exported = export_and_encode(out)
     embed_and_map(out, exported)
     plot_views(out)
+    from vaefast.bench import quick_summary
+
+    print("[bench] quick side-by-side summary (make bench runs the full suites):")
+    print(quick_summary())
 
 
 def export_and_encode(out: Path) -> Path:

@@ -47,6 +47,21 @@ def _source(spec: str) -> Source:
     return _SOURCES[spec]
 
 
+def _chunk_bounds(chunk: int, chunk_rows: int, n: int) -> tuple[int, int]:
+    return chunk * chunk_rows, min((chunk + 1) * chunk_rows, n)
+
+
+def _write_chunk(out: str, chunk: int, start: int, mu: np.ndarray, logvar: np.ndarray) -> int:
+    """Write one chunk's encodings, then its marker (the marker only after the data)."""
+    import zarr
+
+    group = zarr.open_group(out, mode="r+")
+    group["mu"][start:start + len(mu)] = mu
+    group["logvar"][start:start + len(mu)] = logvar
+    group["_progress/encoded"][chunk] = 1
+    return len(mu)
+
+
 def encode_chunk(model_dir: str, spec: str, out: str, chunk: int, chunk_rows: int,
                  batch_size: int, threads: int | None = None) -> int:
     """Encode rows of chunk ``chunk`` and write them and their marker; return the row count.
@@ -54,17 +69,38 @@ def encode_chunk(model_dir: str, spec: str, out: str, chunk: int, chunk_rows: in
     A plain function of plain arguments, so Dask can run it on any worker: the ONNX
     Runtime session and the input are opened there (sessions cannot be pickled).
     """
-    import zarr
-
     vae = _model(model_dir, threads)
     source = _source(spec)
-    start, stop = chunk * chunk_rows, min((chunk + 1) * chunk_rows, source.n)
+    start, stop = _chunk_bounds(chunk, chunk_rows, source.n)
     mu, logvar = vae.encode(source.rows(start, stop), batch_size=batch_size)
-    group = zarr.open_group(out, mode="r+")
-    group["mu"][start:stop] = mu
-    group["logvar"][start:stop] = logvar
-    group["_progress/encoded"][chunk] = 1
-    return stop - start
+    return _write_chunk(out, chunk, start, mu, logvar)
+
+
+def _encode_pipelined(model_dir: str, spec: str, out: str, todo: list[int], chunk_rows: int,
+                      batch_size: int, threads: int | None, bar) -> None:
+    """The single-process path: while ONNX Runtime encodes chunk k (it releases the GIL),
+    one thread reads chunk k+1 and another writes chunk k-1."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    vae, source = _model(model_dir, threads), _source(spec)
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        def read(chunk: int):
+            return source.rows(*_chunk_bounds(chunk, chunk_rows, source.n))
+
+        pending_read = reader.submit(read, todo[0]) if todo else None
+        pending_write = None
+        for k, chunk in enumerate(todo):
+            rows = pending_read.result()
+            if k + 1 < len(todo):
+                pending_read = reader.submit(read, todo[k + 1])
+            mu, logvar = vae.encode(rows, batch_size=batch_size)
+            del rows
+            if pending_write is not None:
+                bar.update(pending_write.result())
+            start = _chunk_bounds(chunk, chunk_rows, source.n)[0]
+            pending_write = writer.submit(_write_chunk, out, chunk, start, mu, logvar)
+        if pending_write is not None:
+            bar.update(pending_write.result())
 
 
 def _expected_attrs(vae: runtime.ExportedVAE, source: Source, chunk_rows: int,
@@ -170,8 +206,7 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
     args = (str(model_dir), input, str(out))
     try:
         if scheduler is None:
-            for chunk in todo:
-                bar.update(encode_chunk(*args, chunk, chunk_rows, batch_size, threads))
+            _encode_pipelined(*args, todo, chunk_rows, batch_size, threads, bar)
         else:
             _run_dask(scheduler, workers, args, todo, chunk_rows, batch_size, bar)
     finally:

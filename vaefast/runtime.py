@@ -111,7 +111,7 @@ class ExportedVAE:
         if chunk.dtype.kind in "ui":
             return np.multiply(chunk, np.float32(1.0 / self.pixel_scale), dtype=np.float32)
         chunk = np.ascontiguousarray(chunk, dtype=np.float32)
-        if not np.isfinite(chunk).all():
+        if not _all_finite(chunk):
             raise VaefastError("inputs contain NaN or inf; clean them first")
         return chunk
 
@@ -163,7 +163,7 @@ class ExportedVAE:
         for start in range(0, n, _check_batch(batch_size)):
             stop = min(start + batch_size, n)
             z = np.ascontiguousarray(Z[start:stop], dtype=np.float32)
-            if not np.isfinite(z).all():
+            if not _all_finite(z):
                 raise VaefastError("latents contain NaN or inf")
             out[start:stop] = self._run(self.decoder_session, "z", z, ["x_hat"])[0]
         return out
@@ -181,6 +181,12 @@ class ExportedVAE:
     def reconstruct(self, X: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
         """decode(mu(X)): the deterministic reconstruction, [N, D] float32."""
         return self.decode(self.encode(X, batch_size)[0], batch_size)
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    """True when x has no NaN or inf: one summing pass, no temporary array (a NaN or inf
+    makes the sum non-finite; only then, or on overflow, look element by element)."""
+    return bool(np.isfinite(x.sum(dtype=np.float64))) or bool(np.isfinite(x).all())
 
 
 def _check_batch(batch_size: int) -> int:
