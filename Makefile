@@ -24,7 +24,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	mkdir -p out/bench
-	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-json=out/bench/results.json
+	$(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-only \
+		--benchmark-json=out/bench/results.json
+	$(BIN)/vaefast bench report out/bench/results.json --out out/bench/report
 
 export: $(STAMP)
 	$(PY) -m vaefast.shipped exported

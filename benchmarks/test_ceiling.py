@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conftest import THREADS, timed_median
+from benchmarks.conftest import THREADS, timed_median
 
 
 def test_sgemm(benchmark):

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import EXPORTED, ROOT, THREADS
+from benchmarks.conftest import EXPORTED, ROOT, THREADS
 
 ENCODER_FLOPS_PER_ROW = 2 * (784 * 400 + 2 * 400 * 20)  # fc1, fc21, fc22 multiply-adds
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import EXPORTED, THREADS, timed_median
+from benchmarks.conftest import EXPORTED, THREADS, timed_median
 
 BATCHES = [1, 64, 1024, 4096, 8192]
 RUNTIMES = ["eager", "ort-fp32", "ort-int8", "ort-cuda"]

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import EXPORTED, THREADS
+from benchmarks.conftest import EXPORTED, THREADS
 
 SIZES = [300, 1000, 2000, 5000]
 SKLEARN_MAX = int(os.environ.get("VAEFAST_BENCH_SKLEARN_MAX", "2000"))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli
 
 
 def test_help_lists_subcommands():
     result = run_cli("--help")
     assert result.returncode == 0
-    assert "train" in result.stdout
+    for command in ("train", "export", "embed", "tsne", "plot", "bench"):
+        assert command in result.stdout
 
 
 def test_help_imports_nothing_heavy():

@@ -7,7 +7,7 @@ import gzip
 import numpy as np
 import pytest
 
-from conftest import write_idx, write_mnist_folder
+from tests.conftest import write_idx, write_mnist_folder
 from vaefast import data
 from vaefast.errors import VaefastError
 

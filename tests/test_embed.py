@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import EXPORTED, ROOT, run_cli, write_idx
+from tests.conftest import EXPORTED, ROOT, run_cli, write_idx
 from vaefast import runtime
 from vaefast.embedding import embed, open_embeddings
 from vaefast.errors import VaefastError

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from tests.conftest import run_cli
 from vaefast.errors import VaefastError
 from vaefast.export import export
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import EXPORTED, ROOT, run_cli
+from tests.conftest import EXPORTED, ROOT, run_cli
 from vaefast import data, plot, runtime
 from vaefast.errors import VaefastError
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import EXPORTED, ROOT
+from tests.conftest import EXPORTED, ROOT
 from vaefast import data, runtime
 from vaefast.errors import VaefastError
 from vaefast.metrics import knn_overlap

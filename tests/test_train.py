@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from tests.conftest import run_cli
 from vaefast.errors import VaefastError
 from vaefast.train import load_run, train
 

@@ -13,7 +13,7 @@ from sklearn.manifold import trustworthiness
 from sklearn.manifold._t_sne import _joint_probabilities, _kl_divergence
 from sklearn.metrics import pairwise_distances
 
-from conftest import EXPORTED, ROOT
+from tests.conftest import EXPORTED, ROOT
 from vaefast.errors import VaefastError
 from vaefast.tsne import TSNE, joint_probabilities
 from vaefast.tsne.optimizer import KLObjective

@@ -66,15 +66,28 @@ def plots(benches: list[dict[str, Any]], out: Path) -> list[Path]:
         elif "impl" in info:
             series[("tsne", "t-SNE", info["impl"])][info["n"]] = b["stats"]["median"]
     for kind, title in sorted({(k[0], k[1]) for k in series}):
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for (k, t, label), points in sorted(series.items()):
-            if (k, t) == (kind, title):
-                xs = sorted(points)
-                ax.loglog(xs, [points[x] for x in xs], marker="o", label=label)
-        ax.set_xlabel("batch size" if kind == "latency" else "N points")
-        ax.set_ylabel("median seconds")
-        ax.set_title(f"{title}: {'latency vs batch size' if kind == 'latency' else 'time vs N'}")
-        ax.legend(fontsize=8)
+        curves = {label: points for (k, t, label), points in sorted(series.items())
+                  if (k, t) == (kind, title)}
+        baseline = curves.get("eager" if kind == "latency" else "sklearn-exact")
+        fig, axes = plt.subplots(1, 2 if baseline else 1, figsize=(10 if baseline else 5, 3.5),
+                                 squeeze=False)
+        for label, points in curves.items():
+            xs = sorted(points)
+            axes[0, 0].loglog(xs, [points[x] for x in xs], marker="o", label=label)
+            if baseline:
+                shared = [x for x in xs if x in baseline]
+                axes[0, 1].semilogx(shared, [baseline[x] / points[x] for x in shared],
+                                    marker="o", label=label)
+        xlabel = "batch size" if kind == "latency" else "N points"
+        axes[0, 0].set(xlabel=xlabel, ylabel="median seconds",
+                       title=f"{title}: {'latency' if kind == 'latency' else 'time'}")
+        axes[0, 0].legend(fontsize=8)
+        if baseline:
+            name = "eager PyTorch" if kind == "latency" else "scikit-learn exact"
+            axes[0, 1].axhline(1.0, color="gray", lw=0.8)
+            axes[0, 1].set(xlabel=xlabel, ylabel=f"speed-up over {name}",
+                           title=f"{title}: speed-up over {name}")
+            axes[0, 1].legend(fontsize=8)
         fig.tight_layout()
         path = out / f"{kind}-{title.replace(' ', '-')}.png"
         with atomic_file(path) as tmp:
