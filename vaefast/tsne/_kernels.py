@@ -27,16 +27,21 @@ FASTMATH = {"reassoc", "contract", "nsz"}
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _sq_distances_row(X, i, out):
-    """Squared Euclidean distances from row i of X to every row, rounded to float32 as
+def _sq_distances_to(x, X, out):
+    """Squared Euclidean distances from point x to every row of X, rounded to float32 as
     scikit-learn rounds them before its binary search."""
     n, d = X.shape
     for j in range(n):
         s = 0.0
         for k in range(d):
-            diff = np.float64(X[i, k]) - np.float64(X[j, k])
+            diff = np.float64(x[k]) - np.float64(X[j, k])
             s += diff * diff
         out[j] = np.float32(s)
+
+
+@njit(cache=True)
+def _sq_distances_row(X, i, out):
+    _sq_distances_to(X[i], X, out)
 
 
 @njit(cache=True)
@@ -270,16 +275,10 @@ def place_points(X_new, X_ref, y0, y1, init, log_perplexity, n_iter, learning_ra
     """
     m = X_new.shape[0]
     n = X_ref.shape[0]
-    d = X_ref.shape[1]
     for k in prange(m):
         dist = np.empty(n, np.float32)
         prow = np.empty(n, np.float64)
-        for j in range(n):
-            s = 0.0
-            for c in range(d):
-                diff = np.float64(X_new[k, c]) - np.float64(X_ref[j, c])
-                s += diff * diff
-            dist[j] = np.float32(s)
+        _sq_distances_to(X_new[k], X_ref, dist)
         _search_beta(dist, -1, log_perplexity, prow, np.empty(n, np.float64))
         p0 = init[k, 0]
         p1 = init[k, 1]
