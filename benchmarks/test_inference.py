@@ -62,8 +62,10 @@ def _callable(models, kind: str, part: str):
     return lambda z: (vae.decode(z, batch_size=len(z)),)
 
 
-@pytest.mark.parametrize("batch", BATCHES)
+# kind varies fastest: the runtimes compared at one batch size run back to back, so slow
+# drifts in this shared machine's load do not bias one runtime against another
 @pytest.mark.parametrize("kind", RUNTIMES)
+@pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("part", ["encoder", "decoder"])
 def test_latency(benchmark, models, part, kind, batch):
     if kind not in models:

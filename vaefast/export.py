@@ -214,7 +214,10 @@ def _write_variant(folder: Path, variant: str, meta: dict) -> None:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             logging.getLogger().setLevel(logging.ERROR)  # quantizer's pre-processing advice
-            quantize_dynamic(str(folder / src), str(folder / dst), weight_type=QuantType.QInt8)
+            # 7-bit weights: on x86 without VNNI, MLAS's u8s8 kernels then cannot saturate
+            # and run faster (10.6 vs 14.0 ms at batch 4096 here), with the same kNN overlap
+            quantize_dynamic(str(folder / src), str(folder / dst), weight_type=QuantType.QInt8,
+                             reduce_range=True)
             proto = onnx.load(str(folder / dst))
         else:
             from onnxruntime.transformers.float16 import convert_float_to_float16
