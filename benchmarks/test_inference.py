@@ -12,7 +12,7 @@ import pytest
 from benchmarks.conftest import EXPORTED, THREADS, timed_median
 
 BATCHES = [1, 64, 1024, 4096, 8192]
-RUNTIMES = ["eager", "ort-fp32", "ort-int8", "ort-cuda"]
+RUNTIMES = ["eager", "ort-fp32", "ort-int8", "ort-cuda", "ort-tensorrt"]
 MODELS = {"z20": EXPORTED / "mnist5k-z20", "z2": EXPORTED / "mnist5k-z2"}
 
 
@@ -30,11 +30,12 @@ def models(request):
            "ort-fp32": runtime.load(folder, providers="cpu", threads=THREADS, spin=False),
            "ort-int8": runtime.load(folder, providers="cpu", threads=THREADS, spin=False,
                                     variant="int8")}
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        try:
-            out["ort-cuda"] = runtime.load(folder, providers="cuda")
-        except Exception:
-            pass
+    for kind, provider in (("ort-cuda", "cuda"), ("ort-tensorrt", "tensorrt")):
+        if runtime.PROVIDERS[provider] in ort.get_available_providers():
+            try:
+                out[kind] = runtime.load(folder, providers=provider)
+            except Exception:  # the build has the provider but no usable GPU
+                pass
     return out
 
 
@@ -85,7 +86,7 @@ def test_latency(benchmark, models, part, kind, batch):
         benchmark.extra_info["rows_per_s"] = batch / median
     if kind in ("eager", "ort-fp32"):
         assert err <= 1e-5
-    elif kind == "ort-cuda":
+    elif kind in ("ort-cuda", "ort-tensorrt"):
         assert err <= 1e-4
 
 

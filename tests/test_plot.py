@@ -118,3 +118,25 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, message):
     result = run_cli(*args)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def test_plots_from_an_embedding_store_reuse_its_tsne(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from vaefast.embedding import embed
+
+    raw = data.read("mnist5k")
+    np.savez(tmp_path / "x.npz", X=raw.X[:600], y=raw.y[:600])
+    embed(Z20, str(tmp_path / "x.npz"), tmp_path / "e.zarr", tsne=True, progress=False)
+    vae = runtime.load(Z20, providers="cpu")
+    lat = plot.Latents.from_store(vae, tmp_path / "e.zarr")
+    fig = plot.latent(lat, thumbnails=5)
+    import zarr
+
+    stored = zarr.open_group(str(tmp_path / "e.zarr"), mode="r")["tsne"][:]
+    np.testing.assert_array_equal(np.asarray(fig.axes[0].collections[0].get_offsets()),
+                                  stored.astype(np.float64))
+    np.testing.assert_allclose(lat.images(np.array([3]))[0].ravel(), raw.X[3] / 255.0, atol=1e-7)
+    plt.close(fig)
+    with pytest.raises(VaefastError, match="another model"):
+        plot.Latents.from_store(runtime.load(Z2, providers="cpu"), tmp_path / "e.zarr")

@@ -78,7 +78,7 @@ def _plot(args: argparse.Namespace) -> None:
                      max_points=args.max_points, formats=formats, seed=args.seed,
                      method=args.method, thumbnails=args.thumbnails, ellipses=args.ellipses,
                      embed=args.embed, dims=tuple(args.dims) if args.dims else None,
-                     index=args.index)
+                     index=args.index, embeddings=args.embeddings)
     for path in written:
         print(f"wrote {path}")
 
@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL_DIR", help="exported model folder")
     p.add_argument("--data", default=None, help=DATA_HELP + "; default: the model's "
                                                             "training data")
+    p.add_argument("--embeddings", default=None, metavar="STORE",
+                   help="plot every row of a finished `vaefast embed` store (its μ, σ, labels "
+                        "and t-SNE) instead of encoding --data")
     p.add_argument("--out", required=True, help="folder for the images")
     p.add_argument("--format", default="png", help="comma-separated: png, svg, pdf")
     p.add_argument("--method", default="tsne", choices=["tsne", "pca"],

@@ -67,6 +67,26 @@ class Latents:
     def z(self) -> int:
         return self.vae.latent_dim
 
+    @classmethod
+    def from_store(cls, vae: runtime.ExportedVAE, path: str | os.PathLike,
+                   seed: int = 0) -> "Latents":
+        """Latents of a finished ``vaefast embed`` store (its t-SNE reused); input images
+        are read on demand from the store's recorded input, only for the rows shown."""
+        from vaefast.embedding import open_embeddings
+        from vaefast.sources import open_source
+
+        group = open_embeddings(path)
+        attrs = dict(group.attrs)["vaefast"]
+        if attrs["model_sha256"] != vae.meta["weights_sha256"]:
+            raise VaefastError(f"{path} was embedded with another model than {vae.folder}")
+        keys = set(group.array_keys())
+        lat = cls(vae, _RowReader(open_source(attrs["input"]["spec"])),
+                  group["labels"][:] if "labels" in keys else None, group["mu"][:],
+                  group["logvar"][:], seed)
+        if "tsne" in keys:
+            lat._positions["tsne"] = group["tsne"][:].astype(np.float64)
+        return lat
+
     def images(self, rows: np.ndarray) -> np.ndarray:
         x = np.asarray(self.X[rows], np.float32)
         return as_images(x / self.vae.pixel_scale if self.X.dtype.kind in "ui" else x,
@@ -90,6 +110,19 @@ class Latents:
             self._positions[method] = pos
         name = "exact t-SNE" if method == "tsne" else "PCA"
         return self._positions[method], f"{name} of {self.z}-D posterior means μ"
+
+
+class _RowReader:
+    """Rows of a large input read one by one on demand (for the few images a view shows)."""
+
+    def __init__(self, source):
+        self.source, self.dtype = source, source.dtype
+
+    def __len__(self) -> int:
+        return self.source.n
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return np.concatenate([self.source.rows(int(r), int(r) + 1) for r in np.atleast_1d(rows)])
 
 
 def _figure(*args, **kwargs):
@@ -321,8 +354,13 @@ def figure(kind: str, lat: Latents, **options) -> "object":
 
 def render(kind: str, model_dir: str | os.PathLike, out: str | os.PathLike, *,
            data: str | None = None, max_points: int = 5000, formats: tuple[str, ...] = ("png",),
-           seed: int = 0, **options) -> list[Path]:
-    """Write one view (or ``all`` with an index page) for an exported model; return paths."""
+           seed: int = 0, embeddings: str | os.PathLike | None = None,
+           **options) -> list[Path]:
+    """Write one view (or ``all`` with an index page) for an exported model; return paths.
+
+    With ``embeddings`` (a finished ``vaefast embed`` store) every row of the store is
+    plotted from its stored μ, σ and t-SNE, without encoding anything again.
+    """
     from vaefast import data as data_mod
 
     kinds = KINDS if kind == "all" else (kind,)
@@ -332,15 +370,19 @@ def render(kind: str, model_dir: str | os.PathLike, out: str | os.PathLike, *,
         if fmt not in ("png", "svg", "pdf"):
             raise VaefastError(f"unknown format {fmt!r}; use png, svg or pdf")
     vae = runtime.load(model_dir, providers="cpu", spin=False)
-    spec = data or vae.meta.get("training", {}).get("data") or "mnist5k"
-    raw = data_mod.read(spec)
-    if raw.X.shape[1] != vae.input_dim:
-        raise VaefastError(f"data {spec!r} has {raw.X.shape[1]} features; the model expects "
-                           f"{vae.input_dim}")
-    rows = _subsample(len(raw.X), max_points, seed) if len(raw.X) > max_points else \
-        np.arange(len(raw.X))
-    lat = Latents.from_data(vae, np.asarray(raw.X[rows]),
-                            None if raw.y is None else raw.y[rows], seed)
+    if embeddings is not None:
+        lat = Latents.from_store(vae, embeddings, seed)
+        spec = str(embeddings)
+    else:
+        spec = data or vae.meta.get("training", {}).get("data") or "mnist5k"
+        raw = data_mod.read(spec)
+        if raw.X.shape[1] != vae.input_dim:
+            raise VaefastError(f"data {spec!r} has {raw.X.shape[1]} features; the model "
+                               f"expects {vae.input_dim}")
+        rows = _subsample(len(raw.X), max_points, seed) if len(raw.X) > max_points else \
+            np.arange(len(raw.X))
+        lat = Latents.from_data(vae, np.asarray(raw.X[rows]),
+                                None if raw.y is None else raw.y[rows], seed)
     out = Path(out)
     written = []
     import matplotlib.pyplot as plt
@@ -354,7 +396,7 @@ def render(kind: str, model_dir: str | os.PathLike, out: str | os.PathLike, *,
             written.append(path)
         plt.close(fig)
     if kind == "all":
-        written.append(_index(out, formats[0], vae, spec, len(rows)))
+        written.append(_index(out, formats[0], vae, spec, len(lat.mu)))
     return written
 
 
