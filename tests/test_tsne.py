@@ -186,3 +186,18 @@ def test_tsne_never_imports_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_cli_maps_an_embedding_store(tmp_path):
+    from tests.conftest import run_cli
+    from vaefast.embedding import embed
+
+    embed(EXPORTED / "mnist5k-z20", "mnist5k", tmp_path / "e.zarr",
+          progress=False)
+    result = run_cli("tsne", str(tmp_path / "e.zarr"), "--out", str(tmp_path / "t.npy"),
+                     "--max-iter", "250", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "t.npy").shape == (5000, 2)
+    bad = run_cli("tsne", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "u.npy"))
+    assert bad.returncode == 2 and "file not found" in bad.stderr
+    assert not (tmp_path / "u.npy").exists()
