@@ -7,7 +7,7 @@ import gzip
 import numpy as np
 import pytest
 
-from tests.conftest import write_idx, write_mnist_folder
+from tests.helpers import write_idx, write_mnist_folder
 from vaefast import data
 from vaefast.errors import VaefastError
 
@@ -38,7 +38,7 @@ def test_digits_is_scaled_to_unit_range():
 def test_idx_folder_round_trip(tmp_path, gz, layout):
     Xtr, ytr, Xte, yte = write_mnist_folder(tmp_path / layout if layout else tmp_path, gz=gz)
     ds = data.load(f"idx:{tmp_path}")
-    np.testing.assert_array_equal(ds.X_train, Xtr.reshape(len(Xtr), -1) / np.float32(255))
+    np.testing.assert_array_equal(ds.X_train, Xtr / np.float32(255))
     np.testing.assert_array_equal(ds.y_test, yte)
     assert ds.image_shape == (28, 28)
     assert (ds.label_names[0] == "T-shirt/top") == layout.startswith("Fashion")
@@ -53,7 +53,7 @@ def test_raw_idx_images_are_memory_mapped(tmp_path):
 def test_single_idx_file_reads_sibling_labels(tmp_path):
     _, _, Xte, yte = write_mnist_folder(tmp_path, gz=True)
     raw = data.read(f"idx:{tmp_path / 't10k-images-idx3-ubyte.gz'}")
-    np.testing.assert_array_equal(raw.X, Xte.reshape(len(Xte), -1))
+    np.testing.assert_array_equal(raw.X, Xte)
     np.testing.assert_array_equal(raw.y, yte)
 
 
@@ -105,8 +105,8 @@ def test_npz_with_labels(tmp_path):
 
 @pytest.mark.parametrize("array, message", [
     (np.array([["a", "b"]]), "not numeric"),
-    (np.zeros((2, 3, 4, 5), np.float32), "expected a 2-D"),
-    (np.zeros(5, np.float32), "expected a 2-D"),
+    (np.zeros((2, 7, 4, 5), np.float32), "cannot tell the channel axis"),
+    (np.zeros(5, np.float32), r"expected \[N, D\]"),
     (np.array([[0.0, np.nan]], np.float32), "NaN or inf at row 0"),
     (np.array([[0.0, 1.0], [np.inf, 0.0]], np.float32), "NaN or inf at row 1"),
     (np.array([[0.0, 2.0]], np.float32), r"expected \[0.0, 1.0\]"),

@@ -11,9 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import EXPORTED, ROOT, run_cli, write_idx
+from tests.helpers import EXPORTED, ROOT, run_cli, write_idx
 from vaefast import runtime
-from vaefast.embedding import embed, open_embeddings
+from vaefast.embedding import embed
+from vaefast.store import open_embeddings
 from vaefast.errors import VaefastError
 
 MODEL = EXPORTED / "mnist5k-z20"
@@ -149,7 +150,7 @@ def test_zarr_and_idx_inputs(tmp_path):
 
 def test_wrong_feature_count_is_refused(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((10, 100), np.uint8))
-    with pytest.raises(VaefastError, match="has 100 features; the model expects 784"):
+    with pytest.raises(VaefastError, match=r"inputs have shape \[N, 100\]; this model expects \[N, 784\]"):
         embed(MODEL, str(tmp_path / "x.npy"), tmp_path / "o.zarr", progress=False)
     assert not (tmp_path / "o.zarr").exists()
 

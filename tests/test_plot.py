@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import EXPORTED, ROOT, run_cli
+from tests.helpers import EXPORTED, ROOT, run_cli
 from vaefast import data, plot, runtime
 from vaefast.errors import VaefastError
 
@@ -31,7 +31,7 @@ def _pixels(fig) -> np.ndarray:
 
 
 @pytest.mark.parametrize("z", [20, 2])
-@pytest.mark.parametrize("kind", plot.KINDS)
+@pytest.mark.parametrize("kind", plot.VIEWS)
 def test_every_kind_renders_a_titled_non_blank_image(latents, kind, z):
     import matplotlib.pyplot as plt
 
@@ -82,9 +82,9 @@ def test_thumbnail_and_ellipse_counts_match_the_request(latents):
 def test_render_all_writes_every_view_and_an_index(tmp_path):
     written = plot.render("all", Z2, tmp_path, max_points=300, formats=("png", "svg"))
     names = {p.name for p in written}
-    assert {f"{k}.png" for k in plot.KINDS} | {f"{k}.svg" for k in plot.KINDS} <= names
+    assert {f"{k}.png" for k in plot.VIEWS} | {f"{k}.svg" for k in plot.VIEWS} <= names
     index = (tmp_path / "index.md").read_text()
-    assert all(f"({k}.png)" in index and plot.CAPTIONS[k] in index for k in plot.KINDS)
+    assert all(f"({k}.png)" in index and plot.VIEWS[k].caption in index for k in plot.VIEWS)
 
 
 def test_plotting_never_imports_torch(tmp_path):
@@ -109,7 +109,8 @@ def test_labels_of_the_wrong_length_are_refused():
 @pytest.mark.parametrize("args, message", [
     (["plot", "scatter", str(Z2), "--out", "OUT"], "unknown plot kind 'scatter'"),
     (["plot", "latent", "NOMODEL", "--out", "OUT"], "not found"),
-    (["plot", "latent", str(Z2), "--data", "digits", "--out", "OUT"], "has 64 features"),
+    (["plot", "latent", str(Z2), "--data", "digits", "--out", "OUT"],
+     "inputs have shape [N, 64]; this model expects [N, 784]"),
     (["plot", "latent", "EMPTY", "--out", "OUT"], "has no model.json"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, message):

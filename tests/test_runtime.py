@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import EXPORTED, ROOT
+from tests.helpers import EXPORTED, ROOT
 from vaefast import data, runtime
 from vaefast.errors import VaefastError
 from vaefast.metrics import knn_overlap
@@ -73,7 +73,7 @@ def test_decode_sample_reconstruct(mnist):
 
 
 @pytest.mark.parametrize("X, message", [
-    (np.zeros((3, 500), np.float32), r"shape \(3, 500\); this model expects \[N, 784\]"),
+    (np.zeros((3, 500), np.float32), r"shape \[N, 500\]; this model expects \[N, 784\]"),
     (np.full((2, 784), np.nan, np.float32), "NaN or inf"),
     (np.array([["a"] * 784]), "dtype"),
 ])

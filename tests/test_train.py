@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from vaefast.errors import VaefastError
 from vaefast.train import load_run, train
 
@@ -16,7 +16,8 @@ def test_short_run_writes_a_complete_run_folder(short_run):
     names = {p.name for p in short_run.iterdir()}
     assert names == {"model.safetensors", "config.json", "reconstruction.png", "samples.png"}
     config = json.loads((short_run / "config.json").read_text())
-    assert config["model"] == {"input_dim": 784, "hidden_dim": 400, "latent_dim": 20}
+    assert config["model"] == {"arch": "mlp", "input_shape": [784], "hidden_dim": 400,
+                               "latent_dim": 20}
     assert config["data"] == "mnist5k" and config["seed"] == 1
     assert "torch" in config["versions"]
     losses = [h["test_loss"] for h in config["history"]]

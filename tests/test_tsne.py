@@ -13,7 +13,7 @@ from sklearn.manifold import trustworthiness
 from sklearn.manifold._t_sne import _joint_probabilities, _kl_divergence
 from sklearn.metrics import pairwise_distances
 
-from tests.conftest import EXPORTED, ROOT
+from tests.helpers import EXPORTED, ROOT
 from vaefast.errors import VaefastError
 from vaefast.tsne import TSNE, joint_probabilities
 from vaefast.tsne.optimizer import KLObjective
@@ -189,7 +189,7 @@ def test_tsne_never_imports_torch():
 
 
 def test_cli_maps_an_embedding_store(tmp_path):
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
     from vaefast.embedding import embed
 
     embed(EXPORTED / "mnist5k-z20", "mnist5k", tmp_path / "e.zarr",

@@ -7,13 +7,16 @@ Nothing downstream of ``export`` imports torch.
 from vaefast.errors import VaefastError
 
 __version__ = "0.1.0"
-__all__ = ["VaefastError", "__version__", "embed"]
+__all__ = ["VaefastError", "__version__", "embed", "export_vae"]
+
+# vaefast.embed(...) / vaefast.export_vae(...) without importing numpy, zarr, ONNX Runtime
+# or torch at `import vaefast`
+_LAZY = {"embed": "vaefast.embedding", "export_vae": "vaefast.export"}
 
 
 def __getattr__(name: str):
-    # vaefast.embed(...) without importing numpy, zarr and ONNX Runtime at `import vaefast`
-    if name == "embed":
-        from vaefast.embedding import embed
+    if name in _LAZY:
+        import importlib
 
-        return embed
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'vaefast' has no attribute {name!r}")

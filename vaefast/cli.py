@@ -1,6 +1,8 @@
 """Command line: thin argument parsing over the Python API; user errors exit 2 in one line.
 
 Heavy libraries are imported inside each command so ``vaefast --help`` is instant.
+Options default to None and are passed on only when given, so each function's
+signature is the one source of its defaults.
 """
 
 from __future__ import annotations
@@ -10,25 +12,52 @@ import sys
 
 from vaefast.errors import VaefastError
 
-DATA_HELP = ("data spec: mnist5k (default, embedded), digits, idx:PATH, npy:PATH, npz:PATH "
-             "(see README)")
+DATA_HELP = ("data spec: mnist5k (default, embedded), digits, idx:PATH, npy:PATH, npz:PATH, "
+             "zarr:PATH (see README)")
+VARIANT_HELP = "exported model variant to run: fp32 (default), int8, fp16"
+PROVIDERS_HELP = "ONNX Runtime providers: auto, cpu, cuda, tensorrt"
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict:
+    """The options among ``names`` the user gave (not None), as keyword arguments."""
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
 def _train(args: argparse.Namespace) -> None:
     from vaefast.train import train
 
-    config = train(args.data, args.out, latent_dim=args.latent_dim, hidden_dim=args.hidden_dim,
-                   epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
-                   force=args.force, max_train=args.max_train)
+    config = train(args.data, args.out, force=args.force, **_given(
+        args, "arch", "latent_dim", "hidden_dim", "epochs", "seed", "batch_size", "lr",
+        "max_train"))
     last = config["history"][-1]
-    print(f"wrote {args.out}: test loss {last['test_loss']:.2f} per sample after "
-          f"{last['epoch']} epochs")
+    print(f"wrote {args.out}: {config['model']['arch']} VAE, test loss "
+          f"{last['test_loss']:.2f} per sample after {last['epoch']} epochs")
 
 
 def _export(args: argparse.Namespace) -> None:
-    from vaefast.export import export, format_report
+    from vaefast.export import export, export_module, format_report
 
-    report = export(args.run, args.out, int8=args.int8, fp16=args.fp16, force=args.force)
+    options = dict(int8=args.int8, fp16=args.fp16, force=args.force)
+    if args.module:
+        if args.run:
+            raise VaefastError("give a run folder or --module, not both")
+        if not args.input_shape:
+            raise VaefastError("--module needs --input-shape, e.g. 3,32,32")
+        try:
+            shape = tuple(int(s) for s in args.input_shape.split(","))
+        except ValueError:
+            raise VaefastError(f"--input-shape {args.input_shape!r}: write it as C,H,W or "
+                               "D") from None
+        report = export_module(args.module, args.out, input_shape=shape, weights=args.weights,
+                               **_given(args, "data", "decoder_output"), **options)
+    elif args.run:
+        for flag in ("weights", "input_shape", "data", "decoder_output"):
+            if getattr(args, flag) is not None:
+                raise VaefastError(f"--{flag.replace('_', '-')} goes with --module; a run "
+                                   "folder records it")
+        report = export(args.run, args.out, **options)
+    else:
+        raise VaefastError("give a run folder from `vaefast train`, or --module FILE.py:FN")
     print(f"wrote {args.out}")
     print(format_report(report))
 
@@ -38,14 +67,14 @@ def _tsne(args: argparse.Namespace) -> None:
 
     import numpy as np
 
-    from vaefast._io import atomic_file
+    from vaefast.atomic import atomic_file
+    from vaefast.data import read_points
     from vaefast.tsne import TSNE
-    from vaefast.tsne.io import read_points
 
     X = read_points(args.input)
     t0 = time.perf_counter()
-    tsne = TSNE(perplexity=args.perplexity, max_iter=args.max_iter, random_state=args.seed,
-                n_jobs=args.threads, progress=not args.quiet).fit(X)
+    tsne = TSNE(progress=not args.quiet, **_given(args, "perplexity", "max_iter"),
+                random_state=args.seed, n_jobs=args.threads).fit(X)
     seconds = time.perf_counter() - t0
     with atomic_file(args.out) as tmp:
         with open(tmp, "wb") as f:
@@ -58,27 +87,51 @@ def _tsne(args: argparse.Namespace) -> None:
 def _embed(args: argparse.Namespace) -> None:
     from vaefast.embedding import embed
 
-    stats = embed(args.model, args.input, args.out, batch_size=args.batch_size,
-                  chunk_rows=args.chunk_rows, tsne=args.tsne, tsne_max=args.tsne_max,
-                  seed=args.seed, scheduler=args.scheduler, workers=args.workers,
-                  threads=args.threads, force=args.force, progress=not args.quiet)
+    if args.variant not in (None, "fp32"):
+        _print_agreement(args.model, args.variant)
+    stats = embed(args.model, args.input, args.out, tsne=args.tsne, force=args.force,
+                  progress=not args.quiet, **_given(
+                      args, "batch_size", "chunk_rows", "tsne_max", "seed", "scheduler",
+                      "workers", "threads", "variant", "providers"))
     if stats.get("already_complete"):
         print(f"{args.out} is already complete ({stats['rows']} rows)")
         return
     rate = f", {stats['rows_per_s']:.0f} rows/s" if stats["rows_per_s"] else ""
     print(f"wrote {args.out}: {stats['rows']} rows ({stats['chunks_resumed']} chunks resumed) "
-          f"in {stats['seconds']:.2f} s{rate}")
+          f"in {stats['seconds']:.2f} s{rate} ({stats['variant']} on {stats['providers'][0]})")
+
+
+def _print_agreement(model: str, variant: str) -> None:
+    """The variant's agreement with fp32, from the export report, before using it."""
+    from pathlib import Path
+
+    from vaefast.atomic import read_json
+
+    path = Path(model) / "export_report.json"
+    report = read_json(path) if path.is_file() else {}
+    r = report.get(variant)
+    if r is None:
+        print(f"note: {path} has no {variant} figures", file=sys.stderr)
+        return
+    print(f"{variant} against fp32 (export report): kNN@10 overlap "
+          f"{r['knn10_overlap_vs_fp32']:.3f}, μ rel error {r['mu_rel_error']:.2e}, "
+          f"reconstruction PSNR {r['recon_psnr_db_vs_fp32']:.1f} dB", file=sys.stderr)
 
 
 def _plot(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; the library leaves notebooks' backends alone
     from vaefast.plot import render
 
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    written = render(args.kind, args.model, args.out, data=args.data,
-                     max_points=args.max_points, formats=formats, seed=args.seed,
-                     method=args.method, thumbnails=args.thumbnails, ellipses=args.ellipses,
-                     embed=args.embed, dims=tuple(args.dims) if args.dims else None,
-                     index=args.index, embeddings=args.embeddings)
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip()) if args.format \
+        else None
+    written = render(args.kind, args.model, args.out, **_given(
+        args, "data", "max_points", "seed", "method", "thumbnails", "ellipses", "index",
+        "embeddings", "variant", "providers", "threads"),
+        **({"formats": formats} if formats else {}),
+        **({"embed": True} if args.embed else {}),
+        **({"dims": tuple(args.dims)} if args.dims else {}))
     for path in written:
         print(f"wrote {path}")
 
@@ -89,6 +142,25 @@ def _bench_report(args: argparse.Namespace) -> None:
     print(f"wrote {report(args.results, args.out)}")
 
 
+class _PlotHelp(argparse.HelpFormatter):
+    """Lists the plot views from ``vaefast.plot.VIEWS``, imported only to print this help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.dest == "kind":
+            from vaefast.plot import VIEWS
+
+            return "; ".join(f"{name}: {view.caption}" for name, view in VIEWS.items()) + \
+                "; all: every view plus index.md"
+        return super()._get_help_string(action)
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", default=None, choices=["fp32", "int8", "fp16"],
+                   help=VARIANT_HELP)
+    p.add_argument("--providers", default=None, choices=["auto", "cpu", "cuda", "tensorrt"],
+                   help=PROVIDERS_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vaefast`` argument parser with one subcommand per stage of the pipeline."""
     parser = argparse.ArgumentParser(
@@ -96,28 +168,44 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, export, embed, map (exact t-SNE) and plot VAE latent spaces.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("train", help="train the PyTorch example's VAE into a run folder",
-                       description="Train the official PyTorch example's VAE; writes "
+    p = sub.add_parser("train", help="train a VAE (the PyTorch example's, or a conv one)",
+                       description="Train a VAE (--arch mlp: the official PyTorch example; "
+                                   "conv: a small convolutional VAE); writes "
                                    "model.safetensors, config.json, reconstruction.png, "
                                    "samples.png.")
     p.add_argument("--data", default="mnist5k", help=DATA_HELP)
-    p.add_argument("--latent-dim", type=int, default=20, metavar="Z")
-    p.add_argument("--hidden-dim", type=int, default=400, metavar="H")
-    p.add_argument("--epochs", type=int, default=10, metavar="E")
-    p.add_argument("--batch-size", type=int, default=128, metavar="B")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=1, metavar="S")
+    p.add_argument("--arch", default=None, choices=["mlp", "conv"],
+                   help="architecture (default mlp)")
+    p.add_argument("--latent-dim", type=int, default=None, metavar="Z", help="default 20")
+    p.add_argument("--hidden-dim", type=int, default=None, metavar="H", help="default 400")
+    p.add_argument("--epochs", type=int, default=None, metavar="E", help="default 10")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B", help="default 128")
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3")
+    p.add_argument("--seed", type=int, default=None, metavar="S", help="default 1")
     p.add_argument("--max-train", type=int, default=None, metavar="N",
                    help="use only the first N training rows (quick runs)")
     p.add_argument("--out", required=True, help="run folder to create, e.g. runs/NAME")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("export", help="export a run's encoder and decoder to ONNX, verified",
+    p = sub.add_parser("export", help="export a VAE's encoder and decoder to ONNX, verified",
                        description="Export encoder.onnx (x -> mu, logvar) and decoder.onnx "
                                    "(z -> x_hat), verify them against the eager model, write "
-                                   "model.json and export_report.json.")
-    p.add_argument("run", help="run folder written by `vaefast train`")
+                                   "model.json and export_report.json. The model is a run "
+                                   "folder from `vaefast train`, or your own: --module "
+                                   "my_vae.py:build_model --weights W --input-shape 3,32,32.")
+    p.add_argument("run", nargs="?", default=None, help="run folder written by `vaefast train`")
+    p.add_argument("--module", default=None, metavar="FILE.py:FUNCTION",
+                   help="your own model: FUNCTION() returns a torch.nn.Module with "
+                        "encode(x) -> (mu, logvar) and decode(z) -> x_hat")
+    p.add_argument("--weights", default=None, help="--module: .safetensors or a state dict "
+                                                   "(loaded with weights_only=True)")
+    p.add_argument("--input-shape", default=None, metavar="C,H,W",
+                   help="--module: the shape of one input, e.g. 3,32,32 or 784")
+    p.add_argument("--data", default=None, help="--module: verify on this data's test split "
+                                                "(default: random inputs); " + DATA_HELP)
+    p.add_argument("--decoder-output", default=None, choices=["probs", "logits"],
+                   help="--module: what decode returns (logits get a sigmoid in the graph)")
     p.add_argument("--out", required=True, help="folder to create, e.g. exported/NAME")
     p.add_argument("--int8", action="store_true", help="also write dynamically quantized int8 "
                                                        "models")
@@ -132,17 +220,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="exported model folder, e.g. exported/mnist5k-z20")
     p.add_argument("input", help=".npy, .npz, IDX (raw or .gz), a .zarr array, or a data spec")
     p.add_argument("--out", required=True, help="zarr store to write, e.g. out/emb.zarr")
-    p.add_argument("--batch-size", type=int, default=8192, help="rows per ONNX Runtime call")
-    p.add_argument("--chunk-rows", type=int, default=65536, help="rows per zarr chunk / task")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows per ONNX Runtime call (default 8192)")
+    p.add_argument("--chunk-rows", type=int, default=None,
+                   help="rows per zarr chunk / task (default 65536)")
     p.add_argument("--tsne", action="store_true", help="add a 2-D exact t-SNE map of mu")
-    p.add_argument("--tsne-max", type=int, default=10000,
-                   help="exact t-SNE on all rows up to this N; above, on a seeded sample of "
-                        "this size with the rest placed by transform")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tsne-max", type=int, default=None,
+                   help="exact t-SNE on all rows up to this N (default 10000); above, on a "
+                        "seeded sample of this size with the rest placed by transform")
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--scheduler", default=None,
                    help="local (a dask LocalCluster) or tcp://HOST:PORT; default: this process")
-    p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
+    p.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes "
+                                                             "(default 2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime and t-SNE threads (default: all cores; on a tcp:// "
+                        "cluster, each worker's own)")
+    _add_runtime_options(p)
     p.add_argument("--force", action="store_true",
                    help="replace a store started with another model, input or parameters")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -150,22 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tsne", help="exact t-SNE (Numba) of latent means to 2-D",
                        description="scikit-learn's exact t-SNE, computed by Numba. INPUT is a "
-                                   ".npy array [N, Z], or a .npz holding mu (or X).")
-    p.add_argument("input", help="latent means: .npy, or .npz with mu / X")
+                                   ".npy array [N, Z], a .npz holding mu (or X), or a zarr "
+                                   "array / finished `vaefast embed` store (its mu).")
+    p.add_argument("input", help="latent means: .npy, .npz with mu / X, or .zarr")
     p.add_argument("--out", required=True, help="output .npy of the [N, 2] embedding")
-    p.add_argument("--perplexity", type=float, default=30.0)
-    p.add_argument("--max-iter", type=int, default=1000)
+    p.add_argument("--perplexity", type=float, default=None, help="default 30")
+    p.add_argument("--max-iter", type=int, default=None, help="default 1000")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="Numba threads (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_tsne)
 
     p = sub.add_parser("plot", help="latent-space views from an exported model (no torch)",
-                       description="KIND: latent, uncertainty, samples, manifold, "
-                                   "reconstructions, diagnostics, or all (every view plus "
-                                   "index.md).")
-    p.add_argument("kind", metavar="KIND", help="latent | uncertainty | samples | manifold | "
-                                                "reconstructions | diagnostics | all")
+                       description="KIND: one of the views listed under KIND, or all (every "
+                                   "view plus index.md).", formatter_class=_PlotHelp)
+    p.add_argument("kind", metavar="KIND", help="(filled in from vaefast.plot.VIEWS)")
     p.add_argument("model", metavar="MODEL_DIR", help="exported model folder")
     p.add_argument("--data", default=None, help=DATA_HELP + "; default: the model's "
                                                             "training data")
@@ -173,22 +266,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plot every row of a finished `vaefast embed` store (its μ, σ, labels "
                         "and t-SNE) instead of encoding --data")
     p.add_argument("--out", required=True, help="folder for the images")
-    p.add_argument("--format", default="png", help="comma-separated: png, svg, pdf")
-    p.add_argument("--method", default="tsne", choices=["tsne", "pca"],
-                   help="2-D map of μ when Z > 2")
-    p.add_argument("--thumbnails", type=int, default=0, metavar="N",
+    p.add_argument("--format", default=None, help="comma-separated: png (default), svg, pdf")
+    p.add_argument("--method", default=None, choices=["tsne", "pca"],
+                   help="2-D map of μ when Z > 2 (default tsne)")
+    p.add_argument("--thumbnails", type=int, default=None, metavar="N",
                    help="latent: draw N input images at their points")
-    p.add_argument("--ellipses", type=int, default=200, metavar="N",
-                   help="uncertainty (Z=2): ±σ ellipses for N inputs")
+    p.add_argument("--ellipses", type=int, default=None, metavar="N",
+                   help="uncertainty (Z=2): ±σ ellipses for N inputs (default 200)")
     p.add_argument("--embed", action="store_true", help="samples: place z in 2-D with their "
                                                         "images as markers")
     p.add_argument("--dims", type=int, nargs=2, default=None, metavar=("A", "B"),
                    help="manifold (Z>2): the two latent dims to traverse (default: highest KL)")
-    p.add_argument("--index", type=int, default=0, help="manifold (Z>2): the input whose μ "
-                                                        "the traversal starts from")
-    p.add_argument("--max-points", type=int, default=5000,
-                   help="use a seeded sample of at most this many inputs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--index", type=int, default=None, help="manifold (Z>2): the input whose μ "
+                                                           "the traversal starts from")
+    p.add_argument("--max-points", type=int, default=None,
+                   help="use a seeded sample of at most this many inputs (default 5000)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime and t-SNE threads")
+    _add_runtime_options(p)
     p.set_defaults(func=_plot)
 
     p = sub.add_parser("bench", help="benchmark reports (run the suites with `make bench`)")
@@ -201,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = {"embed": "interrupted; the store keeps its finished chunks, run the same "
+                        "command again to resume"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vaefast`` console script."""
     parser = build_parser()
@@ -211,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vaefast {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"vaefast {args.command}: interrupted; nothing was written", file=sys.stderr)
+        print(f"vaefast {args.command}: "
+              f"{INTERRUPTED.get(args.command, 'interrupted; nothing was written')}",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -12,17 +12,19 @@ A data spec is one string:
     ``train-*`` and ``t10k-*`` files, or a torchvision root (``ROOT/MNIST/raw/`` or
     ``ROOT/FashionMNIST/raw/``), or one images file (labels are read from the sibling
     ``*-labels-idx1-ubyte`` file when present).
-``npy:PATH`` / ``npz:PATH``
-    A ``.npy`` array X (memory-mapped), or a ``.npz`` holding ``X`` and optionally ``y``.
-    X is [N, D] or [N, H, W]; uint8 in [0, 255] or floats in [0, 1].
+``npy:PATH`` / ``npz:PATH`` / ``zarr:PATH``
+    A ``.npy`` array X (memory-mapped), a ``.npz`` holding ``X`` and optionally ``y``,
+    or a zarr array (or a group holding ``X`` and optionally ``y``). X is [N, D],
+    [N, H, W], [N, H, W, C] (channels-last) or [N, C, H, W]; uint8 in [0, 255] or
+    floats in [0, 1]. Array names are looked up in ``X_KEYS`` and ``Y_KEYS``.
 
-A bare path ending in ``.npy``, ``.npz``, ``-ubyte`` or ``-ubyte.gz`` is accepted too.
+A bare path ending in ``.npy``, ``.npz``, ``.zarr``, ``-ubyte`` or ``-ubyte.gz`` is
+accepted too. Every command that reads data takes the same specs.
 """
 
 from __future__ import annotations
 
 import gzip
-import math
 import os
 import struct
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from vaefast.errors import VaefastError
+from vaefast.layout import stored_image_shape
 
 IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
@@ -38,13 +41,19 @@ SPLIT_SEED = 0  # the fixed seed of every built-in train/test split
 FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 _CHECK_ROWS = 65536  # rows per chunk when validating memory-mapped arrays
+SPEC_KINDS = ("mnist5k", "digits", "idx", "npy", "npz", "zarr")
+SUFFIX_KINDS = {".npy": "npy", ".npz": "npz", ".zarr": "zarr", "-ubyte": "idx",
+                "-ubyte.gz": "idx"}
+X_KEYS = ("X", "x", "data", "images", "arr_0")  # the one list of names for the inputs
+Y_KEYS = ("y", "Y", "labels", "arr_1")  # and for their labels
+POINT_KEYS = ("mu", *X_KEYS)  # points to map with t-SNE: latent means first
 
 
 @dataclass
 class RawData:
     """Unsplit arrays as stored: X may be a read-only memory map of uint8."""
 
-    X: np.ndarray  # [N, D]
+    X: np.ndarray  # [N, *sample shape] as stored
     y: np.ndarray | None  # [N] int64
     image_shape: tuple[int, ...] | None
     label_names: list[str] | None
@@ -67,7 +76,7 @@ class Dataset:
 
     @property
     def n_features(self) -> int:
-        return int(self.X_train.shape[1])
+        return int(np.prod(self.X_train.shape[1:]))
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -75,19 +84,16 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     if spec in ("mnist5k", "digits"):
         return spec, None
     kind, sep, path = spec.partition(":")
-    if sep and kind in ("idx", "npy", "npz"):
+    if sep and kind in SPEC_KINDS[2:]:
         if not path:
             raise VaefastError(f"data spec {spec!r} has no path; write {kind}:PATH")
         return kind, path
-    lower = spec.lower()
-    if lower.endswith(".npy"):
-        return "npy", spec
-    if lower.endswith(".npz"):
-        return "npz", spec
-    if lower.endswith(("-ubyte", "-ubyte.gz")):
-        return "idx", spec
-    raise VaefastError(
-        f"unknown data spec {spec!r}; use mnist5k, digits, idx:PATH, npy:PATH or npz:PATH")
+    lower = spec.lower().rstrip("/")
+    for suffix, kind in SUFFIX_KINDS.items():
+        if lower.endswith(suffix):
+            return kind, spec.rstrip("/")
+    raise VaefastError(f"unknown data spec {spec!r}; use mnist5k, digits, idx:PATH, npy:PATH, "
+                       "npz:PATH or zarr:PATH")
 
 
 def read(spec: str) -> RawData:
@@ -99,6 +105,8 @@ def read(spec: str) -> RawData:
         raw = _read_digits()
     elif kind == "idx":
         raw = _read_idx_spec(Path(path))
+    elif kind == "zarr":
+        raw = _read_zarr(Path(path))
     else:
         raw = _read_numpy(Path(path), kind)
     raw.spec = spec
@@ -151,32 +159,26 @@ def scale_to_unit(X: np.ndarray, scale: float) -> np.ndarray:
     return out
 
 
-def guess_image_shape(n_features: int) -> tuple[int, int] | None:
-    """Square image shape for a feature count that is a perfect square, else None."""
-    side = math.isqrt(n_features)
-    return (side, side) if side * side == n_features else None
-
-
 def check_features(X: np.ndarray, name: str) -> tuple[np.ndarray, tuple[int, ...] | None, float]:
-    """Validate an [N, D] or [N, H, W] numeric array; return (X as [N, D], image shape, scale).
+    """Validate an [N, D], [N, H, W], [N, H, W, C] or [N, C, H, W] numeric array; return
+    (X as stored, display image shape, scale).
 
     Integers must lie in [0, 255] (pixels, scale 255); floats in [0, 1] (scale 1).
     Checked in chunks so memory-mapped arrays are never loaded whole.
     """
-    if X.dtype.kind not in "uif":
+    if np.dtype(X.dtype).kind not in "uif":
         raise VaefastError(f"{name}: dtype {X.dtype} is not numeric; store pixels as uint8 "
                            "or floats in [0, 1]")
-    if X.ndim == 3:
-        image_shape = tuple(int(s) for s in X.shape[1:])
-        X = X.reshape(X.shape[0], -1)
-    elif X.ndim == 2:
-        image_shape = guess_image_shape(X.shape[1])
-    else:
-        raise VaefastError(f"{name}: expected a 2-D [N, D] or 3-D [N, H, W] array, "
-                           f"got shape {X.shape}")
-    if X.shape[0] == 0 or X.shape[1] == 0:
+    if X.ndim not in (2, 3, 4):
+        raise VaefastError(f"{name}: expected [N, D], [N, H, W], [N, H, W, C] or "
+                           f"[N, C, H, W], got shape {X.shape}")
+    image_shape = stored_image_shape(X.shape[1:])
+    if X.ndim == 4 and image_shape is None:
+        raise VaefastError(f"{name}: cannot tell the channel axis of shape {X.shape}; store "
+                           "images as [N, H, W, C] or [N, C, H, W] with C in 1, 3 or 4")
+    if X.shape[0] == 0 or 0 in X.shape[1:]:
         raise VaefastError(f"{name}: array is empty (shape {X.shape})")
-    is_int = X.dtype.kind in "ui"
+    is_int = np.dtype(X.dtype).kind in "ui"
     lo_ok, hi_ok = (0, 255) if is_int else (0.0, 1.0)
     for start in range(0, X.shape[0], _CHECK_ROWS):
         block = np.asarray(X[start:start + _CHECK_ROWS])
@@ -228,31 +230,88 @@ def _read_digits() -> RawData:
 # --- numpy files -------------------------------------------------------------------------
 
 
-def _read_numpy(path: Path, kind: str) -> RawData:
-    if not path.is_file():
-        raise VaefastError(f"{path}: file not found")
+def _load_numpy(path: Path, pick, archive: bool):
+    """``pick`` applied to a loaded .npy array (memory-mapped) or open .npz archive, with
+    pickles refused and unreadable files turned into clear errors."""
     try:
-        if kind == "npy":
-            X, y = np.load(path, mmap_mode="r", allow_pickle=False), None
-        else:
+        if archive:
             with np.load(path, allow_pickle=False) as z:
-                keys = list(z.keys())
-                xkey = next((k for k in ("X", "x", "data", "arr_0") if k in keys), None)
-                if xkey is None:
-                    raise VaefastError(f"{path}: no array named X in the .npz (found {keys})")
-                X = z[xkey]
-                ykey = next((k for k in ("y", "Y", "labels", "arr_1") if k in keys), None)
-                y = z[ykey] if ykey else None
+                return pick(z)
+        return pick(np.load(path, mmap_mode="r", allow_pickle=False))
     except VaefastError:
         raise
     except ValueError as e:  # object arrays need pickle, which we never load
         raise VaefastError(f"{path}: cannot read without pickle ({e})") from None
     except Exception as e:  # truncated or not a numpy file
-        raise VaefastError(f"{path}: not a readable {kind} file ({e})") from None
+        raise VaefastError(f"{path}: not a readable numpy file ({e})") from None
+
+
+def _read_numpy(path: Path, kind: str) -> RawData:
+    if not path.is_file():
+        raise VaefastError(f"{path}: file not found")
+    X, y = _load_numpy(path, lambda z: (z, None) if kind == "npy"
+                       else _named_arrays(z, set(z), str(path)), archive=kind == "npz")
     X, image_shape, scale = check_features(X, str(path))
     y = check_labels(y, X.shape[0], str(path))
     names = None if y is None else [str(v) for v in np.unique(y)]
     return RawData(X, y, image_shape, names, scale, f"{kind}:{path}")
+
+
+def _named_arrays(container, keys, name: str, x_keys: tuple[str, ...] = X_KEYS):
+    """(X, y or None) from a mapping of named arrays, by ``x_keys`` and Y_KEYS."""
+    xkey = next((k for k in x_keys if k in keys), None)
+    if xkey is None:
+        raise VaefastError(f"{name}: no array named {' or '.join(x_keys)} (found "
+                           f"{sorted(keys)})")
+    ykey = next((k for k in Y_KEYS if k in keys), None)
+    return container[xkey], (np.asarray(container[ykey][:]) if ykey else None)
+
+
+def open_zarr(path: Path, x_keys: tuple[str, ...] = X_KEYS):
+    """The X array (zarr, not loaded) and labels of a zarr array or group."""
+    import zarr
+
+    if not path.exists():
+        raise VaefastError(f"{path}: no such zarr store")
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as e:
+        raise VaefastError(f"{path}: not a readable zarr store ({e})") from None
+    if isinstance(node, zarr.Group):
+        return _named_arrays(node, set(node.array_keys()), str(path), x_keys)
+    return node, None
+
+
+def _read_zarr(path: Path) -> RawData:
+    X, y = open_zarr(path)
+    X, image_shape, scale = check_features(X, str(path))
+    y = check_labels(y, X.shape[0], str(path))
+    names = None if y is None else [str(v) for v in np.unique(y)]
+    return RawData(X, y, image_shape, names, scale, f"zarr:{path}")
+
+
+def read_points(path: str | os.PathLike) -> np.ndarray:
+    """An [N, Z] numeric array to map with t-SNE: a .npy, a .npz's ``mu`` (or an
+    X_KEYS array), or a zarr array or group (a finished ``vaefast embed`` store gives
+    its ``mu``; an unfinished one is refused)."""
+    path = Path(path)
+    if path.suffix == ".zarr":
+        from vaefast.store import is_store, open_embeddings
+
+        X = open_embeddings(path)["mu"] if is_store(path) else open_zarr(path, POINT_KEYS)[0]
+        X = np.asarray(X[:])
+    elif not path.is_file():
+        raise VaefastError(f"{path}: file not found")
+    elif path.suffix == ".npy":
+        X = _load_numpy(path, np.asarray, archive=False)
+    elif path.suffix == ".npz":
+        X = _load_numpy(path, lambda z: _named_arrays(z, set(z), str(path), POINT_KEYS)[0],
+                        archive=True)
+    else:
+        raise VaefastError(f"{path}: expected a .npy, .npz or .zarr input")
+    if X.dtype.kind not in "iuf" or X.ndim != 2:
+        raise VaefastError(f"{path}: expected a numeric [N, Z] array, got {X.dtype} {X.shape}")
+    return X
 
 
 # --- IDX files ---------------------------------------------------------------------------
@@ -333,8 +392,7 @@ def _idx_pair(images: Path, labels: Path | None, label_names: list[str]) -> RawD
             raise VaefastError(f"{labels}: is an IDX images file, expected labels (magic 2049)")
         if y.shape[0] != X.shape[0]:
             raise VaefastError(f"{labels}: {y.shape[0]} labels for {X.shape[0]} images in {images}")
-    return RawData(X.reshape(X.shape[0], -1), y, tuple(X.shape[1:]), label_names, 255.0,
-                   f"idx:{images}")
+    return RawData(X, y, tuple(X.shape[1:]), label_names, 255.0, f"idx:{images}")
 
 
 def _resolve_idx_folder(path: Path) -> Path:

@@ -8,12 +8,13 @@ import numpy as np
 
 
 def make_grid(images: np.ndarray, nrow: int = 8, padding: int = 2) -> np.ndarray:
-    """Tile [N, H, W] images in [0, 1] into one 2-D array, ``nrow`` per row, black padding."""
-    n, h, w = images.shape
+    """Tile [N, H, W] (grey) or [N, H, W, C] (colour) images in [0, 1] into one image,
+    ``nrow`` per row, black padding."""
+    n, h, w = images.shape[:3]
     ncol = min(nrow, n)
     nrows = -(-n // ncol)
-    grid = np.zeros((nrows * (h + padding) + padding, ncol * (w + padding) + padding),
-                    dtype=np.float32)
+    grid = np.zeros((nrows * (h + padding) + padding, ncol * (w + padding) + padding,
+                     *images.shape[3:]), dtype=np.float32)
     for k in range(n):
         r, c = divmod(k, ncol)
         top, left = padding + r * (h + padding), padding + c * (w + padding)
@@ -22,15 +23,8 @@ def make_grid(images: np.ndarray, nrow: int = 8, padding: int = 2) -> np.ndarray
 
 
 def save_grid(path: str | os.PathLike, images: np.ndarray, nrow: int = 8) -> None:
-    """Write [N, H, W] images in [0, 1] as a grayscale PNG grid."""
+    """Write [N, H, W] or [N, H, W, C] images in [0, 1] as one PNG grid."""
     from PIL import Image
 
     grid = make_grid(np.clip(images, 0.0, 1.0), nrow)
     Image.fromarray((grid * 255.0 + 0.5).astype(np.uint8)).save(path, format="PNG")
-
-
-def as_images(X: np.ndarray, image_shape: tuple[int, ...] | None) -> np.ndarray:
-    """[N, D] rows -> [N, H, W]; a non-image feature vector becomes a 1-row strip."""
-    if image_shape is None or len(image_shape) != 2:
-        return X.reshape(X.shape[0], 1, -1)
-    return X.reshape(X.shape[0], *image_shape)

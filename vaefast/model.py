@@ -1,18 +1,51 @@
-"""The VAE of the official PyTorch example (vae/main.py), with configurable sizes."""
+"""VAE architectures (torch), their one registry, and the loss.
+
+``ARCHITECTURES`` maps a name to a class; ``build(config)`` makes the model a run's
+``config.json`` describes, for training, ``load_run`` and export alike. Every
+architecture has ``encode(x) -> (mu, logvar)``, ``decode(z) -> x_hat`` in [0, 1],
+``reparameterize`` and ``forward``, and an ``input_shape`` (the sample shape it takes).
+Adding one is one class here plus its entry in ``ARCHITECTURES``.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaefast.errors import VaefastError
+from vaefast.layout import channels_first
 
-class VAE(nn.Module):
-    """fc1 D->H, fc21/fc22 H->Z (mu, log sigma^2), fc3 Z->H, fc4 H->D; ReLU, sigmoid output."""
+
+class _VAE(nn.Module):
+    """What every architecture shares: the reparameterization and the forward pass."""
+
+    input_shape: tuple[int, ...]
+    latent_dim: int
+
+    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn(std.shape, generator=generator, dtype=std.dtype, device=std.device)
+        return mu + eps * std
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        mu, logvar = self.encode(x.view(-1, *self.input_shape))
+        z = self.reparameterize(mu, logvar, generator)
+        return self.decode(z), mu, logvar
+
+
+class VAE(_VAE):
+    """The official PyTorch example (vae/main.py): fc1 D->H, fc21/fc22 H->Z (mu, log
+    sigma^2), fc3 Z->H, fc4 H->D; ReLU, sigmoid output."""
 
     def __init__(self, input_dim: int = 784, hidden_dim: int = 400, latent_dim: int = 20):
         super().__init__()
         self.input_dim, self.hidden_dim, self.latent_dim = input_dim, hidden_dim, latent_dim
+        self.input_shape = (input_dim,)
         self.fc1 = nn.Linear(input_dim, hidden_dim)
         self.fc21 = nn.Linear(hidden_dim, latent_dim)
         self.fc22 = nn.Linear(hidden_dim, latent_dim)
@@ -23,47 +56,102 @@ class VAE(nn.Module):
         h1 = F.relu(self.fc1(x))
         return self.fc21(h1), self.fc22(h1)
 
-    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        std = torch.exp(0.5 * logvar)
-        eps = torch.randn(std.shape, generator=generator, dtype=std.dtype, device=std.device)
-        return mu + eps * std
-
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         h3 = F.relu(self.fc3(z))
         return torch.sigmoid(self.fc4(h3))
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
-        mu, logvar = self.encode(x.view(-1, self.input_dim))
-        z = self.reparameterize(mu, logvar, generator)
-        return self.decode(z), mu, logvar
+
+class ConvVAE(_VAE):
+    """A small convolutional VAE for [C, H, W] images with H and W divisible by 4
+    (28x28 grey, 32x32 colour): two stride-2 4x4 convs (32, 64 channels) and a hidden
+    fc layer down to mu and log sigma^2, the mirror image up with transposed convs;
+    ReLU, sigmoid output, no normalization layers (so train and eval agree)."""
+
+    def __init__(self, input_shape: tuple[int, int, int] = (1, 28, 28), hidden_dim: int = 256,
+                 latent_dim: int = 16):
+        super().__init__()
+        c, h, w = (int(s) for s in input_shape)
+        if h % 4 or w % 4:
+            raise VaefastError(f"the conv VAE needs image sides divisible by 4, got {h}x{w}")
+        self.input_shape, self.hidden_dim, self.latent_dim = (c, h, w), hidden_dim, latent_dim
+        self.feature_shape = (64, h // 4, w // 4)
+        flat = 64 * (h // 4) * (w // 4)
+        self.enc = nn.Sequential(nn.Conv2d(c, 32, 4, 2, 1), nn.ReLU(),
+                                 nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(), nn.Flatten(),
+                                 nn.Linear(flat, hidden_dim), nn.ReLU())
+        self.fc_mu = nn.Linear(hidden_dim, latent_dim)
+        self.fc_logvar = nn.Linear(hidden_dim, latent_dim)
+        self.dec_fc = nn.Sequential(nn.Linear(latent_dim, hidden_dim), nn.ReLU(),
+                                    nn.Linear(hidden_dim, flat), nn.ReLU())
+        self.dec = nn.Sequential(nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),
+                                 nn.ConvTranspose2d(32, c, 4, 2, 1))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.enc(x)
+        return self.fc_mu(h), self.fc_logvar(h)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.dec_fc(z).view(-1, *self.feature_shape)
+        return torch.sigmoid(self.dec(h))
+
+
+def _mlp(sizes: dict[str, Any]) -> VAE:
+    input_dim = int(sizes["input_dim"]) if "input_dim" in sizes else \
+        int(torch.tensor(sizes["input_shape"]).prod())
+    return VAE(input_dim, int(sizes["hidden_dim"]), int(sizes["latent_dim"]))
+
+
+def _conv(sizes: dict[str, Any]) -> ConvVAE:
+    return ConvVAE(tuple(sizes["input_shape"]), int(sizes["hidden_dim"]),
+                   int(sizes["latent_dim"]))
+
+
+def _conv_input(n_features: int, image_shape) -> tuple[int, ...]:
+    if image_shape is None:
+        raise VaefastError(f"the conv VAE needs image data; these samples are {n_features} "
+                           "features with no image shape")
+    return channels_first(image_shape)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One registry entry: how to build the model from its config, and which input
+    shape it takes for data of ``n_features`` features shown as ``image_shape``."""
+
+    build: Callable[[dict[str, Any]], _VAE]
+    input_shape: Callable[[int, Any], tuple[int, ...]]
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "mlp": Architecture(_mlp, lambda n_features, image_shape: (n_features,)),
+    "conv": Architecture(_conv, _conv_input),
+}
+
+
+def architecture(name: str) -> Architecture:
+    """The registry entry of an architecture, or a clear error."""
+    if name not in ARCHITECTURES:
+        raise VaefastError(f"unknown architecture {name!r}; use one of "
+                           f"{', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def build(sizes: dict[str, Any]) -> _VAE:
+    """The untrained model a config's ``model`` entry describes (``arch`` defaults to
+    mlp, as in runs written before architectures existed)."""
+    arch = sizes.get("arch", "mlp")
+    entry = architecture(arch)
+    try:
+        return entry.build(sizes)
+    except (KeyError, TypeError, ValueError) as e:
+        raise VaefastError(f"model config {sizes} does not describe a {arch} VAE ({e})") \
+            from None
 
 
 def loss_function(recon_x: torch.Tensor, x: torch.Tensor, mu: torch.Tensor,
                   logvar: torch.Tensor) -> torch.Tensor:
     """Reconstruction + KL divergence, summed over the batch (Kingma & Welling, appendix B)."""
-    bce = F.binary_cross_entropy(recon_x, x.view(-1, recon_x.shape[1]), reduction="sum")
+    bce = F.binary_cross_entropy(recon_x.reshape(len(recon_x), -1),
+                                 x.reshape(len(recon_x), -1), reduction="sum")
     kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
     return bce + kld
-
-
-class Encoder(nn.Module):
-    """The deterministic half exported to ONNX: x -> (mu, logvar); no sampling node."""
-
-    def __init__(self, vae: VAE):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.vae.encode(x)
-
-
-class Decoder(nn.Module):
-    """z -> x_hat, exported to ONNX."""
-
-    def __init__(self, vae: VAE):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z)

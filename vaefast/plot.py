@@ -10,28 +10,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from vaefast import runtime
-from vaefast._io import atomic_file, write_json
+from vaefast.atomic import atomic_file, write_json
 from vaefast.errors import VaefastError
-from vaefast.images import as_images, make_grid
+from vaefast.images import make_grid
 
-KINDS = ("latent", "uncertainty", "samples", "manifold", "reconstructions", "diagnostics")
 DENSITY_ABOVE = 200_000  # points: above this the scatter is drawn as a density image
-CAPTIONS = {
-    "latent": "Where each input's posterior mean μ lands; σ is not used for position.",
-    "uncertainty": "How wide each input's posterior is: σ = exp(½ log σ²) from the encoder.",
-    "samples": "Images decoded from z drawn from the prior N(0, I); the encoder, μ and σ "
-               "play no part.",
-    "manifold": "What the decoder draws as two latent coordinates sweep the prior's "
-                "quantiles.",
-    "reconstructions": "Inputs over decode(μ(input)): what the model keeps of each input.",
-    "diagnostics": "Per-dimension KL to the prior, active units, σ per dimension and per "
-                   "class.",
-}
+FORMATS = ("png", "svg", "pdf")
 
 
 @dataclass
@@ -44,6 +33,7 @@ class Latents:
     mu: np.ndarray
     logvar: np.ndarray
     seed: int = 0
+    threads: int | None = None  # Numba threads for the t-SNE map (None: all cores)
     _positions: dict = field(default_factory=dict)
 
     @classmethod
@@ -72,8 +62,8 @@ class Latents:
                    seed: int = 0) -> "Latents":
         """Latents of a finished ``vaefast embed`` store (its t-SNE reused); input images
         are read on demand from the store's recorded input, only for the rows shown."""
-        from vaefast.embedding import open_embeddings
         from vaefast.sources import open_source
+        from vaefast.store import open_embeddings
 
         group = open_embeddings(path)
         attrs = dict(group.attrs)["vaefast"]
@@ -88,9 +78,8 @@ class Latents:
         return lat
 
     def images(self, rows: np.ndarray) -> np.ndarray:
-        x = np.asarray(self.X[rows], np.float32)
-        return as_images(x / self.vae.pixel_scale if self.X.dtype.kind in "ui" else x,
-                         self.vae.image_shape)
+        """The inputs of ``rows`` as displayable images in [0, 1]."""
+        return self.vae.images(np.asarray(self.X[rows]))
 
     def positions(self, method: str = "tsne") -> tuple[np.ndarray, str]:
         """2-D positions of μ and a title saying what they are."""
@@ -104,7 +93,7 @@ class Latents:
             elif method == "tsne":
                 from vaefast.tsne import map_points
 
-                pos = map_points(self.mu, seed=self.seed)
+                pos = map_points(self.mu, seed=self.seed, n_jobs=self.threads)
             else:
                 raise VaefastError(f"unknown method {method!r}; use tsne or pca")
             self._positions[method] = pos
@@ -126,12 +115,14 @@ class _RowReader:
 
 
 def _figure(*args, **kwargs):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the backend is the caller's (the CLI picks Agg)
 
     return plt.subplots(*args, **kwargs)
+
+
+def _imshow(ax, image: np.ndarray, cmap: str = "gray") -> None:
+    """Grey images through ``cmap``; colour images as they are."""
+    ax.imshow(image, cmap=cmap if image.ndim == 2 else None)
 
 
 def _scatter(ax, pos: np.ndarray, labels: np.ndarray | None, names: list[str] | None,
@@ -164,7 +155,8 @@ def _thumbnails(ax, pos: np.ndarray, images: np.ndarray, zoom: float = 0.6) -> N
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     for (x, y), image in zip(pos, images):
-        box = AnnotationBbox(OffsetImage(image, cmap="gray_r", zoom=zoom), (x, y),
+        box = AnnotationBbox(OffsetImage(image, cmap="gray_r" if image.ndim == 2 else None,
+                                         zoom=zoom), (x, y),
                              frameon=False, pad=0.0)
         box.set_gid("thumbnail")
         ax.add_artist(box)
@@ -219,7 +211,7 @@ def uncertainty(lat: Latents, method: str = "tsne", ellipses: int = 200, example
                                          (order[::-1][:examples], "least certain (largest σ)"))):
         for k, r in enumerate(rows):
             axi = fig.add_subplot(grid[row + 1, k])
-            axi.imshow(lat.images(np.array([r]))[0], cmap="gray_r")
+            _imshow(axi, lat.images(np.array([r]))[0], "gray_r")
             axi.set_xticks([])
             axi.set_yticks([])
             axi.set_xlabel(f"σ̄={mean_sigma[r]:.2f}", fontsize=7)
@@ -231,19 +223,19 @@ def uncertainty(lat: Latents, method: str = "tsne", ellipses: int = 200, example
 def samples(vae: runtime.ExportedVAE, n: int = 64, seed: int = 0, embed: bool = False):
     """Case 2: decoded z ~ N(0, I) as a grid, or placed in 2-D by their z."""
     z = vae.sample_z(n, seed)
-    images = as_images(vae.decode(z), vae.image_shape)
+    images = vae.images(vae.decode(z))
     if not embed:
         fig, ax = _figure(figsize=(6, 6))
-        ax.imshow(make_grid(images, nrow=int(np.ceil(np.sqrt(n)))), cmap="gray")
+        _imshow(ax, make_grid(images, nrow=int(np.ceil(np.sqrt(n)))))
         ax.axis("off")
         ax.set_title(f"{n} decoded z ~ N(0, I): μ and σ bypassed", fontsize=10)
         return fig
     if vae.latent_dim == 2:
         pos, what = z.astype(np.float64), "z plotted directly"
     else:
-        from vaefast.tsne import TSNE
+        from vaefast.tsne import map_points
 
-        pos = TSNE(perplexity=min(30.0, (n - 1) / 3), random_state=seed).fit_transform(z)
+        pos = map_points(z, seed=seed)
         what = f"exact t-SNE of the {vae.latent_dim}-D z"
     fig, ax = _figure(figsize=(7, 7))
     ax.scatter(pos[:, 0], pos[:, 1], s=0)
@@ -281,9 +273,9 @@ def manifold(lat: Latents, n: int = 20, dims: tuple[int, int] | None = None, ind
     z = np.repeat(base[None, :], n * n, axis=0)
     yy, xx = np.meshgrid(grid[::-1], grid, indexing="ij")
     z[:, dims[0]], z[:, dims[1]] = xx.ravel(), yy.ravel()
-    images = as_images(vae.decode(z), vae.image_shape)
+    images = vae.images(vae.decode(z))
     fig, ax = _figure(figsize=(7, 7))
-    ax.imshow(make_grid(images, nrow=n, padding=0), cmap="gray")
+    _imshow(ax, make_grid(images, nrow=n, padding=0))
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel(f"z[{dims[0]}]: {grid[0]:.2f} → {grid[-1]:.2f}")
@@ -295,10 +287,9 @@ def manifold(lat: Latents, n: int = 20, dims: tuple[int, int] | None = None, ind
 def reconstructions(lat: Latents, n: int = 10):
     """Originals (top) over decode(μ) (bottom)."""
     rows = np.arange(min(n, len(lat.X)))
-    recon = as_images(lat.vae.decode(lat.mu[rows]), lat.vae.image_shape)
+    recon = lat.vae.images(lat.vae.decode(lat.mu[rows]))
     fig, ax = _figure(figsize=(1.0 * len(rows) + 1, 2.6))
-    ax.imshow(make_grid(np.concatenate([lat.images(rows), recon]), nrow=len(rows)),
-              cmap="gray")
+    _imshow(ax, make_grid(np.concatenate([lat.images(rows), recon]), nrow=len(rows)))
     ax.axis("off")
     ax.set_title("inputs (top) over reconstructions decode(μ) (bottom)", fontsize=10)
     return fig
@@ -336,53 +327,80 @@ def diagnostics(lat: Latents, active_threshold: float = 0.01):
     return fig
 
 
-def figure(kind: str, lat: Latents, **options) -> "object":
-    """The Figure of one view."""
-    views: dict[str, Callable] = {
-        "latent": lambda: latent(lat, options.get("method", "tsne"), options.get("thumbnails", 0)),
-        "uncertainty": lambda: uncertainty(lat, options.get("method", "tsne"),
-                                           options.get("ellipses", 200)),
-        "samples": lambda: samples(lat.vae, 64, lat.seed, options.get("embed", False)),
-        "manifold": lambda: manifold(lat, dims=options.get("dims"), index=options.get("index", 0)),
-        "reconstructions": lambda: reconstructions(lat),
-        "diagnostics": lambda: diagnostics(lat),
-    }
-    if kind not in views:
-        raise VaefastError(f"unknown plot kind {kind!r}; use one of {', '.join(KINDS)} or all")
-    return views[kind]()
+@dataclass(frozen=True)
+class View:
+    """One plot view: its function (Latents and options -> Figure) and its caption."""
+
+    draw: Callable[..., Any]
+    caption: str
+
+
+VIEWS: dict[str, View] = {
+    "latent": View(lambda lat, method="tsne", thumbnails=0, **_: latent(lat, method, thumbnails),
+                   "Where each input's posterior mean μ lands; σ is not used for position."),
+    "uncertainty": View(lambda lat, method="tsne", ellipses=200, **_:
+                        uncertainty(lat, method, ellipses),
+                        "How wide each input's posterior is: σ = exp(½ log σ²) from the "
+                        "encoder."),
+    "samples": View(lambda lat, embed=False, **_: samples(lat.vae, 64, lat.seed, embed),
+                    "Images decoded from z drawn from the prior N(0, I); the encoder, μ and "
+                    "σ play no part."),
+    "manifold": View(lambda lat, dims=None, index=0, **_: manifold(lat, dims=dims, index=index),
+                     "What the decoder draws as two latent coordinates sweep the prior's "
+                     "quantiles."),
+    "reconstructions": View(lambda lat, **_: reconstructions(lat),
+                            "Inputs over decode(μ(input)): what the model keeps of each "
+                            "input."),
+    "diagnostics": View(lambda lat, **_: diagnostics(lat),
+                        "Per-dimension KL to the prior, active units, σ per dimension and "
+                        "per class."),
+}
+
+
+def _view(kind: str) -> View:
+    if kind not in VIEWS:
+        raise VaefastError(f"unknown plot kind {kind!r}; use one of {', '.join(VIEWS)} or all")
+    return VIEWS[kind]
+
+
+def figure(kind: str, lat: Latents, **options) -> Any:
+    """The Figure of one view; ``options`` are the views' keyword options (method,
+    thumbnails, ellipses, embed, dims, index), each view taking the ones it knows."""
+    return _view(kind).draw(lat, **{k: v for k, v in options.items() if v is not None})
 
 
 def render(kind: str, model_dir: str | os.PathLike, out: str | os.PathLike, *,
            data: str | None = None, max_points: int = 5000, formats: tuple[str, ...] = ("png",),
-           seed: int = 0, embeddings: str | os.PathLike | None = None,
-           **options) -> list[Path]:
+           seed: int = 0, embeddings: str | os.PathLike | None = None, variant: str = "fp32",
+           providers: str = "cpu", threads: int | None = None, **options) -> list[Path]:
     """Write one view (or ``all`` with an index page) for an exported model; return paths.
 
     With ``embeddings`` (a finished ``vaefast embed`` store) every row of the store is
     plotted from its stored μ, σ and t-SNE, without encoding anything again.
+    ``variant`` and ``providers`` pick the exported model run (recorded in views.json).
     """
     from vaefast import data as data_mod
 
-    kinds = KINDS if kind == "all" else (kind,)
-    if kind != "all" and kind not in KINDS:
-        raise VaefastError(f"unknown plot kind {kind!r}; use one of {', '.join(KINDS)} or all")
+    if kind != "all":
+        _view(kind)
+    kinds = tuple(VIEWS) if kind == "all" else (kind,)
     for fmt in formats:
-        if fmt not in ("png", "svg", "pdf"):
-            raise VaefastError(f"unknown format {fmt!r}; use png, svg or pdf")
-    vae = runtime.load(model_dir, providers="cpu", spin=False)
+        if fmt not in FORMATS:
+            raise VaefastError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
+    vae = runtime.load(model_dir, providers=providers, variant=variant, threads=threads,
+                       spin=False)
     if embeddings is not None:
         lat = Latents.from_store(vae, embeddings, seed)
         spec = str(embeddings)
     else:
-        spec = data or vae.meta.get("training", {}).get("data") or "mnist5k"
+        spec = data or (vae.meta.get("training") or {}).get("data") or "mnist5k"
         raw = data_mod.read(spec)
-        if raw.X.shape[1] != vae.input_dim:
-            raise VaefastError(f"data {spec!r} has {raw.X.shape[1]} features; the model "
-                               f"expects {vae.input_dim}")
+        vae.check_inputs(np.asarray(raw.X[:1]))  # a layout mismatch fails before any work
         rows = _subsample(len(raw.X), max_points, seed) if len(raw.X) > max_points else \
             np.arange(len(raw.X))
         lat = Latents.from_data(vae, np.asarray(raw.X[rows]),
                                 None if raw.y is None else raw.y[rows], seed)
+    lat.threads = threads
     out = Path(out)
     written = []
     import matplotlib.pyplot as plt
@@ -401,13 +419,14 @@ def render(kind: str, model_dir: str | os.PathLike, out: str | os.PathLike, *,
 
 
 def _index(out: Path, fmt: str, vae: runtime.ExportedVAE, spec: str, n: int) -> Path:
-    lines = [f"# Latent views of `{vae.folder}` (Z={vae.latent_dim}) on `{spec}` ({n} inputs)",
-             ""]
-    for k in KINDS:
-        lines += [f"## {k}", "", CAPTIONS[k], "", f"![{k}]({k}.{fmt})", ""]
+    lines = [f"# Latent views of `{vae.folder}` (Z={vae.latent_dim}, {vae.variant} on "
+             f"{vae.providers[0]}) on `{spec}` ({n} inputs)", ""]
+    for k, view in VIEWS.items():
+        lines += [f"## {k}", "", view.caption, "", f"![{k}]({k}.{fmt})", ""]
     path = out / "index.md"
     with atomic_file(path) as tmp:
         tmp.write_text("\n".join(lines))
-    write_json(out / "views.json", {"model": str(vae.folder), "data": spec, "n": n,
-                                    "captions": CAPTIONS})
+    write_json(out / "views.json", {"model": str(vae.folder), "variant": vae.variant,
+                                    "providers": vae.providers, "data": spec, "n": n,
+                                    "captions": {k: v.caption for k, v in VIEWS.items()}})
     return path

@@ -2,8 +2,12 @@
 
 >>> from vaefast import runtime
 >>> vae = runtime.load("exported/mnist5k-z20")
->>> mu, logvar = vae.encode(images)          # uint8 [N, 784] or [N, 28, 28], or floats in [0, 1]
->>> x_hat = vae.decode(mu)
+>>> mu, logvar = vae.encode(images)   # uint8 pixels or floats in [0, 1], [N, *input_shape]
+>>> x_hat = vae.decode(mu)             # [N, *input_shape] in [0, 1]
+
+Inputs may come in any layout ``vaefast.layout.arrange`` accepts: flat or image-shaped
+for MLP models; [N, C, H, W], channels-last [N, H, W, C] (or [N, H, W] when grey) for
+convolutional ones.
 """
 
 from __future__ import annotations
@@ -14,23 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from vaefast._io import read_json
+from vaefast.atomic import read_json
 from vaefast.errors import VaefastError
+from vaefast.layout import arrange, describe, to_display
+from vaefast.variants import model_files
 
 MODEL_JSON = "model.json"
-VARIANT_SUFFIX = {"fp32": "", "int8": ".int8", "fp16": ".fp16"}
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
 SHA_KEY = "vaefast.weights_sha256"
 DEFAULT_BATCH = 4096
-
-
-def model_files(variant: str = "fp32") -> tuple[str, str]:
-    """File names of the encoder and decoder of a variant (fp32, int8, fp16)."""
-    if variant not in VARIANT_SUFFIX:
-        raise VaefastError(f"unknown variant {variant!r}; use one of {sorted(VARIANT_SUFFIX)}")
-    s = VARIANT_SUFFIX[variant]
-    return f"encoder{s}.onnx", f"decoder{s}.onnx"
 
 
 def read_model_json(folder: str | os.PathLike) -> dict[str, Any]:
@@ -73,7 +70,8 @@ class ExportedVAE:
     def __init__(self, folder: Path, meta: dict[str, Any], encoder, decoder, variant: str):
         self.folder, self.meta, self.variant = folder, meta, variant
         self.encoder_session, self.decoder_session = encoder, decoder
-        self.input_dim = int(meta["input_dim"])
+        self.input_shape = input_shape(meta)
+        self.input_dim = int(np.prod(self.input_shape))
         self.latent_dim = int(meta["latent_dim"])
         self.pixel_scale = float(meta["pixel_scale"])
         shape = meta.get("image_shape")
@@ -84,7 +82,8 @@ class ExportedVAE:
 
     def __repr__(self) -> str:
         return (f"ExportedVAE({str(self.folder)!r}, variant={self.variant!r}, "
-                f"D={self.input_dim}, Z={self.latent_dim}, providers={self.providers})")
+                f"input_shape={list(self.input_shape)}, Z={self.latent_dim}, "
+                f"providers={self.providers})")
 
     @property
     def providers(self) -> list[str]:
@@ -94,18 +93,22 @@ class ExportedVAE:
     # --- inputs ---------------------------------------------------------------------------
 
     def check_inputs(self, X: np.ndarray) -> np.ndarray:
-        """Validate inputs: [N, D] or [N, *image_shape]; uint8 pixels or finite floats."""
+        """Validate inputs and lay them out as [N, *input_shape] (uint8 pixels or floats)."""
         X = X if isinstance(X, np.ndarray) else np.asarray(X)
         if X.dtype.kind not in "uif":
             raise VaefastError(f"inputs have dtype {X.dtype}; pass uint8 pixels or floats")
-        if X.ndim == 3 and X.shape[1] * X.shape[2] == self.input_dim:
-            X = X.reshape(X.shape[0], -1)
-        if X.ndim != 2 or X.shape[1] != self.input_dim:
-            raise VaefastError(f"inputs have shape {X.shape}; this model expects "
-                               f"[N, {self.input_dim}]"
-                               + (f" or [N, {self.image_shape[0]}, {self.image_shape[1]}]"
-                                  if self.image_shape else ""))
-        return X
+        if X.ndim < 2:
+            raise VaefastError(f"inputs have shape {list(X.shape)}; this model expects "
+                               f"{describe(self.input_shape)}")
+        return arrange(X, self.input_shape, self.image_shape)
+
+    def images(self, X: np.ndarray) -> np.ndarray:
+        """Inputs or decoder outputs as displayable images in [0, 1]: [N, H, W] (grey) or
+        [N, H, W, C] (colour)."""
+        X = self.check_inputs(X)
+        if X.dtype.kind in "ui":
+            X = X / np.float32(self.pixel_scale)
+        return to_display(np.asarray(X, np.float32), self.input_shape, self.image_shape)
 
     def _to_float(self, chunk: np.ndarray) -> np.ndarray:
         if chunk.dtype.kind in "ui":
@@ -127,11 +130,11 @@ class ExportedVAE:
         binding = session.io_binding()
         binding.bind_cpu_input(name, x)
         for out in outputs:
-            width = self.latent_dim if out != "x_hat" else self.input_dim
+            shape = (self.latent_dim,) if out != "x_hat" else self.input_shape
             key = (id(session), out, x.shape[0])
             if key not in self._device_outputs:
                 self._device_outputs[key] = ort.OrtValue.ortvalue_from_shape_and_type(
-                    [x.shape[0], width], np.float32, "cuda", 0)
+                    [x.shape[0], *shape], np.float32, "cuda", 0)
             binding.bind_ortvalue_output(out, self._device_outputs[key])
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
@@ -153,13 +156,13 @@ class ExportedVAE:
         return mu, logvar
 
     def decode(self, Z: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
-        """Decoded images x_hat [N, D] float32 in [0, 1] from latents Z [N, Z]."""
+        """Decoded x_hat [N, *input_shape] float32 in [0, 1] from latents Z [N, Z]."""
         Z = np.asarray(Z)
         if Z.ndim != 2 or Z.shape[1] != self.latent_dim or Z.dtype.kind not in "iuf":
             raise VaefastError(f"latents have shape {Z.shape} and dtype {Z.dtype}; this model "
                                f"expects float [N, {self.latent_dim}]")
         n = Z.shape[0]
-        out = np.empty((n, self.input_dim), np.float32)
+        out = np.empty((n, *self.input_shape), np.float32)
         for start in range(0, n, _check_batch(batch_size)):
             stop = min(start + batch_size, n)
             z = np.ascontiguousarray(Z[start:stop], dtype=np.float32)
@@ -175,11 +178,11 @@ class ExportedVAE:
         return np.random.default_rng(seed).standard_normal((n, self.latent_dim), np.float32)
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
-        """Decoded z ~ N(0, I): [n, D] images; mu and sigma are bypassed entirely."""
+        """Decoded z ~ N(0, I): [n, *input_shape]; mu and sigma are bypassed entirely."""
         return self.decode(self.sample_z(n, seed))
 
     def reconstruct(self, X: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
-        """decode(mu(X)): the deterministic reconstruction, [N, D] float32."""
+        """decode(mu(X)): the deterministic reconstruction, [N, *input_shape] float32."""
         return self.decode(self.encode(X, batch_size)[0], batch_size)
 
 
@@ -221,19 +224,25 @@ def open_session(path: Path, providers: list[str], options):
         raise VaefastError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
 
 
-def _check_io(session, path: Path, meta: dict, inputs: dict[str, int],
-              outputs: dict[str, int]) -> None:
+def input_shape(meta: dict[str, Any]) -> tuple[int, ...]:
+    """The sample shape an export's encoder takes (model.json ``input_shape``; flat
+    ``[input_dim]`` for exports written before it existed)."""
+    return tuple(int(s) for s in meta.get("input_shape") or [meta["input_dim"]])
+
+
+def _check_io(session, path: Path, meta: dict, inputs: dict[str, tuple],
+              outputs: dict[str, tuple]) -> None:
     for kind, declared, actual in (("inputs", inputs, session.get_inputs()),
                                    ("outputs", outputs, session.get_outputs())):
         got = {a.name: a.shape for a in actual}
         if set(got) != set(declared):
             raise VaefastError(f"{path}: {kind} {sorted(got)} do not match model.json "
                                f"{sorted(declared)}; wrong model file?")
-        for name, width in declared.items():
-            shape = got[name]
-            if len(shape) != 2 or shape[1] != width:
-                raise VaefastError(f"{path}: {name} has shape {shape}, model.json declares "
-                                   f"[batch, {width}]; wrong model file?")
+        for name, shape in declared.items():
+            if len(got[name]) != len(shape) + 1 or tuple(got[name][1:]) != shape:
+                raise VaefastError(f"{path}: {name} has shape {got[name]}, model.json "
+                                   f"declares [batch, {', '.join(map(str, shape))}]; wrong "
+                                   "model file?")
     sha = session.get_modelmeta().custom_metadata_map.get(SHA_KEY)
     if sha != meta["weights_sha256"]:
         raise VaefastError(f"{path}: belongs to another model (weights sha256 {sha} vs "
@@ -255,7 +264,7 @@ def load(exported_dir: str | os.PathLike, providers: str | list[str] = "auto",
     enc_file, dec_file = model_files(variant)
     chain = _resolve_providers(providers)
     options = session_options(threads, spin)
-    D, Z = int(meta["input_dim"]), int(meta["latent_dim"])
+    D, Z = input_shape(meta), (int(meta["latent_dim"]),)
     sessions = []
     for name, ins, outs in ((enc_file, {"x": D}, {"mu": Z, "logvar": Z}),
                             (dec_file, {"z": Z}, {"x_hat": D})):

@@ -1,8 +1,11 @@
 """Row sources for streaming: read any slice of a large input without loading it whole.
 
-``.npy`` and raw IDX files are read with positioned reads (no memory map, so resident
-memory stays bounded by the slice), zarr arrays by slicing; anything else a data spec
-names (mnist5k, digits, .npz, gzipped IDX, IDX folders) is loaded by ``vaefast.data``.
+Specs are parsed by :func:`vaefast.data.parse_spec`, so every command accepts the same
+inputs. ``.npy`` and raw IDX files are read with positioned reads (no memory map, so
+resident memory stays bounded by the slice), zarr arrays by slicing; anything else
+(mnist5k, digits, .npz, gzipped IDX, IDX folders) is loaded by :func:`vaefast.data.read`.
+Rows come back in their stored sample shape ([n, D], [n, H, W], [n, H, W, C] or
+[n, C, H, W]); the runtime lays them out for the model.
 """
 
 from __future__ import annotations
@@ -16,15 +19,16 @@ import numpy as np
 
 from vaefast import data
 from vaefast.errors import VaefastError
+from vaefast.layout import stored_image_shape
 
 
 @dataclass
 class Source:
-    """An input of N rows of D features, read a slice at a time."""
+    """An input of N samples of ``sample_shape``, read a slice at a time."""
 
     spec: str
     n: int
-    n_features: int
+    sample_shape: tuple[int, ...]
     dtype: np.dtype
     labels: np.ndarray | None = None
     _path: Path | None = None
@@ -32,10 +36,20 @@ class Source:
     _array: Any = None  # in-memory or zarr array
     _fingerprint: dict = field(default_factory=dict)
 
+    @property
+    def n_features(self) -> int:
+        return int(np.prod(self.sample_shape))
+
+    @property
+    def image_shape(self) -> tuple[int, ...] | None:
+        """How one sample is displayed ([H, W] or [H, W, C]), when it is an image."""
+        return stored_image_shape(self.sample_shape)
+
     def rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) as stored (uint8 pixels or floats), [stop - start, D]."""
+        """Samples [start, stop) as stored (uint8 pixels or floats), [stop - start, *shape]."""
+        shape = (stop - start, *self.sample_shape)
         if self._array is not None:
-            return np.asarray(self._array[start:stop]).reshape(stop - start, self.n_features)
+            return np.asarray(self._array[start:stop]).reshape(shape)
         row_bytes = self.n_features * self.dtype.itemsize
         count = (stop - start) * self.n_features
         with open(self._path, "rb") as f:
@@ -44,7 +58,7 @@ class Source:
         if out.size != count:
             raise VaefastError(f"{self._path}: truncated at row {start}; the file is shorter "
                                "than its header says")
-        return out.reshape(stop - start, self.n_features)
+        return out.reshape(shape)
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies this input: spec, shape, dtype, and a hash of its first and
@@ -57,7 +71,13 @@ class Source:
             self._fingerprint = {"spec": self.spec, "rows": self.n,
                                  "features": self.n_features, "dtype": str(self.dtype),
                                  "edge_sha256": h.hexdigest()}
+            if len(self.sample_shape) > 1:
+                self._fingerprint["sample_shape"] = list(self.sample_shape)
         return self._fingerprint
+
+    def describe(self) -> str:
+        """One line: the input, its shape and dtype."""
+        return f"{self.spec} ({self.n} x {list(self.sample_shape)} {self.dtype})"
 
 
 def _npy(path: Path, spec: str) -> Source:
@@ -72,64 +92,46 @@ def _npy(path: Path, spec: str) -> Source:
         raise VaefastError(f"{path}: not a readable .npy file ({e})") from None
     if dtype.kind not in "uif" or dtype.hasobject:
         raise VaefastError(f"{path}: dtype {dtype} is not numeric")
-    if fortran or len(shape) not in (2, 3):
-        raise VaefastError(f"{path}: expected a C-ordered [N, D] or [N, H, W] array, got "
-                           f"shape {shape}")
+    if fortran or len(shape) not in (2, 3, 4):
+        raise VaefastError(f"{path}: expected a C-ordered [N, D], [N, H, W], [N, H, W, C] or "
+                           f"[N, C, H, W] array, got shape {shape}")
     n, d = shape[0], int(np.prod(shape[1:]))
     expected = offset + n * d * dtype.itemsize
     if path.stat().st_size < expected:
         raise VaefastError(f"{path}: truncated; header promises {expected} bytes, file has "
                            f"{path.stat().st_size}")
-    return Source(spec, n, d, dtype, None, path, offset)
+    return Source(spec, n, tuple(shape[1:]), dtype, None, path, offset)
 
 
 def _zarr(path: Path, spec: str) -> Source:
-    import zarr
+    X, labels = data.open_zarr(path)
+    if X.ndim not in (2, 3, 4) or np.dtype(X.dtype).kind not in "uif":
+        raise VaefastError(f"{path}: expected a numeric [N, D] or image zarr array, got "
+                           f"{X.dtype} {X.shape}")
+    labels = data.check_labels(labels, X.shape[0], str(path))
+    return Source(spec, X.shape[0], tuple(X.shape[1:]), np.dtype(X.dtype), labels, None, 0, X)
 
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as e:
-        raise VaefastError(f"{path}: not a readable zarr store ({e})") from None
+
+def _raw_idx(path: Path, spec: str) -> Source:
+    images = data.read_idx(path)  # validates magic and size; memmap only for the header
+    labels_file = path.with_name(path.name.replace("-images-idx3-ubyte", "-labels-idx1-ubyte"))
     labels = None
-    if isinstance(node, zarr.Group):
-        keys = set(node.array_keys())
-        key = next((k for k in ("X", "x", "data", "images") if k in keys), None)
-        if key is None:
-            raise VaefastError(f"{path}: zarr group has no array X (found {sorted(keys)})")
-        ykey = next((k for k in ("y", "labels") if k in keys), None)
-        labels = np.asarray(node[ykey][:]) if ykey else None
-        node = node[key]
-    if node.ndim not in (2, 3) or np.dtype(node.dtype).kind not in "uif":
-        raise VaefastError(f"{path}: expected a numeric [N, D] zarr array, got {node.dtype} "
-                           f"{node.shape}")
-    n, d = node.shape[0], int(np.prod(node.shape[1:]))
-    return Source(spec, n, d, np.dtype(node.dtype), labels, None, 0, node)
+    if labels_file.is_file() or labels_file.with_name(labels_file.name + ".gz").is_file():
+        labels = data.read(f"idx:{path}").y
+    n, shape = images.shape[0], tuple(images.shape[1:])
+    del images
+    return Source(spec, n, shape, np.dtype(np.uint8), labels, path, 16)
 
 
 def open_source(spec: str) -> Source:
-    """Open a data spec or file for slice-by-slice reading."""
-    path = Path(spec.split(":", 1)[1] if spec.startswith(("npy:", "zarr:", "idx:")) else spec)
-    if spec.startswith("zarr:") or spec.rstrip("/").endswith(".zarr"):
-        if not path.exists():
-            raise VaefastError(f"{path}: no such zarr store")
-        return _zarr(path, spec)
-    if (spec.startswith("npy:") or spec.endswith(".npy")) and path.is_file():
-        return _npy(path, spec)
-    if path.is_file() and path.name.endswith("-images-idx3-ubyte"):
-        images = data.read_idx(path)  # validates magic and size; memmap only for the header
-        labels_file = path.with_name(path.name.replace("-images-idx3-ubyte",
-                                                       "-labels-idx1-ubyte"))
-        labels = None
-        if labels_file.is_file() or labels_file.with_name(labels_file.name + ".gz").is_file():
-            labels = data.read(f"idx:{path}").y
-        n, d = images.shape[0], int(np.prod(images.shape[1:]))
-        del images
-        return Source(spec, n, d, np.dtype(np.uint8), labels, path, 16)
+    """Open a data spec for slice-by-slice reading."""
+    kind, path = data.parse_spec(spec)
+    if kind == "zarr":
+        return _zarr(Path(path), spec)
+    if kind == "npy" and Path(path).is_file():
+        return _npy(Path(path), spec)
+    if kind == "idx" and Path(path).is_file() and path.endswith("-images-idx3-ubyte"):
+        return _raw_idx(Path(path), spec)
     raw = data.read(spec)
-    return Source(spec, raw.X.shape[0], raw.X.shape[1], raw.X.dtype, raw.y, None, 0,
-                  np.asarray(raw.X))
-
-
-def describe(source: Source) -> str:
-    """One line: the input, its shape and dtype."""
-    return f"{source.spec} ({source.n} x {source.n_features} {source.dtype})"
+    X = np.asarray(raw.X)
+    return Source(spec, X.shape[0], tuple(X.shape[1:]), X.dtype, raw.y, None, 0, X)

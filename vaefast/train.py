@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from vaefast import data as data_mod
-from vaefast._io import atomic_dir, read_json, write_json
+from vaefast.atomic import atomic_dir, read_json, write_json
 from vaefast.errors import VaefastError
-from vaefast.images import as_images, save_grid
+from vaefast.images import save_grid
+from vaefast.layout import arrange, to_display
 from vaefast.versions import package_versions
 
 WEIGHTS = "model.safetensors"
@@ -23,14 +24,18 @@ CONFIG = "config.json"
 
 
 def train(data: str = "mnist5k", out: str | os.PathLike = "runs/default", *,
-          latent_dim: int = 20, hidden_dim: int = 400, epochs: int = 10, seed: int = 1,
+          arch: str = "mlp", latent_dim: int = 20, hidden_dim: int = 400, epochs: int = 10,
+          seed: int = 1,
           batch_size: int = 128, lr: float = 1e-3, force: bool = False,
           progress: bool = True, max_train: int | None = None) -> dict[str, Any]:
     """Train a VAE on a data spec and write a run folder at ``out``; return its config.
 
     The folder is built in a temporary sibling and renamed on success, so a failed or
     interrupted run leaves nothing at ``out``. ``max_train`` caps the training rows
-    (for quick runs and tests). Deterministic on CPU for a given seed and thread count.
+    (for quick runs and tests). ``arch`` names an entry of
+    ``vaefast.model.ARCHITECTURES`` (``mlp``: the official example; ``conv``: a small
+    convolutional VAE for image data). Deterministic on CPU for a given seed and
+    thread count.
     """
     for name, value in (("latent size", latent_dim), ("hidden size", hidden_dim),
                         ("epochs", epochs), ("batch size", batch_size)):
@@ -51,14 +56,18 @@ def train(data: str = "mnist5k", out: str | os.PathLike = "runs/default", *,
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from vaefast.model import VAE, loss_function
+    from vaefast.model import architecture, build, loss_function
 
+    input_shape = architecture(arch).input_shape(ds.n_features, ds.image_shape)
+    sizes = {"arch": arch, "input_shape": list(input_shape), "hidden_dim": hidden_dim,
+             "latent_dim": latent_dim}
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = VAE(ds.n_features, hidden_dim, latent_dim)
+    model = build(sizes)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    xtr = torch.from_numpy(np.ascontiguousarray(X_train))
-    xte = torch.from_numpy(np.ascontiguousarray(ds.X_test))
+    layout = (input_shape, ds.image_shape)
+    xtr = torch.from_numpy(np.ascontiguousarray(arrange(X_train, *layout)))
+    xte = torch.from_numpy(np.ascontiguousarray(arrange(ds.X_test, *layout)))
     history = []
     for epoch in range(1, epochs + 1):
         model.train()
@@ -82,7 +91,7 @@ def train(data: str = "mnist5k", out: str | os.PathLike = "runs/default", *,
                       f"test loss {test_loss:.4f} per sample")
 
     config = {
-        "model": {"input_dim": ds.n_features, "hidden_dim": hidden_dim, "latent_dim": latent_dim},
+        "model": sizes,
         "image_shape": list(ds.image_shape) if ds.image_shape else None,
         "label_names": ds.label_names,
         "pixel_scale": ds.scale,
@@ -99,7 +108,7 @@ def train(data: str = "mnist5k", out: str | os.PathLike = "runs/default", *,
     with atomic_dir(out, force=force) as tmp:
         save_file(model.state_dict(), str(tmp / WEIGHTS))
         write_json(tmp / CONFIG, config)
-        _write_pngs(model, ds.X_test, ds.image_shape, latent_dim, tmp, gen)
+        _write_pngs(model, xte, ds.image_shape, latent_dim, tmp, gen)
     return config
 
 
@@ -119,18 +128,20 @@ def evaluate(model, x, batch_size: int, generator) -> float:
     return total / len(x)
 
 
-def _write_pngs(model, X_test: np.ndarray, image_shape, latent_dim: int, folder: Path,
-                generator) -> None:
+def _write_pngs(model, x_test, image_shape, latent_dim: int, folder: Path, generator) -> None:
     import torch
 
     model.eval()
+    shape = model.input_shape
     with torch.no_grad():
-        x = torch.from_numpy(np.ascontiguousarray(X_test[:8]))
+        x = x_test[:8]
         recon, _, _ = model(x, generator)
-        pair = np.concatenate([x.numpy(), recon.numpy()])
-        save_grid(folder / "reconstruction.png", as_images(pair, image_shape), nrow=len(x))
+        pair = np.concatenate([x.numpy(), recon.numpy().reshape(x.shape)])
+        save_grid(folder / "reconstruction.png", to_display(pair, shape, image_shape),
+                  nrow=len(x))
         z = torch.randn(64, latent_dim, generator=generator)
-        save_grid(folder / "samples.png", as_images(model.decode(z).numpy(), image_shape), 8)
+        save_grid(folder / "samples.png", to_display(model.decode(z).numpy(), shape,
+                                                     image_shape), 8)
 
 
 def load_run(path: str | os.PathLike):
@@ -139,17 +150,14 @@ def load_run(path: str | os.PathLike):
     if not path.is_dir():
         raise VaefastError(f"run folder {path} not found; train one with `vaefast train`")
     config = read_json(path / CONFIG)
-    try:
-        sizes = config["model"]
-        dims = (int(sizes["input_dim"]), int(sizes["hidden_dim"]), int(sizes["latent_dim"]))
-    except (KeyError, TypeError, ValueError):
-        raise VaefastError(f"{path / CONFIG}: no model sizes; is this a vaefast run?") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise VaefastError(f"{path / CONFIG}: no model sizes; is this a vaefast run?")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from vaefast.model import VAE
+    from vaefast.model import build
 
-    model = VAE(*dims)
+    model = build(config["model"])
     weights = path / WEIGHTS
     if not weights.is_file():
         raise VaefastError(f"{weights} not found; the run folder is incomplete, train again")
@@ -160,7 +168,8 @@ def load_run(path: str | os.PathLike):
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if got != expected:
-        raise VaefastError(f"{weights}: tensors {got} do not match config sizes {dims}")
+        raise VaefastError(f"{weights}: tensors {got} do not match the config's model "
+                           f"{config['model']}")
     model.load_state_dict(state)
     model.eval()
     return model, config

@@ -23,10 +23,10 @@ MACHINE_EPSILON = float(np.finfo(np.float64).eps)
 N_STEPS = 100
 
 # Reassociation lets LLVM vectorize the pair sums; no approximate math functions.
-FASTMATH = {"reassoc", "contract", "nsz"}
+PAIR_FASTMATH = {"reassoc", "contract", "nsz"}
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=PAIR_FASTMATH)
 def _sq_distances_to(x, X, out):
     """Squared Euclidean distances from point x to every row of X, rounded to float32 as
     scikit-learn rounds them before its binary search."""
@@ -122,7 +122,7 @@ def symmetrize(C, total, P):
             P[i, j] = max((C[i, j] + C[j, i]) / total, MACHINE_EPSILON) if j != i else 0.0
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=PAIR_FASTMATH)
 def _joint_row(X, i, beta, sum_p, total, dist, prow):
     """Row i of the joint P computed on the fly, exactly as the dense path stores it."""
     n = X.shape[0]
@@ -148,7 +148,7 @@ def joint_matrix(X, beta, sum_p, total, out):
         _joint_row(X, i, beta, sum_p, total, np.empty(n, np.float32), out[i])
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=PAIR_FASTMATH, inline="always")
 def _point_sums(p0, p1, y0, y1, prow):
     """Sums over j of w, p*w*(p-yj) and w^2*(p-yj), with w = 1 / (1 + |p-yj|^2)."""
     n = y0.shape[0]
@@ -171,14 +171,14 @@ def _point_sums(p0, p1, y0, y1, prow):
     return sw, a0, a1, r0, r1
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=PAIR_FASTMATH)
 def _pair_sums(i, y0, y1, prow):
     """_point_sums for embedded point i against all points, leaving out j == i."""
     sw, a0, a1, r0, r1 = _point_sums(y0[i], y1[i], y0, y1, prow)
     return sw - 1.0, a0, a1, r0, r1  # j == i contributed w = 1 and nothing else
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=PAIR_FASTMATH)
 def _log_sum(i, y0, y1, prow):
     """Sum over j of p_ij * log(1 + |yi-yj|^2)  (= -p log w, for the KL divergence)."""
     n = y0.shape[0]
@@ -263,7 +263,7 @@ def p_log_p(P, X, beta, sum_p, total, out):
         out[1, i] = t
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, fastmath=PAIR_FASTMATH)
 def place_points(X_new, X_ref, y0, y1, init, log_perplexity, n_iter, learning_rate,
                  exaggeration, momentum, max_grad_norm, min_gain, out):
     """Optimize each new point alone against the fixed reference embedding (y0, y1).

@@ -23,10 +23,10 @@ EXP_ONE = np.int64(0x3FF0000000000000)
 EXP_TWO52 = np.int64(0x4330000000000000)
 EXP_COEFFS = np.array([1.0 / math.factorial(c) for c in range(14)])
 LOG_COEFFS = np.array([1.0 / (2 * c + 1) for c in range(12)])
-FASTMATH = {"contract", "nsz"}  # no reassociation: it would undo the ln 2 split
+EXP_FASTMATH = {"contract", "nsz"}  # no reassociation: it would undo the ln 2 split
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=EXP_FASTMATH)
 def exp_nonpositive(x, out, buf):
     """out[j] = exp(x[j]) for x[j] <= 0 (0 below -708). buf: float64 scratch of len(x)."""
     n = x.shape[0]
@@ -47,7 +47,7 @@ def exp_nonpositive(x, out, buf):
         out[j] *= buf[j]
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=EXP_FASTMATH)
 def log_at_least_one(x, out, buf):
     """out[j] = log(x[j]) for x[j] >= 1. buf: float64 scratch of len(x)."""
     n = x.shape[0]

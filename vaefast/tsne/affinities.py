@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vaefast.tsne import _kernels
+from vaefast.tsne.backends import DEFAULT, kernels
 
 DEFAULT_MAX_DENSE_BYTES = 1 << 30  # 1 GiB: dense P up to N = 9,459
 P_DTYPE = np.float32
@@ -34,6 +34,7 @@ class Affinities:
     beta: np.ndarray
     sum_p: np.ndarray
     total: float
+    backend: str = DEFAULT
 
     @property
     def dense(self) -> bool:
@@ -48,13 +49,15 @@ class Affinities:
             return self.P
         n = self.X.shape[0]
         out = np.empty((n, n), P_DTYPE)
-        _kernels.joint_matrix(self.X, self.beta, self.sum_p, self.total, out)
+        kernels(self.backend).joint_matrix(self.X, self.beta, self.sum_p, self.total, out)
         return out
 
 
 def joint_probabilities(X: np.ndarray, perplexity: float,
-                        max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES) -> Affinities:
+                        max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+                        backend: str = DEFAULT) -> Affinities:
     """P of scikit-learn's exact t-SNE for rows of X (float32 or float64)."""
+    k = kernels(backend)
     X = np.ascontiguousarray(X)
     if X.dtype not in (np.float32, np.float64):
         X = X.astype(np.float64)
@@ -64,10 +67,10 @@ def joint_probabilities(X: np.ndarray, perplexity: float,
     beta, sum_p, row_total = np.empty(n), np.empty(n), np.empty(n)
     # scikit-learn takes the log of the perplexity as a C float
     log_perplexity = math.log(float(np.float32(perplexity)))
-    _kernels.conditional_probabilities(X, log_perplexity, C, beta, sum_p, row_total)
-    total = max(2.0 * float(np.sum(row_total)), _kernels.MACHINE_EPSILON)
+    k.conditional_probabilities(X, log_perplexity, C, beta, sum_p, row_total)
+    total = max(2.0 * float(np.sum(row_total)), k.MACHINE_EPSILON)
     P = np.empty(C.shape, P_DTYPE)
     if dense:
-        _kernels.symmetrize(C, total, P)
+        k.symmetrize(C, total, P)
     del C
-    return Affinities(P, X, beta, sum_p, total)
+    return Affinities(P, X, beta, sum_p, total, backend)

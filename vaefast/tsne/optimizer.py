@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from vaefast.tsne import _kernels
 from vaefast.tsne.affinities import Affinities
+from vaefast.tsne.backends import kernels
 
 Callback = Callable[[int, float, float], object]
 
@@ -23,6 +23,7 @@ class KLObjective:
 
     def __init__(self, affinities: Affinities):
         self.affinities = affinities
+        self.kernels = kernels(affinities.backend)
         n = affinities.X.shape[0]
         self.n = n
         self.sw = np.empty(n)
@@ -30,14 +31,20 @@ class KLObjective:
         self.rep = np.empty((2, n))
         self.kl_rows = np.empty(n)
         sums = np.empty((2, n))
-        _kernels.p_log_p(*affinities.kernel_args(), sums)
+        self.kernels.p_log_p(*affinities.kernel_args(), sums)
         self.sum_p = float(np.sum(sums[0]))
         self.sum_p_log_p = float(np.sum(sums[1]))
 
     def terms(self, Y: np.ndarray, compute_error: bool) -> None:
         """Fill the per-row sums (and KL rows) for the embedding Y [2, N]."""
-        _kernels.gradient_terms(Y[0], Y[1], *self.affinities.kernel_args(), compute_error,
+        self.kernels.gradient_terms(Y[0], Y[1], *self.affinities.kernel_args(), compute_error,
                                 self.sw, self.attr, self.rep, self.kl_rows)
+
+    def step(self, Y: np.ndarray, exaggeration: float, update: np.ndarray, gains: np.ndarray,
+             momentum: float, learning_rate: float, min_gain: float) -> tuple[float, float]:
+        """One descent step from the last ``terms`` call, in place; return (Z, |grad|)."""
+        return self.kernels.descent_step(Y, self.sw, self.attr, self.rep, exaggeration, update,
+                                         gains, momentum, learning_rate, min_gain)
 
     def kl(self, z: float, exaggeration: float) -> float:
         """KL divergence from the last ``terms`` call with KL rows, given Z = sum of w."""
@@ -73,9 +80,8 @@ def gradient_descent(objective: KLObjective, Y: np.ndarray, it: int, max_iter: i
         check = (i + 1) % n_iter_check == 0
         with_error = check or i == max_iter - 1
         objective.terms(Y, with_error)
-        z, grad_norm = _kernels.descent_step(Y, objective.sw, objective.attr, objective.rep,
-                                             exaggeration, update, gains, momentum,
-                                             learning_rate, min_gain)
+        z, grad_norm = objective.step(Y, exaggeration, update, gains, momentum,
+                                      learning_rate, min_gain)
         if with_error:
             error = objective.kl(z, exaggeration)
         if check:

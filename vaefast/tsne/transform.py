@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from vaefast.tsne import _kernels
+from vaefast.tsne.backends import DEFAULT, kernels
 
 
 def nearest_references(X_new: np.ndarray, X_ref: np.ndarray, k: int,
@@ -30,7 +30,8 @@ def nearest_references(X_new: np.ndarray, X_ref: np.ndarray, k: int,
 
 def place(X_new: np.ndarray, X_ref: np.ndarray, Y_ref: np.ndarray, *, perplexity: float = 5.0,
           k: int = 25, n_iter: int = 250, learning_rate: float = 0.1, exaggeration: float = 1.5,
-          momentum: float = 0.8, max_grad_norm: float = 0.25) -> np.ndarray:
+          momentum: float = 0.8, max_grad_norm: float = 0.25, backend: str = DEFAULT
+          ) -> np.ndarray:
     """Embed rows of X_new [M, D] into the reference embedding Y_ref [N, 2] of X_ref [N, D]."""
     k = min(k, X_ref.shape[0])
     neighbours = nearest_references(X_new, X_ref, k)
@@ -38,8 +39,8 @@ def place(X_new: np.ndarray, X_ref: np.ndarray, Y_ref: np.ndarray, *, perplexity
     out = np.empty((X_new.shape[0], 2))
     y = np.ascontiguousarray(Y_ref.T, dtype=np.float64)
     dtype = np.result_type(X_new.dtype, X_ref.dtype, np.float32)
-    _kernels.place_points(np.ascontiguousarray(X_new, dtype), np.ascontiguousarray(X_ref, dtype),
-                          y[0], y[1], np.ascontiguousarray(init, np.float64),
-                          math.log(float(np.float32(perplexity))), n_iter, learning_rate,
-                          exaggeration, momentum, max_grad_norm, 0.01, out)
+    kernels(backend).place_points(
+        np.ascontiguousarray(X_new, dtype), np.ascontiguousarray(X_ref, dtype), y[0], y[1],
+        np.ascontiguousarray(init, np.float64), math.log(float(np.float32(perplexity))),
+        n_iter, learning_rate, exaggeration, momentum, max_grad_norm, 0.01, out)
     return out

@@ -15,7 +15,6 @@ from vaefast.tsne.optimizer import Callback, KLObjective, gradient_descent
 from vaefast.tsne.transform import place
 
 EXPLORATION_ITER = 250  # iterations with early exaggeration and momentum 0.5
-N_ITER_CHECK = 50
 
 
 @contextlib.contextmanager

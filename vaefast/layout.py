@@ -1,0 +1,115 @@
+"""Sample shapes: how stored rows map onto a model's input, and onto images to show.
+
+Three shapes meet here:
+
+- the *stored* shape of one sample, as a file holds it: ``[D]``, ``[H, W]``,
+  ``[H, W, C]`` (channels-last, as images are usually stored) or ``[C, H, W]``;
+- the model's ``input_shape`` (what its encoder takes after the batch axis): ``[D]``
+  for an MLP, ``[C, H, W]`` for a convolutional VAE;
+- the *display* ``image_shape``: ``[H, W]`` (grey) or ``[H, W, C]`` (colour), what
+  matplotlib draws.
+
+Everything here is numpy only, shared by training (torch) and the runtime (no torch).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from vaefast.errors import VaefastError
+
+CHANNELS = (1, 3, 4)  # channel counts recognised in image arrays (grey, RGB, RGBA)
+
+
+def _shape(x: Sequence[int] | None) -> tuple[int, ...] | None:
+    return None if x is None else tuple(int(s) for s in x)
+
+
+def guess_image_shape(n_features: int) -> tuple[int, int] | None:
+    """Square image shape for a feature count that is a perfect square, else None."""
+    side = math.isqrt(n_features)
+    return (side, side) if side * side == n_features else None
+
+
+def stored_image_shape(sample_shape: Sequence[int]) -> tuple[int, ...] | None:
+    """Display shape of samples stored as ``sample_shape`` ([D], [H, W], [H, W, C] or
+    [C, H, W]); None when they are not images."""
+    s = _shape(sample_shape)
+    if len(s) == 1:
+        return guess_image_shape(s[0])
+    if len(s) == 2:
+        return s
+    if len(s) == 3:
+        if s[-1] in CHANNELS and s[0] not in CHANNELS:
+            return s[:2] if s[-1] == 1 else s
+        if s[0] in CHANNELS:
+            return s[1:] if s[0] == 1 else (s[1], s[2], s[0])
+    return None
+
+
+def channels_first(image_shape: Sequence[int]) -> tuple[int, int, int]:
+    """[H, W] or [H, W, C] -> the conv input shape [C, H, W]."""
+    s = _shape(image_shape)
+    return (1, *s) if len(s) == 2 else (s[2], s[0], s[1])
+
+
+def display_shape(input_shape: Sequence[int], image_shape: Sequence[int] | None = None
+                  ) -> tuple[int, ...] | None:
+    """Display shape of a model's inputs: from ``input_shape`` [C, H, W], else
+    ``image_shape`` (flat models), else a square guess."""
+    s = _shape(input_shape)
+    if len(s) == 3:
+        return s[1:] if s[0] == 1 else (s[1], s[2], s[0])
+    if image_shape is not None:
+        return _shape(image_shape)
+    return guess_image_shape(int(np.prod(s)))
+
+
+def describe(shape: Sequence[int]) -> str:
+    return "[N, " + ", ".join(str(s) for s in shape) + "]"
+
+
+def arrange(X: np.ndarray, input_shape: Sequence[int],
+            image_shape: Sequence[int] | None = None) -> np.ndarray:
+    """Lay samples out as the model takes them: [N, *input_shape] (a view when possible).
+
+    Accepted: exactly [N, *input_shape]; any shape of the same size for a flat model
+    (rows flattened in stored order); for a [C, H, W] model, channels-last
+    [N, H, W, C], [N, H, W] when C = 1, and flat rows when C = 1 or when
+    ``image_shape`` says they are flattened [H, W, C] images. Anything else is an
+    error naming both shapes.
+    """
+    target = _shape(input_shape)
+    got = tuple(X.shape[1:])
+    if got == target:
+        return X
+    size = int(np.prod(target))
+    if len(target) == 1 and int(np.prod(got)) == size:
+        return X.reshape(X.shape[0], size)
+    if len(target) == 3:
+        c, h, w = target
+        if got == (h, w, c):
+            return X.transpose(0, 3, 1, 2)
+        if c == 1 and int(np.prod(got)) == size and (len(got) == 1 or got == (h, w)):
+            return X.reshape(X.shape[0], 1, h, w)
+        if got == (size,) and _shape(image_shape) == (h, w, c):
+            return X.reshape(X.shape[0], h, w, c).transpose(0, 3, 1, 2)
+    hint = f" (or channels-last {describe(target[1:] + target[:1])})" if len(target) == 3 else ""
+    raise VaefastError(f"inputs have shape {describe(got)}; this model expects "
+                       f"{describe(target)}{hint}")
+
+
+def to_display(X: np.ndarray, input_shape: Sequence[int],
+               image_shape: Sequence[int] | None) -> np.ndarray:
+    """[N, *input_shape] values -> [N, H, W] or [N, H, W, C] images (a 1-row strip when
+    the samples are not images)."""
+    shape = display_shape(input_shape, image_shape)
+    if len(_shape(input_shape)) == 3:
+        X = X.transpose(0, 2, 3, 1)
+        return X.reshape(X.shape[0], *shape)
+    if shape is None or int(np.prod(shape)) != int(np.prod(X.shape[1:])):
+        return X.reshape(X.shape[0], 1, -1)
+    return X.reshape(X.shape[0], *shape)

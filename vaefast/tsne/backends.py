@@ -1,0 +1,25 @@
+"""t-SNE kernel sets: the one place a second implementation (e.g. a GPU one) plugs in.
+
+A backend is a module of functions with the signatures of ``vaefast.tsne._kernels``:
+``conditional_probabilities``, ``symmetrize``, ``joint_matrix`` (affinities),
+``p_log_p``, ``gradient_terms``, ``descent_step`` (the objective) and ``place_points``
+(transform). Affinities, the objective and transform call only these; the optimizer
+touches only the objective. Adding a backend is one module plus one entry here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from vaefast.errors import VaefastError
+
+BACKENDS = {"numba": "vaefast.tsne._kernels"}  # name -> module of kernels
+DEFAULT = "numba"
+
+
+def kernels(name: str = DEFAULT) -> ModuleType:
+    """The kernel module of backend ``name``."""
+    if name not in BACKENDS:
+        raise VaefastError(f"unknown t-SNE backend {name!r}; use one of {', '.join(BACKENDS)}")
+    return importlib.import_module(BACKENDS[name])
