@@ -48,3 +48,27 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real ``vaefast`` CLI in a subprocess."""
     return subprocess.run([sys.executable, "-m", "vaefast.cli", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT)
+
+
+def embed_killed_midway(args: list[str], store: Path, timeout: float = 120) -> None:
+    """Start `vaefast embed ARGS` and SIGKILL it once some, but not all, chunks of ``store``
+    are done."""
+    import os
+    import signal
+    import time
+
+    import zarr
+
+    proc = subprocess.Popen([sys.executable, "-m", "vaefast.cli", "embed", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            done = zarr.open_group(str(store), mode="r")["_progress/encoded"][:]
+            if 2 <= done.sum() < len(done):
+                break
+        except Exception:  # the store does not exist yet
+            pass
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

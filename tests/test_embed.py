@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from tests.helpers import EXPORTED, ROOT, run_cli, write_idx
+from tests.helpers import EXPORTED, ROOT, embed_killed_midway, run_cli, write_idx
 from vaefast import runtime
 from vaefast.embedding import embed
 from vaefast.store import open_embeddings
@@ -57,25 +54,12 @@ def test_embed_streams_a_large_npy_into_zarr(big_npy, reference_mu, tmp_path):
 
 def test_resume_after_sigkill_gives_identical_store(big_npy, reference_mu, tmp_path):
     out = tmp_path / "k.zarr"
-    cmd = [sys.executable, "-m", "vaefast.cli", "embed", str(MODEL), str(big_npy), "--out",
-           str(out), "--chunk-rows", "10000", "--batch-size", "2048", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    import zarr
-
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill once some, but not all, chunks are done
-        try:
-            done = zarr.open_group(str(out), mode="r")["_progress/encoded"][:]
-            if 2 <= done.sum() < len(done):
-                break
-        except Exception:
-            pass
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    args = [str(MODEL), str(big_npy), "--out", str(out), "--chunk-rows", "10000",
+            "--batch-size", "2048", "--quiet"]
+    embed_killed_midway(args, out)
     with pytest.raises(VaefastError, match="incomplete"):
         open_embeddings(out)
-    result = run_cli(*cmd[3:])
+    result = run_cli("embed", *args)
     assert result.returncode == 0, result.stderr
     assert "chunks resumed" in result.stdout and "(0 chunks resumed)" not in result.stdout
     np.testing.assert_array_equal(open_embeddings(out)["mu"][:], reference_mu)

@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.helpers import run_cli
 from vaefast.errors import VaefastError
 from vaefast.export import export
 
@@ -97,14 +96,3 @@ def test_corrupt_run_is_refused(short_run, tmp_path):
     with pytest.raises(VaefastError, match="corrupt weights"):
         export(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("args, message", [
-    (["export", "NOWHERE", "--out", "OUT"], "not found"),
-])
-def test_cli_export_bad_input_is_one_line_exit_2(tmp_path, args, message):
-    args = [str(tmp_path / a) if a in ("OUT", "NOWHERE") else a for a in args]
-    result = run_cli(*args)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
-    assert not (tmp_path / "OUT").exists()

@@ -14,33 +14,44 @@ from pathlib import Path
 import numpy as np
 
 
-def run(out: Path, epochs: int = 10) -> None:
-    """Train on mnist5k, export, encode through ONNX Runtime, batch-embed with t-SNE."""
-    from vaefast.train import train
-
+def run(out: Path, epochs: int = 10, conv_epochs: int = 5) -> None:
+    """Train on mnist5k (the example's MLP, then a conv VAE), export both, encode through
+    ONNX Runtime, batch-embed with t-SNE, plot every view."""
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    config = train("mnist5k", out / "run", epochs=epochs, force=True)
-    last = config["history"][-1]
-    print(f"[train] mnist5k, Z=20, {epochs} epochs in {time.perf_counter() - t0:.1f} s: "
-          f"test loss {last['test_loss']:.2f} per sample -> {out / 'run'}")
+    train_run(out / "run", epochs=epochs)
     exported = export_and_encode(out)
     embed_and_map(out, exported)
-    plot_views(out)
+    train_run(out / "conv-run", epochs=conv_epochs, arch="conv", latent_dim=16, hidden_dim=256)
+    conv = export_and_encode(out, "conv-run", "conv-exported")
+    plot_views(out, {"z20": Path("exported/mnist5k-z20"), "z2": Path("exported/mnist5k-z2"),
+                     "conv": conv})
     print("[bench] quick side-by-side summary (make bench runs the full suites):")
     print(quick_summary())
 
 
-def export_and_encode(out: Path) -> Path:
-    """Export the demo run with int8, then encode the test split through ONNX Runtime."""
+def train_run(folder: Path, **options) -> None:
+    """Train on mnist5k into ``folder`` and print what it reached."""
+    from vaefast.train import train
+
+    t0 = time.perf_counter()
+    config = train("mnist5k", folder, force=True, **options)
+    last = config["history"][-1]
+    sizes = config["model"]
+    print(f"[train] {sizes['arch']} VAE on mnist5k, Z={sizes['latent_dim']}, {last['epoch']} "
+          f"epochs in {time.perf_counter() - t0:.1f} s: test loss {last['test_loss']:.2f} per "
+          f"sample -> {folder}")
+
+
+def export_and_encode(out: Path, run: str = "run", name: str = "exported") -> Path:
+    """Export a demo run with int8, then encode the test split through ONNX Runtime."""
     from vaefast import data, runtime
     from vaefast.export import export, format_report
 
     t0 = time.perf_counter()
-    report = export(out / "run", out / "exported", int8=True, force=True)
-    print(f"[export] {out / 'exported'} in {time.perf_counter() - t0:.1f} s")
+    report = export(out / run, out / name, int8=True, force=True)
+    print(f"[export] {out / name} in {time.perf_counter() - t0:.1f} s")
     print(format_report(report))
-    vae = runtime.load(out / "exported")
+    vae = runtime.load(out / name)
     X = data.load("mnist5k").X_test
     t0 = time.perf_counter()
     mu, logvar = vae.encode(X)
@@ -64,15 +75,18 @@ def embed_and_map(out: Path, exported: Path) -> Path:
     return store
 
 
-def plot_views(out: Path, shipped: Path = Path("exported")) -> None:
-    """Every latent view for the shipped Z=20 and Z=2 models, from ONNX alone."""
+def plot_views(out: Path, models: dict[str, Path]) -> None:
+    """Every latent view for each model (``plots-NAME``), from ONNX alone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     from vaefast.plot import render
 
-    for name in ("mnist5k-z20", "mnist5k-z2"):
+    for name, model in models.items():
         t0 = time.perf_counter()
-        folder = out / f"plots-{name.split('-')[-1]}"
-        written = render("all", shipped / name, folder, thumbnails=40)
-        print(f"[plot] {len(written) - 1} views of {shipped / name} -> {folder}/index.md "
+        folder = out / f"plots-{name}"
+        written = render("all", model, folder, thumbnails=40)
+        print(f"[plot] {len(written) - 1} views of {model} -> {folder}/index.md "
               f"in {time.perf_counter() - t0:.1f} s")
 
 
@@ -147,8 +161,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--conv-epochs", type=int, default=5)
     args = parser.parse_args()
-    run(args.out, args.epochs)
+    run(args.out, args.epochs, args.conv_epochs)
 
 
 if __name__ == "__main__":

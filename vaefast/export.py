@@ -67,7 +67,7 @@ def sha256_state(model) -> str:
 # --- the two halves, as modules the exporter can trace ----------------------------------
 
 
-def _halves(model, encode: Callable | None, decode: Callable | None, input_shape,
+def halves(model, encode: Callable | None, decode: Callable | None, input_shape,
             decoder_output: str):
     """(Encoder, Decoder) modules wrapping the user's model: the encoder returns
     (mu, logvar) whatever ``encode`` returns; the decoder returns [batch, *input_shape]
@@ -162,24 +162,37 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(e).__name__
 
 
-def _exporter_error(e: BaseException, module) -> VaefastError:
-    """A one-line error naming the op the exporter could not handle and its module."""
+def _exporter_error(e: BaseException, module, example, dynamic_shapes) -> VaefastError:
+    """A one-line error naming the op the exporter could not translate and where in the
+    user's model it comes from (the module path and source line torch.export recorded)."""
+    import torch
+
     text = "\n".join(str(x) for x in (e, e.__cause__, e.__context__) if x)
-    ops = re.findall(r"(?:aten|prims)[.:]+([A-Za-z0-9_]+)", text)
-    op = ops[0] if ops else None
-    where = None
-    if op is not None:
-        for name, sub in module.named_modules():
-            if name and op in sub.__class__.__name__.lower():
-                where = f"{name} ({sub.__class__.__name__})"
+    found = re.search(r"target=torch\.ops\.(\w+)\.(\w+)", text) or \
+        re.search(r"OpOverload\(op='(\w+)\.(\w+)'", text)
+    if found is None:
+        lines = [ln for ln in text.splitlines() if "Error" in ln or "error" in ln]
+        return VaefastError(f"the ONNX exporter failed: {(lines or [_first_line(e)])[-1][:300]}")
+    op = f"{found.group(1)}.{found.group(2)}"
+    half = "encode" if isinstance(module, torch.nn.Module) and \
+        type(module).__name__ == "Encoder" else "decode"
+    where = f" in {half}"
+    try:  # torch.export succeeded (the failure is in ONNX translation): find the node
+        program = torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes)
+        base = found.group(2).split("_")[-1]
+        for node in program.graph.nodes:
+            if node.op == "call_function" and base in str(node.target):
+                op = f"{str(node.target).rsplit('.', 1)[0]} ({op})"
+                stack = [v for k, v in (node.meta.get("nn_module_stack") or {}).items()
+                         if v[0]]  # the wrapper itself has path ''
+                if stack:
+                    path, cls = stack[-1]
+                    where += f", module {path} ({str(cls).rsplit('.', 1)[-1]})"
                 break
-        found = re.search(r'File "[^"]+", line \d+, in (\w+)\s*\n\s*(.+)', text)
-        if where is None and found:
-            where = f"{found.group(1)}: {found.group(2).strip()[:120]}"
-    what = f"op {op}" if op else _first_line(e)
-    return VaefastError(f"the ONNX exporter cannot handle {what}"
-                        + (f" (in {where})" if where else "")
-                        + "; replace it with ONNX-exportable torch ops")
+    except Exception:
+        pass
+    return VaefastError(f"the ONNX exporter cannot handle op {op}{where}; replace it with "
+                        "ONNX-exportable torch ops")
 
 
 # --- export ------------------------------------------------------------------------------
@@ -219,7 +232,7 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
               "running statistics, no dropout), as inference runs it", file=sys.stderr)
     model.eval()
     try:
-        enc, dec, encode, decode = _halves(model, encode, decode, input_shape, decoder_output)
+        enc, dec, encode, decode = halves(model, encode, decode, input_shape, decoder_output)
         latent_dim = _probe(encode, decode, x, input_shape, decoder_output)
         meta = _model_json(input_shape, latent_dim, image_shape, pixel_scale, label_names,
                            decoder_output, training, architecture,
@@ -436,10 +449,22 @@ def _model_json(input_shape, latent_dim: int, image_shape, pixel_scale: float, l
 
 
 def _export_onnx(enc, dec, x, folder: Path, meta: dict) -> None:
-    import onnx
     import torch
 
     batch = torch.export.Dim("batch", min=1)
+    # a Normal's argument checks are data-dependent branches torch.export cannot trace
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        _export_halves(enc, dec, x, folder, meta, batch)
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
+
+
+def _export_halves(enc, dec, x, folder: Path, meta: dict, batch) -> None:
+    import onnx
+    import torch
+
     props = {f"vaefast.{k}": json.dumps(v) for k, v in meta.items() if k != "weights_sha256"}
     props[runtime.SHA_KEY] = meta["weights_sha256"]
     z = torch.zeros(x.shape[0], meta["latent_dim"])
@@ -451,7 +476,7 @@ def _export_onnx(enc, dec, x, folder: Path, meta: dict) -> None:
                                         dynamo=True, opset_version=OPSET, external_data=False,
                                         verbose=False)
         except Exception as e:
-            raise _exporter_error(e, module.model) from None
+            raise _exporter_error(e, module, example, {ins[0]: {0: batch}}) from None
         proto = program.model_proto
         proto.doc_string = f"vaefast {name}: {ins[0]} -> {', '.join(outs)}"
         onnx.helper.set_model_props(proto, props)

@@ -1,0 +1,164 @@
+"""Rules that hold across the package: one direction of imports, no torch on the runtime
+path, one-line errors with exit code 2 from every command, outputs with the user's umask."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import EXPORTED, ROOT, run_cli
+
+PACKAGE = ROOT / "vaefast"
+RUNTIME_PATH = ("vaefast.runtime", "vaefast.embedding", "vaefast.plot", "vaefast.bench",
+                "vaefast.store", "vaefast.data", "vaefast.sources", "vaefast.tsne",
+                "vaefast.variants", "vaefast.layout")
+TORCH_SIDE = {"vaefast.model", "vaefast.train", "vaefast.export", "vaefast.shipped",
+              "vaefast.demo"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(name: str) -> set[str]:
+    """Every module ``name`` imports anywhere in its source (lazy imports included)."""
+    path = PACKAGE.parent / (name.replace(".", "/") + ".py")
+    if not path.exists():
+        path = PACKAGE.parent / name.replace(".", "/") / "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
+    return {m for m in found if m in modules or not m.startswith("vaefast")}
+
+
+def reachable(root: str) -> set[str]:
+    """vaefast modules reachable from ``root`` through any import, and the external
+    top-level packages they import."""
+    seen, todo, external = set(), [root], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for m in imports(name):
+            if m.startswith("vaefast"):
+                todo.append(m)
+            else:
+                external.add(m.split(".")[0])
+    return seen | external
+
+
+def test_tsne_imports_nothing_from_vaefast_but_errors():
+    for path in (PACKAGE / "tsne").glob("*.py"):
+        outside = {m for m in imports(module_name(path))
+                   if m.startswith("vaefast") and not m.startswith("vaefast.tsne")}
+        assert outside <= {"vaefast.errors", "vaefast.errors.VaefastError"}, (path, outside)
+
+
+@pytest.mark.parametrize("root", RUNTIME_PATH)
+def test_runtime_path_never_reaches_torch(root):
+    graph = reachable(root)
+    assert "torch" not in graph and not graph & TORCH_SIDE, sorted(graph & (TORCH_SIDE | {"torch"}))
+
+
+@pytest.mark.parametrize("code", [
+    "from vaefast import runtime; vae = runtime.load(Z20, variant='int8');"
+    "mu, lv = vae.encode(np.zeros((5, 784), np.uint8)); vae.decode(mu); vae.sample(3)",
+    "from vaefast.tsne import TSNE; "
+    "TSNE(max_iter=250, perplexity=5).fit(np.random.default_rng(0).random((40, 4)))",
+    "import matplotlib; matplotlib.use('Agg'); from vaefast.plot import render; "
+    "render('all', Z20, OUT, max_points=200); render('samples', Z2, OUT, embed=True)",
+    "from vaefast.embedding import embed; embed(Z20, 'mnist5k', "
+    "OUT + '/e.zarr', tsne=True, tsne_max=300, progress=False)",
+], ids=["runtime", "tsne", "plot", "embed"])
+def test_running_never_imports_torch(tmp_path, code):
+    setup = (f"import sys, numpy as np; Z20 = {str(EXPORTED / 'mnist5k-z20')!r}; "
+             f"Z2 = {str(EXPORTED / 'mnist5k-z2')!r}; OUT = {str(tmp_path)!r}; ")
+    out = subprocess.run([sys.executable, "-c", setup + code + "; print('torch' in sys.modules)"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+Z2 = str(EXPORTED / "mnist5k-z2")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--data", "nope", "--out", "OUT"], "unknown data spec"),
+    (["train", "--latent-dim", "0", "--out", "OUT"], "latent size must be >= 1"),
+    (["train", "--data", "idx:/no/where", "--out", "OUT"], "no such IDX"),
+    (["train", "--data", "ODD", "--arch", "conv", "--out", "OUT"], "divisible by 4"),
+    (["export", "NOWHERE", "--out", "OUT"], "not found"),
+    (["export", "--module", "tests/byo_vae.py:no_such", "--input-shape", "3,32,32", "--out",
+      "OUT"], "has no function"),
+    (["export", "--module", "tests/byo_vae.py:build_model", "--input-shape", "3,32,32",
+      "--weights", "WEIGHTS", "--out", "OUT"], "weights do not fit the model"),
+    (["export", "--module", "tests/byo_vae.py", "--input-shape", "3,32,32", "--out", "OUT"],
+     "path/to/file.py:function"),
+    (["export", "--module", "tests/byo_vae.py:build_model", "--out", "OUT"],
+     "needs --input-shape"),
+    (["plot", "scatter", Z2, "--out", "OUT"], "unknown plot kind 'scatter'"),
+    (["plot", "latent", "NOWHERE", "--out", "OUT"], "not found"),
+    (["plot", "latent", Z2, "--data", "digits", "--out", "OUT"],
+     "inputs have shape [N, 64]; this model expects [N, 784]"),
+    (["plot", "latent", "EMPTY", "--out", "OUT"], "has no model.json"),
+    (["embed", Z2, "IMAGES", "--out", "OUT"],
+     "inputs have shape [N, 32, 32, 3]; this model expects [N, 784]"),
+    (["embed", Z2, "TINY", "--tsne", "--out", "OUT"], "needs at least 2 points"),
+    (["tsne", "NOWHERE", "--out", "OUT"], "file not found"),
+])
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    pytest.importorskip("torch")
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"other.weight": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
+    np.save(tmp_path / "images.npy", np.zeros((4, 32, 32, 3), np.uint8))
+    np.save(tmp_path / "tiny.npy", np.zeros((1, 784), np.uint8))
+    np.save(tmp_path / "odd.npy", np.zeros((20, 10, 10), np.uint8))
+    (tmp_path / "EMPTY").mkdir()
+    names = {"OUT": tmp_path / "out", "NOWHERE": tmp_path / "nowhere", "EMPTY": tmp_path / "EMPTY",
+             "WEIGHTS": tmp_path / "w.safetensors", "IMAGES": tmp_path / "images.npy",
+             "TINY": tmp_path / "tiny.npy", "ODD": tmp_path / "odd.npy"}
+    result = run_cli(*[str(names.get(a, a)) for a in args])
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_embedding_stores_get_the_users_umask(tmp_path):
+    from vaefast.embedding import embed
+
+    old = os.umask(0o027)
+    try:
+        embed(EXPORTED / "mnist5k-z2", "mnist5k", tmp_path / "e.zarr",
+              progress=False)
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "e.zarr").stat().st_mode & 0o777
+    assert mode == 0o750, oct(mode)
+
+
+def test_embed_tsne_of_ten_rows_finishes(tmp_path):
+    from vaefast.embedding import embed
+    from vaefast.store import open_embeddings
+
+    np.save(tmp_path / "ten.npy", np.random.default_rng(0).integers(0, 256, (10, 784), np.uint8))
+    stats = embed(EXPORTED / "mnist5k-z20", str(tmp_path / "ten.npy"), tmp_path / "t.zarr",
+                  tsne=True, progress=False)
+    group = open_embeddings(tmp_path / "t.zarr")
+    assert stats["tsne"]["n"] == 10 and np.isfinite(group["tsne"][:]).all()
+    assert np.ptp(group["tsne"][:], axis=0).min() > 0
