@@ -3,7 +3,8 @@
 ``make bench`` runs N = 1,000, 2,000, 5,000 (scikit-learn exact up to 2,000 unless
 VAEFAST_BENCH_SKLEARN_MAX says otherwise: it takes minutes). Under ``make test`` only a
 small N runs, once, as a correctness check. Numba's first call in the process is timed
-apart (``cold_s``) and a warm-up run precedes the timed one.
+apart (``cold_s``) and a warm-up run precedes the timed ones; every case runs
+VAEFAST_BENCH_SLOW_ROUNDS (5) rounds.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks.conftest import EXPORTED, THREADS
+from benchmarks.conftest import EXPORTED, SLOW_ROUNDS, THREADS
 
 SIZES = [300, 1000, 2000, 5000]
 SKLEARN_MAX = int(os.environ.get("VAEFAST_BENCH_SKLEARN_MAX", "2000"))
@@ -72,7 +73,8 @@ def test_tsne(benchmark, latent_means, impl, n):
     if impl == "vaefast" and not benchmark.disabled:
         _run(impl, X)  # warm-up at this size
     benchmark.group = f"tsne N={n}"
-    emb, kl, extra = benchmark.pedantic(_run, args=(impl, X), rounds=1, iterations=1)
+    rounds = 1 if benchmark.disabled else SLOW_ROUNDS
+    emb, kl, extra = benchmark.pedantic(_run, args=(impl, X), rounds=rounds, iterations=1)
     benchmark.extra_info.update(impl=impl, n=n, kl=kl, threads=THREADS,
                                 trustworthiness=trustworthiness(X, emb, n_neighbors=10),
                                 **extra)

@@ -3,6 +3,8 @@ benchmarks/test_ceiling.py)."""
 
 from __future__ import annotations
 
+import re
+
 from tests.helpers import ROOT, run_cli
 
 RESULTS = ROOT / "tests" / "data" / "bench-results.json"
@@ -13,7 +15,10 @@ def test_report_writes_tables(tmp_path):
 
     md = report(RESULTS, tmp_path).read_text()
     assert "### ceiling" in md and "test_sgemm" in md and "gflops=" in md
-    assert "| benchmark | median |" in md
+    assert "| benchmark | median | rounds | × fastest (quartile spread) |" in md
+    assert md.count("Measured on ") == 1 and "ISA: " in md and "onnxruntime" in md
+    ratio = re.search(r"\| test_sgemm \| [^|]+ \| \d+ \| ([\d.]+) \(([\d.]+)–([\d.]+)\)", md)
+    assert ratio and float(ratio[2]) <= float(ratio[1]) <= float(ratio[3])
 
 
 def test_report_refuses_disabled_or_foreign_json(tmp_path):

@@ -29,25 +29,49 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
+def _figure(key: str, value: Any) -> str:
+    if isinstance(value, dict) and "median" in value:  # a ratio with its spread over rounds
+        return (f"{key}={value['median']:.2f}× (IQR {value['q1']:.2f}–{value['q3']:.2f}, "
+                f"range {value['min']:.2f}–{value['max']:.2f})")
+    return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+
+
 def markdown(benches: list[dict[str, Any]]) -> str:
-    """One table per group: median, ratio to the fastest, and the recorded figures."""
+    """One table per group: median, p99 where recorded, ratio to the fastest with its
+    spread (the ratio of quartiles: slowest-plausible to fastest-plausible), and the
+    recorded figures."""
     groups: dict[str, list] = defaultdict(list)
     for b in benches:
         groups[b.get("group") or "ungrouped"].append(b)
     out = []
     for group in sorted(groups):
         rows = sorted(groups[group], key=lambda b: b["stats"]["median"])
-        best = rows[0]["stats"]["median"]
-        out += [f"### {group}", "", "| benchmark | median | × fastest | figures |",
-                "|---|---|---|---|"]
+        best = rows[0]["stats"]
+        out += [f"### {group}", "",
+                "| benchmark | median | rounds | × fastest (quartile spread) | figures |",
+                "|---|---|---|---|---|"]
         for b in rows:
-            extra = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                              for k, v in b.get("extra_info", {}).items()
+            st = b["stats"]
+            ratio = f"{st['median'] / best['median']:.2f}"
+            if best["q3"] > 0 and best["q1"] > 0:
+                ratio += f" ({st['q1'] / best['q3']:.2f}–{st['q3'] / best['q1']:.2f})"
+            extra = ", ".join(_figure(k, v) for k, v in b.get("extra_info", {}).items()
                               if k not in ("model", "part", "batch", "n", "threads"))
-            out.append(f"| {b['name']} | {format_seconds(b['stats']['median'])} | "
-                       f"{b['stats']['median'] / best:.2f} | {extra} |")
+            out.append(f"| {b['name']} | {format_seconds(st['median'])} | {st['rounds']} | "
+                       f"{ratio} | {extra} |")
         out.append("")
     return "\n".join(out)
+
+
+def machine_header(path: str | os.PathLike) -> str:
+    """The machine card a results file was measured on, as one line (or a warning)."""
+    from vaefast.machine import describe
+
+    info = json.loads(Path(path).read_text()).get("machine_info", {})
+    if "vaefast" not in info:
+        return (f"Measured on {info.get('cpu', {}).get('brand_raw', 'an unrecorded CPU')} "
+                "(no vaefast machine card in this file).")
+    return f"Measured on {describe(info['vaefast'])}."
 
 
 def plots(benches: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -106,8 +130,9 @@ def report(results: str | os.PathLike, out: str | os.PathLike) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images = plots(benches, out)
-    text = "# Benchmark report\n\n" + markdown(benches) + "\n" + "\n".join(
-        f"![{p.stem}]({p.name})" for p in images) + "\n"
+    figures = "\n".join(f"![{p.stem}]({p.name})" for p in images)
+    text = (f"# Benchmark report\n\n{machine_header(results)}\n\n{markdown(benches)}\n"
+            f"{figures}\n")
     with atomic_file(out / "report.md") as tmp:
         tmp.write_text(text)
     return out / "report.md"
