@@ -191,3 +191,22 @@ def test_cli_maps_an_embedding_store(tmp_path):
     bad = run_cli("tsne", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "u.npy"))
     assert bad.returncode == 2 and "file not found" in bad.stderr
     assert not (tmp_path / "u.npy").exists()
+
+
+@pytest.mark.parametrize("slow_threads", [1, 2])
+def test_thread_policy_settles_on_the_faster_thread_count(slow_threads):
+    import time
+
+    import numba
+
+    from vaefast.tsne.threads import ThreadPolicy, numba_threads
+
+    def work():  # slow when run on `slow_threads`, as a descheduled pool would be
+        time.sleep(0.004 if numba.get_num_threads() == slow_threads else 0.0005)
+
+    with numba_threads(2):
+        policy = ThreadPolicy(2)
+        for _ in range(200):
+            policy.call(work)
+    fast = 3 - slow_threads
+    assert policy.current == fast and policy.history[fast] > 0.9 * 200

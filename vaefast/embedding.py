@@ -207,7 +207,7 @@ def _map(group, tsne_max: int, seed: int, chunk_rows: int, threads: int | None,
          progress: bool) -> dict[str, Any]:
     """The t-SNE map of ``mu`` by ``vaefast.tsne.mapping``'s rule, stored resumably: the
     reference map first (its index written last), then placed rows chunk by chunk."""
-    from vaefast.tsne.estimator import numba_threads
+    from vaefast.tsne.threads import numba_threads
     from vaefast.tsne.mapping import fit_reference, place_chunks, reference_rows
 
     n = group["mu"].shape[0]

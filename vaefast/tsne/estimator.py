@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from vaefast.errors import VaefastError
 from vaefast.tsne.affinities import DEFAULT_MAX_DENSE_BYTES, joint_probabilities
 from vaefast.tsne.optimizer import Callback, KLObjective, gradient_descent
+from vaefast.tsne.threads import ThreadPolicy, numba_threads
 from vaefast.tsne.transform import place
 
 EXPLORATION_ITER = 250  # iterations with early exaggeration and momentum 0.5
-
-
-@contextlib.contextmanager
-def numba_threads(n_jobs: int | None) -> Iterator[int]:
-    """Set Numba's thread count for a block (None or -1: all cores) and restore it after."""
-    import numba
-
-    before = numba.get_num_threads()
-    n = numba.config.NUMBA_NUM_THREADS if n_jobs in (None, -1) else int(n_jobs)
-    if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
-        raise VaefastError(f"n_jobs must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
-                           f"(or -1), got {n_jobs}")
-    numba.set_num_threads(n)
-    try:
-        yield n
-    finally:
-        numba.set_num_threads(before)
 
 
 def check_points(X, name: str = "X") -> np.ndarray:
@@ -147,13 +130,14 @@ class TSNE:
         self.n_features_in_ = X.shape[1]
         self.learning_rate_ = (max(n / self.early_exaggeration / 4, 50)
                                if self.learning_rate == "auto" else float(self.learning_rate))
-        with numba_threads(self.n_jobs):
+        with numba_threads(self.n_jobs) as threads:
             t0 = time.perf_counter()
             affinities = joint_probabilities(X, self.perplexity, self.max_dense_bytes)
             objective = KLObjective(affinities)
             t1 = time.perf_counter()
             Y = np.ascontiguousarray(self._initial_embedding(X).T)
-            Y, kl, it = self._optimize(objective, Y)
+            policy = ThreadPolicy(threads)
+            Y, kl, it = self._optimize(objective, Y, policy)
             t2 = time.perf_counter()
         self.embedding_ = np.ascontiguousarray(Y.T)
         self.kl_divergence_ = kl
@@ -162,12 +146,14 @@ class TSNE:
         iterations = it + 1
         self.timings_ = {"affinities_s": t1 - t0, "optimize_s": t2 - t1,
                          "iterations": iterations, "dense_p": affinities.dense,
-                         "pairs_per_s": n * (n - 1) * iterations / max(t2 - t1, 1e-12)}
+                         "pairs_per_s": n * (n - 1) * iterations / max(t2 - t1, 1e-12),
+                         "iterations_by_threads": dict(policy.history)}
         if self.verbose:
             print(f"[t-SNE] KL divergence after {iterations} iterations: {kl:.6f}")
         return self
 
-    def _optimize(self, objective: KLObjective, Y: np.ndarray) -> tuple[np.ndarray, float, int]:
+    def _optimize(self, objective: KLObjective, Y: np.ndarray,
+                  policy: ThreadPolicy) -> tuple[np.ndarray, float, int]:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.max_iter, desc="t-SNE", unit="it", disable=not self.progress)
@@ -178,6 +164,7 @@ class TSNE:
             done[0] = iteration
 
         common = dict(learning_rate=self.learning_rate_, min_grad_norm=self.min_grad_norm,
+                      threads=policy,
                       verbose=self.verbose, callbacks=self.callbacks, on_check=on_check)
         explore = min(EXPLORATION_ITER, self.max_iter)
         try:

@@ -9,7 +9,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from vaefast.errors import VaefastError
-from vaefast.tsne.estimator import TSNE, numba_threads
+from vaefast.tsne.estimator import TSNE
+from vaefast.tsne.threads import numba_threads
 from vaefast.tsne.transform import place
 
 DEFAULT_MAX_EXACT = 10_000  # exact t-SNE of all points up to this N

@@ -14,6 +14,7 @@ import numpy as np
 
 from vaefast.tsne.affinities import Affinities
 from vaefast.tsne.backends import kernels
+from vaefast.tsne.threads import ThreadPolicy
 
 Callback = Callable[[int, float, float], object]
 
@@ -38,7 +39,7 @@ class KLObjective:
     def terms(self, Y: np.ndarray, compute_error: bool) -> None:
         """Fill the per-row sums (and KL rows) for the embedding Y [2, N]."""
         self.kernels.gradient_terms(Y[0], Y[1], *self.affinities.kernel_args(), compute_error,
-                                self.sw, self.attr, self.rep, self.kl_rows)
+                                    self.sw, self.attr, self.rep, self.kl_rows)
 
     def step(self, Y: np.ndarray, exaggeration: float, update: np.ndarray, gains: np.ndarray,
              momentum: float, learning_rate: float, min_gain: float) -> tuple[float, float]:
@@ -65,12 +66,13 @@ def gradient_descent(objective: KLObjective, Y: np.ndarray, it: int, max_iter: i
                      exaggeration: float, momentum: float, learning_rate: float,
                      n_iter_without_progress: int, min_grad_norm: float,
                      min_gain: float = 0.01, n_iter_check: int = 50, verbose: int = 0,
-                     callbacks: Sequence[Callback] = (), on_check=None
-                     ) -> tuple[np.ndarray, float, int, bool]:
+                     callbacks: Sequence[Callback] = (), on_check=None,
+                     threads: ThreadPolicy | None = None) -> tuple[np.ndarray, float, int, bool]:
     """Run iterations ``it`` .. ``max_iter - 1``; return (Y, error, last iteration, stopped).
 
     ``stopped`` is True when a callback asked to stop. ``Y`` is [2, N] and is updated
     in place; each iteration is one parallel gradient kernel and one fused update.
+    ``threads`` picks the thread count of each gradient kernel by measured time.
     """
     update = np.zeros_like(Y)
     gains = np.ones_like(Y)
@@ -79,7 +81,10 @@ def gradient_descent(objective: KLObjective, Y: np.ndarray, it: int, max_iter: i
     for i in range(it, max_iter):
         check = (i + 1) % n_iter_check == 0
         with_error = check or i == max_iter - 1
-        objective.terms(Y, with_error)
+        if threads is None:
+            objective.terms(Y, with_error)
+        else:
+            threads.call(lambda: objective.terms(Y, with_error))
         z, grad_norm = objective.step(Y, exaggeration, update, gains, momentum,
                                       learning_rate, min_gain)
         if with_error:

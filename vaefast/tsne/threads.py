@@ -1,0 +1,82 @@
+"""Thread counts for the Numba kernels: set for a block and restored, and chosen by
+measured time while a run goes on.
+
+Numba's OpenMP pool busy-waits at every barrier. Beside another process that keeps the
+cores busy (ONNX Runtime's spinning threads, a Dask worker), a parallel region waits for
+a descheduled thread and an iteration can take tens of times longer than on one thread.
+``ThreadPolicy`` times the iterations, probes the other choice now and then (backing off
+while it loses) and keeps the faster one. Every kernel gives bit-identical results for
+any thread count, so switching never changes the embedding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable, Iterator, TypeVar
+
+from vaefast.errors import VaefastError
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def numba_threads(n_jobs: int | None) -> Iterator[int]:
+    """Set Numba's thread count for a block (None or -1: all cores) and restore it after."""
+    import numba
+
+    before = numba.get_num_threads()
+    n = numba.config.NUMBA_NUM_THREADS if n_jobs in (None, -1) else int(n_jobs)
+    if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
+        raise VaefastError(f"n_jobs must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
+                           f"(or -1), got {n_jobs}")
+    numba.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        numba.set_num_threads(before)
+
+
+class ThreadPolicy:
+    """Per call, run on ``threads`` or on one thread, whichever is measured faster.
+
+    Keeps a moving average of seconds per call for each choice; every ``probe_every``
+    calls (doubling, up to ``max_every``, each time the probe loses) one call runs on the
+    other choice to re-measure it. ``history`` counts the calls run on each choice.
+    """
+
+    def __init__(self, threads: int, probe_every: int = 16, max_every: int = 512):
+        self.choices = (threads, 1) if threads > 1 else (1,)
+        self.seconds: dict[int, float | None] = {c: None for c in self.choices}
+        self.current = threads
+        self.base, self.max_every = probe_every, max_every
+        self.every = self.countdown = probe_every
+        self.history = {c: 0 for c in self.choices}
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` with Numba set to the thread count this policy picks now."""
+        if len(self.choices) == 1:
+            self.history[1] += 1
+            return fn()
+        import numba
+
+        other = self.choices[1] if self.current == self.choices[0] else self.choices[0]
+        probing = self.seconds[other] is None or self.countdown <= 0
+        threads = other if probing else self.current
+        numba.set_num_threads(threads)
+        t0 = time.perf_counter()
+        out = fn()
+        elapsed = time.perf_counter() - t0
+        last = self.seconds[threads]
+        self.seconds[threads] = elapsed if last is None else 0.7 * last + 0.3 * elapsed
+        self.history[threads] += 1
+        if probing:
+            current = self.seconds[self.current]
+            if current is not None and self.seconds[other] < current:
+                self.current, self.every = other, self.base
+            else:
+                self.every = min(2 * self.every, self.max_every)
+            self.countdown = self.every
+        else:
+            self.countdown -= 1
+        return out
