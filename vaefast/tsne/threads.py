@@ -61,7 +61,10 @@ class ThreadPolicy:
         import numba
 
         other = self.choices[1] if self.current == self.choices[0] else self.choices[0]
-        probing = self.seconds[other] is None or self.countdown <= 0
+        if self.seconds[self.current] is None:  # measure the asked-for count first
+            probing = False
+        else:
+            probing = self.seconds[other] is None or self.countdown <= 0
         threads = other if probing else self.current
         numba.set_num_threads(threads)
         t0 = time.perf_counter()
@@ -71,8 +74,7 @@ class ThreadPolicy:
         self.seconds[threads] = elapsed if last is None else 0.7 * last + 0.3 * elapsed
         self.history[threads] += 1
         if probing:
-            current = self.seconds[self.current]
-            if current is not None and self.seconds[other] < current:
+            if self.seconds[other] < self.seconds[self.current]:
                 self.current, self.every = other, self.base
             else:
                 self.every = min(2 * self.every, self.max_every)
