@@ -25,3 +25,9 @@ def short_export(short_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("exported") / "short"
     export(short_run, out, int8=True, fp16=True)
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    from tests import test_sklearn_tsne
+
+    test_sklearn_tsne.pytest_collection_modifyitems_for(items)

@@ -113,6 +113,20 @@ def conditional_probabilities(X, log_perplexity, P, beta, sum_p, row_total):
 
 
 @njit(parallel=True, cache=True)
+def conditional_probabilities_from_distances(D, log_perplexity, C, beta, sum_p, row_total):
+    """``conditional_probabilities`` from given squared distances D [N, N] (float32, as
+    scikit-learn rounds them): the dense conditional P into C [N, N]."""
+    n = D.shape[0]
+    for i in prange(n):
+        prow = np.empty(n, np.float64)
+        b, s = _search_beta(D[i], i, log_perplexity, prow, np.empty(n, np.float64))
+        beta[i] = b
+        sum_p[i] = s
+        row_total[i] = prow.sum()
+        C[i, :] = prow
+
+
+@njit(parallel=True, cache=True)
 def symmetrize(C, total, P):
     """P <- max((C + C.T) / total, eps) off the diagonal, 0 on it, stored as P's dtype
     (float32: the product of two probabilities is never needed beyond 7 digits)."""

@@ -11,6 +11,7 @@ gradient kernel.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,10 +54,19 @@ class Affinities:
         return out
 
 
+def _report(beta: np.ndarray, seconds: float, verbose: int) -> None:
+    """scikit-learn's verbose lines for P."""
+    if verbose:
+        print("[t-SNE] Mean sigma: %f" % np.mean(math.sqrt(len(beta) / np.sum(beta))))
+    if verbose >= 2:
+        print("[t-SNE] Computed conditional probabilities in {:.3f}s".format(seconds))
+
+
 def joint_probabilities(X: np.ndarray, perplexity: float,
                         max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
-                        backend: str = DEFAULT) -> Affinities:
-    """P of scikit-learn's exact t-SNE for rows of X (float32 or float64)."""
+                        backend: str = DEFAULT, verbose: int = 0) -> Affinities:
+    """P of scikit-learn's exact t-SNE for rows of X (float32 or float64), euclidean."""
+    t0 = time.perf_counter()
     k = kernels(backend)
     X = np.ascontiguousarray(X)
     if X.dtype not in (np.float32, np.float64):
@@ -73,4 +83,24 @@ def joint_probabilities(X: np.ndarray, perplexity: float,
     if dense:
         k.symmetrize(C, total, P)
     del C
+    _report(beta, time.perf_counter() - t0, verbose)
     return Affinities(P, X, beta, sum_p, total, backend)
+
+
+def joint_probabilities_from_distances(distances: np.ndarray, perplexity: float,
+                                       backend: str = DEFAULT, verbose: int = 0) -> Affinities:
+    """P from given squared distances [N, N] (any metric, or precomputed), dense, with
+    scikit-learn's float32 rounding and binary search."""
+    t0 = time.perf_counter()
+    k = kernels(backend)
+    D = np.ascontiguousarray(distances, dtype=np.float32)
+    n = D.shape[0]
+    C = np.empty((n, n), np.float64)
+    beta, sum_p, row_total = np.empty(n), np.empty(n), np.empty(n)
+    k.conditional_probabilities_from_distances(D, math.log(float(np.float32(perplexity))), C,
+                                               beta, sum_p, row_total)
+    total = max(2.0 * float(np.sum(row_total)), k.MACHINE_EPSILON)
+    P = np.empty((n, n), P_DTYPE)
+    k.symmetrize(C, total, P)
+    _report(beta, time.perf_counter() - t0, verbose)
+    return Affinities(P, np.empty((n, 0)), beta, sum_p, total, backend)

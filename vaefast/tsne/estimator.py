@@ -1,20 +1,30 @@
-"""The TSNE estimator: scikit-learn's exact t-SNE, parameter for parameter, on Numba kernels."""
+"""The TSNE estimator: scikit-learn's exact t-SNE, parameter for parameter, on Numba kernels.
+
+A scikit-learn estimator (``BaseEstimator``, ``TransformerMixin``): clone, get/set_params,
+parameter constraints, ``set_output``, feature names; sparse input, every metric and
+callable scikit-learn's exact method takes, and ``"precomputed"`` distances.
+"""
 
 from __future__ import annotations
 
 import time
 import warnings
-from typing import Sequence
+from numbers import Integral, Real
+from typing import Callable, Sequence
 
 import numpy as np
 
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.metrics.pairwise import _VALID_METRICS
+from sklearn.utils._param_validation import Interval, StrOptions
+
 from vaefast.errors import VaefastError
-from vaefast.tsne.affinities import DEFAULT_MAX_DENSE_BYTES, joint_probabilities
+from vaefast.tsne.affinities import (DEFAULT_MAX_DENSE_BYTES, joint_probabilities,
+                                     joint_probabilities_from_distances)
 from vaefast.tsne.optimizer import Callback, KLObjective, gradient_descent
 from vaefast.tsne.threads import ThreadPolicy, numba_threads
 from vaefast.tsne.transform import place
 
-EXPLORATION_ITER = 250  # iterations with early exaggeration and momentum 0.5
 
 
 def check_points(X, name: str = "X") -> np.ndarray:
@@ -33,30 +43,59 @@ def check_points(X, name: str = "X") -> np.ndarray:
     return X
 
 
-class TSNE:
+class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Exact t-SNE with scikit-learn's parameters, defaults and semantics, computed by Numba.
 
     Every pair contributes to attraction and repulsion (no Barnes-Hut, FFT or kNN
-    truncation). P is dense while ``8 N^2`` bytes fit ``max_dense_bytes``, else
-    recomputed exactly on the fly so memory stays O(N D). Results are bit-identical
-    for a given ``random_state`` whatever ``n_jobs`` is.
+    truncation). P is dense while ``12 N^2`` bytes fit ``max_dense_bytes``, else
+    recomputed exactly on the fly so memory stays O(N D) (euclidean metric). Results are
+    bit-identical for a given ``random_state`` whatever ``n_jobs`` is.
 
-    Parameters follow ``sklearn.manifold.TSNE(method="exact")``; in addition
-    ``n_jobs`` sets Numba's threads, ``progress`` shows a progress bar, and each of
-    ``callbacks`` is called as ``cb(iteration, kl, grad_norm)`` every 50 iterations —
-    a truthy return stops the run.
+    Parameters follow ``sklearn.manifold.TSNE(method="exact")``: ``method`` accepts only
+    "exact" (the error names what to use for Barnes-Hut); ``angle`` is accepted and unused
+    (it belongs to Barnes-Hut); ``n_components`` is 1 or 2 (scikit-learn switches to a
+    heavier-tailed kernel from 3 on, which vaefast does not compute). In addition
+    ``n_jobs`` sets Numba's threads (a thread policy falls back to one thread while
+    that is measured faster, e.g. beside a busy process), ``progress`` shows a progress
+    bar, and each of ``callbacks`` is called as ``cb(iteration, kl, grad_norm)`` every 50
+    iterations — a truthy return stops the run.
 
-    Attributes: ``embedding_`` [N, 2], ``kl_divergence_``, ``n_iter_`` (index of the
-    last iteration, as scikit-learn counts), ``learning_rate_``, ``timings_``.
+    Attributes: ``embedding_`` [N, n_components] float32, ``kl_divergence_``, ``n_iter_``
+    (index of the last iteration, as scikit-learn counts), ``learning_rate_``,
+    ``n_features_in_``, ``timings_``.
     """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "perplexity": [Interval(Real, 0, None, closed="neither")],
+        "early_exaggeration": [Interval(Real, 1, None, closed="left")],
+        "learning_rate": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 250, None, closed="left")],
+        "n_iter_without_progress": [Interval(Integral, -1, None, closed="left")],
+        "min_grad_norm": [Interval(Real, 0, None, closed="left")],
+        "metric": [StrOptions(set(_VALID_METRICS) | {"precomputed"}), callable],
+        "metric_params": [dict, None],
+        "init": [StrOptions({"pca", "random"}), np.ndarray],
+        "verbose": ["verbose"],
+        "random_state": ["random_state"],
+        "method": [StrOptions({"exact", "barnes_hut"})],
+        "angle": [Interval(Real, 0, 1, closed="both")],
+        "n_jobs": [None, Integral],
+        "progress": ["boolean"],
+        "callbacks": [list, tuple],
+        "max_dense_bytes": [Interval(Integral, 0, None, closed="left")],
+    }
+    _EXPLORATION_MAX_ITER = 250  # iterations with early exaggeration and momentum 0.5
+    _N_ITER_CHECK = 50  # iterations between error checks
 
     def __init__(self, n_components: int = 2, *, perplexity: float = 30.0,
                  early_exaggeration: float = 12.0, learning_rate: float | str = "auto",
                  max_iter: int = 1000, n_iter_without_progress: int = 300,
-                 min_grad_norm: float = 1e-7, init: str | np.ndarray = "pca",
-                 random_state: int | np.random.RandomState | None = None, verbose: int = 0,
-                 n_jobs: int | None = None, progress: bool = False,
-                 callbacks: Sequence[Callback] = (),
+                 min_grad_norm: float = 1e-7, metric: str | Callable = "euclidean",
+                 metric_params: dict | None = None, init: str | np.ndarray = "pca",
+                 verbose: int = 0, random_state: int | np.random.RandomState | None = None,
+                 method: str = "exact", angle: float = 0.5, n_jobs: int | None = None,
+                 progress: bool = False, callbacks: Sequence[Callback] = (),
                  max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES):
         self.n_components = n_components
         self.perplexity = perplexity
@@ -65,84 +104,144 @@ class TSNE:
         self.max_iter = max_iter
         self.n_iter_without_progress = n_iter_without_progress
         self.min_grad_norm = min_grad_norm
+        self.metric = metric
+        self.metric_params = metric_params
         self.init = init
-        self.random_state = random_state
         self.verbose = verbose
+        self.random_state = random_state
+        self.method = method
+        self.angle = angle
         self.n_jobs = n_jobs
         self.progress = progress
         self.callbacks = callbacks
         self.max_dense_bytes = max_dense_bytes
 
+    @property
+    def _n_features_out(self) -> int:
+        return self.n_components
+
     # --- validation -------------------------------------------------------------------
 
     def _validate(self, X) -> np.ndarray:
-        if self.n_components != 2:
-            raise VaefastError(f"n_components={self.n_components} is not supported; vaefast's "
-                               "exact t-SNE embeds into 2 dimensions")
-        X = check_points(X)
+        """Check parameters (scikit-learn's constraints and errors) and X; return X as a
+        float32/float64 array or sparse matrix."""
+        from scipy.sparse import issparse
+        from sklearn.utils.validation import check_non_negative, validate_data
+
+        self._validate_params()
+        if self.method != "exact":
+            raise VaefastError(f"method={self.method!r}: vaefast computes the exact method "
+                               "only; for Barnes-Hut use sklearn.manifold.TSNE("
+                               "method='barnes_hut') or openTSNE.TSNE")
+        if self.n_components > 2:
+            raise VaefastError(f"n_components={self.n_components}: vaefast's exact t-SNE "
+                               "embeds in 1 or 2 dimensions (scikit-learn uses another "
+                               "kernel from 3 on); use sklearn.manifold.TSNE("
+                               "method='exact') for more")
+        X = validate_data(self, X, accept_sparse=["csr", "csc", "coo"],
+                          dtype=[np.float32, np.float64], ensure_min_samples=2)
+        if self.metric == "precomputed":
+            if isinstance(self.init, str) and self.init == "pca":
+                raise ValueError('The parameter init="pca" cannot be used with '
+                                 'metric="precomputed".')
+            if X.shape[0] != X.shape[1]:
+                raise ValueError("X should be a square distance matrix")
+            check_non_negative(X, "TSNE.fit(). With metric='precomputed', X should contain "
+                                  "positive distances.")
+            if issparse(X):
+                raise TypeError('TSNE with method="exact" does not accept sparse '
+                                'precomputed distance matrix. Use method="barnes_hut" '
+                                "or provide the dense distance matrix.")
+        elif not issparse(X) and not np.isfinite(X).all():
+            raise VaefastError("X contains NaN or inf")
         n = X.shape[0]
-        if not 0 < self.perplexity < n:
-            raise VaefastError(f"perplexity ({self.perplexity}) must be positive and less "
-                               f"than n_samples ({n})")
-        if self.early_exaggeration < 1:
-            raise VaefastError(f"early_exaggeration must be >= 1, got {self.early_exaggeration}")
-        if not (self.learning_rate == "auto" or (isinstance(self.learning_rate, (int, float))
-                                                 and self.learning_rate > 0)):
-            raise VaefastError(f"learning_rate must be 'auto' or > 0, got {self.learning_rate!r}")
-        if self.max_iter < 1:
-            raise VaefastError(f"max_iter must be >= 1, got {self.max_iter}")
-        if isinstance(self.init, str):
-            if self.init not in ("pca", "random"):
-                raise VaefastError(f"init must be 'pca', 'random' or an array, got {self.init!r}")
-        else:
-            init = np.asarray(self.init)
-            if init.shape != (n, 2):
-                raise VaefastError(f"init array has shape {init.shape}, expected ({n}, 2)")
-            if not np.isfinite(init).all():
+        if self.perplexity >= n:
+            raise ValueError(f"perplexity ({self.perplexity}) must be less than n_samples "
+                             f"({n})")
+        if isinstance(self.init, np.ndarray):
+            if self.init.shape != (n, self.n_components):
+                raise ValueError(f"init array has shape {self.init.shape}, expected "
+                                 f"({n}, {self.n_components})")
+            if not np.isfinite(self.init).all():
                 raise VaefastError("init array contains NaN or inf")
         return X
 
-    def _initial_embedding(self, X: np.ndarray) -> np.ndarray:
+    def _affinities(self, X):
+        """P for X under the chosen metric (the fast, memory-bounded path for dense
+        euclidean input; scikit-learn's pairwise distances otherwise)."""
+        from scipy.sparse import issparse
+
+        if self.metric == "euclidean" and not issparse(X):
+            return joint_probabilities(X, self.perplexity, self.max_dense_bytes,
+                                       verbose=self.verbose)
+        from sklearn.metrics import pairwise_distances
+
+        if self.metric == "precomputed":
+            distances = X
+        else:
+            if self.verbose:
+                print("[t-SNE] Computing pairwise distances...")
+            if self.metric == "euclidean":
+                distances = pairwise_distances(X, metric="euclidean", squared=True)
+            else:
+                distances = pairwise_distances(X, metric=self.metric, n_jobs=self.n_jobs,
+                                               **(self.metric_params or {}))
+        if np.any(distances < 0):
+            raise ValueError("All distances should be positive, the metric given is not "
+                             "correct")
+        distances = np.asarray(distances, dtype=np.float64)
+        if self.metric != "euclidean":
+            distances = distances ** 2
+        return joint_probabilities_from_distances(distances, self.perplexity,
+                                                  verbose=self.verbose)
+
+    def _initial_embedding(self, X) -> np.ndarray:
+        """[N, n_components] start, as scikit-learn makes it (float32 values)."""
+        from sklearn.decomposition import PCA
         from sklearn.utils import check_random_state
 
         random_state = check_random_state(self.random_state)
-        if not isinstance(self.init, str):
+        k = self.n_components
+        if isinstance(self.init, np.ndarray):
             return np.asarray(self.init, dtype=np.float64)
         if self.init == "pca":
-            from sklearn.decomposition import PCA
-
-            pca = PCA(n_components=2, random_state=random_state)
+            pca = PCA(n_components=k, random_state=random_state)
+            pca.set_output(transform="default")  # numpy whatever the global output is
             with warnings.catch_warnings():  # constant input: zero explained variance
                 warnings.simplefilter("ignore", RuntimeWarning)
                 Y = pca.fit_transform(X).astype(np.float32, copy=False)
             std = np.std(Y[:, 0])
             # constant input: no direction to follow; keep the (zero) PCA as is
             return (Y / std * 1e-4 if std > 0 else Y).astype(np.float64)
-        return (1e-4 * random_state.standard_normal(size=(X.shape[0], 2)).astype(np.float32)
+        return (1e-4 * random_state.standard_normal(size=(X.shape[0], k)).astype(np.float32)
                 ).astype(np.float64)
 
     # --- fitting ------------------------------------------------------------------------
 
     def fit(self, X, y=None) -> "TSNE":
-        """Compute the embedding of X [N, D]; sets ``embedding_`` and friends."""
+        """Compute the embedding of X [N, D] (or [N, N] distances with
+        ``metric="precomputed"``); sets ``embedding_`` and friends."""
         X = self._validate(X)
         n = X.shape[0]
-        self.n_features_in_ = X.shape[1]
         self.learning_rate_ = (max(n / self.early_exaggeration / 4, 50)
                                if self.learning_rate == "auto" else float(self.learning_rate))
         with numba_threads(self.n_jobs) as threads:
             t0 = time.perf_counter()
-            affinities = joint_probabilities(X, self.perplexity, self.max_dense_bytes)
+            affinities = self._affinities(X)
             objective = KLObjective(affinities)
             t1 = time.perf_counter()
-            Y = np.ascontiguousarray(self._initial_embedding(X).T)
+            start = self._initial_embedding(X)
+            # the kernels work in 2-D; one component is the 2-D problem with y1 = 0 kept
+            Y = np.zeros((2, n))
+            Y[:self.n_components] = start.T
             policy = ThreadPolicy(threads)
             Y, kl, it = self._optimize(objective, Y, policy)
             t2 = time.perf_counter()
-        self.embedding_ = np.ascontiguousarray(Y.T)
+        self.embedding_ = np.ascontiguousarray(Y[:self.n_components].T, dtype=np.float32)
         self.kl_divergence_ = kl
         self.n_iter_ = it
-        self._X_fit = X
+        self._X_fit = X if self.metric == "euclidean" and isinstance(X, np.ndarray) else None
+        self._Y_fit = np.ascontiguousarray(Y.T)
         iterations = it + 1
         self.timings_ = {"affinities_s": t1 - t0, "optimize_s": t2 - t1,
                          "iterations": iterations, "dense_p": affinities.dense,
@@ -163,19 +262,18 @@ class TSNE:
             bar.update(iteration - done[0])
             done[0] = iteration
 
+        explore_iter = self._EXPLORATION_MAX_ITER
         common = dict(learning_rate=self.learning_rate_, min_grad_norm=self.min_grad_norm,
-                      threads=policy,
-                      verbose=self.verbose, callbacks=self.callbacks, on_check=on_check)
-        explore = min(EXPLORATION_ITER, self.max_iter)
+                      threads=policy, n_iter_check=self._N_ITER_CHECK, verbose=self.verbose,
+                      callbacks=self.callbacks, on_check=on_check)
         try:
             Y, kl, it, stopped = gradient_descent(
-                objective, Y, 0, explore, exaggeration=self.early_exaggeration, momentum=0.5,
-                n_iter_without_progress=EXPLORATION_ITER, **common)
+                objective, Y, 0, explore_iter, exaggeration=self.early_exaggeration,
+                momentum=0.5, n_iter_without_progress=explore_iter, **common)
             if self.verbose:
-                print(f"[t-SNE] KL divergence after {it + 1} iterations with early "
-                      f"exaggeration: {kl:.6f}")
-            if not stopped and (it < EXPLORATION_ITER or self.max_iter > EXPLORATION_ITER) \
-                    and it + 1 < self.max_iter:
+                print("[t-SNE] KL divergence after %d iterations with early exaggeration: %f"
+                      % (it + 1, kl))
+            if not stopped and (it < explore_iter or self.max_iter > explore_iter):
                 Y, kl, it, stopped = gradient_descent(
                     objective, Y, it + 1, self.max_iter, exaggeration=1.0, momentum=0.8,
                     n_iter_without_progress=self.n_iter_without_progress, **common)
@@ -184,7 +282,7 @@ class TSNE:
         return Y, kl, it
 
     def fit_transform(self, X, y=None) -> np.ndarray:
-        """Fit and return ``embedding_`` [N, 2]."""
+        """Fit and return ``embedding_`` [N, n_components]."""
         return self.fit(X).embedding_
 
     def transform(self, X_new, *, perplexity: float = 5.0, k: int = 25, n_iter: int = 250,
@@ -197,10 +295,13 @@ class TSNE:
         nearest fitted points, then ``n_iter`` steps of gradient descent (gains,
         ``momentum``, ``learning_rate``; attraction scaled by ``exaggeration``; the
         gradient clipped to ``max_grad_norm``) with the fitted points held fixed.
-        Returns [M, 2].
+        Needs a 2-D map fitted on dense points with the euclidean metric. Returns [M, 2].
         """
         if not hasattr(self, "embedding_"):
             raise VaefastError("this TSNE is not fitted yet; call fit first")
+        if self._X_fit is None or self.n_components != 2:
+            raise VaefastError("transform places points by euclidean affinities in a 2-D "
+                               "map: fit with metric='euclidean', n_components=2 and dense X")
         X_new = np.asarray(X_new)
         if X_new.ndim != 2 or X_new.shape[1] != self.n_features_in_:
             raise VaefastError(f"X_new has shape {X_new.shape}, expected "
@@ -214,6 +315,6 @@ class TSNE:
             raise VaefastError(f"perplexity ({perplexity}) must be positive and less than "
                                f"the {n} fitted points")
         with numba_threads(self.n_jobs):
-            return place(X_new, self._X_fit, self.embedding_, perplexity=perplexity, k=k,
+            return place(X_new, self._X_fit, self._Y_fit, perplexity=perplexity, k=k,
                          n_iter=n_iter, learning_rate=learning_rate, exaggeration=exaggeration,
                          momentum=momentum, max_grad_norm=max_grad_norm)

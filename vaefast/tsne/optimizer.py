@@ -8,6 +8,7 @@ gradient norm are checked every ``n_iter_check`` iterations and on the last one.
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -78,6 +79,7 @@ def gradient_descent(objective: KLObjective, Y: np.ndarray, it: int, max_iter: i
     gains = np.ones_like(Y)
     error = best_error = np.finfo(float).max
     best_iter = i = it
+    tic = time.perf_counter()
     for i in range(it, max_iter):
         check = (i + 1) % n_iter_check == 0
         with_error = check or i == max_iter - 1
@@ -90,9 +92,11 @@ def gradient_descent(objective: KLObjective, Y: np.ndarray, it: int, max_iter: i
         if with_error:
             error = objective.kl(z, exaggeration)
         if check:
-            if verbose >= 2:
-                print(f"[t-SNE] Iteration {i + 1}: error = {error:.7f}, "
-                      f"gradient norm = {grad_norm:.7f}")
+            toc = time.perf_counter()
+            if verbose >= 2:  # scikit-learn's lines, word for word
+                print("[t-SNE] Iteration %d: error = %.7f, gradient norm = %.7f (%s iterations "
+                      "in %0.3fs)" % (i + 1, error, grad_norm, n_iter_check, toc - tic))
+            tic = toc
             if on_check is not None:
                 on_check(i + 1)
             if any(cb(i + 1, error, grad_norm) for cb in callbacks):
@@ -100,7 +104,12 @@ def gradient_descent(objective: KLObjective, Y: np.ndarray, it: int, max_iter: i
             if error < best_error:
                 best_error, best_iter = error, i
             elif i - best_iter > n_iter_without_progress:
+                if verbose >= 2:
+                    print("[t-SNE] Iteration %d: did not make any progress during the last %d "
+                          "episodes. Finished." % (i + 1, n_iter_without_progress))
                 break
             if grad_norm <= min_grad_norm:
+                if verbose >= 2:
+                    print("[t-SNE] Iteration %d: gradient norm %f. Finished." % (i + 1, grad_norm))
                 break
     return Y, error, i, False
