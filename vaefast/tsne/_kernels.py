@@ -92,14 +92,10 @@ def _search_beta(dist, skip, log_perplexity, prow, buf):
 
 
 @njit(parallel=True, cache=True)
-def conditional_probabilities(X, log_perplexity, P, beta, sum_p, row_total):
-    """Per-row beta, normalizer and total of the conditional P; the dense conditional P
-    itself too when P has N rows.
-
-    P may be a (0, 0) placeholder: then only beta and sum_p are kept (O(N) memory).
-    """
+def conditional_probabilities(X, log_perplexity, beta, sum_p, row_total):
+    """Per-row precision beta, normalizer and total of the conditional P (O(N) memory:
+    the rows themselves are not kept; ``joint_matrix`` or the gradient rebuild them)."""
     n = X.shape[0]
-    dense = P.shape[0] == n
     for i in prange(n):
         dist = np.empty(n, np.float32)
         prow = np.empty(n, np.float64)
@@ -108,8 +104,6 @@ def conditional_probabilities(X, log_perplexity, P, beta, sum_p, row_total):
         beta[i] = b
         sum_p[i] = s
         row_total[i] = prow.sum()
-        if dense:
-            P[i, :] = prow
 
 
 @njit(parallel=True, cache=True)
@@ -156,7 +150,8 @@ def _joint_row(X, i, beta, sum_p, total, dist, prow):
 
 @njit(parallel=True, cache=True)
 def joint_matrix(X, beta, sum_p, total, out):
-    """All rows of the implicit P, for checking it against the dense path."""
+    """All rows of the joint P into ``out`` (float32 [N, N]): the dense P, built from
+    the precisions without an N x N float64 conditional matrix."""
     n = X.shape[0]
     for i in prange(n):
         _joint_row(X, i, beta, sum_p, total, np.empty(n, np.float32), out[i])

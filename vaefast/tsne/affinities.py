@@ -2,10 +2,10 @@
 
 Squared Euclidean distances (rounded to float32), a per-point binary search for the
 precision that meets the perplexity, then P = max((P_cond + P_cond.T) / sum, eps).
-P is kept dense (N x N float32) while building it (12 N^2 bytes at the peak) fits
-``max_dense_bytes``; past that only the per-point precisions and normalizers are kept
-(O(N)) and P rows are recomputed exactly, and rounded the same way, inside the
-gradient kernel.
+P is kept dense (N x N float32, 4 N^2 bytes, its only N x N array) while that fits
+``max_dense_bytes`` (default: half of the memory available when it is built); past that
+only the per-point precisions and normalizers are kept (O(N)) and P rows are recomputed
+exactly, and rounded the same way, inside the gradient kernel.
 """
 
 from __future__ import annotations
@@ -18,7 +18,25 @@ import numpy as np
 
 from vaefast.tsne.backends import DEFAULT, kernels
 
-DEFAULT_MAX_DENSE_BYTES = 1 << 30  # 1 GiB: dense P up to N = 9,459
+FALLBACK_DENSE_BYTES = 1 << 30  # where the available memory cannot be read
+
+
+def available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def dense_budget() -> int:
+    """Bytes a dense P may take: half of the memory available now (1 GiB when unknown)."""
+    free = available_bytes()
+    return FALLBACK_DENSE_BYTES if free is None else free // 2
 P_DTYPE = np.float32
 
 
@@ -62,27 +80,29 @@ def _report(beta: np.ndarray, seconds: float, verbose: int) -> None:
         print("[t-SNE] Computed conditional probabilities in {:.3f}s".format(seconds))
 
 
-def joint_probabilities(X: np.ndarray, perplexity: float,
-                        max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+def joint_probabilities(X: np.ndarray, perplexity: float, max_dense_bytes: int | None = None,
                         backend: str = DEFAULT, verbose: int = 0) -> Affinities:
-    """P of scikit-learn's exact t-SNE for rows of X (float32 or float64), euclidean."""
+    """P of scikit-learn's exact t-SNE for rows of X (float32 or float64), euclidean.
+
+    The per-point precisions come first (O(N) memory); then, when ``4 N^2`` bytes fit
+    ``max_dense_bytes`` (default: half the available memory), P is filled row by row as
+    float32, the only N x N array (the rows the implicit path recomputes, bit for bit).
+    """
     t0 = time.perf_counter()
     k = kernels(backend)
     X = np.ascontiguousarray(X)
     if X.dtype not in (np.float32, np.float64):
         X = X.astype(np.float64)
     n = X.shape[0]
-    dense = 12 * n * n <= max_dense_bytes
-    C = np.empty((n, n) if dense else (0, 0), np.float64)
+    budget = dense_budget() if max_dense_bytes is None else max_dense_bytes
     beta, sum_p, row_total = np.empty(n), np.empty(n), np.empty(n)
     # scikit-learn takes the log of the perplexity as a C float
     log_perplexity = math.log(float(np.float32(perplexity)))
-    k.conditional_probabilities(X, log_perplexity, C, beta, sum_p, row_total)
+    k.conditional_probabilities(X, log_perplexity, beta, sum_p, row_total)
     total = max(2.0 * float(np.sum(row_total)), k.MACHINE_EPSILON)
-    P = np.empty(C.shape, P_DTYPE)
-    if dense:
-        k.symmetrize(C, total, P)
-    del C
+    P = np.empty((n, n) if 4 * n * n <= budget else (0, 0), P_DTYPE)
+    if P.shape[0]:
+        k.joint_matrix(X, beta, sum_p, total, P)
     _report(beta, time.perf_counter() - t0, verbose)
     return Affinities(P, X, beta, sum_p, total, backend)
 

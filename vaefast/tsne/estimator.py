@@ -19,8 +19,7 @@ from sklearn.metrics.pairwise import _VALID_METRICS
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from vaefast.errors import VaefastError
-from vaefast.tsne.affinities import (DEFAULT_MAX_DENSE_BYTES, joint_probabilities,
-                                     joint_probabilities_from_distances)
+from vaefast.tsne.affinities import joint_probabilities, joint_probabilities_from_distances
 from vaefast.tsne.optimizer import Callback, KLObjective, gradient_descent
 from vaefast.tsne.threads import ThreadPolicy, numba_threads
 from vaefast.tsne.transform import place
@@ -47,8 +46,9 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Exact t-SNE with scikit-learn's parameters, defaults and semantics, computed by Numba.
 
     Every pair contributes to attraction and repulsion (no Barnes-Hut, FFT or kNN
-    truncation). P is dense while ``12 N^2`` bytes fit ``max_dense_bytes``, else
-    recomputed exactly on the fly so memory stays O(N D) (euclidean metric). Results are
+    truncation). P is dense (float32) while ``4 N^2`` bytes fit ``max_dense_bytes``
+    (default None: half the memory available at fit time), else recomputed exactly on the
+    fly so memory stays O(N D) (euclidean metric). Results are
     bit-identical for a given ``random_state`` whatever ``n_jobs`` is.
 
     Parameters follow ``sklearn.manifold.TSNE(method="exact")``: ``method`` accepts only
@@ -83,7 +83,7 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         "n_jobs": [None, Integral],
         "progress": ["boolean"],
         "callbacks": [list, tuple],
-        "max_dense_bytes": [Interval(Integral, 0, None, closed="left")],
+        "max_dense_bytes": [Interval(Integral, 0, None, closed="left"), None],
     }
     _EXPLORATION_MAX_ITER = 250  # iterations with early exaggeration and momentum 0.5
     _N_ITER_CHECK = 50  # iterations between error checks
@@ -96,7 +96,7 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                  verbose: int = 0, random_state: int | np.random.RandomState | None = None,
                  method: str = "exact", angle: float = 0.5, n_jobs: int | None = None,
                  progress: bool = False, callbacks: Sequence[Callback] = (),
-                 max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES):
+                 max_dense_bytes: int | None = None):
         self.n_components = n_components
         self.perplexity = perplexity
         self.early_exaggeration = early_exaggeration
