@@ -25,7 +25,8 @@ def run(out: Path, epochs: int = 10, conv_epochs: int = 5) -> None:
     conv = export_and_encode(out, "conv-run", "conv-exported")
     plot_views(out, {"z20": Path("exported/mnist5k-z20"), "z2": Path("exported/mnist5k-z2"),
                      "conv": conv})
-    print("[bench] quick side-by-side summary (make bench runs the full suites):")
+    print("[bench] quick side-by-side summary, in this one process with ONNX Runtime's "
+          "spinning off (make bench runs each runtime in its own process):")
     print(quick_summary())
 
 
@@ -58,7 +59,7 @@ def export_and_encode(out: Path, run: str = "run", name: str = "exported") -> Pa
     print(f"[runtime] encoded {len(X)} test images through ONNX Runtime "
           f"({', '.join(vae.providers)}) in {1e3 * (time.perf_counter() - t0):.1f} ms: "
           f"mu {mu.shape}, mean sigma {float(np.exp(0.5 * logvar).mean()):.3f}")
-    return out / "exported"
+    return out / name
 
 
 def embed_and_map(out: Path, exported: Path) -> Path:

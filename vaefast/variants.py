@@ -27,8 +27,11 @@ def _write_int8(src: Path, dst: Path) -> Any:
 
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice
     # 7-bit weights: on x86 without VNNI, MLAS's u8s8 kernels then cannot saturate and
-    # run faster (10.6 vs 14.0 ms at batch 4096 on an AVX2 EPYC), same kNN overlap
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, reduce_range=True)
+    # run faster (10.6 vs 14.0 ms at batch 4096 on an AVX2 EPYC), same kNN overlap.
+    # MatMul/Gemm only: ONNX Runtime's ConvInteger made the conv encoder 2-6x slower than
+    # fp32 (Zen 4, batch 64-8192), so convolutions stay fp32.
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, reduce_range=True,
+                     op_types_to_quantize=["MatMul", "Gemm"])
     return onnx.load(str(dst))
 
 
