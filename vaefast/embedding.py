@@ -128,8 +128,6 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
     """
     from tqdm.auto import tqdm
 
-    from vaefast.tsne.mapping import reference_rows
-
     for name, value in (("batch size", batch_size), ("chunk rows", chunk_rows),
                         ("tsne_max", tsne_max)):
         if value < 1:
@@ -140,8 +138,10 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
     source = _source(input)
     if source.n:  # a layout mismatch is refused before anything is written
         vae.check_inputs(source.rows(0, 1))
-    if tsne:
-        reference_rows(source.n, tsne_max, seed)  # too few rows: refused before encoding
+    if tsne:  # too few rows: refused before encoding (t-SNE imports only when asked for)
+        from vaefast.tsne.mapping import reference_rows
+
+        reference_rows(source.n, tsne_max, seed)
     attrs = {"model": str(vae.folder), "model_sha256": vae.meta["weights_sha256"],
              "input": source.fingerprint(),
              "params": {"chunk_rows": chunk_rows, "tsne": tsne, "tsne_max": tsne_max,
