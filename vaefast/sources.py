@@ -75,10 +75,6 @@ class Source:
                 self._fingerprint["sample_shape"] = list(self.sample_shape)
         return self._fingerprint
 
-    def describe(self) -> str:
-        """One line: the input, its shape and dtype."""
-        return f"{self.spec} ({self.n} x {list(self.sample_shape)} {self.dtype})"
-
 
 def _npy(path: Path, spec: str) -> Source:
     try:
