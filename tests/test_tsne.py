@@ -38,18 +38,31 @@ def sklearn_p(X, perplexity=30.0):
 
 
 def test_p_matches_sklearn(latent_means):
-    P = joint_probabilities(latent_means, 30.0).P
+    P = joint_probabilities(latent_means, 30.0).to_dense()
     ref = squareform(sklearn_p(latent_means))
     off = ~np.eye(len(ref), dtype=bool)
     np.testing.assert_allclose(P[off], ref[off], rtol=1e-6)
     assert (np.diag(P) == 0).all()
 
 
+def test_vectorizable_exp_and_log_match_numpy():
+    from vaefast.tsne._vecmath import exp_nonpositive, log_positive
+
+    xs = -np.linspace(0.0, 720.0, 20001)
+    ours = np.array([exp_nonpositive(x) for x in xs])
+    kept = xs >= -708.0
+    np.testing.assert_allclose(ours[kept], np.exp(xs[kept]), rtol=1e-14)
+    assert (ours[~kept] == 0.0).all()
+    ys = np.concatenate([np.geomspace(1e-300, 1e300, 20001), 1.0 + np.linspace(0, 1e3, 2001)])
+    np.testing.assert_allclose([log_positive(y) for y in ys], np.log(ys), rtol=1e-14,
+                               atol=1e-15)
+
+
 def test_implicit_p_equals_dense_p(latent_means):
     dense = joint_probabilities(latent_means, 20.0)
     implicit = joint_probabilities(latent_means, 20.0, max_dense_bytes=0)
     assert dense.dense and not implicit.dense and implicit.P.size == 0
-    np.testing.assert_array_equal(implicit.to_dense(), dense.P)
+    np.testing.assert_array_equal(implicit.packed(), dense.P)
 
 
 @pytest.mark.parametrize("scale", [1e-4, 1.0, 30.0])
@@ -69,13 +82,15 @@ def test_kl_and_gradient_match_sklearn(latent_means, scale, exaggeration, dense)
 
 @pytest.mark.parametrize("data", ["latent", "clusters"])
 def test_full_run_matches_sklearn_from_the_same_start(latent_means, data):
-    # 3 clusters: t-SNE trajectories are chaotic, and on some cluster sets scikit-learn in
-    # float32 and in float64 already end 2-3% apart in KL from the same start.
+    # Same basin, not the same bits: trajectories are chaotic. scikit-learn against itself
+    # with the start perturbed by 1e-7 (relative) ends 1.8-2.0% apart in KL on these
+    # latent means, and scikit-learn in float32 vs float64 2-3% apart on some cluster
+    # sets. Parity of the KL is tested as a distribution over seeds below.
     X = latent_means[:400] if data == "latent" else clusters(n_per=80, k=3)[0]
     init = np.random.default_rng(0).normal(scale=1e-4, size=(len(X), 2)).astype(np.float32)
     ours = TSNE(init=init, random_state=0).fit(X)
     ref = SklearnTSNE(method="exact", init=init, random_state=0).fit(X)
-    assert ours.kl_divergence_ == pytest.approx(ref.kl_divergence_, rel=0.02)
+    assert ours.kl_divergence_ == pytest.approx(ref.kl_divergence_, rel=0.05)
     t_ours = trustworthiness(X, ours.embedding_, n_neighbors=10)
     t_ref = trustworthiness(X, ref.embedding_, n_neighbors=10)
     assert abs(t_ours - t_ref) <= 0.01
@@ -220,12 +235,13 @@ def test_thread_policy_settles_on_the_faster_thread_count(slow_threads):
 def test_final_kl_matches_sklearn_as_a_distribution_over_seeds(latent_means):
     """Full runs diverge chaotically after ~50 iterations (as scikit-learn does against
     itself from a perturbed start), so parity of the final KL is stated over seeds: the
-    medians over 5 seeds (same random starts) within 2%."""
+    medians over 15 seeds (same random starts) within 2%. (Over 5 seeds the median alone
+    moves by ~3% with the seeds drawn, for either implementation.)"""
     from sklearn.manifold import TSNE as SklearnTSNE
 
     X = latent_means[:300]
     ours, theirs = [], []
-    for seed in range(5):
+    for seed in range(15):
         ours.append(TSNE(init="random", random_state=seed).fit(X).kl_divergence_)
         theirs.append(SklearnTSNE(method="exact", init="random",
                                   random_state=seed).fit(X).kl_divergence_)

@@ -1,9 +1,10 @@
 """Numba kernels of the exact t-SNE: affinities, gradient, KL, out-of-sample placement.
 
-Every parallel loop runs over rows and writes only its own rows, and every reduction over
-rows is done serially afterwards, so results are bit-identical for any thread count.
-Embeddings are passed as two contiguous coordinate arrays (y0, y1) so the inner loops
-vectorize.
+Determinism: every parallel loop runs over a fixed partition of the rows (never the
+thread count) and each part writes only its own outputs; parts are combined in a fixed
+order, so results are bit-identical for any thread count. The embedding comes as [2, N]
+(two contiguous coordinate arrays) so inner loops vectorize; X as XT [D, N] float64.
+P is packed: the upper triangle, row after row (``packed_start``), float32.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from vaefast.tsne._vecmath import exp_nonpositive
+from vaefast.tsne._vecmath import exp_nonpositive, log_positive
 
 # scikit-learn's constants (sklearn/manifold/_utils.pyx and _t_sne.py), kept bit-exact:
 # its C floats are float32 values promoted to double.
@@ -22,35 +23,85 @@ EPSILON_DBL = float(np.float32(1e-8))
 MACHINE_EPSILON = float(np.finfo(np.float64).eps)
 N_STEPS = 100
 
-# Reassociation lets LLVM vectorize the pair sums; no approximate math functions.
-PAIR_FASTMATH = {"reassoc", "contract", "nsz"}
+# Reassociation lets LLVM vectorize the pair sums; ``error_model="numpy"`` drops the
+# zero-division branch that blocks vectorization; unsigned loop indices drop Numba's
+# negative-index wraparound, without which loops that store do not vectorize.
+FAST = {"reassoc", "contract", "nsz", "arcp"}
+U64 = np.uint64
+DIST_BLOCK = 256  # columns per block of the distance loop (its float64 sums stay in L1)
+ROW_CHUNK = 1024  # pairs summed in float32 before a float64 add
+FLUSH_ROWS = 32  # rows whose float32 column terms are summed before a float64 add
+BUILD_PARTS = 64  # interleaved row sets of the affinity kernels
 
 
-@njit(cache=True, fastmath=PAIR_FASTMATH)
-def _sq_distances_to(x, X, out):
-    """Squared Euclidean distances from point x to every row of X, rounded to float32 as
-    scikit-learn rounds them before its binary search."""
-    n, d = X.shape
-    for j in range(n):
-        s = 0.0
+def units(n: int) -> int:
+    """Fixed number of row sets of the gradient kernel (not the thread count, so results
+    do not depend on it): each set owns column buffers of 48 N bytes."""
+    return 8 if n < 16384 else 32
+
+
+def packed_size(n: int) -> int:
+    """Entries of the packed upper triangle of an N x N matrix."""
+    return n * (n - 1) // 2
+
+
+@njit(cache=True, inline="always")
+def packed_start(i, n):
+    """Where row i's pairs (i, i+1), (i, i+2), ... (i, n-1) start in packed P."""
+    return i * n - (i * (i + 1)) // 2
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def _sq_distances(x, XT, start, stop, out, acc):
+    """out[j] = |x - X_j|^2 for j in [start, stop), summed in float64 over the features
+    in order and rounded to float32 as scikit-learn rounds them. XT: [D, N] float64; acc:
+    float64 scratch of DIST_BLOCK. Every caller gets the same bits for a pair."""
+    d = XT.shape[0]
+    for b in range(start, stop, DIST_BLOCK):
+        m = U64(min(b + DIST_BLOCK, stop) - b)
+        ub = U64(b)
+        for t in range(m):
+            acc[t] = 0.0
         for k in range(d):
-            diff = np.float64(x[k]) - np.float64(X[j, k])
-            s += diff * diff
-        out[j] = np.float32(s)
+            xk = x[k]
+            col = XT[k]
+            for t in range(m):
+                diff = xk - col[ub + t]
+                acc[t] += diff * diff
+        for t in range(m):
+            out[ub + t] = np.float32(acc[t])
 
 
-@njit(cache=True)
-def _sq_distances_row(X, i, out):
-    _sq_distances_to(X[i], X, out)
+@njit(cache=True, inline="always")
+def _point(XT, i):
+    """Row i of X (column i of XT) as a contiguous float64 array."""
+    x = np.empty(XT.shape[0])
+    for k in range(XT.shape[0]):
+        x[k] = XT[k, i]
+    return x
 
 
-@njit(cache=True)
-def _search_beta(dist, skip, log_perplexity, prow, buf):
-    """scikit-learn's binary search for one row's precision beta; fills prow with the
-    conditional probabilities and returns (beta, sum of unnormalized probabilities) that
-    produced them (when 100 steps do not converge, scikit-learn's P also comes from the
-    last beta evaluated, not the next one). buf: float64 scratch of len(dist)."""
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def _exp_sums(dist, skip, beta):
+    """(sum of e_j, sum of d_j e_j) with e_j = exp(-beta d_j), leaving out j == skip."""
     n = dist.shape[0]
+    sk = U64(skip) if skip >= 0 else U64(n)
+    s = 0.0
+    m = 0.0
+    for j in range(U64(n)):
+        d = np.float64(dist[j])
+        e = exp_nonpositive(-d * beta)
+        e = 0.0 if j == sk else e
+        s += e
+        m += d * e
+    return s, m
+
+
+@njit(cache=True)
+def _search_beta(dist, skip, log_perplexity):
+    """scikit-learn's binary search for one row's precision beta, step for step; returns
+    (beta, sum of unnormalized probabilities) that produced the row (when 100 steps do
+    not converge, scikit-learn's P also comes from the last beta evaluated)."""
     beta_min = -np.inf
     beta_max = np.inf
     beta = 1.0
@@ -58,21 +109,10 @@ def _search_beta(dist, skip, log_perplexity, prow, buf):
     used = beta
     for _ in range(N_STEPS):
         used = beta
-        for j in range(n):
-            prow[j] = -np.float64(dist[j]) * beta
-        exp_nonpositive(prow, prow, buf)
-        if skip >= 0:
-            prow[skip] = 0.0
-        sum_pi = 0.0
-        for j in range(n):
-            sum_pi += prow[j]
+        sum_pi, sum_d = _exp_sums(dist, skip, beta)
         if sum_pi == 0.0:
             sum_pi = EPSILON_DBL
-        sum_disti_pi = 0.0
-        for j in range(n):
-            prow[j] /= sum_pi
-            sum_disti_pi += np.float64(dist[j]) * prow[j]
-        entropy = math.log(sum_pi) + beta * sum_disti_pi
+        entropy = math.log(sum_pi) + beta * (sum_d / sum_pi)
         entropy_diff = entropy - log_perplexity
         if math.fabs(entropy_diff) <= PERPLEXITY_TOLERANCE:
             break
@@ -91,134 +131,280 @@ def _search_beta(dist, skip, log_perplexity, prow, buf):
     return used, sum_pi
 
 
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def _conditional_row(dist, skip, beta, sum_pi, out):
+    """out[j] = exp(-beta d_j) / sum_pi (0 at j == skip); returns the row's total."""
+    n = dist.shape[0]
+    sk = U64(skip) if skip >= 0 else U64(n)
+    total = 0.0
+    for j in range(U64(n)):
+        p = exp_nonpositive(-np.float64(dist[j]) * beta) / sum_pi
+        p = 0.0 if j == sk else p
+        out[j] = p
+        total += p
+    return total
+
+
 @njit(parallel=True, cache=True)
-def conditional_probabilities(X, log_perplexity, beta, sum_p, row_total):
-    """Per-row precision beta, normalizer and total of the conditional P (O(N) memory:
-    the rows themselves are not kept; ``joint_matrix`` or the gradient rebuild them)."""
-    n = X.shape[0]
+def conditional_probabilities(XT, log_perplexity, beta, sum_p, row_total):
+    """Per-point precision beta, normalizer and total of the conditional P, from X given
+    as XT [D, N] float64 (O(N) memory: the rows themselves are not kept)."""
+    n = XT.shape[1]
     for i in prange(n):
         dist = np.empty(n, np.float32)
-        prow = np.empty(n, np.float64)
-        _sq_distances_row(X, i, dist)
-        b, s = _search_beta(dist, i, log_perplexity, prow, np.empty(n, np.float64))
+        _sq_distances(_point(XT, i), XT, 0, n, dist, np.empty(DIST_BLOCK))
+        b, s = _search_beta(dist, i, log_perplexity)
         beta[i] = b
         sum_p[i] = s
-        row_total[i] = prow.sum()
+        row_total[i] = _conditional_row(dist, i, b, s, np.empty(n))
 
 
 @njit(parallel=True, cache=True)
-def conditional_probabilities_from_distances(D, log_perplexity, C, beta, sum_p, row_total):
+def conditional_probabilities_from_distances(D, log_perplexity, beta, sum_p, row_total):
     """``conditional_probabilities`` from given squared distances D [N, N] (float32, as
-    scikit-learn rounds them): the dense conditional P into C [N, N]."""
+    scikit-learn rounds them)."""
     n = D.shape[0]
     for i in prange(n):
-        prow = np.empty(n, np.float64)
-        b, s = _search_beta(D[i], i, log_perplexity, prow, np.empty(n, np.float64))
+        b, s = _search_beta(D[i], i, log_perplexity)
         beta[i] = b
         sum_p[i] = s
-        row_total[i] = prow.sum()
-        C[i, :] = prow
+        row_total[i] = _conditional_row(D[i], i, b, s, np.empty(n))
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def _joint_from(dist_ij, dist_ji, i, lo, hi, beta, sum_p, total, out):
+    """out[j - lo] = max((p_j|i + p_i|j) / total, eps) as float32 for j in [lo, hi), from
+    the squared distances i -> j and j -> i (both indexed by j)."""
+    bi = beta[i]
+    si = sum_p[i]
+    first = U64(lo)
+    for j in range(first, U64(hi)):
+        pij = exp_nonpositive(-np.float64(dist_ij[j]) * bi) / si
+        pji = exp_nonpositive(-np.float64(dist_ji[j]) * beta[j]) / sum_p[j]
+        out[j - first] = np.float32(max((pij + pji) / total, MACHINE_EPSILON))
+
+
+@njit(cache=True)
+def _joint_piece(XT, i, lo, hi, beta, sum_p, total, dist, acc, out):
+    """Pairs (i, j) of the joint P for j in [lo, hi), lo > i, into out[j - lo]: the same
+    bits wherever it is called (the packed build, the gradient's on-the-fly pairs)."""
+    _sq_distances(_point(XT, i), XT, lo, hi, dist, acc)
+    _joint_from(dist, dist, i, lo, hi, beta, sum_p, total, out)
 
 
 @njit(parallel=True, cache=True)
-def symmetrize(C, total, P):
-    """P <- max((C + C.T) / total, eps) off the diagonal, 0 on it, stored as P's dtype
-    (float32: the product of two probabilities is never needed beyond 7 digits)."""
-    n = C.shape[0]
-    for i in prange(n):
-        for j in range(n):
-            P[i, j] = max((C[i, j] + C[j, i]) / total, MACHINE_EPSILON) if j != i else 0.0
-
-
-@njit(cache=True, fastmath=PAIR_FASTMATH)
-def _joint_row(X, i, beta, sum_p, total, dist, prow):
-    """Row i of the joint P computed on the fly, exactly as the dense path stores it."""
-    n = X.shape[0]
-    _sq_distances_row(X, i, dist)
-    pij = np.empty(n, np.float64)
-    pji = np.empty(n, np.float64)
-    buf = np.empty(n, np.float64)
-    for j in range(n):
-        pij[j] = -np.float64(dist[j]) * beta[i]
-        pji[j] = -np.float64(dist[j]) * beta[j]
-    exp_nonpositive(pij, pij, buf)
-    exp_nonpositive(pji, pji, buf)
-    for j in range(n):
-        prow[j] = max((pij[j] / sum_p[i] + pji[j] / sum_p[j]) / total, MACHINE_EPSILON)
-    prow[i] = 0.0
+def joint_packed(XT, beta, sum_p, total, P):
+    """The joint P's upper triangle, row after row, into P [N (N - 1) / 2] float32: the
+    dense P in half the memory of a square one."""
+    n = XT.shape[1]
+    for part in prange(BUILD_PARTS):
+        dist = np.empty(n, np.float32)
+        acc = np.empty(DIST_BLOCK)
+        for i in range(part, n - 1, BUILD_PARTS):
+            start = packed_start(i, n)
+            _joint_piece(XT, i, i + 1, n, beta, sum_p, total, dist, acc,
+                         P[start:start + n - i - 1])
 
 
 @njit(parallel=True, cache=True)
-def joint_matrix(X, beta, sum_p, total, out):
-    """All rows of the joint P into ``out`` (float32 [N, N]): the dense P, built from
-    the precisions without an N x N float64 conditional matrix."""
-    n = X.shape[0]
-    for i in prange(n):
-        _joint_row(X, i, beta, sum_p, total, np.empty(n, np.float32), out[i])
+def joint_packed_from_distances(D, beta, sum_p, total, P):
+    """``joint_packed`` from given squared distances D [N, N] (float32)."""
+    n = D.shape[0]
+    for part in prange(BUILD_PARTS):
+        column = np.empty(n, np.float32)
+        for i in range(part, n - 1, BUILD_PARTS):
+            for j in range(i + 1, n):
+                column[j] = D[j, i]
+            start = packed_start(i, n)
+            _joint_from(D[i], column, i, i + 1, n, beta, sum_p, total,
+                        P[start:start + n - i - 1])
 
 
-@njit(cache=True, fastmath=PAIR_FASTMATH, inline="always")
-def _point_sums(p0, p1, y0, y1, prow):
-    """Sums over j of w, p*w*(p-yj) and w^2*(p-yj), with w = 1 / (1 + |p-yj|^2)."""
-    n = y0.shape[0]
+@njit(cache=True, inline="always")
+def _piece(P, XT, beta, sum_p, total, i, lo, hi, dist, acc, scratch):
+    """Pairs (i, j) of P for j in [lo, hi), indexed j - lo: a view of packed P, or
+    computed into scratch."""
+    if P.shape[0] > 0:
+        start = packed_start(i, beta.shape[0]) - i - 1
+        return P[start + lo:start + hi]
+    out = scratch[:hi - lo]
+    _joint_piece(XT, i, lo, hi, beta, sum_p, total, dist, acc, out)
+    return out
+
+
+@njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
+def p_log_p(P, XT, beta, sum_p, total, out):
+    """Partial sums over pairs j != i of p and of p log p, one per row set into
+    out [2, BUILD_PARTS] (the constant parts of the KL)."""
+    n = beta.shape[0]
+    for part in prange(BUILD_PARTS):
+        dist = np.empty(n, np.float32)
+        acc = np.empty(DIST_BLOCK)
+        scratch = np.empty(n, np.float32)
+        s = 0.0
+        t = 0.0
+        for i in range(part, n - 1, BUILD_PARTS):
+            seg = _piece(P, XT, beta, sum_p, total, i, i + 1, n, dist, acc, scratch)
+            for k in range(U64(seg.shape[0])):
+                p = np.float64(seg[k])
+                s += p
+                t += p * log_positive(p)
+        out[0, part] = 2.0 * s
+        out[1, part] = 2.0 * t
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
+def _pair_row(h0, h1, l0, l1, p, i, c0, c1, c2, c3):
+    """Pairs (i, j > i) of the embedding (p indexed j - i - 1): returns row i's sums of
+    w, p w d and w^2 d (d = y_i - y_j, w = 1 / (1 + |d|^2)) and subtracts each pair's
+    p w d and w^2 d from column j's float32 buffers c0..c3 (the pair's share of row j).
+
+    Coordinates come as float32 high and low parts, so d is exact to ~1e-14 |y| however
+    far from the origin the points lie; the pair arithmetic is float32 and the row sums
+    go to float64 every ROW_CHUNK pairs."""
+    n = h0.shape[0]
+    one = np.float32(1.0)
+    hi0 = h0[i]
+    hi1 = h1[i]
+    li0 = l0[i]
+    li1 = l1[i]
     sw = 0.0
     a0 = 0.0
     a1 = 0.0
     r0 = 0.0
     r1 = 0.0
-    for j in range(n):
-        d0 = p0 - y0[j]
-        d1 = p1 - y1[j]
-        w = 1.0 / (1.0 + d0 * d0 + d1 * d1)
-        pw = prow[j] * w
-        ww = w * w
-        sw += w
-        a0 += pw * d0
-        a1 += pw * d1
-        r0 += ww * d0
-        r1 += ww * d1
+    first = U64(i + 1)
+    for b in range(i + 1, n, ROW_CHUNK):
+        tw = np.float32(0.0)
+        t0 = np.float32(0.0)
+        t1 = np.float32(0.0)
+        u0 = np.float32(0.0)
+        u1 = np.float32(0.0)
+        for j in range(U64(b), U64(min(b + ROW_CHUNK, n))):
+            d0 = (hi0 - h0[j]) + (li0 - l0[j])
+            d1 = (hi1 - h1[j]) + (li1 - l1[j])
+            w = one / (one + d0 * d0 + d1 * d1)
+            pw = p[j - first] * w
+            ww = w * w
+            e0 = pw * d0
+            e1 = pw * d1
+            f0 = ww * d0
+            f1 = ww * d1
+            tw += w
+            t0 += e0
+            t1 += e1
+            u0 += f0
+            u1 += f1
+            c0[j] -= e0
+            c1[j] -= e1
+            c2[j] -= f0
+            c3[j] -= f1
+        sw += tw
+        a0 += t0
+        a1 += t1
+        r0 += u0
+        r1 += u1
     return sw, a0, a1, r0, r1
 
 
-@njit(cache=True, fastmath=PAIR_FASTMATH)
-def _pair_sums(i, y0, y1, prow):
-    """_point_sums for embedded point i against all points, leaving out j == i."""
-    sw, a0, a1, r0, r1 = _point_sums(y0[i], y1[i], y0, y1, prow)
-    return sw - 1.0, a0, a1, r0, r1  # j == i contributed w = 1 and nothing else
-
-
-@njit(cache=True, fastmath=PAIR_FASTMATH)
-def _log_sum(i, y0, y1, prow):
-    """Sum over j of p_ij * log(1 + |yi-yj|^2)  (= -p log w, for the KL divergence)."""
-    n = y0.shape[0]
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def _kl_row(h0, h1, l0, l1, p, i):
+    """Sum over j > i of p_ij log(1 + |y_i - y_j|^2)  (= -p log w, for the KL)."""
+    n = h0.shape[0]
+    first = U64(i + 1)
     s = 0.0
-    for j in range(n):
-        d0 = y0[i] - y0[j]
-        d1 = y1[i] - y1[j]
-        s += prow[j] * math.log(1.0 + d0 * d0 + d1 * d1)  # 5x cheaper than log1p
+    for j in range(first, U64(n)):
+        d0 = np.float64((h0[i] - h0[j]) + (l0[i] - l0[j]))
+        d1 = np.float64((h1[i] - h1[j]) + (l1[i] - l1[j]))
+        s += np.float64(p[j - first]) * log_positive(1.0 + d0 * d0 + d1 * d1)
     return s
 
 
-@njit(parallel=True, cache=True)
-def gradient_terms(y0, y1, P, X, beta, sum_p, total, with_kl, sw, attr, rep, kl_rows):
-    """Per-row sums for the exact gradient (and KL when asked), from a dense P or, when P
-    is a (0, 0) placeholder, from P rows recomputed on the fly."""
-    n = y0.shape[0]
-    dense = P.shape[0] == n
-    for i in prange(n):
-        if dense:
-            prow = P[i]
-        else:
-            prow = np.empty(n, P.dtype)
-            _joint_row(X, i, beta, sum_p, total, np.empty(n, np.float32), prow)
-        s, a0, a1, r0, r1 = _pair_sums(i, y0, y1, prow)
-        sw[i] = s
-        attr[0, i] = a0
-        attr[1, i] = a1
-        rep[0, i] = r0
-        rep[1, i] = r1
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def _flush(c32, c64, start):
+    """c64[:, start:] += c32[:, start:] in float64; those c32 entries <- 0."""
+    n = c32.shape[1]
+    for c in range(4):
+        src = c32[c]
+        dst = c64[c]
+        for j in range(U64(start), U64(n)):
+            dst[j] += np.float64(src[j])
+            src[j] = 0.0
+
+
+def gradient_workspace(n: int) -> tuple:
+    """Buffers of ``gradient_terms`` for N points: coordinates as float32 high/low parts,
+    per-row-set float32 and float64 column sums, row sums."""
+    u = units(n)
+    return (np.empty((4, n), np.float32), np.zeros((u, 4, n), np.float32),
+            np.zeros((u, 4, n)), np.zeros((6, n)))
+
+
+@njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
+def gradient_terms(Y, P, XT, beta, sum_p, total, with_kl, hl, col32, col64, rows, sw,
+                   attr, rep, kl_rows):
+    """Per-row sums for the exact gradient (and KL when asked) at the embedding Y [2, N],
+    from packed P or, when P is empty, from P's pairs recomputed on the fly.
+
+    Each unordered pair is computed once. Rows are split into a fixed number of
+    interleaved sets (``units``, not the thread count); a set's rows add their pairs'
+    shares of the other rows to the set's own column buffers (float32, added to float64
+    every FLUSH_ROWS rows), and the sets' sums are added in set order: bit-identical
+    results for any thread count, stored P or recomputed. Fills sw (sum_j w_ij, so
+    sum(sw) = Z), attr (sum_j p_ij w_ij (y_i - y_j)), rep (sum_j w_ij^2 (y_i - y_j))
+    and, with_kl, kl_rows (sum_j p_ij log(1 + d_ij^2)).
+    """
+    n = Y.shape[1]
+    u_count = col32.shape[0]
+    for j in range(n):
+        for c in range(2):
+            h = np.float32(Y[c, j])
+            hl[c, j] = h
+            hl[2 + c, j] = np.float32(Y[c, j] - np.float64(h))
+    h0, h1, l0, l1 = hl[0], hl[1], hl[2], hl[3]
+    for u in prange(u_count):
+        c32 = col32[u]
+        c64 = col64[u]
+        c32[:] = 0.0
+        c64[:] = 0.0
+        dist = np.empty(n, np.float32)
+        acc = np.empty(DIST_BLOCK)
+        scratch = np.empty(n, np.float32)
+        batch = 0
+        low = u  # columns past the first row of the batch hold its terms
+        for i in range(u, n, u_count):
+            p = _piece(P, XT, beta, sum_p, total, i, i + 1, n, dist, acc, scratch)
+            s, a0, a1, r0, r1 = _pair_row(h0, h1, l0, l1, p, i, c32[0], c32[1], c32[2],
+                                          c32[3])
+            rows[0, i] = s
+            rows[1, i] = a0
+            rows[2, i] = a1
+            rows[3, i] = r0
+            rows[4, i] = r1
+            if with_kl:
+                rows[5, i] = _kl_row(h0, h1, l0, l1, p, i)
+            batch += 1
+            if batch == FLUSH_ROWS or i + u_count >= n:
+                _flush(c32, c64, low + 1)
+                batch = 0
+                low = i + u_count
+    for j in prange(n):
+        t0 = rows[1, j]
+        t1 = rows[2, j]
+        t2 = rows[3, j]
+        t3 = rows[4, j]
+        for u in range(u_count):  # in set order, whatever thread ran the set
+            t0 += col64[u, 0, j]
+            t1 += col64[u, 1, j]
+            t2 += col64[u, 2, j]
+            t3 += col64[u, 3, j]
+        sw[j] = 2.0 * rows[0, j]
+        attr[0, j] = t0
+        attr[1, j] = t1
+        rep[0, j] = t2
+        rep[1, j] = t3
         if with_kl:
-            kl_rows[i] = _log_sum(i, y0, y1, prow)
+            kl_rows[j] = 2.0 * rows[5, j]
 
 
 @njit(cache=True)
@@ -251,44 +437,48 @@ def descent_step(Y, sw, attr, rep, exaggeration, update, gains, momentum, learni
     return z, math.sqrt(norm2)
 
 
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def _point_sums(p0, p1, y0, y1, prow):
+    """Sums over j of w, p*w*(p-yj) and w^2*(p-yj), with w = 1 / (1 + |p-yj|^2)."""
+    n = y0.shape[0]
+    sw = 0.0
+    a0 = 0.0
+    a1 = 0.0
+    r0 = 0.0
+    r1 = 0.0
+    for j in range(U64(n)):
+        d0 = p0 - y0[j]
+        d1 = p1 - y1[j]
+        w = 1.0 / (1.0 + d0 * d0 + d1 * d1)
+        pw = prow[j] * w
+        ww = w * w
+        sw += w
+        a0 += pw * d0
+        a1 += pw * d1
+        r0 += ww * d0
+        r1 += ww * d1
+    return sw, a0, a1, r0, r1
+
+
 @njit(parallel=True, cache=True)
-def p_log_p(P, X, beta, sum_p, total, out):
-    """Per-row sums of p and p*log(p) over j != i (the constant parts of the KL)."""
-    n = X.shape[0]
-    for i in prange(n):
-        if P.shape[0] == n:
-            prow = P[i]
-        else:
-            prow = np.empty(n, P.dtype)
-            _joint_row(X, i, beta, sum_p, total, np.empty(n, np.float32), prow)
-        s = 0.0
-        t = 0.0
-        for j in range(n):
-            if j != i:
-                p = np.float64(prow[j])
-                s += p
-                t += p * math.log(p)
-        out[0, i] = s
-        out[1, i] = t
-
-
-@njit(parallel=True, cache=True, fastmath=PAIR_FASTMATH)
-def place_points(X_new, X_ref, y0, y1, init, log_perplexity, n_iter, learning_rate,
+def place_points(X_new, XT_ref, y0, y1, init, log_perplexity, n_iter, learning_rate,
                  exaggeration, momentum, max_grad_norm, min_gain, out):
     """Optimize each new point alone against the fixed reference embedding (y0, y1).
 
-    Point k gets a perplexity-calibrated conditional P over all reference points (each
-    row sums to 1), then ``n_iter`` steps of gradient descent with gains and momentum on
-    exaggeration * attraction - repulsion / Z_k, with Z_k its own normalizer and the
-    gradient clipped to ``max_grad_norm`` (openTSNE's transform semantics, computed exactly).
+    Point k (row of X_new, float64) gets a perplexity-calibrated conditional P over all
+    reference points (XT_ref [D, N] float64; each row sums to 1), then ``n_iter`` steps
+    of gradient descent with gains and momentum on exaggeration * attraction -
+    repulsion / Z_k, with Z_k its own normalizer and the gradient clipped to
+    ``max_grad_norm`` (openTSNE's transform semantics, computed exactly).
     """
     m = X_new.shape[0]
-    n = X_ref.shape[0]
+    n = XT_ref.shape[1]
     for k in prange(m):
         dist = np.empty(n, np.float32)
-        prow = np.empty(n, np.float64)
-        _sq_distances_to(X_new[k], X_ref, dist)
-        _search_beta(dist, -1, log_perplexity, prow, np.empty(n, np.float64))
+        prow = np.empty(n)
+        _sq_distances(X_new[k], XT_ref, 0, n, dist, np.empty(DIST_BLOCK))
+        beta, sum_pi = _search_beta(dist, -1, log_perplexity)
+        _conditional_row(dist, -1, beta, sum_pi, prow)
         p0 = init[k, 0]
         p1 = init[k, 1]
         u0 = 0.0

@@ -1,9 +1,9 @@
 """t-SNE kernel sets: the one place a second implementation (e.g. a GPU one) plugs in.
 
 A backend is a module of functions with the signatures of ``vaefast.tsne._kernels``:
-``conditional_probabilities``, ``symmetrize``, ``joint_matrix`` (affinities),
-``p_log_p``, ``gradient_terms``, ``descent_step`` (the objective) and ``place_points``
-(transform). Affinities, the objective and transform call only these; the optimizer
+``conditional_probabilities(_from_distances)``, ``joint_packed(_from_distances)``,
+``packed_size`` (affinities), ``gradient_workspace``, ``p_log_p``, ``gradient_terms``,
+``descent_step`` (the objective) and ``place_points`` (transform). Affinities, the objective and transform call only these; the optimizer
 touches only the objective. Adding a backend is one module plus one entry here.
 """
 

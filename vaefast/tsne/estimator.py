@@ -46,10 +46,11 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Exact t-SNE with scikit-learn's parameters, defaults and semantics, computed by Numba.
 
     Every pair contributes to attraction and repulsion (no Barnes-Hut, FFT or kNN
-    truncation). P is dense (float32) while ``4 N^2`` bytes fit ``max_dense_bytes``
-    (default None: half the memory available at fit time), else recomputed exactly on the
-    fly so memory stays O(N D) (euclidean metric). Results are
-    bit-identical for a given ``random_state`` whatever ``n_jobs`` is.
+    truncation); each unordered pair is computed once per iteration. P is stored (float32
+    upper triangle) while its ``2 N^2`` bytes fit ``max_dense_bytes`` (default None: half
+    the memory available at fit time), else recomputed to the same bits on the fly so
+    memory stays O(N D) (euclidean metric). Results are bit-identical for a given
+    ``random_state`` whatever ``n_jobs`` is, stored P or not.
 
     Parameters follow ``sklearn.manifold.TSNE(method="exact")``: ``method`` accepts only
     "exact" (the error names what to use for Barnes-Hut); ``angle`` is accepted and unused

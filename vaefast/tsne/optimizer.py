@@ -26,21 +26,23 @@ class KLObjective:
     def __init__(self, affinities: Affinities):
         self.affinities = affinities
         self.kernels = kernels(affinities.backend)
-        n = affinities.X.shape[0]
+        n = affinities.n
         self.n = n
         self.sw = np.empty(n)
         self.attr = np.empty((2, n))
         self.rep = np.empty((2, n))
         self.kl_rows = np.empty(n)
-        sums = np.empty((2, n))
+        self.workspace = self.kernels.gradient_workspace(n)
+        sums = np.empty((2, self.kernels.BUILD_PARTS))
         self.kernels.p_log_p(*affinities.kernel_args(), sums)
         self.sum_p = float(np.sum(sums[0]))
         self.sum_p_log_p = float(np.sum(sums[1]))
 
     def terms(self, Y: np.ndarray, compute_error: bool) -> None:
         """Fill the per-row sums (and KL rows) for the embedding Y [2, N]."""
-        self.kernels.gradient_terms(Y[0], Y[1], *self.affinities.kernel_args(), compute_error,
-                                    self.sw, self.attr, self.rep, self.kl_rows)
+        self.kernels.gradient_terms(Y, *self.affinities.kernel_args(), compute_error,
+                                    *self.workspace, self.sw, self.attr, self.rep,
+                                    self.kl_rows)
 
     def step(self, Y: np.ndarray, exaggeration: float, update: np.ndarray, gains: np.ndarray,
              momentum: float, learning_rate: float, min_gain: float) -> tuple[float, float]:

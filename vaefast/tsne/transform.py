@@ -38,9 +38,9 @@ def place(X_new: np.ndarray, X_ref: np.ndarray, Y_ref: np.ndarray, *, perplexity
     init = np.median(Y_ref[neighbours], axis=1)
     out = np.empty((X_new.shape[0], 2))
     y = np.ascontiguousarray(Y_ref.T, dtype=np.float64)
-    dtype = np.result_type(X_new.dtype, X_ref.dtype, np.float32)
     kernels(backend).place_points(
-        np.ascontiguousarray(X_new, dtype), np.ascontiguousarray(X_ref, dtype), y[0], y[1],
+        np.ascontiguousarray(X_new, np.float64), np.ascontiguousarray(X_ref.T, np.float64),
+        y[0], y[1],
         np.ascontiguousarray(init, np.float64), math.log(float(np.float32(perplexity))),
         n_iter, learning_rate, exaggeration, momentum, max_grad_norm, 0.01, out)
     return out
