@@ -5,6 +5,10 @@ VAEFAST_BENCH_SKLEARN_MAX says otherwise: it takes minutes). Under ``make test``
 small N runs, once, as a correctness check. Numba's first call in the process is timed
 apart (``cold_s``) and a warm-up run precedes the timed ones; every case runs
 VAEFAST_BENCH_SLOW_ROUNDS (5) rounds.
+
+Large N (VAEFAST_BENCH_TSNE_LARGE, default 20,000 and 50,000; openTSNE BH up to
+VAEFAST_BENCH_BH_MAX, 20,000): each fit in its own process (``benchmarks.tsne_large``, so
+its peak RSS is its own) on augmented VAE means, VAEFAST_BENCH_LARGE_ROUNDS (1) rounds.
 """
 
 from __future__ import annotations
@@ -15,10 +19,14 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks.conftest import EXPORTED, SLOW_ROUNDS, THREADS
+from benchmarks.conftest import EXPORTED, ROOT, SLOW_ROUNDS, THREADS, record
 
 SIZES = [300, 1000, 2000, 5000]
 SKLEARN_MAX = int(os.environ.get("VAEFAST_BENCH_SKLEARN_MAX", "2000"))
+LARGE = [int(s) for s in os.environ.get("VAEFAST_BENCH_TSNE_LARGE", "20000,50000").split(",")
+         if s.strip()]
+BH_MAX = int(os.environ.get("VAEFAST_BENCH_BH_MAX", "20000"))
+LARGE_ROUNDS = int(os.environ.get("VAEFAST_BENCH_LARGE_ROUNDS", "1"))
 _COLD: dict[str, float] = {}
 
 
@@ -103,7 +111,6 @@ def test_tsne_beside_a_busy_onnx_runtime_process(benchmark, latent_means, n_jobs
     import subprocess
     import sys
 
-    from benchmarks.conftest import ROOT
     from vaefast.tsne import TSNE
 
     n = 300 if benchmark.disabled else 1500
@@ -123,3 +130,40 @@ def test_tsne_beside_a_busy_onnx_runtime_process(benchmark, latent_means, n_jobs
         neighbour.wait()
     benchmark.extra_info.update(impl="vaefast", n=n, n_jobs=str(n_jobs), kl=tsne.kl_divergence_,
                                 iterations_by_threads=str(tsne.timings_["iterations_by_threads"]))
+
+
+@pytest.mark.parametrize("n", LARGE)
+@pytest.mark.parametrize("impl", ["vaefast", "openTSNE-bh"])
+def test_tsne_large(benchmark, impl, n):
+    """vaefast exact against openTSNE Barnes-Hut at large N, each fit alone in a fresh
+    process as a user runs it; peak RSS is the fit's process's own."""
+    import json
+    import subprocess
+    import sys
+
+    if benchmark.disabled:  # the worker path once, small
+        if impl != "vaefast" or n != LARGE[0]:
+            pytest.skip("large N only under make bench")
+        n = 400
+    if impl == "openTSNE-bh":
+        pytest.importorskip("openTSNE")
+        if n > BH_MAX:
+            pytest.skip(f"openTSNE BH above N={BH_MAX} is not part of the default run")
+    runs = []
+
+    def fit_in_a_fresh_process() -> None:
+        done = subprocess.run([sys.executable, "-m", "benchmarks.tsne_large", impl, str(n),
+                               str(THREADS)], cwd=ROOT, capture_output=True, text=True,
+                              check=True)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    benchmark.group = f"tsne large N={n}"
+    if benchmark.disabled:
+        benchmark.pedantic(fit_in_a_fresh_process, rounds=1, iterations=1)
+    else:  # the fit's own seconds, not the process start and the data's encoding
+        for _ in range(LARGE_ROUNDS):
+            fit_in_a_fresh_process()
+        record(benchmark, [r["seconds"] for r in runs])
+    last = runs[-1]
+    benchmark.extra_info.update(impl=impl, n=n, threads=THREADS, rounds=len(runs), **last)
+    assert np.isfinite(last["kl"]) and last["kl"] > 0

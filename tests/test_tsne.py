@@ -80,6 +80,41 @@ def test_kl_and_gradient_match_sklearn(latent_means, scale, exaggeration, dense)
     assert np.linalg.norm(grad.T - grad_ref) <= 1e-6 * np.linalg.norm(grad_ref)
 
 
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 30.0])
+@pytest.mark.parametrize("dense", [True, False])
+def test_kl_and_gradient_match_sklearn_in_3d(latent_means, scale, dense):
+    """Three components: scikit-learn's Student-t kernel with 2 degrees of freedom."""
+    X = latent_means[:300]
+    n = len(X)
+    Y = np.random.default_rng(2).normal(scale=scale, size=(n, 3))
+    aff = joint_probabilities(X, 30.0, max_dense_bytes=1 << 40 if dense else 0)
+    kl, grad = KLObjective(aff, dims=3)(np.ascontiguousarray(Y.T), 4.0)
+    kl_ref, grad_ref = _kl_divergence(Y.ravel(), sklearn_p(X) * 4.0, 2, n, 3)
+    assert kl == pytest.approx(kl_ref, rel=1e-6)
+    grad_ref = grad_ref.reshape(n, 3)
+    assert np.linalg.norm(grad.T - grad_ref) <= 1e-6 * np.linalg.norm(grad_ref)
+
+
+def test_three_components_match_sklearn_in_distribution(latent_means):
+    from sklearn.manifold import TSNE as SklearnTSNE
+
+    """End to end in 3-D. Final KLs here spread 0.50-0.85 over seeds for either
+    implementation (medians over 15 seeds: 0.643 vs 0.636 when written), so the bound is
+    loose; the gradient test above is the exact check."""
+    X = latent_means[:200]
+    ours = [TSNE(n_components=3, init="random", random_state=s, max_iter=500).fit(X)
+            for s in range(15)]
+    theirs = [SklearnTSNE(n_components=3, method="exact", init="random", random_state=s,
+                          max_iter=500).fit(X) for s in range(15)]
+    assert ours[0].embedding_.shape == (200, 3) and ours[0].embedding_.dtype == np.float32
+    kl_ours = np.median([t.kl_divergence_ for t in ours])
+    kl_theirs = np.median([t.kl_divergence_ for t in theirs])
+    assert abs(kl_ours - kl_theirs) <= 0.1 * kl_theirs, (kl_ours, kl_theirs)
+    threes = TSNE(n_components=3, random_state=0, max_iter=300, n_jobs=1).fit_transform(X)
+    np.testing.assert_array_equal(
+        threes, TSNE(n_components=3, random_state=0, max_iter=300, n_jobs=2).fit_transform(X))
+
+
 @pytest.mark.parametrize("data", ["latent", "clusters"])
 def test_full_run_matches_sklearn_from_the_same_start(latent_means, data):
     # Same basin, not the same bits: trajectories are chaotic. scikit-learn against itself
@@ -175,7 +210,7 @@ def test_duplicates_and_constant_columns_work():
     ({}, np.array([[0.0, np.nan], [1.0, 2.0]]), "Input X contains NaN"),
     ({}, np.zeros((1, 3)), "minimum of 2 is required"),
     ({"perplexity": 10}, np.random.default_rng(0).random((10, 3)), "less than n_samples"),
-    ({"n_components": 3}, np.random.default_rng(0).random((10, 3)), "n_components=3"),
+    ({"n_components": 4}, np.random.default_rng(0).random((10, 3)), "n_components=4"),
     ({"init": np.zeros((5, 2)), "perplexity": 3}, np.random.default_rng(0).random((10, 3)),
      r"init array has shape \(5, 2\)"),
     ({}, np.zeros(10), "Expected 2D array"),

@@ -88,7 +88,7 @@ def plots(benches: list[dict[str, Any]], out: Path) -> list[Path]:
         if "batch" in info:
             series[("latency", f"{info['model']} {info['part']}", info["runtime"])][
                 info["batch"]] = b["stats"]["median"]
-        elif "impl" in info:
+        elif "impl" in info and "beside" not in (b.get("group") or ""):  # not contention
             series[("tsne", "t-SNE", info["impl"])][info["n"]] = b["stats"]["median"]
     for kind, title in sorted({(k[0], k[1]) for k in series}):
         curves = {label: points for (k, t, label), points in sorted(series.items())

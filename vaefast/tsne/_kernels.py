@@ -307,6 +307,87 @@ def _pair_row(h0, h1, l0, l1, p, i, c0, c1, c2, c3):
     return sw, a0, a1, r0, r1
 
 
+@njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
+def _pair_row3(h0, h1, h2, l0, l1, l2, p, i, c0, c1, c2, c3, c4, c5):
+    """``_pair_row`` in three dimensions with scikit-learn's kernel for them: Student-t
+    with 2 degrees of freedom, w = (1 + |d|^2 / 2)^(-3/2). Returns row i's sums of w,
+    p w d (3) and w^2 d (3); column terms into c0..c5."""
+    n = h0.shape[0]
+    one = np.float32(1.0)
+    half = np.float32(0.5)
+    hi0 = h0[i]
+    hi1 = h1[i]
+    hi2 = h2[i]
+    li0 = l0[i]
+    li1 = l1[i]
+    li2 = l2[i]
+    sw = 0.0
+    a0 = 0.0
+    a1 = 0.0
+    a2 = 0.0
+    r0 = 0.0
+    r1 = 0.0
+    r2 = 0.0
+    first = U64(i + 1)
+    for b in range(i + 1, n, ROW_CHUNK):
+        tw = np.float32(0.0)
+        t0 = np.float32(0.0)
+        t1 = np.float32(0.0)
+        t2 = np.float32(0.0)
+        u0 = np.float32(0.0)
+        u1 = np.float32(0.0)
+        u2 = np.float32(0.0)
+        for j in range(U64(b), U64(min(b + ROW_CHUNK, n))):
+            d0 = (hi0 - h0[j]) + (li0 - l0[j])
+            d1 = (hi1 - h1[j]) + (li1 - l1[j])
+            d2 = (hi2 - h2[j]) + (li2 - l2[j])
+            q = one + half * (d0 * d0 + d1 * d1 + d2 * d2)
+            w = one / (q * np.sqrt(q))
+            pw = p[j - first] * w
+            ww = w * w
+            e0 = pw * d0
+            e1 = pw * d1
+            e2 = pw * d2
+            f0 = ww * d0
+            f1 = ww * d1
+            f2 = ww * d2
+            tw += w
+            t0 += e0
+            t1 += e1
+            t2 += e2
+            u0 += f0
+            u1 += f1
+            u2 += f2
+            c0[j] -= e0
+            c1[j] -= e1
+            c2[j] -= e2
+            c3[j] -= f0
+            c4[j] -= f1
+            c5[j] -= f2
+        sw += tw
+        a0 += t0
+        a1 += t1
+        a2 += t2
+        r0 += u0
+        r1 += u1
+        r2 += u2
+    return sw, a0, a1, a2, r0, r1, r2
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def _kl_row3(h0, h1, h2, l0, l1, l2, p, i):
+    """Sum over j > i of -p_ij log w_ij = 1.5 p_ij log(1 + |y_i - y_j|^2 / 2)."""
+    n = h0.shape[0]
+    first = U64(i + 1)
+    s = 0.0
+    for j in range(first, U64(n)):
+        d0 = np.float64((h0[i] - h0[j]) + (l0[i] - l0[j]))
+        d1 = np.float64((h1[i] - h1[j]) + (l1[i] - l1[j]))
+        d2 = np.float64((h2[i] - h2[j]) + (l2[i] - l2[j]))
+        s += np.float64(p[j - first]) * log_positive(1.0 + 0.5 * (d0 * d0 + d1 * d1 + d2 * d2))
+    return 1.5 * s
+
+
 @njit(cache=True, fastmath=FAST, error_model="numpy")
 def _kl_row(h0, h1, l0, l1, p, i):
     """Sum over j > i of p_ij log(1 + |y_i - y_j|^2)  (= -p log w, for the KL)."""
@@ -324,7 +405,7 @@ def _kl_row(h0, h1, l0, l1, p, i):
 def _flush(c32, c64, start):
     """c64[:, start:] += c32[:, start:] in float64; those c32 entries <- 0."""
     n = c32.shape[1]
-    for c in range(4):
+    for c in range(c32.shape[0]):
         src = c32[c]
         dst = c64[c]
         for j in range(U64(start), U64(n)):
@@ -332,19 +413,21 @@ def _flush(c32, c64, start):
             src[j] = 0.0
 
 
-def gradient_workspace(n: int) -> tuple:
-    """Buffers of ``gradient_terms`` for N points: coordinates as float32 high/low parts,
-    per-row-set float32 and float64 column sums, row sums."""
+def gradient_workspace(n: int, dims: int = 2) -> tuple:
+    """Buffers of ``gradient_terms`` for N points in ``dims`` (2 or 3) dimensions:
+    coordinates as float32 high/low parts, per-row-set float32 and float64 column sums,
+    row sums."""
     u = units(n)
-    return (np.empty((4, n), np.float32), np.zeros((u, 4, n), np.float32),
-            np.zeros((u, 4, n)), np.zeros((6, n)))
+    return (np.empty((2 * dims, n), np.float32), np.zeros((u, 2 * dims, n), np.float32),
+            np.zeros((u, 2 * dims, n)), np.zeros((2 * dims + 2, n)))
 
 
 @njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
 def gradient_terms(Y, P, XT, beta, sum_p, total, with_kl, hl, col32, col64, rows, sw,
                    attr, rep, kl_rows):
-    """Per-row sums for the exact gradient (and KL when asked) at the embedding Y [2, N],
-    from packed P or, when P is empty, from P's pairs recomputed on the fly.
+    """Per-row sums for the exact gradient (and KL when asked) at the embedding Y
+    [dims, N] (dims 2: Cauchy kernel; 3: scikit-learn's Student-t with 2 degrees of
+    freedom), from packed P or, when P is empty, from P's pairs recomputed on the fly.
 
     Each unordered pair is computed once. Rows are split into a fixed number of
     interleaved sets (``units``, not the thread count); a set's rows add their pairs'
@@ -352,16 +435,16 @@ def gradient_terms(Y, P, XT, beta, sum_p, total, with_kl, hl, col32, col64, rows
     every FLUSH_ROWS rows), and the sets' sums are added in set order: bit-identical
     results for any thread count, stored P or recomputed. Fills sw (sum_j w_ij, so
     sum(sw) = Z), attr (sum_j p_ij w_ij (y_i - y_j)), rep (sum_j w_ij^2 (y_i - y_j))
-    and, with_kl, kl_rows (sum_j p_ij log(1 + d_ij^2)).
+    and, with_kl, kl_rows (sum_j -p_ij log w_ij).
     """
-    n = Y.shape[1]
+    dims, n = Y.shape
     u_count = col32.shape[0]
-    for j in range(n):
-        for c in range(2):
+    for c in range(dims):
+        for j in range(n):
             h = np.float32(Y[c, j])
             hl[c, j] = h
-            hl[2 + c, j] = np.float32(Y[c, j] - np.float64(h))
-    h0, h1, l0, l1 = hl[0], hl[1], hl[2], hl[3]
+            hl[dims + c, j] = np.float32(Y[c, j] - np.float64(h))
+    kl = 2 * dims + 1
     for u in prange(u_count):
         c32 = col32[u]
         c64 = col64[u]
@@ -374,45 +457,54 @@ def gradient_terms(Y, P, XT, beta, sum_p, total, with_kl, hl, col32, col64, rows
         low = u  # columns past the first row of the batch hold its terms
         for i in range(u, n, u_count):
             p = _piece(P, XT, beta, sum_p, total, i, i + 1, n, dist, acc, scratch)
-            s, a0, a1, r0, r1 = _pair_row(h0, h1, l0, l1, p, i, c32[0], c32[1], c32[2],
-                                          c32[3])
-            rows[0, i] = s
-            rows[1, i] = a0
-            rows[2, i] = a1
-            rows[3, i] = r0
-            rows[4, i] = r1
-            if with_kl:
-                rows[5, i] = _kl_row(h0, h1, l0, l1, p, i)
+            if dims == 2:
+                s, a0, a1, r0, r1 = _pair_row(hl[0], hl[1], hl[2], hl[3], p, i, c32[0],
+                                              c32[1], c32[2], c32[3])
+                rows[0, i] = s
+                rows[1, i] = a0
+                rows[2, i] = a1
+                rows[3, i] = r0
+                rows[4, i] = r1
+                if with_kl:
+                    rows[kl, i] = _kl_row(hl[0], hl[1], hl[2], hl[3], p, i)
+            else:
+                s, a0, a1, a2, r0, r1, r2 = _pair_row3(hl[0], hl[1], hl[2], hl[3], hl[4],
+                                                       hl[5], p, i, c32[0], c32[1], c32[2],
+                                                       c32[3], c32[4], c32[5])
+                rows[0, i] = s
+                rows[1, i] = a0
+                rows[2, i] = a1
+                rows[3, i] = a2
+                rows[4, i] = r0
+                rows[5, i] = r1
+                rows[6, i] = r2
+                if with_kl:
+                    rows[kl, i] = _kl_row3(hl[0], hl[1], hl[2], hl[3], hl[4], hl[5], p, i)
             batch += 1
             if batch == FLUSH_ROWS or i + u_count >= n:
                 _flush(c32, c64, low + 1)
                 batch = 0
                 low = i + u_count
     for j in prange(n):
-        t0 = rows[1, j]
-        t1 = rows[2, j]
-        t2 = rows[3, j]
-        t3 = rows[4, j]
-        for u in range(u_count):  # in set order, whatever thread ran the set
-            t0 += col64[u, 0, j]
-            t1 += col64[u, 1, j]
-            t2 += col64[u, 2, j]
-            t3 += col64[u, 3, j]
         sw[j] = 2.0 * rows[0, j]
-        attr[0, j] = t0
-        attr[1, j] = t1
-        rep[0, j] = t2
-        rep[1, j] = t3
+        for c in range(dims):
+            a = rows[1 + c, j]
+            r = rows[1 + dims + c, j]
+            for u in range(u_count):  # in set order, whatever thread ran the set
+                a += col64[u, c, j]
+                r += col64[u, dims + c, j]
+            attr[c, j] = a
+            rep[c, j] = r
         if with_kl:
-            kl_rows[j] = 2.0 * rows[5, j]
+            kl_rows[j] = 2.0 * rows[kl, j]
 
 
 @njit(cache=True)
 def descent_step(Y, sw, attr, rep, exaggeration, update, gains, momentum, learning_rate,
-                 min_gain):
+                 min_gain, scale):
     """One step of scikit-learn's update from the row sums; returns (Z, |grad|).
 
-    grad = 4 (exaggeration * attr - rep / Z); gains +0.2 where update and grad disagree
+    grad = scale (exaggeration * attr - rep / Z) (scale: 4 in 2-D, 3 in 3-D); gains +0.2 where update and grad disagree
     in sign, else x0.8, floored at min_gain; update = momentum * update - lr * gains *
     grad; Y += update. The norm is of the gain-scaled gradient, as scikit-learn reports.
     """
@@ -421,9 +513,9 @@ def descent_step(Y, sw, attr, rep, exaggeration, update, gains, momentum, learni
     for i in range(n):
         z += sw[i]
     norm2 = 0.0
-    for c in range(2):
+    for c in range(Y.shape[0]):
         for i in range(n):
-            g = 4.0 * (exaggeration * attr[c, i] - rep[c, i] / z)
+            g = scale * (exaggeration * attr[c, i] - rep[c, i] / z)
             if update[c, i] * g < 0.0:
                 gains[c, i] += 0.2
             else:

@@ -54,8 +54,8 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     Parameters follow ``sklearn.manifold.TSNE(method="exact")``: ``method`` accepts only
     "exact" (the error names what to use for Barnes-Hut); ``angle`` is accepted and unused
-    (it belongs to Barnes-Hut); ``n_components`` is 1 or 2 (scikit-learn switches to a
-    heavier-tailed kernel from 3 on, which vaefast does not compute). In addition
+    (it belongs to Barnes-Hut); ``n_components`` is 1, 2 or 3 (in 3-D scikit-learn's
+    Student-t kernel with 2 degrees of freedom, as it computes it). In addition
     ``n_jobs`` sets Numba's threads (a thread policy falls back to one thread while
     that is measured faster, e.g. beside a busy process), ``progress`` shows a progress
     bar, and each of ``callbacks`` is called as ``cb(iteration, kl, grad_norm)`` every 50
@@ -134,10 +134,9 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             raise VaefastError(f"method={self.method!r}: vaefast computes the exact method "
                                "only; for Barnes-Hut use sklearn.manifold.TSNE("
                                "method='barnes_hut') or openTSNE.TSNE")
-        if self.n_components > 2:
+        if self.n_components > 3:
             raise VaefastError(f"n_components={self.n_components}: vaefast's exact t-SNE "
-                               "embeds in 1 or 2 dimensions (scikit-learn uses another "
-                               "kernel from 3 on); use sklearn.manifold.TSNE("
+                               "embeds in 1 to 3 dimensions; use sklearn.manifold.TSNE("
                                "method='exact') for more")
         X = validate_data(self, X, accept_sparse=["csr", "csc", "coo"],
                           dtype=[np.float32, np.float64], ensure_min_samples=2)
@@ -229,11 +228,12 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         with numba_threads(self.n_jobs) as threads:
             t0 = time.perf_counter()
             affinities = self._affinities(X)
-            objective = KLObjective(affinities)
+            # the kernels work in 2-D or 3-D; one component is the 2-D problem with y1 = 0
+            dims = max(self.n_components, 2)
+            objective = KLObjective(affinities, dims)
             t1 = time.perf_counter()
             start = self._initial_embedding(X)
-            # the kernels work in 2-D; one component is the 2-D problem with y1 = 0 kept
-            Y = np.zeros((2, n))
+            Y = np.zeros((dims, n))
             Y[:self.n_components] = start.T
             policy = ThreadPolicy(threads)
             Y, kl, it = self._optimize(objective, Y, policy)

@@ -21,25 +21,31 @@ Callback = Callable[[int, float, float], object]
 
 
 class KLObjective:
-    """KL(P || Q) of an embedding and its gradient, with P scaled by ``exaggeration``."""
+    """KL(P || Q) of an embedding [dims, N] and its gradient, with P scaled by
+    ``exaggeration``. Q uses scikit-learn's kernel: Student-t with max(dims - 1, 1)
+    degrees of freedom (Cauchy in 1-D and 2-D)."""
 
-    def __init__(self, affinities: Affinities):
+    def __init__(self, affinities: Affinities, dims: int = 2):
+        if dims not in (2, 3):
+            raise ValueError(f"the t-SNE kernels embed in 2 or 3 dimensions, not {dims}")
         self.affinities = affinities
         self.kernels = kernels(affinities.backend)
         n = affinities.n
         self.n = n
+        dof = dims - 1
+        self.scale = 2.0 * (dof + 1.0) / dof  # scikit-learn's gradient constant
         self.sw = np.empty(n)
-        self.attr = np.empty((2, n))
-        self.rep = np.empty((2, n))
+        self.attr = np.empty((dims, n))
+        self.rep = np.empty((dims, n))
         self.kl_rows = np.empty(n)
-        self.workspace = self.kernels.gradient_workspace(n)
+        self.workspace = self.kernels.gradient_workspace(n, dims)
         sums = np.empty((2, self.kernels.BUILD_PARTS))
         self.kernels.p_log_p(*affinities.kernel_args(), sums)
         self.sum_p = float(np.sum(sums[0]))
         self.sum_p_log_p = float(np.sum(sums[1]))
 
     def terms(self, Y: np.ndarray, compute_error: bool) -> None:
-        """Fill the per-row sums (and KL rows) for the embedding Y [2, N]."""
+        """Fill the per-row sums (and KL rows) for the embedding Y [dims, N]."""
         self.kernels.gradient_terms(Y, *self.affinities.kernel_args(), compute_error,
                                     *self.workspace, self.sw, self.attr, self.rep,
                                     self.kl_rows)
@@ -48,7 +54,7 @@ class KLObjective:
              momentum: float, learning_rate: float, min_gain: float) -> tuple[float, float]:
         """One descent step from the last ``terms`` call, in place; return (Z, |grad|)."""
         return self.kernels.descent_step(Y, self.sw, self.attr, self.rep, exaggeration, update,
-                                         gains, momentum, learning_rate, min_gain)
+                                         gains, momentum, learning_rate, min_gain, self.scale)
 
     def kl(self, z: float, exaggeration: float) -> float:
         """KL divergence from the last ``terms`` call with KL rows, given Z = sum of w."""
@@ -58,10 +64,10 @@ class KLObjective:
 
     def __call__(self, Y: np.ndarray, exaggeration: float = 1.0,
                  compute_error: bool = True) -> tuple[float, np.ndarray]:
-        """(KL divergence or NaN, gradient [2, N]) at the embedding Y [2, N]."""
+        """(KL divergence or NaN, gradient [dims, N]) at the embedding Y [dims, N]."""
         self.terms(Y, compute_error)
         z = float(np.sum(self.sw))
-        grad = 4.0 * (exaggeration * self.attr - self.rep / z)
+        grad = self.scale * (exaggeration * self.attr - self.rep / z)
         return (self.kl(z, exaggeration) if compute_error else math.nan), grad
 
 
@@ -73,7 +79,7 @@ def gradient_descent(objective: KLObjective, Y: np.ndarray, it: int, max_iter: i
                      threads: ThreadPolicy | None = None) -> tuple[np.ndarray, float, int, bool]:
     """Run iterations ``it`` .. ``max_iter - 1``; return (Y, error, last iteration, stopped).
 
-    ``stopped`` is True when a callback asked to stop. ``Y`` is [2, N] and is updated
+    ``stopped`` is True when a callback asked to stop. ``Y`` is [dims, N] and is updated
     in place; each iteration is one parallel gradient kernel and one fused update.
     ``threads`` picks the thread count of each gradient kernel by measured time.
     """
