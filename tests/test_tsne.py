@@ -270,17 +270,20 @@ def test_thread_policy_settles_on_the_faster_thread_count(slow_threads):
 def test_final_kl_matches_sklearn_as_a_distribution_over_seeds(latent_means):
     """Full runs diverge chaotically after ~50 iterations (as scikit-learn does against
     itself from a perturbed start), so parity of the final KL is stated over seeds: the
-    medians over 15 seeds (same random starts) within 2%. (Over 5 seeds the median alone
-    moves by ~3% with the seeds drawn, for either implementation.)"""
+    medians over 30 seeds (same random starts) within 3%. The final KLs spread with sd
+    ~0.025 around 0.70 for either implementation, so the difference of two 30-seed
+    medians has a standard error of ~1%: 3% is ~3 standard errors (measured when written:
+    0.7016 vs 0.6970, 0.7%). Over 5 seeds that standard error is ~2.6%, too wide to
+    state parity at 2%."""
     from sklearn.manifold import TSNE as SklearnTSNE
 
     X = latent_means[:300]
     ours, theirs = [], []
-    for seed in range(15):
+    for seed in range(30):
         ours.append(TSNE(init="random", random_state=seed).fit(X).kl_divergence_)
         theirs.append(SklearnTSNE(method="exact", init="random",
                                   random_state=seed).fit(X).kl_divergence_)
-    assert abs(np.median(ours) - np.median(theirs)) <= 0.02 * np.median(theirs), (ours, theirs)
+    assert abs(np.median(ours) - np.median(theirs)) <= 0.03 * np.median(theirs), (ours, theirs)
 
 
 def test_is_a_scikit_learn_estimator():

@@ -254,15 +254,15 @@ def p_log_p(P, XT, beta, sum_p, total, out):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
-def _pair_row(h0, h1, l0, l1, p, i, c0, c1, c2, c3):
-    """Pairs (i, j > i) of the embedding (p indexed j - i - 1): returns row i's sums of
-    w, p w d and w^2 d (d = y_i - y_j, w = 1 / (1 + |d|^2)) and subtracts each pair's
-    p w d and w^2 d from column j's float32 buffers c0..c3 (the pair's share of row j).
+def _pair_row(h0, h1, l0, l1, p, i, stop, c0, c1, c2, c3):
+    """Pairs (i, j) of the embedding for i < j < stop (p indexed j - i - 1): returns row
+    i's sums of w, p w d and w^2 d (d = y_i - y_j, w = 1 / (1 + |d|^2)) and subtracts
+    each pair's p w d and w^2 d from column j's float32 buffers c0..c3 (the pair's share
+    of row j).
 
     Coordinates come as float32 high and low parts, so d is exact to ~1e-14 |y| however
     far from the origin the points lie; the pair arithmetic is float32 and the row sums
     go to float64 every ROW_CHUNK pairs."""
-    n = h0.shape[0]
     one = np.float32(1.0)
     hi0 = h0[i]
     hi1 = h1[i]
@@ -274,13 +274,13 @@ def _pair_row(h0, h1, l0, l1, p, i, c0, c1, c2, c3):
     r0 = 0.0
     r1 = 0.0
     first = U64(i + 1)
-    for b in range(i + 1, n, ROW_CHUNK):
+    for b in range(i + 1, stop, ROW_CHUNK):
         tw = np.float32(0.0)
         t0 = np.float32(0.0)
         t1 = np.float32(0.0)
         u0 = np.float32(0.0)
         u1 = np.float32(0.0)
-        for j in range(U64(b), U64(min(b + ROW_CHUNK, n))):
+        for j in range(U64(b), U64(min(b + ROW_CHUNK, stop))):
             d0 = (hi0 - h0[j]) + (li0 - l0[j])
             d1 = (hi1 - h1[j]) + (li1 - l1[j])
             w = one / (one + d0 * d0 + d1 * d1)
@@ -305,6 +305,84 @@ def _pair_row(h0, h1, l0, l1, p, i, c0, c1, c2, c3):
         r0 += u0
         r1 += u1
     return sw, a0, a1, r0, r1
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
+def _pair_rows2(h0, h1, l0, l1, p, q, i, k, c0, c1, c2, c3, out):
+    """``_pair_row`` for two rows i < k at once over the columns j > k (p indexed
+    j - i - 1, q indexed j - k - 1): each column's coordinates and buffers are loaded and
+    stored once for both rows. Fills out [10] with the 5 sums of row i, then row k's."""
+    n = h0.shape[0]
+    one = np.float32(1.0)
+    hi0 = h0[i]
+    hi1 = h1[i]
+    li0 = l0[i]
+    li1 = l1[i]
+    hk0 = h0[k]
+    hk1 = h1[k]
+    lk0 = l0[k]
+    lk1 = l1[k]
+    out[:] = 0.0
+    fp = U64(i + 1)
+    fq = U64(k + 1)
+    for b in range(k + 1, n, ROW_CHUNK):
+        tw = np.float32(0.0)
+        t0 = np.float32(0.0)
+        t1 = np.float32(0.0)
+        u0 = np.float32(0.0)
+        u1 = np.float32(0.0)
+        vw = np.float32(0.0)
+        v0 = np.float32(0.0)
+        v1 = np.float32(0.0)
+        x0 = np.float32(0.0)
+        x1 = np.float32(0.0)
+        for j in range(U64(b), U64(min(b + ROW_CHUNK, n))):
+            g0 = h0[j]
+            g1 = h1[j]
+            m0 = l0[j]
+            m1 = l1[j]
+            d0 = (hi0 - g0) + (li0 - m0)
+            d1 = (hi1 - g1) + (li1 - m1)
+            w = one / (one + d0 * d0 + d1 * d1)
+            pw = p[j - fp] * w
+            ww = w * w
+            e0 = pw * d0
+            e1 = pw * d1
+            f0 = ww * d0
+            f1 = ww * d1
+            tw += w
+            t0 += e0
+            t1 += e1
+            u0 += f0
+            u1 += f1
+            k0 = (hk0 - g0) + (lk0 - m0)
+            k1 = (hk1 - g1) + (lk1 - m1)
+            z = one / (one + k0 * k0 + k1 * k1)
+            qz = q[j - fq] * z
+            zz = z * z
+            s0 = qz * k0
+            s1 = qz * k1
+            o0 = zz * k0
+            o1 = zz * k1
+            vw += z
+            v0 += s0
+            v1 += s1
+            x0 += o0
+            x1 += o1
+            c0[j] -= e0 + s0
+            c1[j] -= e1 + s1
+            c2[j] -= f0 + o0
+            c3[j] -= f1 + o1
+        out[0] += tw
+        out[1] += t0
+        out[2] += t1
+        out[3] += u0
+        out[4] += u1
+        out[5] += vw
+        out[6] += v0
+        out[7] += v1
+        out[8] += x0
+        out[9] += x1
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
@@ -453,38 +531,55 @@ def gradient_terms(Y, P, XT, beta, sum_p, total, with_kl, hl, col32, col64, rows
         dist = np.empty(n, np.float32)
         acc = np.empty(DIST_BLOCK)
         scratch = np.empty(n, np.float32)
+        scratch2 = np.empty(n, np.float32)
+        two = np.empty(10)
         batch = 0
         low = u  # columns past the first row of the batch hold its terms
-        for i in range(u, n, u_count):
-            p = _piece(P, XT, beta, sum_p, total, i, i + 1, n, dist, acc, scratch)
+        step = 0  # the set's rows are u, u + u_count, ...: r is its row number step
+        while u + step * u_count < n:
+            r = u + step * u_count
+            p = _piece(P, XT, beta, sum_p, total, r, r + 1, n, dist, acc, scratch)
+            k = r + u_count  # the set's next row: rows go two at a time in 2-D
             if dims == 2:
-                s, a0, a1, r0, r1 = _pair_row(hl[0], hl[1], hl[2], hl[3], p, i, c32[0],
-                                              c32[1], c32[2], c32[3])
-                rows[0, i] = s
-                rows[1, i] = a0
-                rows[2, i] = a1
-                rows[3, i] = r0
-                rows[4, i] = r1
+                s, a0, a1, r0, r1 = _pair_row(hl[0], hl[1], hl[2], hl[3], p, r, min(k + 1, n),
+                                              c32[0], c32[1], c32[2], c32[3])
+                rows[0, r] = s
+                rows[1, r] = a0
+                rows[2, r] = a1
+                rows[3, r] = r0
+                rows[4, r] = r1
                 if with_kl:
-                    rows[kl, i] = _kl_row(hl[0], hl[1], hl[2], hl[3], p, i)
+                    rows[kl, r] = _kl_row(hl[0], hl[1], hl[2], hl[3], p, r)
+                if k < n:
+                    q = _piece(P, XT, beta, sum_p, total, k, k + 1, n, dist, acc, scratch2)
+                    _pair_rows2(hl[0], hl[1], hl[2], hl[3], p, q, r, k, c32[0], c32[1],
+                                c32[2], c32[3], two)
+                    for c in range(5):
+                        rows[c, r] += two[c]
+                        rows[c, k] = two[5 + c]
+                    if with_kl:
+                        rows[kl, k] = _kl_row(hl[0], hl[1], hl[2], hl[3], q, k)
+                    batch += 1
+                    step += 1
             else:
                 s, a0, a1, a2, r0, r1, r2 = _pair_row3(hl[0], hl[1], hl[2], hl[3], hl[4],
-                                                       hl[5], p, i, c32[0], c32[1], c32[2],
+                                                       hl[5], p, r, c32[0], c32[1], c32[2],
                                                        c32[3], c32[4], c32[5])
-                rows[0, i] = s
-                rows[1, i] = a0
-                rows[2, i] = a1
-                rows[3, i] = a2
-                rows[4, i] = r0
-                rows[5, i] = r1
-                rows[6, i] = r2
+                rows[0, r] = s
+                rows[1, r] = a0
+                rows[2, r] = a1
+                rows[3, r] = a2
+                rows[4, r] = r0
+                rows[5, r] = r1
+                rows[6, r] = r2
                 if with_kl:
-                    rows[kl, i] = _kl_row3(hl[0], hl[1], hl[2], hl[3], hl[4], hl[5], p, i)
+                    rows[kl, r] = _kl_row3(hl[0], hl[1], hl[2], hl[3], hl[4], hl[5], p, r)
             batch += 1
-            if batch == FLUSH_ROWS or i + u_count >= n:
+            step += 1
+            if batch >= FLUSH_ROWS or u + step * u_count >= n:
                 _flush(c32, c64, low + 1)
                 batch = 0
-                low = i + u_count
+                low = u + step * u_count
     for j in prange(n):
         sw[j] = 2.0 * rows[0, j]
         for c in range(dims):
