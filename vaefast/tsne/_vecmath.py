@@ -7,6 +7,9 @@ exponent moves through the 2^52 + 2^51 "magic number". Accurate to ~1e-14 relati
 They are compiled without reassociation (it would fold the magic number away) and are
 not inlined at Numba's level, so callers compiled with ``reassoc`` (to vectorize their
 sums) keep these instructions exact: LLVM inlines them with their own flags.
+
+Numba's on-disk cache keys each kernel on its own file only: after editing this file,
+touch ``_kernels.py`` so the kernels that inline these functions recompile.
 """
 
 from __future__ import annotations
