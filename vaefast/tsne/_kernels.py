@@ -55,13 +55,13 @@ def packed_start(i, n):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _sq_distances(x, XT, start, stop, out, acc):
-    """out[j] = |x - X_j|^2 for j in [start, stop), summed in float64 over the features
-    in order and rounded to float32 as scikit-learn rounds them. XT: [D, N] float64; acc:
+def _sq_distances(x, XT, start, out, acc):
+    """out[j] = |x - X_j|^2 for j in [start, N), summed in float64 over the features in
+    order and rounded to float32 as scikit-learn rounds them. XT: [D, N] float64; acc:
     float64 scratch of DIST_BLOCK. Every caller gets the same bits for a pair."""
-    d = XT.shape[0]
-    for b in range(start, stop, DIST_BLOCK):
-        m = U64(min(b + DIST_BLOCK, stop) - b)
+    d, n = XT.shape
+    for b in range(start, n, DIST_BLOCK):
+        m = U64(min(b + DIST_BLOCK, n) - b)
         ub = U64(b)
         for t in range(m):
             acc[t] = 0.0
@@ -155,7 +155,7 @@ def conditional_probabilities(XT, log_perplexity, beta, sum_p, row_total):
     n = XT.shape[1]
     for i in prange(n):
         dist = np.empty(n, np.float32)
-        _sq_distances(_point(XT, i), XT, 0, n, dist, np.empty(DIST_BLOCK))
+        _sq_distances(_point(XT, i), XT, 0, dist, np.empty(DIST_BLOCK))
         b, s = _search_beta(dist, i, log_perplexity)
         beta[i] = b
         sum_p[i] = s
@@ -175,24 +175,24 @@ def conditional_probabilities_from_distances(D, log_perplexity, beta, sum_p, row
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _joint_from(dist_ij, dist_ji, i, lo, hi, beta, sum_p, total, out):
-    """out[j - lo] = max((p_j|i + p_i|j) / total, eps) as float32 for j in [lo, hi), from
-    the squared distances i -> j and j -> i (both indexed by j)."""
+def _joint_from(dist_ij, dist_ji, i, beta, sum_p, total, out):
+    """out[j - i - 1] = max((p_j|i + p_i|j) / total, eps) as float32 for j > i, from the
+    squared distances i -> j and j -> i (both indexed by j)."""
     bi = beta[i]
     si = sum_p[i]
-    first = U64(lo)
-    for j in range(first, U64(hi)):
+    first = U64(i + 1)
+    for j in range(first, U64(beta.shape[0])):
         pij = exp_nonpositive(-np.float64(dist_ij[j]) * bi) / si
         pji = exp_nonpositive(-np.float64(dist_ji[j]) * beta[j]) / sum_p[j]
         out[j - first] = np.float32(max((pij + pji) / total, MACHINE_EPSILON))
 
 
 @njit(cache=True)
-def _joint_piece(XT, i, lo, hi, beta, sum_p, total, dist, acc, out):
-    """Pairs (i, j) of the joint P for j in [lo, hi), lo > i, into out[j - lo]: the same
-    bits wherever it is called (the packed build, the gradient's on-the-fly pairs)."""
-    _sq_distances(_point(XT, i), XT, lo, hi, dist, acc)
-    _joint_from(dist, dist, i, lo, hi, beta, sum_p, total, out)
+def _joint_row(XT, i, beta, sum_p, total, dist, acc, out):
+    """Row i's pairs (i, j > i) of the joint P into out[j - i - 1]: the same bits wherever
+    it is called (the packed build, the gradient's on-the-fly pairs)."""
+    _sq_distances(_point(XT, i), XT, i + 1, dist, acc)
+    _joint_from(dist, dist, i, beta, sum_p, total, out)
 
 
 @njit(parallel=True, cache=True)
@@ -205,8 +205,7 @@ def joint_packed(XT, beta, sum_p, total, P):
         acc = np.empty(DIST_BLOCK)
         for i in range(part, n - 1, BUILD_PARTS):
             start = packed_start(i, n)
-            _joint_piece(XT, i, i + 1, n, beta, sum_p, total, dist, acc,
-                         P[start:start + n - i - 1])
+            _joint_row(XT, i, beta, sum_p, total, dist, acc, P[start:start + n - i - 1])
 
 
 @njit(parallel=True, cache=True)
@@ -219,19 +218,19 @@ def joint_packed_from_distances(D, beta, sum_p, total, P):
             for j in range(i + 1, n):
                 column[j] = D[j, i]
             start = packed_start(i, n)
-            _joint_from(D[i], column, i, i + 1, n, beta, sum_p, total,
-                        P[start:start + n - i - 1])
+            _joint_from(D[i], column, i, beta, sum_p, total, P[start:start + n - i - 1])
 
 
 @njit(cache=True, inline="always")
-def _piece(P, XT, beta, sum_p, total, i, lo, hi, dist, acc, scratch):
-    """Pairs (i, j) of P for j in [lo, hi), indexed j - lo: a view of packed P, or
-    computed into scratch."""
+def _piece(P, XT, beta, sum_p, total, i, dist, acc, scratch):
+    """Row i's pairs (i, j > i) of P, indexed j - i - 1: a view of packed P, or computed
+    into scratch."""
+    n = beta.shape[0]
     if P.shape[0] > 0:
-        start = packed_start(i, beta.shape[0]) - i - 1
-        return P[start + lo:start + hi]
-    out = scratch[:hi - lo]
-    _joint_piece(XT, i, lo, hi, beta, sum_p, total, dist, acc, out)
+        start = packed_start(i, n)
+        return P[start:start + n - i - 1]
+    out = scratch[:n - i - 1]
+    _joint_row(XT, i, beta, sum_p, total, dist, acc, out)
     return out
 
 
@@ -247,7 +246,7 @@ def p_log_p(P, XT, beta, sum_p, total, out):
         s = 0.0
         t = 0.0
         for i in range(part, n - 1, BUILD_PARTS):
-            seg = _piece(P, XT, beta, sum_p, total, i, i + 1, n, dist, acc, scratch)
+            seg = _piece(P, XT, beta, sum_p, total, i, dist, acc, scratch)
             for k in range(U64(seg.shape[0])):
                 p = np.float64(seg[k])
                 s += p
@@ -541,7 +540,7 @@ def gradient_terms(Y, P, XT, beta, sum_p, total, with_kl, hl, col32, col64, rows
         step = 0  # the set's rows are u, u + u_count, ...: r is its row number step
         while u + step * u_count < n:
             r = u + step * u_count
-            p = _piece(P, XT, beta, sum_p, total, r, r + 1, n, dist, acc, scratch)
+            p = _piece(P, XT, beta, sum_p, total, r, dist, acc, scratch)
             k = r + u_count  # the set's next row: rows go two at a time in 2-D
             if dims == 2:
                 s, a0, a1, r0, r1 = _pair_row(hl[0], hl[1], hl[2], hl[3], p, r, min(k + 1, n),
@@ -554,7 +553,7 @@ def gradient_terms(Y, P, XT, beta, sum_p, total, with_kl, hl, col32, col64, rows
                 if with_kl:
                     rows[kl, r] = _kl_row(hl[0], hl[1], hl[2], hl[3], p, r)
                 if k < n:
-                    q = _piece(P, XT, beta, sum_p, total, k, k + 1, n, dist, acc, scratch2)
+                    q = _piece(P, XT, beta, sum_p, total, k, dist, acc, scratch2)
                     _pair_rows2(hl[0], hl[1], hl[2], hl[3], p, q, r, k, c32[0], c32[1],
                                 c32[2], c32[3], two)
                     for c in range(5):
@@ -666,7 +665,7 @@ def place_points(X_new, XT_ref, y0, y1, init, log_perplexity, n_iter, learning_r
     for k in prange(m):
         dist = np.empty(n, np.float32)
         prow = np.empty(n)
-        _sq_distances(X_new[k], XT_ref, 0, n, dist, np.empty(DIST_BLOCK))
+        _sq_distances(X_new[k], XT_ref, 0, dist, np.empty(DIST_BLOCK))
         beta, sum_pi = _search_beta(dist, -1, log_perplexity)
         _conditional_row(dist, -1, beta, sum_pi, prow)
         p0 = init[k, 0]

@@ -14,8 +14,6 @@ touch ``_kernels.py`` so the kernels that inline these functions recompile.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from llvmlite import ir
 from numba import njit, types

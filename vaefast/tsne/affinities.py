@@ -72,7 +72,7 @@ class Affinities:
 
     def packed(self) -> np.ndarray:
         """The packed upper triangle of P (computed when implicit)."""
-        if self.P.size or self.n < 2:
+        if self.dense:
             return self.P
         k = kernels(self.backend)
         out = np.empty(k.packed_size(self.n), P_DTYPE)
