@@ -143,7 +143,7 @@ class _FlatDecoder(byo_vae.ConvBNVAE):
 
 @pytest.mark.parametrize("model_class, message", [
     (byo_vae.RandomEncoderVAE, "encode is random.*reparameterization .sampling z. must stay out of encode"),
-    (_SingleTensor, "encode must return .mu, logvar. tensors or a torch.distributions.Normal"),
+    (_SingleTensor, "encode must return .mu, logvar. tensors, a torch.distributions.Normal, or an object with .mean and .logvar.*got Tensor"),
     (_FlatDecoder, r"decode returned shape \[32, 3, 16, 32\]; expected \[32, 3, 32, 32\]"),
     (byo_vae.UnexportableVAE,
      r"the ONNX exporter cannot handle op aten.special_zeta \(prims.zeta\) in encode"),

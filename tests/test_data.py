@@ -109,7 +109,8 @@ def test_npz_with_labels(tmp_path):
     (np.zeros(5, np.float32), r"expected \[N, D\]"),
     (np.array([[0.0, np.nan]], np.float32), "NaN or inf at row 0"),
     (np.array([[0.0, 1.0], [np.inf, 0.0]], np.float32), "NaN or inf at row 1"),
-    (np.array([[0.0, 2.0]], np.float32), r"expected \[0.0, 1.0\]"),
+    (np.array([[0.0, 1.0], [0.0, 2.0]], np.float32),
+     r"values span \[0.0, 2.0\], first out of range at row 1; expected floats in \[0, 1\]"),
     (np.zeros((0, 4), np.float32), "empty"),
 ])
 def test_bad_npy_is_refused(tmp_path, array, message):

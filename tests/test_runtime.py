@@ -63,7 +63,10 @@ def test_decode_sample_reconstruct(mnist):
 
 @pytest.mark.parametrize("X, message", [
     (np.zeros((3, 500), np.float32), r"shape \[N, 500\]; this model expects \[N, 784\]"),
-    (np.full((2, 784), np.nan, np.float32), "NaN or inf"),
+    (np.full((2, 784), np.nan, np.float32), "inputs: NaN or inf at row 0"),
+    (np.pad(np.full((1, 784), np.inf, np.float32), ((5000, 0), (0, 0))),
+     "inputs: NaN or inf at row 5000"),
+    (np.full((2, 784), 3.0, np.float32), r"values span \[3.0, 3.0\].*expected floats in \[0, 1\]"),
     (np.array([["a"] * 784]), "dtype"),
 ])
 def test_bad_inputs_are_refused(X, message):

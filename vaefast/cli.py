@@ -34,30 +34,52 @@ def _train(args: argparse.Namespace) -> None:
           f"{last['test_loss']:.2f} per sample after {last['epoch']} epochs")
 
 
+def _numbers(text: str | None, flag: str, what: str, kind=int) -> tuple | None:
+    """``"3,32,32"`` -> (3, 32, 32); a one-line error naming the flag otherwise."""
+    if text is None:
+        return None
+    try:
+        return tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        raise VaefastError(f"{flag} {text!r}: write it as {what}") from None
+
+
 def _export(args: argparse.Namespace) -> None:
-    from vaefast.export import export, export_module, format_report
+    from vaefast.export import check_range, export, export_diffusers, export_module, \
+        format_report
 
     options = dict(int8=args.int8, fp16=args.fp16, force=args.force)
+    shape = _numbers(args.input_shape, "--input-shape", "C,H,W or D")
+    ranges = {name: check_range(_numbers(getattr(args, name), flag, "LO,HI", float), flag)
+              for name, flag in (("input_range", "--input-range"),
+                                 ("output_range", "--output-range"))
+              if getattr(args, name) is not None}
+    sources = [name for name in ("run", "module", "diffusers") if getattr(args, name)]
+    if len(sources) > 1:
+        raise VaefastError(f"give one model: a run folder, --module or --diffusers (got "
+                           f"{' and '.join(sources)})")
     if args.module:
-        if args.run:
-            raise VaefastError("give a run folder or --module, not both")
-        if not args.input_shape:
+        if not shape:
             raise VaefastError("--module needs --input-shape, e.g. 3,32,32")
-        try:
-            shape = tuple(int(s) for s in args.input_shape.split(","))
-        except ValueError:
-            raise VaefastError(f"--input-shape {args.input_shape!r}: write it as C,H,W or "
-                               "D") from None
         report = export_module(args.module, args.out, input_shape=shape, weights=args.weights,
-                               **_given(args, "data", "decoder_output"), **options)
+                               **_given(args, "data", "decoder_output"), **ranges, **options)
+    elif args.diffusers:
+        for flag in ("weights", "decoder_output", "input_range", "output_range"):
+            if getattr(args, flag) is not None:
+                raise VaefastError(f"--{flag.replace('_', '-')} does not go with --diffusers: "
+                                   "the folder's config says it")
+        report = export_diffusers(args.diffusers, args.out, input_shape=shape,
+                                  **_given(args, "data"), **options)
     elif args.run:
-        for flag in ("weights", "input_shape", "data", "decoder_output"):
+        for flag in ("weights", "input_shape", "data", "decoder_output", "input_range",
+                     "output_range"):
             if getattr(args, flag) is not None:
                 raise VaefastError(f"--{flag.replace('_', '-')} goes with --module; a run "
                                    "folder records it")
         report = export(args.run, args.out, **options)
     else:
-        raise VaefastError("give a run folder from `vaefast train`, or --module FILE.py:FN")
+        raise VaefastError("give a run folder from `vaefast train`, --module FILE.py:FN or "
+                           "--diffusers DIR")
     print(f"wrote {args.out}")
     print(format_report(report))
 
@@ -91,8 +113,8 @@ def _embed(args: argparse.Namespace) -> None:
         _print_agreement(args.model, args.variant)
     stats = embed(args.model, args.input, args.out, tsne=args.tsne, force=args.force,
                   progress=not args.quiet, **_given(
-                      args, "batch_size", "chunk_rows", "tsne_max", "seed", "scheduler",
-                      "workers", "threads", "variant", "providers"))
+                      args, "batch_size", "chunk_rows", "dtype", "tsne_max", "seed",
+                      "scheduler", "workers", "threads", "variant", "providers"))
     if stats.get("already_complete"):
         print(f"{args.out} is already complete ({stats['rows']} rows)")
         return
@@ -200,10 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "encode(x) -> (mu, logvar) and decode(z) -> x_hat")
     p.add_argument("--weights", default=None, help="--module: .safetensors or a state dict "
                                                    "(loaded with weights_only=True)")
+    p.add_argument("--diffusers", default=None, metavar="DIR",
+                   help="a local diffusers AutoencoderKL folder (save_pretrained layout: "
+                        "config.json + diffusion_pytorch_model.safetensors); pixel ranges "
+                        "(-1, 1), size from its sample_size")
     p.add_argument("--input-shape", default=None, metavar="C,H,W",
-                   help="--module: the shape of one input, e.g. 3,32,32 or 784")
-    p.add_argument("--data", default=None, help="--module: verify on this data's test split "
-                                                "(default: random inputs); " + DATA_HELP)
+                   help="--module: the shape of one input, e.g. 3,32,32 or 784; --diffusers: "
+                        "the example size (default: the config's sample_size)")
+    p.add_argument("--input-range", default=None, metavar="LO,HI",
+                   help="--module: the pixel range the model takes (default 0,1; e.g. -1,1); "
+                        "the runtime maps uint8 or [0, 1] images into it")
+    p.add_argument("--output-range", default=None, metavar="LO,HI",
+                   help="--module: the range decode returns (default 0,1; -1,1 for a Tanh "
+                        "decoder)")
+    p.add_argument("--data", default=None, help="--module / --diffusers: verify on this data's "
+                                                "test split (default: random inputs); " +
+                   DATA_HELP)
     p.add_argument("--decoder-output", default=None, choices=["probs", "logits"],
                    help="--module: what decode returns (logits get a sigmoid in the graph)")
     p.add_argument("--out", required=True, help="folder to create, e.g. exported/NAME")
@@ -221,9 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help=".npy, .npz, IDX (raw or .gz), a .zarr array, or a data spec")
     p.add_argument("--out", required=True, help="zarr store to write, e.g. out/emb.zarr")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="rows per ONNX Runtime call (default 8192)")
+                   help="rows per ONNX Runtime call (default: 8192, fewer for large images)")
     p.add_argument("--chunk-rows", type=int, default=None,
-                   help="rows per zarr chunk / task (default 65536)")
+                   help="rows per zarr chunk / task (default: 65536, fewer for large images)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16"],
+                   help="how mu and logvar are stored (default float32; float16 halves the "
+                        "store)")
     p.add_argument("--tsne", action="store_true", help="add a 2-D exact t-SNE map of mu")
     p.add_argument("--tsne-max", type=int, default=None,
                    help="exact t-SNE on all rows up to this N (default 10000); above, on a "

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vaefast.errors import VaefastError
-from vaefast.layout import stored_image_shape
+from vaefast.errors import BadRows, VaefastError
+from vaefast.layout import check_pixels, stored_image_shape
 
 IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
@@ -179,16 +179,13 @@ def check_features(X: np.ndarray, name: str) -> tuple[np.ndarray, tuple[int, ...
     if X.shape[0] == 0 or 0 in X.shape[1:]:
         raise VaefastError(f"{name}: array is empty (shape {X.shape})")
     is_int = np.dtype(X.dtype).kind in "ui"
-    lo_ok, hi_ok = (0, 255) if is_int else (0.0, 1.0)
     for start in range(0, X.shape[0], _CHECK_ROWS):
         block = np.asarray(X[start:start + _CHECK_ROWS])
-        if not is_int and not np.isfinite(block).all():
-            row = start + int(np.argwhere(~np.isfinite(block))[0, 0])
-            raise VaefastError(f"{name}: NaN or inf at row {row}; clean the data first")
-        lo, hi = block.min(), block.max()
-        if lo < lo_ok or hi > hi_ok:
-            raise VaefastError(f"{name}: values span [{lo}, {hi}], expected [{lo_ok}, {hi_ok}] "
-                               f"({'uint8 pixels' if is_int else 'floats scaled to [0, 1]'})")
+        try:
+            check_pixels(block, 255.0, name)
+        except BadRows as e:  # the row counted from the start of the file
+            raise BadRows(str(e).replace(f"row {e.row}", f"row {start + e.row}"),
+                          start + e.row, e.reason) from None
     return X, image_shape, 255.0 if is_int else 1.0
 
 

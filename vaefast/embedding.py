@@ -16,8 +16,11 @@ from typing import Any
 import numpy as np
 
 from vaefast import runtime, store
-from vaefast.errors import VaefastError
+from vaefast.errors import BadRows, VaefastError
 from vaefast.sources import Source, open_source
+
+CHUNK_BYTES = 1 << 28  # default rows per chunk: at most this many bytes of float32 input
+BATCH_BYTES = 1 << 25  # default rows per ONNX Runtime call: this many bytes of input
 
 _SESSIONS: dict[tuple, runtime.ExportedVAE] = {}  # one ONNX Runtime session per process
 _SOURCES: dict[str, Source] = {}  # and one opened input (built-in specs load once)
@@ -43,13 +46,31 @@ def _chunk_bounds(chunk: int, chunk_rows: int, n: int) -> tuple[int, int]:
     return chunk * chunk_rows, min((chunk + 1) * chunk_rows, n)
 
 
+def default_rows(sample_values: int, budget: int, cap: int) -> int:
+    """A power of two of rows whose float32 inputs fit ``budget`` bytes, at most ``cap``
+    (so 28x28 digits keep 65,536-row chunks and 256x256 colour images get 256)."""
+    rows = max(1, budget // (4 * max(sample_values, 1)))
+    return min(cap, 1 << (rows.bit_length() - 1))
+
+
+def _encode_rows(vae: runtime.ExportedVAE, rows: np.ndarray, start: int, spec: str,
+                 batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Encode rows read from ``start``; a bad value is named by its row in the input."""
+    try:
+        return vae.encode(rows, batch_size=batch_size)
+    except BadRows as e:
+        raise BadRows(f"{spec}: {e.reason} at row {start + e.row}", start + e.row,
+                      e.reason) from None
+
+
 def _write_chunk(out: str, chunk: int, start: int, mu: np.ndarray, logvar: np.ndarray) -> int:
     """Write one chunk's encodings, then its marker (the marker only after the data)."""
     import zarr
 
     group = zarr.open_group(out, mode="r+")
-    group["mu"][start:start + len(mu)] = mu
-    group["logvar"][start:start + len(mu)] = logvar
+    dtype = group["mu"].dtype
+    group["mu"][start:start + len(mu)] = mu.astype(dtype, copy=False)
+    group["logvar"][start:start + len(mu)] = logvar.astype(dtype, copy=False)
     group["_progress/encoded"][chunk] = 1
     return len(mu)
 
@@ -78,7 +99,7 @@ def encode_chunk(model_dir: str, spec: str, out: str, chunk: int, chunk_rows: in
     vae = _model(model_dir, threads or _worker_threads(), variant, providers)
     source = _source(spec)
     start, stop = _chunk_bounds(chunk, chunk_rows, source.n)
-    mu, logvar = vae.encode(source.rows(start, stop), batch_size=batch_size)
+    mu, logvar = _encode_rows(vae, source.rows(start, stop), start, spec, batch_size)
     return _write_chunk(out, chunk, start, mu, logvar)
 
 
@@ -98,18 +119,19 @@ def _encode_pipelined(vae: runtime.ExportedVAE, source: Source, out: str, todo: 
             rows = pending_read.result()
             if k + 1 < len(todo):
                 pending_read = reader.submit(read, todo[k + 1])
-            mu, logvar = vae.encode(rows, batch_size=batch_size)
+            start = _chunk_bounds(chunk, chunk_rows, source.n)[0]
+            mu, logvar = _encode_rows(vae, rows, start, source.spec, batch_size)
             del rows
             if pending_write is not None:
                 bar.update(pending_write.result())
-            start = _chunk_bounds(chunk, chunk_rows, source.n)[0]
             pending_write = writer.submit(_write_chunk, out, chunk, start, mu, logvar)
         if pending_write is not None:
             bar.update(pending_write.result())
 
 
 def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
-          batch_size: int = 8192, chunk_rows: int = 65536, tsne: bool = False,
+          batch_size: int | None = None, chunk_rows: int | None = None,
+          dtype: str = "float32", tsne: bool = False,
           tsne_max: int = 10_000, seed: int = 0, scheduler: str | None = None,
           workers: int = 2, threads: int | None = None, variant: str = "fp32",
           providers: str = "auto", force: bool = False,
@@ -123,21 +145,33 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
     t-SNE threads (default: all cores). ``variant`` (fp32, int8, fp16) and ``providers``
     pick the exported model run; both are recorded in the store. With ``tsne``, an exact
     t-SNE map of ``mu`` is added (above ``tsne_max`` rows: of a seeded sample, the rest
-    placed by transform). Returns figures of the run (rows, seconds, rows/s, chunks
-    skipped).
+    placed by transform). ``mu`` and ``logvar`` are stored [N, *latent_shape] as
+    ``dtype`` (float32, or float16 at half the size: latents cached for diffusion
+    training). ``batch_size`` and ``chunk_rows`` default to powers of two sized to the
+    input (8,192 and 65,536 for 28x28 digits; fewer for large images). A NaN, inf or
+    out-of-range input value stops the run with one line naming its row and removes the
+    store, which could never finish. Returns figures of the run (rows, seconds, rows/s,
+    chunks skipped).
     """
     from tqdm.auto import tqdm
 
-    for name, value in (("batch size", batch_size), ("chunk rows", chunk_rows),
-                        ("tsne_max", tsne_max)):
-        if value < 1:
-            raise VaefastError(f"{name} must be >= 1, got {value}")
+    if dtype not in store.DTYPES:
+        raise VaefastError(f"unknown dtype {dtype!r}; use {' or '.join(store.DTYPES)}")
     out = Path(out)
     vae = _model(str(model_dir), threads, variant, providers)
     _SOURCES.pop(input, None)  # the file may have changed since this process last read it
     source = _source(input)
-    if source.n:  # a layout mismatch is refused before anything is written
-        vae.check_inputs(source.rows(0, 1))
+    if not source.n:
+        raise VaefastError(f"{input}: no rows to embed")
+    sample = vae.check_inputs(source.rows(0, 1)).shape[1:]  # a layout mismatch: refused now
+    latent_shape = vae.latent_shape_for(sample)
+    values = int(np.prod(sample))
+    batch_size = default_rows(values, BATCH_BYTES, 8192) if batch_size is None else batch_size
+    chunk_rows = default_rows(values, CHUNK_BYTES, 65536) if chunk_rows is None else chunk_rows
+    for name, value in (("batch size", batch_size), ("chunk rows", chunk_rows),
+                        ("tsne_max", tsne_max)):
+        if value < 1:
+            raise VaefastError(f"{name} must be >= 1, got {value}")
     if tsne:  # too few rows: refused before encoding (t-SNE imports only when asked for)
         from vaefast.tsne.mapping import reference_rows
 
@@ -145,10 +179,10 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
     attrs = {"model": str(vae.folder), "model_sha256": vae.meta["weights_sha256"],
              "input": source.fingerprint(),
              "params": {"chunk_rows": chunk_rows, "tsne": tsne, "tsne_max": tsne_max,
-                        "seed": seed, "variant": variant},
-             "providers": vae.providers}
-    group = store.open_or_create(out, attrs, source.n, vae.latent_dim, chunk_rows,
-                                 source.labels, tsne, force)
+                        "seed": seed, "variant": variant, "dtype": dtype},
+             "latent_shape": list(latent_shape), "providers": vae.providers}
+    group = store.open_or_create(out, attrs, source.n, latent_shape, chunk_rows,
+                                 source.labels, tsne, force, dtype)
     if group.attrs["vaefast"].get("complete"):
         return {"rows": source.n, "seconds": 0.0, "rows_per_s": None, "already_complete": True}
     done = np.asarray(group["_progress/encoded"][:])
@@ -163,6 +197,10 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
         else:
             _run_dask(scheduler, workers, (str(model_dir), input, str(out)), todo,
                       chunk_rows, batch_size, threads, variant, providers, bar)
+    except BadRows as e:
+        store.remove(out)
+        raise VaefastError(f"{e}; clean the input first ({out} was removed: it could "
+                           "never finish)") from None
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
@@ -212,6 +250,13 @@ def _map(group, tsne_max: int, seed: int, chunk_rows: int, threads: int | None,
 
     n = group["mu"].shape[0]
     placed = group["_progress/placed"]
+
+    def means(rows) -> np.ndarray:  # [k, D] float32, spatial latents flattened
+        mu = group["mu"].get_orthogonal_selection((rows,) + (slice(None),) *
+                                                  (group["mu"].ndim - 1)) \
+            if isinstance(rows, np.ndarray) else group["mu"][rows]
+        return np.asarray(mu, np.float32).reshape(len(mu), -1)
+
     t0 = time.perf_counter()
     stats: dict[str, Any] = {"method": "exact" if n <= tsne_max else "reference+transform",
                              "n": n}
@@ -219,8 +264,7 @@ def _map(group, tsne_max: int, seed: int, chunk_rows: int, threads: int | None,
         if "tsne_reference" in group:  # killed before the index was written: redo it
             del group["tsne_reference"]
         index = reference_rows(n, tsne_max, seed)
-        tsne = fit_reference(group["mu"].get_orthogonal_selection((index, slice(None))),
-                             seed, threads, progress)
+        tsne = fit_reference(means(index), seed, threads, progress)
         ref = group.create_array("tsne_reference", shape=(len(index), 2), dtype="float64",
                                  chunks=(len(index), 2), fill_value=0.0)
         ref[:] = tsne.embedding_
@@ -230,10 +274,10 @@ def _map(group, tsne_max: int, seed: int, chunk_rows: int, threads: int | None,
                   "pairs_per_s": tsne.timings_["pairs_per_s"]}
     index = group["tsne_reference_index"][:]
     Y_ref = group["tsne_reference"][:]
-    X_ref = group["mu"].get_orthogonal_selection((index, slice(None)))
+    X_ref = means(index)
     todo = [int(c) for c in np.flatnonzero(placed[:] == 0)]
     with numba_threads(threads):
-        for chunk, start, stop, Y in place_chunks(lambda a, b: group["mu"][a:b], n, index,
+        for chunk, start, stop, Y in place_chunks(lambda a, b: means(slice(a, b)), n, index,
                                                   X_ref, Y_ref, chunk_rows, todo):
             group["tsne"][start:stop] = Y.astype(np.float32)
             placed[chunk] = 1

@@ -7,3 +7,12 @@ class VaefastError(ValueError):
     Subclasses ``ValueError`` so scikit-learn-style callers can catch it as such; the
     CLI prints its message as one line and exits with code 2.
     """
+
+
+class BadRows(VaefastError):
+    """Inputs whose values break the pixel rule (``vaefast.layout.check_pixels``); ``row``
+    is the first bad row, counted from the start of the array checked."""
+
+    def __init__(self, message: str, row: int, reason: str):
+        super().__init__(message)
+        self.row, self.reason = row, reason

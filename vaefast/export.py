@@ -21,11 +21,13 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import re
 import sys
 import warnings
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -33,12 +35,14 @@ import numpy as np
 from vaefast import runtime, variants
 from vaefast.atomic import atomic_dir, check_new_output, write_json
 from vaefast.errors import VaefastError
-from vaefast.layout import arrange, display_shape
+from vaefast.layout import arrange, check_pixels, display_shape
 from vaefast.metrics import knn_overlap, max_errors
 from vaefast.versions import package_versions
 
 OPSET = 18
 TOLERANCE = 1e-5  # fp32 max abs error allowed between eager and ONNX Runtime
+LARGE_LATENT = 1000  # latents of more values than this (spatial ones) get
+LARGE_LATENT_TOLERANCE = 1e-4  # this tolerance: deeper conv stacks sum in another order
 CHECK_BATCHES = (1, 7, 256, 4096)  # random batches checked (4096 only up to 4 M values)
 CHECK_VALUES = 1 << 22
 FORMAT = "vaefast-exported/1"
@@ -67,20 +71,65 @@ def sha256_state(model) -> str:
 # --- the two halves, as modules the exporter can trace ----------------------------------
 
 
-def halves(model, encode: Callable | None, decode: Callable | None, input_shape,
-            decoder_output: str):
-    """(Encoder, Decoder) modules wrapping the user's model: the encoder returns
-    (mu, logvar) whatever ``encode`` returns; the decoder returns [batch, *input_shape]
-    probabilities."""
+def posterior(out) -> tuple:
+    """(mu, logvar) from what a VAE's ``encode`` returns: a (mu, logvar) tuple or list, a
+    ``torch.distributions.Normal``, an object with ``.mean`` and ``.logvar`` (or ``.std``
+    / ``.var``) such as diffusers' ``DiagonalGaussianDistribution``, or an object holding
+    one in ``.latent_dist`` (diffusers' ``AutoencoderKLOutput``; also inside a 1-tuple).
+    Returns None when ``out`` is none of these."""
     import torch
-    from torch import nn
 
+    if isinstance(out, (tuple, list)) and len(out) == 1:
+        out = out[0]
+    if hasattr(out, "latent_dist"):
+        out = out.latent_dist
+    if isinstance(out, torch.distributions.Normal):
+        return out.loc, 2.0 * torch.log(out.scale)
+    if isinstance(out, (tuple, list)):
+        return tuple(out) if len(out) == 2 and all(isinstance(t, torch.Tensor)
+                                                   for t in out) else None
+    mean = getattr(out, "mean", None)
+    if isinstance(mean, torch.Tensor):
+        for name, to_logvar in (("logvar", lambda t: t), ("std", lambda t: 2.0 * torch.log(t)),
+                                ("var", torch.log)):
+            value = getattr(out, name, None)
+            if isinstance(value, torch.Tensor):
+                return mean, to_logvar(value)
+    return None
+
+
+def decoded(out):
+    """The image tensor from what a VAE's ``decode`` returns: a tensor, or an object with
+    ``.sample`` (diffusers' ``DecoderOutput``; also inside a 1-tuple). None otherwise."""
+    import torch
+
+    if isinstance(out, (tuple, list)) and len(out) == 1:
+        out = out[0]
+    if isinstance(out, torch.Tensor):
+        return out
+    sample = getattr(out, "sample", None)
+    return sample if isinstance(sample, torch.Tensor) else None
+
+
+def _methods(model, encode: Callable | None, decode: Callable | None):
     encode = encode or getattr(model, "encode", None)
     decode = decode or getattr(model, "decode", None)
     for name, fn in (("encode", encode), ("decode", decode)):
         if not callable(fn):
             raise VaefastError(f"the model has no {name} method; pass {name}=a function "
                                f"(e.g. {name}=model.my_{name})")
+    return encode, decode
+
+
+def halves(model, encode: Callable | None, decode: Callable | None, input_shape,
+           decoder_output: str):
+    """(Encoder, Decoder) modules wrapping the user's model: the encoder returns
+    (mu, logvar) whatever ``encode`` returns; the decoder returns [batch, *input_shape]
+    images (flat decoder outputs reshaped; logits through a sigmoid)."""
+    import torch
+    from torch import nn
+
+    encode, decode = _methods(model, encode, decode)
     if decoder_output not in DECODER_OUTPUTS:
         raise VaefastError(f"decoder_output must be probs or logits, got {decoder_output!r}")
 
@@ -90,10 +139,7 @@ def halves(model, encode: Callable | None, decode: Callable | None, input_shape,
             self.model = model
 
         def forward(self, x):
-            out = encode(x)
-            if isinstance(out, torch.distributions.Normal):
-                return out.loc, 2.0 * torch.log(out.scale)
-            return out[0], out[1]
+            return posterior(encode(x))
 
     class Decoder(nn.Module):
         def __init__(self):
@@ -101,54 +147,119 @@ def halves(model, encode: Callable | None, decode: Callable | None, input_shape,
             self.model = model
 
         def forward(self, z):
-            x_hat = decode(z)
+            x_hat = decoded(decode(z))
             if decoder_output == "logits":
                 x_hat = torch.sigmoid(x_hat)
-            return x_hat.reshape(x_hat.shape[0], *input_shape)
+            if x_hat.ndim != len(input_shape) + 1:
+                x_hat = x_hat.reshape(x_hat.shape[0], *input_shape)
+            return x_hat
 
     return Encoder().eval(), Decoder().eval(), encode, decode
 
 
-def _probe(encode, decode, x, input_shape, decoder_output: str) -> int:
-    """Run the eager halves on the example; return Z or raise a one-line error."""
+@dataclass
+class Probe:
+    """What running the eager model on the example told: latent shape, and for a fully
+    convolutional model the size multiple it takes (None: fixed size, ``why``)."""
+
+    latent_shape: tuple[int, ...]
+    multiple: int | None
+    why: str
+    second_size: tuple[int, int] | None = None
+
+
+def _probe(encode, decode, x, input_shape, decoder_output: str,
+           output_range: tuple[float, float], bounded: bool) -> Probe:
+    """Run the eager halves on the example (and at a second size for spatial latents);
+    return what they showed, or raise a one-line error."""
     import torch
 
     with torch.no_grad():
-        try:
-            first, second = encode(x), encode(x)
-        except Exception as e:
-            raise VaefastError(f"encode failed on the example batch {list(x.shape)}: "
-                               f"{type(e).__name__}: {_first_line(e)}") from None
-        if isinstance(first, torch.distributions.Normal):
-            first, second = (first.loc, first.scale), (second.loc, second.scale)
-        if not (isinstance(first, (tuple, list)) and len(first) == 2
-                and all(isinstance(t, torch.Tensor) for t in first)):
-            raise VaefastError(f"encode must return (mu, logvar) tensors or a "
-                               f"torch.distributions.Normal, got {_kind(first)}")
-        mu, logvar = first
+        mu, logvar = _encode_checked(encode, x)
         b = x.shape[0]
-        if mu.ndim != 2 or mu.shape[0] != b or tuple(logvar.shape) != tuple(mu.shape):
-            raise VaefastError(f"encode must return mu and logvar of shape [batch, Z]; got "
-                               f"{list(mu.shape)} and {list(logvar.shape)} for a batch of {b}")
-        if any(not torch.equal(a, c) for a, c in zip(first, second)):
-            raise VaefastError("encode is random: two calls on the same batch differ; the "
-                               "reparameterization (sampling z) must stay out of encode, "
-                               "which should return the posterior's mean and log-variance")
-        try:
-            x_hat = decode(mu)
-        except Exception as e:
-            raise VaefastError(f"decode failed on z of shape {list(mu.shape)}: "
-                               f"{type(e).__name__}: {_first_line(e)}") from None
-        if not isinstance(x_hat, torch.Tensor):
-            raise VaefastError(f"decode must return a tensor, got {_kind(x_hat)}")
-        if x_hat.shape[0] != b or x_hat[0].numel() != int(np.prod(input_shape)):
-            raise VaefastError(f"decode returned shape {list(x_hat.shape)}; expected "
-                               f"[{b}, {', '.join(map(str, input_shape))}] like the input")
-        if decoder_output == "probs" and (x_hat.min() < 0 or x_hat.max() > 1):
-            raise VaefastError(f"decode returned values in [{float(x_hat.min()):.3g}, "
-                               f"{float(x_hat.max()):.3g}], not probabilities; pass "
-                               "decoder_output='logits' if it returns logits")
-    return int(mu.shape[1])
+        x_hat = _decode_checked(decode, mu, b, input_shape)
+        lo, hi = output_range
+        if decoder_output == "probs" and bounded and (x_hat.min() < lo or x_hat.max() > hi):
+            raise VaefastError(
+                f"decode returned values in [{float(x_hat.min()):.3g}, "
+                f"{float(x_hat.max()):.3g}], outside output_range ({lo:g}, {hi:g}); pass "
+                "output_range=(lo, hi) for a decoder with another range (e.g. (-1, 1) "
+                "after a Tanh), or decoder_output='logits' if it returns logits")
+        return _size_probe(encode, decode, x, input_shape, tuple(mu.shape[1:]))
+
+
+def _encode_checked(encode, x):
+    import torch
+
+    try:
+        first, second = encode(x), encode(x)
+    except Exception as e:
+        raise VaefastError(f"encode failed on the example batch {list(x.shape)}: "
+                           f"{type(e).__name__}: {_first_line(e)}") from None
+    pair = posterior(first)
+    if pair is None:
+        raise VaefastError(
+            f"encode must return (mu, logvar) tensors, a torch.distributions.Normal, or an "
+            f"object with .mean and .logvar (or .std / .var) or .latent_dist; got "
+            f"{_kind(first)}")
+    mu, logvar = pair
+    b = x.shape[0]
+    if mu.ndim < 2 or mu.shape[0] != b:
+        raise VaefastError(f"encode must return mu of shape [batch, *latent_shape]; got "
+                           f"{list(mu.shape)} for a batch of {b}")
+    if tuple(logvar.shape) != tuple(mu.shape):
+        raise VaefastError(f"encode returned mu of shape {list(mu.shape)} and logvar of shape "
+                           f"{list(logvar.shape)}; they must have the same shape")
+    if any(not torch.equal(a, c) for a, c in zip(pair, posterior(second))):
+        raise VaefastError("encode is random: two calls on the same batch differ; the "
+                           "reparameterization (sampling z) must stay out of encode, "
+                           "which should return the posterior's mean and log-variance")
+    return mu, logvar
+
+
+def _decode_checked(decode, z, b: int, input_shape):
+    try:
+        out = decode(z)
+    except Exception as e:
+        raise VaefastError(f"decode failed on z of shape {list(z.shape)}: "
+                           f"{type(e).__name__}: {_first_line(e)}") from None
+    x_hat = decoded(out)
+    if x_hat is None:
+        raise VaefastError(f"decode must return a tensor or an object with a .sample tensor, "
+                           f"got {_kind(out)}")
+    if x_hat.shape[0] != b or x_hat[0].numel() != int(np.prod(input_shape)):
+        raise VaefastError(f"decode returned shape {list(x_hat.shape)}; expected "
+                           f"[{b}, {', '.join(map(str, input_shape))}] like the input")
+    return x_hat
+
+
+def _size_probe(encode, decode, x, input_shape, latent_shape) -> Probe:
+    """Whether a model takes other image sizes: only spatial latents can (a flat latent
+    fixes the decoder's size); checked on a second, non-square size."""
+    import torch
+
+    if len(input_shape) != 3 or len(latent_shape) != 3:
+        return Probe(latent_shape, None, "flat latents: the decoder makes one image size")
+    (c, h, w), (cz, lh, lw) = input_shape, latent_shape
+    m = h // lh
+    if m < 1 or lh * m != h or lw * m != w:
+        return Probe(latent_shape, None, f"latent {lh}x{lw} does not divide the input "
+                                         f"{h}x{w} evenly")
+    size = (h + m, w + 2 * m)
+    x2 = torch.nn.functional.interpolate(x[:2], size=size, mode="bilinear",
+                                         align_corners=False)
+    try:
+        pair = posterior(encode(x2))
+        x_hat = decoded(decode(pair[0])) if pair is not None else None
+    except Exception as e:
+        return Probe(latent_shape, None, f"fixed size: encode or decode fails at "
+                                         f"{size[0]}x{size[1]} ({type(e).__name__})")
+    if pair is None or tuple(pair[0].shape[1:]) != (cz, size[0] // m, size[1] // m) or \
+            x_hat is None or tuple(x_hat.shape[1:]) != (c, *size):
+        return Probe(latent_shape, None, f"fixed size: at {size[0]}x{size[1]} the shapes do "
+                                         "not follow the input")
+    return Probe(latent_shape, m, f"fully convolutional: heights and widths that are "
+                                  f"multiples of {m}", size)
 
 
 def _kind(value) -> str:
@@ -200,19 +311,29 @@ def _exporter_error(e: BaseException, module, example, dynamic_shapes) -> Vaefas
 
 def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | None = None,
                decode: Callable | None = None, decoder_output: str = "probs",
+               input_range: tuple[float, float] | None = None,
+               output_range: tuple[float, float] | None = None,
                label_names: list[str] | None = None, int8: bool = False, fp16: bool = False,
-               force: bool = False, tolerance: float = TOLERANCE, seed: int = 0,
+               force: bool = False, tolerance: float | None = None, seed: int = 0,
                pixel_scale: float = 255.0, image_shape=None,
                training: dict[str, Any] | None = None, architecture: dict | None = None,
                weights_sha256: str | None = None) -> dict[str, Any]:
     """Export any PyTorch VAE to ONNX at ``out``, verify it, and return the report.
 
-    ``example`` is a real batch [B, *input_shape] (torch tensor or numpy floats in
-    [0, 1]); the input shape, verification inputs and the kNN check come from it.
+    ``example`` is a real batch [B, *input_shape] of images as the runtime takes them
+    (uint8 pixels or floats in [0, 1]); it is mapped into ``input_range``, the pixel
+    range the model itself takes (default (0, 1); (-1, 1) for diffusers'
+    ``AutoencoderKL``, recognised from the object). ``output_range`` is the range its
+    decoder returns (default (0, 1)). The ONNX files compute exactly what the model
+    computes, in its own ranges; model.json records them and the runtime maps images
+    in and out. Latents may be flat [Z] or spatial [C, h, w]; a fully convolutional
+    model exports with dynamic height and width, verified at a second size.
+
     A model left in training mode is exported in eval mode (a note on stderr; its
     mode is restored after). Fails with VaefastError, leaving nothing at ``out``,
-    when fp32 max abs error against eager exceeds ``tolerance`` or the model cannot
-    be exported. ``pixel_scale``: integer inputs are divided by it at run time.
+    when fp32 max abs error against eager exceeds ``tolerance`` (default 1e-5, 1e-4
+    for latents of more than 1,000 values) or the model cannot be exported.
+    ``pixel_scale``: integer inputs are divided by it at run time.
     """
     import torch
 
@@ -220,11 +341,16 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
     check_new_output(out, force)
     if not isinstance(model, torch.nn.Module):
         raise VaefastError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    x = torch.as_tensor(np.asarray(example, np.float32) if not isinstance(example, torch.Tensor)
-                        else example).float()
-    if x.ndim < 2 or x.shape[0] < 2:
-        raise VaefastError(f"example must be a batch [B, *input_shape] with B >= 2, got shape "
-                           f"{list(x.shape)}")
+    known = diffusers_facts(model)
+    input_range = check_range(input_range or known.get("input_range") or (0.0, 1.0),
+                              "input_range")
+    bounded = output_range is not None or not known
+    output_range = check_range(output_range or known.get("output_range") or (0.0, 1.0),
+                               "output_range")
+    if decoder_output == "logits" and output_range != (0.0, 1.0):
+        raise VaefastError("decoder_output='logits' gets a sigmoid, so its output range is "
+                           "(0, 1); drop output_range")
+    x = _example(example, pixel_scale, input_range)
     input_shape = tuple(int(s) for s in x.shape[1:])
     was_training = model.training
     if was_training:
@@ -233,25 +359,33 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
     model.eval()
     try:
         enc, dec, encode, decode = halves(model, encode, decode, input_shape, decoder_output)
-        latent_dim = _probe(encode, decode, x, input_shape, decoder_output)
-        meta = _model_json(input_shape, latent_dim, image_shape, pixel_scale, label_names,
-                           decoder_output, training, architecture,
-                           weights_sha256 or sha256_state(model), int8, fp16)
+        with _quiet():
+            probe = _probe(encode, decode, x, input_shape, decoder_output, output_range,
+                           bounded)
+        latent_values = int(np.prod(probe.latent_shape))
+        tolerance = tolerance if tolerance is not None else \
+            (TOLERANCE if latent_values <= LARGE_LATENT else LARGE_LATENT_TOLERANCE)
+        meta = _model_json(input_shape, probe, image_shape, pixel_scale, label_names,
+                           decoder_output, input_range, output_range, not bounded,
+                           known.get("latent_scaling"), training, architecture or
+                           known.get("architecture"), weights_sha256 or sha256_state(model),
+                           int8, fp16)
         with atomic_dir(out, force=force) as tmp, _quiet():
-            _export_onnx(enc, dec, x, tmp, meta)
+            _export_onnx(enc, dec, x, tmp, meta, probe.multiple is not None)
             write_json(tmp / runtime.MODEL_JSON, meta)
             report = {"tolerance": tolerance,
-                      "fp32": _verify_fp32(enc, dec, tmp, x.numpy(), seed)}
+                      "fp32": _verify_fp32(enc, dec, tmp, x.numpy(), seed, probe)}
             worst = report["fp32"]["max_abs"]
             if not worst <= tolerance:
                 raise VaefastError(f"export failed verification: fp32 max abs error "
                                    f"{worst:.3g} exceeds {tolerance:g}")
             reference = runtime.load(tmp, providers="cpu", spin=False)
+            images = _unit(x.numpy(), input_range)
             for name, wanted in (("int8", int8), ("fp16", fp16)):
                 if wanted:
                     variants.write(tmp, name)
                     candidate = runtime.load(tmp, providers="cpu", variant=name, spin=False)
-                    report[name] = variants.agreement(reference, candidate, x.numpy(), name)
+                    report[name] = variants.agreement(reference, candidate, images, name)
                     if not report[name]["meets_target"]:
                         print(f"warning: the {name} encoder keeps kNN@10 overlap "
                               f"{report[name]['knn10_overlap_vs_fp32']:.3f} < "
@@ -261,6 +395,59 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
     finally:
         model.train(was_training)
     return report
+
+
+def check_range(value, name: str) -> tuple[float, float]:
+    """A (lo, hi) pixel range with lo < hi, or a one-line error."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise VaefastError(f"{name} must be two numbers (lo, hi), got {value!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise VaefastError(f"{name} ({lo:g}, {hi:g}): lo must be below hi")
+    return lo, hi
+
+
+def _example(example, pixel_scale: float, input_range: tuple[float, float]):
+    """The example batch as float32 in the model's input range (a torch tensor)."""
+    import torch
+
+    array = example.detach().cpu().numpy() if isinstance(example, torch.Tensor) else \
+        np.asarray(example)
+    if array.ndim < 2 or array.shape[0] < 2:
+        raise VaefastError(f"example must be a batch [B, *input_shape] with B >= 2, got shape "
+                           f"{list(array.shape)}")
+    if array.dtype.kind not in "uif":
+        raise VaefastError(f"example has dtype {array.dtype}; pass uint8 pixels or floats")
+    check_pixels(array, pixel_scale, "example")  # images as the runtime takes them
+    unit = array / np.float32(pixel_scale) if array.dtype.kind in "ui" else array
+    lo, hi = input_range
+    return torch.from_numpy(np.ascontiguousarray(unit * (hi - lo) + lo, np.float32))
+
+
+def _unit(x: np.ndarray, input_range: tuple[float, float]) -> np.ndarray:
+    """Model-range inputs back to [0, 1] images (for the runtime's agreement checks)."""
+    lo, hi = input_range
+    return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def diffusers_facts(model) -> dict[str, Any]:
+    """What vaefast knows of a diffusers autoencoder (``AutoencoderKL`` and its kin),
+    recognised by class without importing diffusers: its pixel ranges ((-1, 1), the
+    decoder unclamped), its config's ``scaling_factor`` / ``shift_factor``. Empty for
+    other models."""
+    cls = type(model)
+    if not (cls.__module__.startswith("diffusers.") and cls.__name__.startswith("AutoencoderKL")):
+        return {}
+    config = dict(getattr(model, "config", {}) or {})
+    return {"input_range": (-1.0, 1.0), "output_range": (-1.0, 1.0),
+            "latent_scaling": {"scaling_factor": config.get("scaling_factor"),
+                               "shift_factor": config.get("shift_factor"),
+                               "note": "latents for a diffusion model are (z - shift_factor) "
+                                       "* scaling_factor, z ~ the posterior"},
+            "architecture": {"diffusers": cls.__name__,
+                             "config": {k: v for k, v in config.items()
+                                        if not k.startswith("_")}}}
 
 
 @contextlib.contextmanager
@@ -355,29 +542,98 @@ def _read_state(path: Path, model) -> dict:
     return state
 
 
-def export_module(target: str, out: str | os.PathLike, *, input_shape: tuple[int, ...],
-                  weights: str | os.PathLike | None = None, data: str | None = None,
-                  decoder_output: str = "probs", int8: bool = False, fp16: bool = False,
-                  force: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Export the model ``file.py:function`` builds, verified on ``data``'s test split
-    (laid out as ``input_shape``) or, without data, on seeded uniform random inputs."""
+def _verification_inputs(data: str | None, input_shape: tuple[int, ...], seed: int,
+                         n: int = 256) -> dict[str, Any]:
+    """export_vae's example and data facts: ``data``'s test split laid out as
+    ``input_shape``, or ``n`` seeded uniform random images in [0, 1]."""
     from vaefast import data as data_mod
 
+    if data is None:
+        return {"example": np.random.default_rng(seed).random((n, *input_shape),
+                                                               dtype=np.float32)}
+    ds = data_mod.load(data)
+    return {"example": arrange(ds.X_test, input_shape, ds.image_shape),
+            "label_names": ds.label_names, "pixel_scale": ds.scale,
+            "image_shape": ds.image_shape, "training": {"data": data}}
+
+
+def export_module(target: str, out: str | os.PathLike, *, input_shape: tuple[int, ...],
+                  weights: str | os.PathLike | None = None, data: str | None = None,
+                  decoder_output: str = "probs", input_range: tuple[float, float] | None = None,
+                  output_range: tuple[float, float] | None = None, int8: bool = False,
+                  fp16: bool = False, force: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Export the model ``file.py:function`` builds, verified on ``data``'s test split
+    (laid out as ``input_shape``) or, without data, on seeded uniform random inputs."""
     check_new_output(Path(out), force)
     model = load_module(target, weights)
-    input_shape = tuple(int(s) for s in input_shape)
-    label_names, scale, image_shape, training = None, 255.0, None, None
-    if data is not None:
-        ds = data_mod.load(data)
-        example = arrange(ds.X_test, input_shape, ds.image_shape)
-        label_names, scale, image_shape = ds.label_names, ds.scale, ds.image_shape
-        training = {"data": data}
-    else:
-        example = np.random.default_rng(seed).random((256, *input_shape), dtype=np.float32)
-    return export_vae(model, out, example=example, decoder_output=decoder_output,
-                      label_names=label_names, int8=int8, fp16=fp16, force=force, seed=seed,
-                      pixel_scale=scale, image_shape=image_shape, training=training,
-                      architecture={"module": target})
+    inputs = _verification_inputs(data, tuple(int(s) for s in input_shape), seed)
+    return export_vae(model, out, decoder_output=decoder_output, input_range=input_range,
+                      output_range=output_range, int8=int8, fp16=fp16, force=force,
+                      seed=seed, architecture={"module": target}, **inputs)
+
+
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def load_diffusers(folder: str | os.PathLike):
+    """A diffusers ``AutoencoderKL`` from a local ``save_pretrained`` folder (config.json
+    + safetensors weights; a pipeline folder's ``vae/`` is found too). Nothing is
+    downloaded and no pickle is read. Returns (model, weights path)."""
+    folder = Path(folder)
+    if (folder / "vae" / "config.json").is_file() and not (folder / "config.json").is_file():
+        folder = folder / "vae"
+    if not folder.is_dir():
+        raise VaefastError(f"--diffusers {folder}: no such folder")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise VaefastError(f"--diffusers {folder}: no config.json; expected a folder written "
+                           "by AutoencoderKL.save_pretrained")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as e:
+        raise VaefastError(f"{config_path}: not readable JSON ({_first_line(e)})") from None
+    cls = config.get("_class_name") if isinstance(config, dict) else None
+    if cls != "AutoencoderKL":
+        raise VaefastError(f"--diffusers {folder}: config.json describes {cls or 'no class'}, "
+                           "not an AutoencoderKL")
+    weights = folder / DIFFUSERS_WEIGHTS
+    if not weights.is_file():
+        pickled = sorted(p.name for p in folder.glob("*.bin"))
+        hint = f" ({', '.join(pickled)} is a pickle, which vaefast never loads)" if pickled \
+            else ""
+        raise VaefastError(f"--diffusers {folder}: no {DIFFUSERS_WEIGHTS}{hint}")
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError:
+        raise VaefastError("--diffusers needs diffusers: pip install 'vaefast[diffusers]'") \
+            from None
+    try:
+        with _quiet():
+            model = AutoencoderKL.from_pretrained(str(folder), local_files_only=True,
+                                                  use_safetensors=True)
+    except Exception as e:
+        raise VaefastError(f"--diffusers {folder}: cannot load the AutoencoderKL "
+                           f"({type(e).__name__}: {_first_line(e)})") from None
+    return model.eval(), weights
+
+
+def export_diffusers(folder: str | os.PathLike, out: str | os.PathLike, *,
+                     input_shape: tuple[int, ...] | None = None, data: str | None = None,
+                     n_examples: int = 8, int8: bool = False, fp16: bool = False,
+                     force: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Export a local diffusers ``AutoencoderKL`` folder: pixel ranges (-1, 1), the
+    example size from its config's ``sample_size`` (``input_shape`` overrides), its
+    ``scaling_factor`` / ``shift_factor`` recorded; verified on ``data``'s test split or
+    on ``n_examples`` seeded random images."""
+    check_new_output(Path(out), force)
+    model, weights = load_diffusers(folder)
+    if input_shape is None:
+        side = model.config.sample_size
+        h, w = (side, side) if isinstance(side, int) else tuple(side)
+        input_shape = (int(model.config.in_channels), int(h), int(w))
+    inputs = _verification_inputs(data, tuple(int(s) for s in input_shape), seed, n_examples)
+    return export_vae(model, out, int8=int8, fp16=fp16, force=force, seed=seed,
+                      weights_sha256=sha256_file(weights), **inputs)
 
 
 def load_eager(exported_dir: str | os.PathLike):
@@ -410,31 +666,44 @@ def load_eager(exported_dir: str | os.PathLike):
     return model.eval()
 
 
-def _model_json(input_shape, latent_dim: int, image_shape, pixel_scale: float, label_names,
-                decoder_output: str, training, architecture, weights_sha: str, int8: bool,
+def _model_json(input_shape, probe: Probe, image_shape, pixel_scale: float, label_names,
+                decoder_output: str, input_range, output_range, unbounded: bool,
+                latent_scaling, training, architecture, weights_sha: str, int8: bool,
                 fp16: bool) -> dict[str, Any]:
-    shape = list(input_shape)
+    shape, latent = list(input_shape), list(probe.latent_shape)
     names = ["fp32"] + [n for n, wanted in (("int8", int8), ("fp16", fp16)) if wanted]
     display = display_shape(input_shape, image_shape)
+    dynamic = probe.multiple is not None
+    x_dims = ["batch", shape[0], "height", "width"] if dynamic else ["batch", *shape]
+    z_dims = ["batch", latent[0], "height / multiple", "width / multiple"] if dynamic \
+        else ["batch", *latent]
     meta = {
         "format": FORMAT,
         "input_shape": shape,
         "input_dim": int(np.prod(shape)),
-        "latent_dim": latent_dim,
+        "latent_shape": latent,
+        "latent_dim": int(np.prod(latent)),
         "input_layout": "NCHW" if len(shape) == 3 else "flat",
         "image_shape": list(display) if display else None,
+        "size": {"dynamic": dynamic, "multiple": probe.multiple, "note": probe.why,
+                 "example": shape[1:] if len(shape) == 3 else None},
         "pixel_scale": float(pixel_scale),
-        "pixel_scaling": "integer inputs are divided by pixel_scale; float inputs are "
-                         "taken as already in [0, 1]",
+        "input_range": list(input_range),
+        "output_range": list(output_range),
+        "output_unbounded": unbounded,
+        "pixel_scaling": "the ONNX encoder takes x in input_range and the decoder returns "
+                         "x_hat in output_range, as the model does; vaefast.runtime maps "
+                         "uint8 pixels (divided by pixel_scale) or floats in [0, 1] into "
+                         "input_range, and decoded images back to [0, 1]"
+                         + (" (clipped: the decoder is not bounded)" if unbounded else ""),
         "decoder_output": decoder_output,
-        "decoder_note": "x_hat is in [0, 1]" + (" (a sigmoid of the decoder's logits, "
-                                                "added in the graph)"
-                                                if decoder_output == "logits" else ""),
+        "decoder_note": "x_hat is in output_range" + (" (a sigmoid of the decoder's logits, "
+                                                      "added in the graph)"
+                                                      if decoder_output == "logits" else ""),
+        "latent_scaling": latent_scaling,
         "label_names": label_names,
-        "encoder": {"inputs": {"x": ["batch", *shape]},
-                    "outputs": {"mu": ["batch", latent_dim], "logvar": ["batch", latent_dim]}},
-        "decoder": {"inputs": {"z": ["batch", latent_dim]},
-                    "outputs": {"x_hat": ["batch", *shape]}},
+        "encoder": {"inputs": {"x": x_dims}, "outputs": {"mu": z_dims, "logvar": z_dims}},
+        "decoder": {"inputs": {"z": z_dims}, "outputs": {"x_hat": x_dims}},
         "variants": {n: dict(zip(("encoder", "decoder"), variants.model_files(n)))
                      for n in names},
         "opset": OPSET,
@@ -448,35 +717,37 @@ def _model_json(input_shape, latent_dim: int, image_shape, pixel_scale: float, l
     return meta
 
 
-def _export_onnx(enc, dec, x, folder: Path, meta: dict) -> None:
+def _export_onnx(enc, dec, x, folder: Path, meta: dict, dynamic_size: bool) -> None:
     import torch
 
-    batch = torch.export.Dim("batch", min=1)
     # a Normal's argument checks are data-dependent branches torch.export cannot trace
     validate = torch.distributions.Distribution._validate_args
     torch.distributions.Distribution.set_default_validate_args(False)
     try:
-        _export_halves(enc, dec, x, folder, meta, batch)
+        _export_halves(enc, dec, x, folder, meta, dynamic_size)
     finally:
         torch.distributions.Distribution.set_default_validate_args(validate)
 
 
-def _export_halves(enc, dec, x, folder: Path, meta: dict, batch) -> None:
+def _export_halves(enc, dec, x, folder: Path, meta: dict, dynamic_size: bool) -> None:
     import onnx
     import torch
+    from torch.export import Dim
 
     props = {f"vaefast.{k}": json.dumps(v) for k, v in meta.items() if k != "weights_sha256"}
     props[runtime.SHA_KEY] = meta["weights_sha256"]
-    z = torch.zeros(x.shape[0], meta["latent_dim"])
+    axes = {0: Dim("batch", min=1)}
+    if dynamic_size:  # the exporter infers the size constraints the convolutions need
+        axes |= {2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
+    with torch.no_grad():
+        z = enc(x)[0]
     for module, name, ins, outs, example in ((enc, "encoder", ["x"], ["mu", "logvar"], x),
                                              (dec, "decoder", ["z"], ["x_hat"], z)):
+        dynamic_shapes = {ins[0]: axes if example.ndim == 4 else {0: axes[0]}}
         try:
-            program = torch.onnx.export(module, (example,), input_names=ins,
-                                        output_names=outs, dynamic_shapes={ins[0]: {0: batch}},
-                                        dynamo=True, opset_version=OPSET, external_data=False,
-                                        verbose=False)
+            program = _to_onnx(module, example, ins, outs, dynamic_shapes)
         except Exception as e:
-            raise _exporter_error(e, module, example, {ins[0]: {0: batch}}) from None
+            raise _exporter_error(e, module, example, dynamic_shapes) from None
         proto = program.model_proto
         proto.doc_string = f"vaefast {name}: {ins[0]} -> {', '.join(outs)}"
         onnx.helper.set_model_props(proto, props)
@@ -485,11 +756,39 @@ def _export_halves(enc, dec, x, folder: Path, meta: dict, batch) -> None:
         onnx.checker.check_model(str(path), full_check=True)
 
 
-def _verify_fp32(enc, dec, folder: Path, X: np.ndarray, seed: int) -> dict[str, Any]:
+def _to_onnx(module, example, ins, outs, dynamic_shapes):
+    """torch.onnx.export (dynamo) with a dynamic batch axis. A model whose Python code
+    branches on the batch size (diffusers' upsampler calls ``.contiguous()`` from batch
+    64 on) makes torch.export refuse an unbounded named axis; the axis is then left for
+    the exporter to bound (``Dim.DYNAMIC``): such branches are no-ops in ONNX, and the
+    verification runs batches 1 to 4,096 through the result."""
+    import torch
+    from torch.export import Dim
+
+    def run(shapes):
+        return torch.onnx.export(module, (example,), input_names=ins, output_names=outs,
+                                 dynamic_shapes=shapes, dynamo=True, opset_version=OPSET,
+                                 external_data=False, verbose=False)
+
+    try:
+        return run(dynamic_shapes)
+    except Exception as e:
+        text = "\n".join(str(x) for x in (e, e.__cause__, e.__context__) if x)
+        if "Constraints violated (batch)" not in text:
+            raise
+    return run({k: v | {0: Dim.DYNAMIC} for k, v in dynamic_shapes.items()})
+
+
+def _verify_fp32(enc, dec, folder: Path, X: np.ndarray, seed: int,
+                 probe: Probe) -> dict[str, Any]:
+    """ONNX Runtime against eager on the example, on random batches, and (fully
+    convolutional models) at a second image size; inputs in the model's own range, fed
+    to the bare sessions."""
     import torch
 
     vae = runtime.load(folder, providers="cpu", spin=False)
     rng = np.random.default_rng(seed)
+    lo, hi = vae.input_range
 
     def compare(x: np.ndarray, z: np.ndarray | None = None):
         """Errors of ORT against eager on x (and on z, default: the eager μ of x)."""
@@ -497,26 +796,35 @@ def _verify_fp32(enc, dec, folder: Path, X: np.ndarray, seed: int) -> dict[str, 
             mu, logvar = (t.numpy() for t in enc(torch.from_numpy(x)))
             z = mu if z is None else z
             x_hat = dec(torch.from_numpy(z)).numpy()
-        o_mu, o_logvar = vae.encode(x)
+        o_mu, o_logvar = vae.encoder_session.run(None, {"x": x})
+        o_x_hat = vae.decoder_session.run(None, {"z": z})[0]
         errors = {"n": len(x), "mu": max_errors(o_mu, mu),
-                  "logvar": max_errors(o_logvar, logvar),
-                  "x_hat": max_errors(vae.decode(z), x_hat)}
+                  "logvar": max_errors(o_logvar, logvar), "x_hat": max_errors(o_x_hat, x_hat)}
         return errors, mu, o_mu
 
     example, mu_eager, mu_onnx = compare(np.ascontiguousarray(X, np.float32))
-    example["knn10_overlap"] = knn_overlap(mu_onnx, mu_eager, min(10, len(X) - 1))
+    flat = (len(X), -1)
+    example["knn10_overlap"] = knn_overlap(mu_onnx.reshape(flat), mu_eager.reshape(flat),
+                                           min(10, len(X) - 1))
     random = {}
     for b in CHECK_BATCHES:
-        if b > 256 and b * vae.input_dim > CHECK_VALUES:
+        if b > 7 and b * vae.input_dim > CHECK_VALUES:
             continue
-        x = rng.random((b, *vae.input_shape), dtype=np.float32)
-        z = rng.standard_normal((b, vae.latent_dim), dtype=np.float32)
+        x = (rng.random((b, *vae.input_shape), dtype=np.float32) * np.float32(hi - lo)
+             + np.float32(lo))
+        z = rng.standard_normal((b, *vae.latent_shape), dtype=np.float32)
         random[str(b)] = compare(x, z)[0]
     parts = [example, *random.values()]
+    result = {"test_split": example, "random": random}
+    if probe.second_size is not None:
+        size = probe.second_size
+        x = (rng.random((2, vae.input_shape[0], *size), dtype=np.float32) * np.float32(hi - lo)
+             + np.float32(lo))
+        result["second_size"] = compare(x)[0] | {"size": list(size)}
+        parts.append(result["second_size"])
     worst = max(p[k]["max_abs"] for p in parts for k in ("mu", "logvar", "x_hat"))
     worst_rel = max(p[k]["max_rel"] for p in parts for k in ("mu", "logvar", "x_hat"))
-    return {"test_split": example, "random": random, "max_abs": worst, "max_rel": worst_rel,
-            "providers": vae.providers}
+    return result | {"max_abs": worst, "max_rel": worst_rel, "providers": vae.providers}
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -9,6 +9,13 @@ Three shapes meet here:
 - the *display* ``image_shape``: ``[H, W]`` (grey) or ``[H, W, C]`` (colour), what
   matplotlib draws.
 
+Spatial sizes: a fully convolutional model takes any height and width that are
+multiples of its ``size_multiple``; :func:`input_shape_for` gives the input shape for
+samples of another size, or one line saying why they cannot go in.
+
+Pixel values follow one rule for every command (:func:`check_pixels`): integers in
+[0, pixel scale], floats finite and in [0, 1].
+
 Everything here is numpy only, shared by training (torch) and the runtime (no torch).
 """
 
@@ -19,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vaefast.errors import VaefastError
+from vaefast.errors import BadRows, VaefastError
 
 CHANNELS = (1, 3, 4)  # channel counts recognised in image arrays (grey, RGB, RGBA)
 
@@ -113,3 +120,56 @@ def to_display(X: np.ndarray, input_shape: Sequence[int],
     if shape is None or int(np.prod(shape)) != int(np.prod(X.shape[1:])):
         return X.reshape(X.shape[0], 1, -1)
     return X.reshape(X.shape[0], *shape)
+
+
+def input_shape_for(sample_shape: Sequence[int], input_shape: Sequence[int],
+                    multiple: int | None) -> tuple[int, ...]:
+    """The [C, H', W'] a model of ``input_shape`` [C, H, W] takes for samples stored as
+    ``sample_shape`` ([C, H', W'], [H', W', C], or [H', W'] when grey) when it accepts
+    any size that is a multiple of ``multiple``; ``input_shape`` itself when the model
+    has a fixed size or the samples have its size. A size it cannot take is an error
+    naming the sizes it can."""
+    target, got = _shape(input_shape), _shape(sample_shape)
+    if not multiple or len(target) != 3 or got == target:
+        return target
+    c = target[0]
+    if len(got) == 3 and got[0] == c and got[1:] != (c,) * 2:
+        size = got[1:]
+    elif len(got) == 3 and got[2] == c:
+        size = got[:2]
+    elif len(got) == 2 and c == 1:
+        size = got
+    else:
+        return target  # not images of this model's channels: arrange() names the shapes
+    if any(s < multiple or s % multiple for s in size):
+        raise VaefastError(f"inputs are {size[0]}x{size[1]} images; this model takes heights "
+                           f"and widths that are multiples of {multiple} (e.g. "
+                           f"{target[1]}x{target[2]})")
+    return (c, *size)
+
+
+def check_pixels(X: np.ndarray, scale: float = 255.0, name: str = "inputs") -> None:
+    """The one pixel rule: integers in [0, ``scale``], floats finite and in [0, 1].
+
+    Raises :class:`vaefast.errors.BadRows` naming the first bad row (NaN or inf, or values
+    outside the range). Costs a min and a max over X; uint8 with scale 255 is free.
+    """
+    kind = X.dtype.kind
+    if kind == "u" and X.dtype.itemsize == 1 and scale >= 255:
+        return
+    hi_ok = float(scale) if kind in "ui" else 1.0
+    if X.size == 0:
+        return
+    lo, hi = X.min(), X.max()
+    if lo >= 0 and hi <= hi_ok:  # False for NaN
+        return
+    flat = X.reshape(X.shape[0], -1)
+    if kind == "f" and not np.isfinite(hi + lo):
+        row = int(np.flatnonzero(~np.isfinite(flat).all(axis=1))[0])
+        raise BadRows(f"{name}: NaN or inf at row {row}; clean the data first", row,
+                      "NaN or inf")
+    row = int(np.flatnonzero(((flat < 0) | (flat > hi_ok)).any(axis=1))[0])
+    expected = f"integer pixels in [0, {scale:g}]" if kind in "ui" else \
+        "floats in [0, 1] (or uint8 pixels)"
+    raise BadRows(f"{name}: values span [{lo}, {hi}], first out of range at row {row}; "
+                  f"expected {expected}", row, f"values outside [0, {hi_ok:g}]")

@@ -7,7 +7,13 @@
 
 Inputs may come in any layout ``vaefast.layout.arrange`` accepts: flat or image-shaped
 for MLP models; [N, C, H, W], channels-last [N, H, W, C] (or [N, H, W] when grey) for
-convolutional ones.
+convolutional ones; a fully convolutional export takes any height and width that are
+multiples of its ``size_multiple``. Latents are [N, *latent_shape]: [N, Z] or spatial
+[N, C, h, w].
+
+The ONNX files compute what the model computes, in the model's own pixel ranges
+(model.json ``input_range`` / ``output_range``, e.g. [-1, 1]); this wrapper maps uint8
+or [0, 1] images into the input range and decoded images back to [0, 1] for display.
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from vaefast.atomic import read_json
-from vaefast.errors import VaefastError
-from vaefast.layout import arrange, describe, to_display
+from vaefast.errors import BadRows, VaefastError
+from vaefast.layout import arrange, check_pixels, describe, input_shape_for, to_display
 from vaefast.variants import model_files
 
 MODEL_JSON = "model.json"
@@ -73,8 +79,12 @@ class ExportedVAE:
         self.encoder_session, self.decoder_session = encoder, decoder
         self.input_shape = input_shape(meta)
         self.input_dim = int(np.prod(self.input_shape))
-        self.latent_dim = int(meta["latent_dim"])
+        self.latent_shape = latent_shape(meta)
+        self.latent_dim = int(np.prod(self.latent_shape))
         self.pixel_scale = float(meta["pixel_scale"])
+        self.input_range = tuple(float(v) for v in meta.get("input_range") or (0.0, 1.0))
+        self.output_range = tuple(float(v) for v in meta.get("output_range") or (0.0, 1.0))
+        self.size_multiple = size_multiple(meta)
         shape = meta.get("image_shape")
         self.image_shape = tuple(shape) if shape else None
         self.label_names = meta.get("label_names")
@@ -83,9 +93,10 @@ class ExportedVAE:
         self._device_outputs: dict[tuple, Any] = {}
 
     def __repr__(self) -> str:
+        size = f", size_multiple={self.size_multiple}" if self.size_multiple else ""
         return (f"ExportedVAE({str(self.folder)!r}, variant={self.variant!r}, "
-                f"input_shape={list(self.input_shape)}, Z={self.latent_dim}, "
-                f"providers={self.providers})")
+                f"input_shape={list(self.input_shape)}, latent_shape="
+                f"{list(self.latent_shape)}{size}, providers={self.providers})")
 
     @property
     def providers(self) -> list[str]:
@@ -95,7 +106,8 @@ class ExportedVAE:
     # --- inputs ---------------------------------------------------------------------------
 
     def check_inputs(self, X: np.ndarray) -> np.ndarray:
-        """Validate inputs and lay them out as [N, *input_shape] (uint8 pixels or floats)."""
+        """Validate inputs' layout and lay them out as [N, *input_shape] (uint8 pixels or
+        floats; for a fully convolutional model, of any size it takes)."""
         if isinstance(X, np.ndarray) and X.shape[1:] == self.input_shape \
                 and X.dtype.kind in "uif":
             return X  # the common case, kept cheap: batch-1 calls take ~20 µs in all
@@ -105,7 +117,24 @@ class ExportedVAE:
         if X.ndim < 2:
             raise VaefastError(f"inputs have shape {list(X.shape)}; this model expects "
                                f"{describe(self.input_shape)}")
-        return arrange(X, self.input_shape, self.image_shape)
+        target = input_shape_for(X.shape[1:], self.input_shape, self.size_multiple)
+        return arrange(X, target, self.image_shape)
+
+    def latent_shape_for(self, sample_shape) -> tuple[int, ...]:
+        """The latent shape of one input of ``sample_shape`` (as the model takes it)."""
+        sample_shape = tuple(sample_shape)
+        if not self.size_multiple or sample_shape == self.input_shape:
+            return self.latent_shape
+        m = self.size_multiple
+        return (self.latent_shape[0], sample_shape[1] // m, sample_shape[2] // m)
+
+    def output_shape_for(self, z_shape) -> tuple[int, ...]:
+        """The decoded shape of one latent of ``z_shape``."""
+        z_shape = tuple(z_shape)
+        if not self.size_multiple or z_shape == self.latent_shape:
+            return self.input_shape
+        m = self.size_multiple
+        return (self.input_shape[0], z_shape[1] * m, z_shape[2] * m)
 
     def images(self, X: np.ndarray) -> np.ndarray:
         """Inputs or decoder outputs as displayable images in [0, 1]: [N, H, W] (grey) or
@@ -113,12 +142,36 @@ class ExportedVAE:
         X = self.check_inputs(X)
         if X.dtype.kind in "ui":
             X = X / np.float32(self.pixel_scale)
-        return to_display(np.asarray(X, np.float32), self.input_shape, self.image_shape)
+        shape = X.shape[1:]
+        return to_display(np.asarray(X, np.float32), shape,
+                          self.image_shape if shape == self.input_shape else None)
 
-    def _to_float(self, chunk: np.ndarray) -> np.ndarray:
+    def _to_model(self, chunk: np.ndarray) -> np.ndarray:
+        """uint8 pixels or [0, 1] floats (checked by the one pixel rule) -> float32 in the
+        model's input range."""
+        check_pixels(chunk, self.pixel_scale)
+        lo, hi = self.input_range
         if chunk.dtype.kind in "ui":
-            return np.multiply(chunk, np.float32(1.0 / self.pixel_scale), dtype=np.float32)
-        return np.ascontiguousarray(chunk, dtype=np.float32)
+            x = np.multiply(chunk, np.float32((hi - lo) / self.pixel_scale), dtype=np.float32)
+        elif (lo, hi) == (0.0, 1.0):
+            return np.ascontiguousarray(chunk, dtype=np.float32)
+        else:
+            x = np.multiply(chunk, np.float32(hi - lo), dtype=np.float32)
+        if lo:
+            x += np.float32(lo)
+        return x
+
+    def _to_display(self, x_hat: np.ndarray) -> np.ndarray:
+        """Decoder outputs in the model's output range -> [0, 1] (clipped, as diffusers'
+        image processor does; a no-op for a sigmoid decoder)."""
+        lo, hi = self.output_range
+        if (lo, hi) == (0.0, 1.0) and not self.meta.get("output_unbounded"):
+            return x_hat
+        if lo:
+            x_hat -= np.float32(lo)
+        if hi - lo != 1.0:
+            x_hat *= np.float32(1.0 / (hi - lo))
+        return np.clip(x_hat, 0.0, 1.0, out=x_hat)
 
     # --- running --------------------------------------------------------------------------
 
@@ -132,8 +185,9 @@ class ExportedVAE:
         binding = session.io_binding()
         binding.bind_cpu_input(name, x)
         for out in outputs:
-            shape = (self.latent_dim,) if out != "x_hat" else self.input_shape
-            key = (id(session), out, x.shape[0])
+            shape = self.latent_shape_for(x.shape[1:]) if out != "x_hat" else \
+                self.output_shape_for(x.shape[1:])
+            key = (id(session), out, x.shape)
             if key not in self._device_outputs:
                 self._device_outputs[key] = ort.OrtValue.ortvalue_from_shape_and_type(
                     [x.shape[0], *shape], np.float32, "cuda", 0)
@@ -142,57 +196,81 @@ class ExportedVAE:
         return binding.copy_outputs_to_cpu()
 
     def encode(self, X: np.ndarray, batch_size: int = DEFAULT_BATCH) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior means and log-variances, each [N, Z] float32, in batches of ``batch_size``.
+        """Posterior means and log-variances, each [N, *latent_shape] float32, in batches
+        of ``batch_size``.
 
-        NaN or inf are caught where they matter, in the outputs (a check over N x Z values,
-        not a pass over every input value); the error then says whether the inputs held
-        them.
+        Inputs are uint8 pixels or floats in [0, 1] (the one pixel rule; a NaN, inf or
+        out-of-range value is an error naming its row), mapped into the model's input
+        range. NaN or inf in the outputs from finite inputs are an error too.
         """
         X = self.check_inputs(X)
         n = X.shape[0]
         if n <= _check_batch(batch_size):  # one batch: hand ONNX Runtime's arrays back as-is
-            x = X if X.dtype == np.float32 and X.flags.c_contiguous else self._to_float(X)
+            x = self._to_model(X)
             if self.on_gpu:
                 mu, logvar = self._run(self.encoder_session, "x", x, self._ENCODER_OUT)
             else:  # the hot path: a few µs of Python around session.run, no more
                 mu, logvar = self._encoder_run(self._ENCODER_OUT, {"x": x})
             if not math.isfinite(mu.sum() + logvar.sum()):
-                _check_finite((mu, logvar), x, "inputs")
+                _check_finite((mu, logvar))
             return mu, logvar
-        mu = np.empty((n, self.latent_dim), np.float32)
-        logvar = np.empty((n, self.latent_dim), np.float32)
+        shape = self.latent_shape_for(X.shape[1:])
+        mu = np.empty((n, *shape), np.float32)
+        logvar = np.empty((n, *shape), np.float32)
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            x = self._to_float(X[start:stop])
+            try:
+                x = self._to_model(X[start:stop])
+            except BadRows as e:  # the row counted from the start of X
+                raise BadRows(str(e).replace(f"row {e.row}", f"row {start + e.row}"),
+                              start + e.row, e.reason) from None
             m, lv = self._run(self.encoder_session, "x", x, self._ENCODER_OUT)
             if not math.isfinite(m.sum() + lv.sum()):
-                _check_finite((m, lv), x, "inputs")
+                _check_finite((m, lv))
             mu[start:stop], logvar[start:stop] = m, lv
         return mu, logvar
 
     _ENCODER_OUT = ["mu", "logvar"]
 
-    def decode(self, Z: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
-        """Decoded x_hat [N, *input_shape] float32 in [0, 1] from latents Z [N, Z]."""
+    def check_latents(self, Z: np.ndarray) -> np.ndarray:
+        """Latents as [N, *latent_shape] (flat [N, Z] rows are reshaped; a fully
+        convolutional model takes [N, C, h, w] of any size it can decode)."""
         Z = np.asarray(Z)
-        if Z.ndim != 2 or Z.shape[1] != self.latent_dim or Z.dtype.kind not in "iuf":
-            raise VaefastError(f"latents have shape {Z.shape} and dtype {Z.dtype}; this model "
-                               f"expects float [N, {self.latent_dim}]")
+        shape = tuple(Z.shape[1:])
+        ok = Z.dtype.kind in "iuf" and Z.ndim >= 2
+        if ok and shape != self.latent_shape:
+            if shape == (self.latent_dim,):
+                Z = Z.reshape(Z.shape[0], *self.latent_shape)
+            elif not (self.size_multiple and len(shape) == 3 and
+                      shape[0] == self.latent_shape[0] and min(shape[1:]) >= 1):
+                ok = False
+        if not ok:
+            raise VaefastError(f"latents have shape {list(Z.shape)} and dtype {Z.dtype}; "
+                               f"this model expects float {describe(self.latent_shape)}")
+        return Z
+
+    def decode(self, Z: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """Decoded images [N, *input_shape] float32 in [0, 1] (mapped from the model's
+        output range) from latents [N, *latent_shape]."""
+        Z = self.check_latents(Z)
         n = Z.shape[0]
-        out = np.empty((n, *self.input_shape), np.float32)
+        out = np.empty((n, *self.output_shape_for(Z.shape[1:])), np.float32)
         for start in range(0, n, _check_batch(batch_size)):
             stop = min(start + batch_size, n)
             z = np.ascontiguousarray(Z[start:stop], dtype=np.float32)
             if not _all_finite(z):  # N x Z values: cheap
                 raise VaefastError("latents contain NaN or inf")
-            out[start:stop] = self._run(self.decoder_session, "z", z, ["x_hat"])[0]
+            out[start:stop] = self._to_display(
+                self._run(self.decoder_session, "z", z, ["x_hat"])[0])
         return out
 
     def sample_z(self, n: int, seed: int = 0) -> np.ndarray:
-        """``n`` draws of z ~ N(0, I), [n, Z] float32, from numpy's seeded generator."""
+        """``n`` draws of z ~ N(0, I), [n, *latent_shape] float32, from numpy's seeded
+        generator."""
         if n < 1:
             raise VaefastError(f"number of samples must be >= 1, got {n}")
-        return np.random.default_rng(seed).standard_normal((n, self.latent_dim), np.float32)
+        return np.random.default_rng(seed).standard_normal((n, *self.latent_shape),
+                                                           np.float32)
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
         """Decoded z ~ N(0, I): [n, *input_shape]; mu and sigma are bypassed entirely."""
@@ -203,13 +281,11 @@ class ExportedVAE:
         return self.decode(self.encode(X, batch_size)[0], batch_size)
 
 
-def _check_finite(outputs, inputs: np.ndarray, what: str) -> None:
-    """Raise when an output holds NaN or inf, saying whether the inputs did."""
-    if all(_all_finite(o) for o in outputs):
-        return
-    if not _all_finite(inputs):
-        raise VaefastError(f"{what} contain NaN or inf; clean them first")
-    raise VaefastError("the model produced NaN or inf from finite inputs (overflow?)")
+def _check_finite(outputs) -> None:
+    """Raise when an output holds NaN or inf (the inputs passed the pixel rule, so they
+    were finite)."""
+    if not all(_all_finite(o) for o in outputs):
+        raise VaefastError("the model produced NaN or inf from finite inputs (overflow?)")
 
 
 def _all_finite(x: np.ndarray) -> bool:
@@ -256,6 +332,19 @@ def input_shape(meta: dict[str, Any]) -> tuple[int, ...]:
     return tuple(int(s) for s in meta.get("input_shape") or [meta["input_dim"]])
 
 
+def latent_shape(meta: dict[str, Any]) -> tuple[int, ...]:
+    """The latent shape of one input at the export's example size (model.json
+    ``latent_shape``; ``[latent_dim]`` for exports written before it existed)."""
+    return tuple(int(s) for s in meta.get("latent_shape") or [meta["latent_dim"]])
+
+
+def size_multiple(meta: dict[str, Any]) -> int | None:
+    """For a fully convolutional export, the multiple its heights and widths must be
+    (model.json ``size``); None for a fixed-size model."""
+    size = meta.get("size") or {}
+    return int(size["multiple"]) if size.get("dynamic") else None
+
+
 def _check_io(session, path: Path, meta: dict, inputs: dict[str, tuple],
               outputs: dict[str, tuple]) -> None:
     for kind, declared, actual in (("inputs", inputs, session.get_inputs()),
@@ -265,7 +354,9 @@ def _check_io(session, path: Path, meta: dict, inputs: dict[str, tuple],
             raise VaefastError(f"{path}: {kind} {sorted(got)} do not match model.json "
                                f"{sorted(declared)}; wrong model file?")
         for name, shape in declared.items():
-            if len(got[name]) != len(shape) + 1 or tuple(got[name][1:]) != shape:
+            dims = got[name][1:]  # a dynamic height or width is a name, not a number
+            if len(dims) != len(shape) or any(isinstance(g, int) and g != d
+                                              for g, d in zip(dims, shape)):
                 raise VaefastError(f"{path}: {name} has shape {got[name]}, model.json "
                                    f"declares [batch, {', '.join(map(str, shape))}]; wrong "
                                    "model file?")
@@ -290,7 +381,7 @@ def load(exported_dir: str | os.PathLike, providers: str | list[str] = "auto",
     enc_file, dec_file = model_files(variant)
     chain = _resolve_providers(providers)
     options = session_options(threads, spin)
-    D, Z = input_shape(meta), (int(meta["latent_dim"]),)
+    D, Z = input_shape(meta), latent_shape(meta)
     sessions = []
     for name, ins, outs in ((enc_file, {"x": D}, {"mu": Z, "logvar": Z}),
                             (dec_file, {"z": Z}, {"x_hat": D})):

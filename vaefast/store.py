@@ -1,7 +1,8 @@
 """The embedding store: one zarr group per ``vaefast embed`` run.
 
-Layout (``OUT.zarr``): ``mu``, ``logvar`` [N, Z] float32 and ``labels`` [N] int64 when
-known, chunked by rows; ``tsne`` [N, 2] float32 when asked for (plus ``tsne_reference``
+Layout (``OUT.zarr``): ``mu``, ``logvar`` [N, *latent_shape] (flat [N, Z] or spatial
+[N, C, h, w]; float32, or float16 when asked for) and ``labels`` [N] int64 when known,
+chunked by rows and compressed (zarr's default codec); ``tsne`` [N, 2] float32 when asked for (plus ``tsne_reference``
 and ``tsne_reference_index`` when it was mapped from a sample); ``_progress/encoded``
 and ``_progress/placed``, one marker per row chunk, each its own zarr chunk (written
 atomically by zarr) and written only after that chunk's data. The group attribute
@@ -40,18 +41,23 @@ def is_store(path: str | os.PathLike) -> bool:
     return (_attrs(Path(path)) or {}).get("format") == FORMAT
 
 
-def create(out: Path, attrs: dict[str, Any], n: int, latent_dim: int, chunk_rows: int,
-           labels=None, tsne: bool = False, force: bool = False) -> None:
+DTYPES = ("float32", "float16")  # what mu and logvar may be stored as
+
+
+def create(out: Path, attrs: dict[str, Any], n: int, latent_shape: tuple[int, ...],
+           chunk_rows: int, labels=None, tsne: bool = False, force: bool = False,
+           dtype: str = "float32") -> None:
     """Write an empty store at ``out`` (atomically; replacing ``out`` only with force)."""
     import zarr
 
     rows = min(chunk_rows, n)
     n_chunks = -(-n // chunk_rows)
+    latent_shape = tuple(int(s) for s in latent_shape)
     with atomic_dir(out, force=force) as tmp:
         group = zarr.open_group(str(tmp), mode="a")
         for name in ("mu", "logvar"):
-            group.create_array(name, shape=(n, latent_dim), chunks=(rows, latent_dim),
-                               dtype="float32", fill_value=0.0)
+            group.create_array(name, shape=(n, *latent_shape), chunks=(rows, *latent_shape),
+                               dtype=dtype, fill_value=0.0)
         if labels is not None:
             group.create_array("labels", shape=(n,), chunks=(rows,), dtype="int64",
                                fill_value=0)[:] = labels
@@ -65,8 +71,9 @@ def create(out: Path, attrs: dict[str, Any], n: int, latent_dim: int, chunk_rows
         group.attrs["vaefast"] = {"format": FORMAT, **attrs, "complete": False}
 
 
-def open_or_create(out: Path, attrs: dict[str, Any], n: int, latent_dim: int,
-                   chunk_rows: int, labels=None, tsne: bool = False, force: bool = False):
+def open_or_create(out: Path, attrs: dict[str, Any], n: int, latent_shape: tuple[int, ...],
+                   chunk_rows: int, labels=None, tsne: bool = False, force: bool = False,
+                   dtype: str = "float32"):
     """Reopen the store at ``out`` to resume it, or create it; return the zarr group.
 
     A path holding anything but a vaefast store is never touched; a store started with
@@ -87,8 +94,16 @@ def open_or_create(out: Path, attrs: dict[str, Any], n: int, latent_dim: int,
                                "to replace)")
         replace = bool(differ)
     if replace or not out.exists():
-        create(out, attrs, n, latent_dim, chunk_rows, labels, tsne, force=replace)
+        create(out, attrs, n, latent_shape, chunk_rows, labels, tsne, force=replace, dtype=dtype)
     return zarr.open_group(str(out), mode="r+")
+
+
+def remove(out: Path) -> None:
+    """Delete a vaefast store (and nothing else): for a run whose input can never finish."""
+    import shutil
+
+    if is_store(out):
+        shutil.rmtree(out)
 
 
 def mark_complete(group) -> None:

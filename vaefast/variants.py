@@ -113,7 +113,7 @@ def agreement(reference, candidate, X: np.ndarray, name: str) -> dict[str, Any]:
 
     mu32 = reference.encode(X)[0]
     mu = candidate.encode(X)[0]
-    overlap = knn_overlap(mu, mu32, 10)
+    overlap = knn_overlap(mu.reshape(len(mu), -1), mu32.reshape(len(mu), -1), 10)
     wanted = variant(name).min_overlap
     errors = max_errors(mu, mu32)
     return {"mu_rel_error": errors["max_rel"], "mu_max_abs_error": errors["max_abs"],
