@@ -118,3 +118,74 @@ def train_briefly(model: ConvBNVAE, images, steps: int = 30, seed: int = 0) -> C
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+class TanhVAE(nn.Module):
+    """A CelebA conv VAE written as the popular PyTorch VAE collections write it (their
+    ``VanillaVAE``): 64x64 RGB in [-1, 1], stride-2 convs with BatchNorm + LeakyReLU, a
+    Linear after them (so one fixed size), ``encode`` returning a *list*, a decoder ending
+    in ``Tanh``. Smaller widths than theirs, so the tests stay quick."""
+
+    def __init__(self, latent: int = 16, hidden=(16, 32, 64, 64, 64)):
+        super().__init__()
+        layers, c = [], 3
+        for h in hidden:
+            layers += [nn.Conv2d(c, h, 3, 2, 1), nn.BatchNorm2d(h), nn.LeakyReLU()]
+            c = h
+        self.encoder = nn.Sequential(*layers)
+        self.fc_mu = nn.Linear(hidden[-1] * 4, latent)
+        self.fc_var = nn.Linear(hidden[-1] * 4, latent)
+        self.decoder_input = nn.Linear(latent, hidden[-1] * 4)
+        up = []
+        back = list(reversed(hidden))
+        for a, b in zip(back, back[1:]):
+            up += [nn.ConvTranspose2d(a, b, 3, 2, 1, output_padding=1), nn.BatchNorm2d(b),
+                   nn.LeakyReLU()]
+        self.decoder = nn.Sequential(*up)
+        self.final_layer = nn.Sequential(
+            nn.ConvTranspose2d(back[-1], back[-1], 3, 2, 1, output_padding=1),
+            nn.BatchNorm2d(back[-1]), nn.LeakyReLU(), nn.Conv2d(back[-1], 3, 3, padding=1),
+            nn.Tanh())
+        self.last = hidden[-1]
+
+    def encode(self, x):
+        h = torch.flatten(self.encoder(x), start_dim=1)
+        return [self.fc_mu(h), self.fc_var(h)]
+
+    def decode(self, z):
+        h = self.decoder_input(z).view(-1, self.last, 2, 2)
+        return self.final_layer(self.decoder(h))
+
+
+def train_tanh_briefly(model: TanhVAE, images, steps: int = 20, seed: int = 0) -> TanhVAE:
+    """A few Adam steps on [-1, 1] images (MSE + KL, as that collection trains it)."""
+    import numpy as np
+
+    torch.manual_seed(seed)
+    x_all = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float()
+    x_all = x_all / 127.5 - 1.0
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for step in range(steps):
+        x = x_all[(step * 32) % len(x_all):][:32]
+        mu, logvar = model.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        loss = nn.functional.mse_loss(model.decode(z), x) - 1e-4 * torch.mean(
+            torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def small_autoencoder_kl(channels: int = 3, side: int = 32, seed: int = 0):
+    """A diffusers AutoencoderKL with the SD layout scaled down (two blocks, 4 latent
+    channels, a mid-block with attention), random weights."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(in_channels=channels, out_channels=channels,
+                         down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2,
+                         block_out_channels=(16, 32), layers_per_block=1, latent_channels=4,
+                         norm_num_groups=8, sample_size=side).eval()

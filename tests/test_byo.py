@@ -202,7 +202,7 @@ def test_plot_all_draws_rgb_views_without_torch(exported, images, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["7", "False"]
+    assert out.stdout.split() == ["8", "False"]
 
     import matplotlib
 

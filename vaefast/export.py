@@ -450,12 +450,24 @@ def diffusers_facts(model) -> dict[str, Any]:
                                         if not k.startswith("_")}}}
 
 
+_TORCH_LOGGERS = ("torch.onnx", "torch._guards", "torch._dynamo", "torch.export",
+                  "torch.fx.experimental.symbolic_shapes")  # chatty while exporting
+
+
 @contextlib.contextmanager
 def _quiet():
+    """No warnings or exporter logs on the user's terminal (failures become one line)."""
+    loggers = [logging.getLogger(name) for name in _TORCH_LOGGERS]
+    levels = [lg.level for lg in loggers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        yield
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
 
 
 def export(run_dir: str | os.PathLike, out: str | os.PathLike, *, int8: bool = False,

@@ -51,11 +51,29 @@ class Latents:
 
     @property
     def sigma(self) -> np.ndarray:
+        """Posterior σ = exp(½ log σ²), shaped like μ."""
         return np.exp(0.5 * self.logvar)
 
     @property
     def z(self) -> int:
-        return self.vae.latent_dim
+        """Values per latent (Z, or C·h·w for spatial latents)."""
+        return int(np.prod(self.mu.shape[1:]))
+
+    @property
+    def spatial(self) -> bool:
+        """True for spatial latents [N, C, h, w] (latent-diffusion autoencoders)."""
+        return self.mu.ndim == 4
+
+    @property
+    def flat_mu(self) -> np.ndarray:
+        """μ as [N, Z] rows (spatial latents flattened)."""
+        return self.mu.reshape(len(self.mu), -1)
+
+    def describe(self) -> str:
+        """What one μ is, for titles: "20-D" or "4×8×8 = 256-D (flattened)"."""
+        if not self.spatial:
+            return f"{self.z}-D"
+        return "×".join(map(str, self.mu.shape[1:])) + f" = {self.z}-D (flattened)"
 
     @classmethod
     def from_store(cls, vae: runtime.ExportedVAE, path: str | os.PathLike,
@@ -71,8 +89,9 @@ class Latents:
             raise VaefastError(f"{path} was embedded with another model than {vae.folder}")
         keys = set(group.array_keys())
         lat = cls(vae, _RowReader(open_source(attrs["input"]["spec"])),
-                  group["labels"][:] if "labels" in keys else None, group["mu"][:],
-                  group["logvar"][:], seed)
+                  group["labels"][:] if "labels" in keys else None,
+                  np.asarray(group["mu"][:], np.float32),
+                  np.asarray(group["logvar"][:], np.float32), seed)
         if "tsne" in keys:
             lat._positions["tsne"] = group["tsne"][:].astype(np.float64)
         return lat
@@ -84,21 +103,21 @@ class Latents:
     def positions(self, method: str = "tsne") -> tuple[np.ndarray, str]:
         """2-D positions of μ and a title saying what they are."""
         if self.z == 2:
-            return self.mu.astype(np.float64), "2-D posterior means μ, plotted directly"
+            return self.flat_mu.astype(np.float64), "2-D posterior means μ, plotted directly"
         if method not in self._positions:
             if method == "pca":
                 from sklearn.decomposition import PCA
 
-                pos = PCA(2, random_state=self.seed).fit_transform(self.mu)
+                pos = PCA(2, random_state=self.seed).fit_transform(self.flat_mu)
             elif method == "tsne":
                 from vaefast.tsne import map_points
 
-                pos = map_points(self.mu, seed=self.seed, n_jobs=self.threads)
+                pos = map_points(self.flat_mu, seed=self.seed, n_jobs=self.threads)
             else:
                 raise VaefastError(f"unknown method {method!r}; use tsne or pca")
             self._positions[method] = pos
         name = "exact t-SNE" if method == "tsne" else "PCA"
-        return self._positions[method], f"{name} of {self.z}-D posterior means μ"
+        return self._positions[method], f"{name} of {self.describe()} posterior means μ"
 
 
 class _RowReader:
@@ -182,12 +201,13 @@ def latent(lat: Latents, method: str = "tsne", thumbnails: int = 0):
 
 def uncertainty(lat: Latents, method: str = "tsne", ellipses: int = 200, examples: int = 8):
     """σ as uncertainty: ±σ ellipses around μ (Z=2) or positions colored by mean σ (Z>2),
-    with the most and least certain inputs."""
+    with the most and least certain inputs; for spatial latents, each of those inputs
+    with its σ map (mean σ over channels per latent pixel) over it."""
     from matplotlib.patches import Ellipse
 
     pos, what = lat.positions(method)
     sigma = lat.sigma
-    mean_sigma = sigma.mean(axis=1)
+    mean_sigma = sigma.reshape(len(sigma), -1).mean(axis=1)
     fig = _figure(figsize=(8, 9))[0]
     fig.clf()
     grid = fig.add_gridspec(3, examples, height_ratios=[6, 1, 1])
@@ -203,20 +223,64 @@ def uncertainty(lat: Latents, method: str = "tsne", ellipses: int = 200, example
     else:
         points = ax.scatter(pos[:, 0], pos[:, 1], c=mean_sigma, s=4, cmap="magma_r", lw=0,
                             rasterized=True)
-        fig.colorbar(points, ax=ax, label=f"mean σ over the {lat.z} latent dimensions")
+        fig.colorbar(points, ax=ax, label=f"mean σ over the {lat.z} latent values")
         ax.set_title(f"{what}, colored by mean posterior σ (position from μ only)",
                      fontsize=10)
     order = np.argsort(mean_sigma)
+    maps = sigma.mean(axis=1) if lat.spatial else None  # [N, h, w]
+    shown = maps[np.concatenate([order[:examples], order[-examples:]])] if lat.spatial \
+        else None
+    low, top = (float(shown.min()), float(shown.max())) if lat.spatial else (None, None)
     for row, (rows, label) in enumerate(((order[:examples], "most certain (smallest σ)"),
                                          (order[::-1][:examples], "least certain (largest σ)"))):
         for k, r in enumerate(rows):
             axi = fig.add_subplot(grid[row + 1, k])
-            _imshow(axi, lat.images(np.array([r]))[0], "gray_r")
+            image = lat.images(np.array([r]))[0]
+            _imshow(axi, image, "gray_r")
+            if maps is not None:  # σ map upsampled over the image (nearest, as h×w cells)
+                axi.imshow(maps[r], cmap="magma_r", alpha=0.55, vmin=low, vmax=top,
+                           extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5),
+                           interpolation="nearest", gid="sigma-map")
             axi.set_xticks([])
             axi.set_yticks([])
             axi.set_xlabel(f"σ̄={mean_sigma[r]:.2f}", fontsize=7)
             if k == 0:
                 axi.set_ylabel(label.split(" (")[0], fontsize=7)
+    if maps is not None:
+        fig.text(0.5, 0.005, "overlay: σ map of each input (mean σ over the "
+                 f"{lat.mu.shape[1]} latent channels per latent pixel, upsampled over the "
+                 f"image; shared colour scale {low:.3g}–{top:.3g})", ha="center", fontsize=8)
+    return fig
+
+
+def channels(lat: Latents, examples: int = 4):
+    """μ's channels as images beside their input (spatial latents); for flat latents,
+    each input's μ as a strip of its Z values."""
+    rows = _subsample(len(lat.mu), examples, lat.seed)
+    n_cols = 1 + (lat.mu.shape[1] if lat.spatial else 1)
+    fig, axes = _figure(len(rows), n_cols, figsize=(1.8 * n_cols + 1, 1.9 * len(rows)),
+                        squeeze=False)
+    limit = float(np.abs(lat.mu[rows]).max()) or 1.0
+    images = lat.images(rows)
+    for i, r in enumerate(rows):
+        _imshow(axes[i, 0], images[i], "gray_r")
+        axes[i, 0].set_ylabel(f"input {r}", fontsize=8)
+        maps = lat.mu[r] if lat.spatial else lat.mu[r][None, None, :]
+        for c, m in enumerate(maps):
+            shown = axes[i, c + 1].imshow(m, cmap="RdBu_r", vmin=-limit, vmax=limit,
+                                          interpolation="nearest", aspect="auto"
+                                          if not lat.spatial else "equal")
+            if i == 0:
+                axes[i, c + 1].set_title(f"μ channel {c}" if lat.spatial
+                                         else f"μ (Z={lat.z})", fontsize=8)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.colorbar(shown, ax=axes[:, 1:].ravel().tolist(), shrink=0.8, label="μ")
+    what = (f"each input beside its {lat.mu.shape[1]} μ channels "
+            f"({lat.mu.shape[2]}×{lat.mu.shape[3]} latent pixels each)") if lat.spatial \
+        else f"each input beside its μ as a strip of {lat.z} values"
+    fig.suptitle(f"{what}; shared colour scale ±{limit:.2f}", fontsize=9)
     return fig
 
 
@@ -235,7 +299,7 @@ def samples(vae: runtime.ExportedVAE, n: int = 64, seed: int = 0, embed: bool = 
     else:
         from vaefast.tsne import map_points
 
-        pos = map_points(z, seed=seed)
+        pos = map_points(z.reshape(n, -1), seed=seed)
         what = f"exact t-SNE of the {vae.latent_dim}-D z"
     fig, ax = _figure(figsize=(7, 7))
     ax.scatter(pos[:, 0], pos[:, 1], s=0)
@@ -245,41 +309,56 @@ def samples(vae: runtime.ExportedVAE, n: int = 64, seed: int = 0, embed: bool = 
 
 
 def latent_kl(lat: Latents) -> np.ndarray:
-    """Mean KL(q(z_d|x) || N(0, 1)) per latent dimension over the inputs, in nats."""
+    """Mean KL(q(z_d|x) || N(0, 1)) per latent value over the inputs, in nats, shaped
+    like one latent."""
     return 0.5 * np.mean(lat.mu ** 2 + np.exp(lat.logvar) - lat.logvar - 1.0, axis=0)
 
 
 def manifold(lat: Latents, n: int = 20, dims: tuple[int, int] | None = None, index: int = 0):
     """Decoded grid over the prior's quantiles: the whole plane for Z=2, else a traversal
-    of two dimensions (default: the two with the highest KL) around one input's μ."""
+    of two dimensions (default: the two with the highest KL) around one input's μ; for
+    spatial latents, two channels shifted as a whole."""
     from scipy.stats import norm
 
     vae = lat.vae
     grid = norm.ppf(np.linspace(0.05, 0.95, n))
-    if vae.latent_dim == 2:
-        dims, base = (0, 1), np.zeros(2, np.float32)
+    kl = latent_kl(lat)
+    axes_kl = kl.reshape(kl.shape[0], -1).mean(axis=1) if lat.spatial else kl
+    count, unit = (len(axes_kl), "channel") if lat.spatial else (vae.latent_dim, "dimension")
+    if lat.z == 2:
+        dims, base = (0, 1), np.zeros(lat.mu.shape[1:], np.float32)
         what = "decoded z over a grid of N(0, I) quantiles (norm.ppf of 0.05..0.95)"
     else:
         if dims is None:
-            dims = tuple(int(d) for d in np.argsort(latent_kl(lat))[::-1][:2])
+            dims = tuple(int(d) for d in np.argsort(axes_kl)[::-1][:2])
         if not (0 <= index < len(lat.mu)):
             raise VaefastError(f"input index {index} out of range (0..{len(lat.mu) - 1})")
-        if len(set(dims)) != 2 or not all(0 <= d < vae.latent_dim for d in dims):
-            raise VaefastError(f"dims {dims} must be two distinct dimensions in "
-                               f"0..{vae.latent_dim - 1}")
+        if len(set(dims)) != 2 or not all(0 <= d < count for d in dims):
+            raise VaefastError(f"dims {dims} must be two distinct {unit}s in 0..{count - 1}")
         base = lat.mu[index].copy()
-        what = (f"decoded traversal of z[{dims[0]}], z[{dims[1]}] over N(0, 1) quantiles, "
-                f"the other {vae.latent_dim - 2} dims fixed at μ of input {index}")
-    z = np.repeat(base[None, :], n * n, axis=0)
+        if lat.spatial:
+            what = (f"decoded μ of input {index} with latent channels {dims[0]} and "
+                    f"{dims[1]} shifted as a whole by N(0, 1) quantiles")
+        else:
+            what = (f"decoded traversal of z[{dims[0]}], z[{dims[1]}] over N(0, 1) "
+                    f"quantiles, the other {vae.latent_dim - 2} dims fixed at μ of input "
+                    f"{index}")
+    z = np.repeat(base[None], n * n, axis=0)
     yy, xx = np.meshgrid(grid[::-1], grid, indexing="ij")
-    z[:, dims[0]], z[:, dims[1]] = xx.ravel(), yy.ravel()
+    if lat.spatial:
+        z[:, dims[0]] += xx.ravel()[:, None, None].astype(np.float32)
+        z[:, dims[1]] += yy.ravel()[:, None, None].astype(np.float32)
+    else:
+        z[:, dims[0]], z[:, dims[1]] = xx.ravel(), yy.ravel()
     images = vae.images(vae.decode(z))
     fig, ax = _figure(figsize=(7, 7))
     _imshow(ax, make_grid(images, nrow=n, padding=0))
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_xlabel(f"z[{dims[0]}]: {grid[0]:.2f} → {grid[-1]:.2f}")
-    ax.set_ylabel(f"z[{dims[1]}]: {grid[0]:.2f} → {grid[-1]:.2f}")
+    name = "channel " if lat.spatial else "z["
+    close = "" if lat.spatial else "]"
+    ax.set_xlabel(f"{name}{dims[0]}{close}: {grid[0]:+.2f} → {grid[-1]:+.2f}")
+    ax.set_ylabel(f"{name}{dims[1]}{close}: {grid[0]:+.2f} → {grid[-1]:+.2f}")
     ax.set_title(what, fontsize=9)
     return fig
 
@@ -296,7 +375,11 @@ def reconstructions(lat: Latents, n: int = 10):
 
 
 def diagnostics(lat: Latents, active_threshold: float = 0.01):
-    """Per-dimension KL and active units, σ per dimension, mean σ per class."""
+    """Per-dimension KL and active units, σ per dimension, mean σ per class; for spatial
+    latents, per-channel statistics of μ and the scaling factor that would give the
+    latents unit variance beside the recorded one."""
+    if lat.spatial:
+        return _spatial_diagnostics(lat)
     kl = latent_kl(lat)
     activity = lat.mu.var(axis=0)  # Cov_x(E[z_d | x]) (Burda et al., 2016)
     active = activity > active_threshold
@@ -327,6 +410,45 @@ def diagnostics(lat: Latents, active_threshold: float = 0.01):
     return fig
 
 
+def unit_variance_scale(lat: Latents) -> float:
+    """The factor that gives z ~ q(z|x) unit variance over these inputs, as latent
+    diffusion's ``scaling_factor`` is chosen: 1 / sqrt(Var[μ] + E[σ²]) (total variance)."""
+    return float(1.0 / np.sqrt(lat.mu.var(dtype=np.float64) +
+                               np.mean(np.exp(lat.logvar), dtype=np.float64)))
+
+
+def _spatial_diagnostics(lat: Latents):
+    per_channel = lat.mu.transpose(1, 0, 2, 3).reshape(lat.mu.shape[1], -1)
+    sigma = lat.sigma.transpose(1, 0, 2, 3).reshape(lat.mu.shape[1], -1)
+    channels_ = np.arange(len(per_channel))
+    fig, axes = _figure(1, 3, figsize=(15, 4))
+    axes[0].errorbar(channels_, per_channel.mean(axis=1), yerr=per_channel.std(axis=1),
+                     fmt="o", capsize=4)
+    axes[0].axhline(0.0, color="gray", lw=0.8)
+    axes[0].set_title("μ per latent channel: mean ± std over inputs and latent pixels",
+                      fontsize=9)
+    axes[0].set_xlabel("latent channel")
+    axes[0].set_xticks(channels_)
+    axes[1].boxplot(list(sigma), positions=channels_, showfliers=False)
+    axes[1].set_title("posterior σ per latent channel", fontsize=9)
+    axes[1].set_xlabel("latent channel")
+    axes[1].set_ylabel("σ")
+    measured = unit_variance_scale(lat)
+    recorded = (lat.vae.meta.get("latent_scaling") or {}).get("scaling_factor")
+    names, values = ["unit variance\n(these inputs)"], [measured]
+    if recorded is not None:
+        names.append("recorded\n(model config)")
+        values.append(float(recorded))
+    axes[2].bar(names, values, color=["tab:blue", "tab:gray"][:len(values)])
+    for k, v in enumerate(values):
+        axes[2].text(k, v, f"{v:.4g}", ha="center", va="bottom", fontsize=9)
+    axes[2].set_title("scaling factor: 1/√(Var[μ] + E[σ²]) over these inputs"
+                      + (" vs the recorded one" if recorded is not None else
+                         " (none recorded)"), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 @dataclass(frozen=True)
 class View:
     """One plot view: its function (Latents and options -> Figure) and its caption."""
@@ -351,9 +473,13 @@ VIEWS: dict[str, View] = {
     "reconstructions": View(lambda lat, **_: reconstructions(lat),
                             "Inputs over decode(μ(input)): what the model keeps of each "
                             "input."),
+    "channels": View(lambda lat, **_: channels(lat),
+                     "μ's channels as images beside their input (spatial latents); for flat "
+                     "latents, μ as a strip of its values."),
     "diagnostics": View(lambda lat, **_: diagnostics(lat),
                         "Per-dimension KL to the prior, active units, σ per dimension and "
-                        "per class."),
+                        "per class; for spatial latents, μ and σ per channel and the scaling "
+                        "factor that gives unit variance beside the recorded one."),
 }
 
 
