@@ -25,19 +25,20 @@ from pathlib import Path
 import numpy as np
 
 
-def inputs(part: str, batch: int, input_shape, latent_dim: int, seed: int) -> np.ndarray:
-    """The seeded inputs every worker gets: pixels in [0, 1] or z ~ N(0, I)."""
+def inputs(part: str, batch: int, input_shape, latent_shape, seed: int) -> np.ndarray:
+    """The seeded inputs every worker gets: pixels in [0, 1] or z ~ N(0, I) of the
+    model's latent shape."""
     rng = np.random.default_rng(seed)
     if part == "encoder":
         return rng.random((batch, *input_shape), dtype=np.float32)
-    return rng.standard_normal((batch, latent_dim), dtype=np.float32)
+    return rng.standard_normal((batch, *latent_shape), dtype=np.float32)
 
 
 def _runner(kind: str, folder: Path, threads: int, module: str | None):
     from vaefast import runtime
 
     meta = runtime.read_model_json(folder)
-    shape, z = runtime.input_shape(meta), int(meta["latent_dim"])
+    shape, z = runtime.input_shape(meta), runtime.latent_shape(meta)
     family, _, variant = kind.partition("-")
     if family == "eager":
         import torch

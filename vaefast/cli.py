@@ -214,8 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Export encoder.onnx (x -> mu, logvar) and decoder.onnx "
                                    "(z -> x_hat), verify them against the eager model, write "
                                    "model.json and export_report.json. The model is a run "
-                                   "folder from `vaefast train`, or your own: --module "
-                                   "my_vae.py:build_model --weights W --input-shape 3,32,32.")
+                                   "folder from `vaefast train`, your own (--module "
+                                   "my_vae.py:build_model --weights W --input-shape 3,32,32), "
+                                   "or a local diffusers AutoencoderKL folder (--diffusers "
+                                   "DIR).")
     p.add_argument("run", nargs="?", default=None, help="run folder written by `vaefast train`")
     p.add_argument("--module", default=None, metavar="FILE.py:FUNCTION",
                    help="your own model: FUNCTION() returns a torch.nn.Module with "
@@ -337,10 +339,25 @@ INTERRUPTED = {"embed": "interrupted; the store keeps its finished chunks, run t
                         "command again to resume"}
 
 
+RANGE_FLAGS = ("--input-range", "--output-range")
+
+
+def _ranges_joined(argv: list[str]) -> list[str]:
+    """``--input-range -1,1`` as ``--input-range=-1,1``: argparse would take ``-1,1`` for
+    an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in RANGE_FLAGS and arg[:1] == "-" and arg[1:2].isdigit():
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vaefast`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_ranges_joined(sys.argv[1:] if argv is None else argv))
     try:
         args.func(args)
     except VaefastError as e:
