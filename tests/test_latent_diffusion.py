@@ -311,3 +311,18 @@ def test_embed_names_the_bad_row_and_leaves_no_store(tmp_path, bad, reason):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"{reason}" in result.stderr and "at row 4321" in result.stderr
     assert not out.exists()
+
+
+def test_dask_embed_of_spatial_latents_equals_the_single_process_path(kl_export, photos_npy,
+                                                                     tmp_path):
+    pytest.importorskip("distributed")
+    from vaefast.embedding import embed
+    from vaefast.store import open_embeddings
+
+    for name, options in (("serial", {}), ("dask", {"scheduler": "local", "workers": 2})):
+        embed(kl_export[0], str(photos_npy), tmp_path / f"{name}.zarr", chunk_rows=100,
+              dtype="float16", progress=False, **options)
+    a, b = open_embeddings(tmp_path / "serial.zarr"), open_embeddings(tmp_path / "dask.zarr")
+    assert a["mu"].shape == (400, 4, 16, 16) and a["mu"].dtype == np.float16
+    np.testing.assert_array_equal(a["mu"][:], b["mu"][:])
+    np.testing.assert_array_equal(a["logvar"][:], b["logvar"][:])
