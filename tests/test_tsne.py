@@ -45,6 +45,52 @@ def test_p_matches_sklearn(latent_means):
     assert (np.diag(P) == 0).all()
 
 
+@pytest.mark.parametrize("features", [2, 20, 784, 4096])
+@pytest.mark.parametrize("dense", [True, False])
+def test_p_matches_sklearn_at_any_dimension(features, dense):
+    """Few features: direct sums; many: BLAS GEMM blocks (scikit-learn's formula)."""
+    rng = np.random.default_rng(features)
+    X = (rng.random((300, features)) * rng.random(features) * 3).astype(np.float32)
+    aff = joint_probabilities(X, 30.0, max_dense_bytes=1 << 40 if dense else 0)
+    P = aff.to_dense()
+    ref = squareform(sklearn_p(X))
+    off = ~np.eye(len(ref), dtype=bool)
+    np.testing.assert_allclose(P[off], ref[off], rtol=1e-6)
+    assert (np.diag(P) == 0).all() and aff.dense == dense
+
+
+def test_squared_distances_follow_sklearn_euclidean_distances():
+    from vaefast.tsne.affinities import squared_distances, squared_norms
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(700, 300)).astype(np.float32)
+    X64 = X.astype(np.float64)
+    sq = squared_norms(X64)
+    ref = pairwise_distances(X, squared=True)
+    block = squared_distances(X64[100:400], sq[100:400], X64, sq, diagonal=100)
+    assert block.dtype == np.float32 and (block >= 0).all()
+    np.testing.assert_allclose(block, ref[100:400], rtol=1e-6)
+    assert (block[np.arange(300), np.arange(100, 400)] == 0).all()
+
+
+def test_transform_of_many_features_places_like_the_direct_path():
+    from vaefast.tsne import transform
+
+    rng = np.random.default_rng(0)
+    X = np.repeat(rng.normal(size=(4, 128)) * 4, 60, axis=0) + rng.normal(size=(240, 128))
+    X = X.astype(np.float32)
+    Y = TSNE(random_state=0, max_iter=300).fit(X[:200]).embedding_.astype(np.float64)
+    gemm = transform.place(X[200:], X[:200], Y)
+    threshold = transform.GEMM_MIN_FEATURES
+    try:
+        transform.GEMM_MIN_FEATURES = 10 ** 9
+        direct = transform.place(X[200:], X[:200], Y)
+    finally:
+        transform.GEMM_MIN_FEATURES = threshold
+    spread = np.ptp(Y, axis=0).max()
+    assert np.abs(gemm - direct).max() <= 1e-4 * spread
+
+
 def test_vectorizable_exp_and_log_match_numpy():
     from vaefast.tsne._vecmath import exp_nonpositive, log_positive
 

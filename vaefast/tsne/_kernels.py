@@ -163,15 +163,53 @@ def conditional_probabilities(XT, log_perplexity, beta, sum_p, row_total):
 
 
 @njit(parallel=True, cache=True)
-def conditional_probabilities_from_distances(D, log_perplexity, beta, sum_p, row_total):
-    """``conditional_probabilities`` from given squared distances D [N, N] (float32, as
-    scikit-learn rounds them)."""
-    n = D.shape[0]
-    for i in prange(n):
-        b, s = _search_beta(D[i], i, log_perplexity)
+def conditional_rows(D, first, log_perplexity, beta, sum_p, row_total):
+    """``conditional_probabilities`` of rows first .. first + len(D) from their squared
+    distances D [rows, N] (float32, as scikit-learn rounds them; row r skips column
+    first + r)."""
+    n = D.shape[1]
+    for r in prange(D.shape[0]):
+        i = first + r
+        b, s = _search_beta(D[r], i, log_perplexity)
         beta[i] = b
         sum_p[i] = s
-        row_total[i] = _conditional_row(D[i], i, b, s, np.empty(n))
+        row_total[i] = _conditional_row(D[r], i, b, s, np.empty(n))
+
+
+@njit(parallel=True, cache=True)
+def rows_from_packed(packed, first, out):
+    """Full rows first .. first + len(out) of a symmetric matrix with a zero diagonal,
+    from its packed upper triangle (float32)."""
+    rows, n = out.shape
+    for part in prange(BUILD_PARTS):
+        for j in range(part, n, BUILD_PARTS):
+            start_j = packed_start(j, n)
+            for r in range(rows):
+                i = first + r
+                if j > i:
+                    out[r, j] = packed[packed_start(i, n) + j - i - 1]
+                elif j < i:
+                    out[r, j] = packed[start_j + i - j - 1]
+                else:
+                    out[r, j] = 0.0
+
+
+@njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
+def joint_packed_in_place(P, beta, sum_p, total):
+    """Packed squared distances (float32) -> the packed joint P, in place:
+    max((p_j|i + p_i|j) / total, eps), as ``_joint_from`` computes each pair."""
+    n = beta.shape[0]
+    for part in prange(BUILD_PARTS):
+        for i in range(part, n - 1, BUILD_PARTS):
+            start = packed_start(i, n)
+            bi = beta[i]
+            si = sum_p[i]
+            for j in range(U64(i + 1), U64(n)):
+                k = start + j - U64(i + 1)
+                d = -np.float64(P[k])
+                pij = exp_nonpositive(d * bi) / si
+                pji = exp_nonpositive(d * beta[j]) / sum_p[j]
+                P[k] = np.float32(max((pij + pji) / total, MACHINE_EPSILON))
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
@@ -649,44 +687,61 @@ def _point_sums(p0, p1, y0, y1, prow):
     return sw, a0, a1, r0, r1
 
 
+@njit(cache=True)
+def _place_point(dist, y0, y1, i0, i1, log_perplexity, n_iter, learning_rate, exaggeration,
+                 momentum, max_grad_norm, min_gain):
+    """One new point, alone against the fixed reference embedding (y0, y1): a
+    perplexity-calibrated conditional P over all reference points from its squared
+    distances ``dist`` [N] float32 (the row sums to 1), then ``n_iter`` steps of gradient
+    descent with gains and momentum on exaggeration * attraction - repulsion / Z, with Z
+    its own normalizer and the gradient clipped to ``max_grad_norm`` (openTSNE's
+    transform semantics, computed exactly) from (i0, i1). Returns its position."""
+    prow = np.empty(dist.shape[0])
+    beta, sum_pi = _search_beta(dist, -1, log_perplexity)
+    _conditional_row(dist, -1, beta, sum_pi, prow)
+    p0 = i0
+    p1 = i1
+    u0 = 0.0
+    u1 = 0.0
+    g0s = 1.0
+    g1s = 1.0
+    for _ in range(n_iter):
+        sw, a0, a1, r0, r1 = _point_sums(p0, p1, y0, y1, prow)
+        g0 = exaggeration * a0 - r0 / sw
+        g1 = exaggeration * a1 - r1 / sw
+        norm = math.sqrt(g0 * g0 + g1 * g1)
+        if norm > max_grad_norm:
+            g0 *= max_grad_norm / norm
+            g1 *= max_grad_norm / norm
+        g0s = g0s + 0.2 if u0 * g0 < 0.0 else max(g0s * 0.8, min_gain)
+        g1s = g1s + 0.2 if u1 * g1 < 0.0 else max(g1s * 0.8, min_gain)
+        u0 = momentum * u0 - learning_rate * g0s * g0
+        u1 = momentum * u1 - learning_rate * g1s * g1
+        p0 += u0
+        p1 += u1
+    return p0, p1
+
+
 @njit(parallel=True, cache=True)
 def place_points(X_new, XT_ref, y0, y1, init, log_perplexity, n_iter, learning_rate,
                  exaggeration, momentum, max_grad_norm, min_gain, out):
-    """Optimize each new point alone against the fixed reference embedding (y0, y1).
-
-    Point k (row of X_new, float64) gets a perplexity-calibrated conditional P over all
-    reference points (XT_ref [D, N] float64; each row sums to 1), then ``n_iter`` steps
-    of gradient descent with gains and momentum on exaggeration * attraction -
-    repulsion / Z_k, with Z_k its own normalizer and the gradient clipped to
-    ``max_grad_norm`` (openTSNE's transform semantics, computed exactly).
-    """
-    m = X_new.shape[0]
+    """``_place_point`` for each row of X_new (float64), its distances to the reference
+    points (XT_ref [D, N] float64) summed over the features (few features)."""
     n = XT_ref.shape[1]
-    for k in prange(m):
+    for k in prange(X_new.shape[0]):
         dist = np.empty(n, np.float32)
-        prow = np.empty(n)
         _sq_distances(X_new[k], XT_ref, 0, dist, np.empty(DIST_BLOCK))
-        beta, sum_pi = _search_beta(dist, -1, log_perplexity)
-        _conditional_row(dist, -1, beta, sum_pi, prow)
-        p0 = init[k, 0]
-        p1 = init[k, 1]
-        u0 = 0.0
-        u1 = 0.0
-        g0s = 1.0
-        g1s = 1.0
-        for _ in range(n_iter):
-            sw, a0, a1, r0, r1 = _point_sums(p0, p1, y0, y1, prow)
-            g0 = exaggeration * a0 - r0 / sw
-            g1 = exaggeration * a1 - r1 / sw
-            norm = math.sqrt(g0 * g0 + g1 * g1)
-            if norm > max_grad_norm:
-                g0 *= max_grad_norm / norm
-                g1 *= max_grad_norm / norm
-            g0s = g0s + 0.2 if u0 * g0 < 0.0 else max(g0s * 0.8, min_gain)
-            g1s = g1s + 0.2 if u1 * g1 < 0.0 else max(g1s * 0.8, min_gain)
-            u0 = momentum * u0 - learning_rate * g0s * g0
-            u1 = momentum * u1 - learning_rate * g1s * g1
-            p0 += u0
-            p1 += u1
-        out[k, 0] = p0
-        out[k, 1] = p1
+        out[k, 0], out[k, 1] = _place_point(dist, y0, y1, init[k, 0], init[k, 1],
+                                            log_perplexity, n_iter, learning_rate,
+                                            exaggeration, momentum, max_grad_norm, min_gain)
+
+
+@njit(parallel=True, cache=True)
+def place_points_from_distances(D, y0, y1, init, log_perplexity, n_iter, learning_rate,
+                                exaggeration, momentum, max_grad_norm, min_gain, out):
+    """``_place_point`` for each row of given squared distances D [M, N] float32 (many
+    features: they come from a GEMM)."""
+    for k in prange(D.shape[0]):
+        out[k, 0], out[k, 1] = _place_point(D[k], y0, y1, init[k, 0], init[k, 1],
+                                            log_perplexity, n_iter, learning_rate,
+                                            exaggeration, momentum, max_grad_norm, min_gain)

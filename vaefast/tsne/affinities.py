@@ -2,6 +2,13 @@
 
 Squared Euclidean distances (rounded to float32), a per-point binary search for the
 precision that meets the perplexity, then P = max((P_cond + P_cond.T) / sum, eps).
+
+Distances of inputs with many features (``GEMM_MIN_FEATURES``) come as scikit-learn's
+``euclidean_distances`` computes them: |x|^2 + |y|^2 - 2 x.y in float64 through one BLAS
+GEMM per block of rows, clipped at 0, rounded to float32, the diagonal exactly 0 (a
+stored P computes each pair once, as the packed triangle). Fewer features keep the
+direct sum over features, which is faster there and which the recomputed (large-N)
+gradient shares bit for bit.
 P is kept as its packed upper triangle (float32, 2 N^2 bytes, its only N^2 array) while
 that fits ``max_dense_bytes`` (default: half of the memory available when it is built);
 past that only the per-point precisions and normalizers are kept (O(N)) and P's pairs
@@ -19,6 +26,8 @@ import numpy as np
 from vaefast.tsne.backends import DEFAULT, kernels
 
 FALLBACK_DENSE_BYTES = 1 << 30  # where the available memory cannot be read
+GEMM_MIN_FEATURES = 96  # from this many features, distances go through BLAS (RESULTS.md)
+GEMM_ROWS = 512  # rows per GEMM block (a [512, N] float64 block: 20 MB at N = 5,000)
 
 
 def available_bytes() -> int | None:
@@ -97,29 +106,89 @@ def _report(beta: np.ndarray, seconds: float, verbose: int) -> None:
 
 
 def joint_probabilities(X: np.ndarray, perplexity: float, max_dense_bytes: int | None = None,
-                        backend: str = DEFAULT, verbose: int = 0) -> Affinities:
+                        backend: str = DEFAULT, verbose: int = 0,
+                        n_jobs: int | None = None) -> Affinities:
     """P of scikit-learn's exact t-SNE for rows of X (float32 or float64), euclidean.
 
     The per-point precisions come first (O(N) memory); then, when the packed triangle's
     ``2 N^2`` bytes fit ``max_dense_bytes`` (default: half the available memory), P is
-    stored as float32 (the pairs the implicit path recomputes, bit for bit).
+    stored as float32. ``n_jobs``: BLAS threads for the distance GEMMs (default: numpy's).
     """
     t0 = time.perf_counter()
     k = kernels(backend)
-    XT = np.ascontiguousarray(np.asarray(X).T, dtype=np.float64)  # exact for float32 X
-    n = XT.shape[1]
+    X = np.asarray(X)
+    n = X.shape[0]
     budget = dense_budget() if max_dense_bytes is None else max_dense_bytes
     beta, sum_p, row_total = np.empty(n), np.empty(n), np.empty(n)
     # scikit-learn takes the log of the perplexity as a C float
     log_perplexity = math.log(float(np.float32(perplexity)))
-    k.conditional_probabilities(XT, log_perplexity, beta, sum_p, row_total)
-    total = max(2.0 * float(np.sum(row_total)), k.MACHINE_EPSILON)
     size = k.packed_size(n)
     P = np.empty(size if 4 * size <= budget else 0, P_DTYPE)
-    if P.size:
-        k.joint_packed(XT, beta, sum_p, total, P)
+    # X.T, float64 (exact for float32 X): what the recomputed pairs are summed from
+    XT = np.ascontiguousarray(X.T, dtype=np.float64) if not P.size or \
+        X.shape[1] < GEMM_MIN_FEATURES else np.empty((0, n))
+    if X.shape[1] >= GEMM_MIN_FEATURES and n > 1:
+        _gemm_affinities(np.ascontiguousarray(X, dtype=np.float64), log_perplexity, beta,
+                         sum_p, row_total, P, k, n_jobs)
+        total = max(2.0 * float(np.sum(row_total)), k.MACHINE_EPSILON)
+        if P.size:
+            k.joint_packed_in_place(P, beta, sum_p, total)
+    else:
+        k.conditional_probabilities(XT, log_perplexity, beta, sum_p, row_total)
+        total = max(2.0 * float(np.sum(row_total)), k.MACHINE_EPSILON)
+        if P.size:
+            k.joint_packed(XT, beta, sum_p, total, P)
     _report(beta, time.perf_counter() - t0, verbose)
     return Affinities(P, XT, beta, sum_p, total, backend)
+
+
+def squared_distances(A: np.ndarray, sq_a: np.ndarray, B: np.ndarray, sq_b: np.ndarray,
+                      diagonal: int | None = None) -> np.ndarray:
+    """Squared distances [len(A), len(B)] as scikit-learn's ``euclidean_distances``
+    computes them: ``sq_a_i + sq_b_j - 2 a_i . b_j`` in float64 (one BLAS GEMM), clipped
+    at 0, rounded to float32. A, B: float64 rows; sq_a, sq_b: their squared norms
+    (``squared_norms``). ``diagonal``: where A's row r is B's row r + diagonal (the same
+    point), the distance is exactly 0."""
+    d = A @ B.T
+    d *= -2.0
+    d += sq_a[:, None]
+    d += sq_b[None, :]
+    np.maximum(d, 0.0, out=d)
+    if diagonal is not None:
+        r = np.arange(max(0, -diagonal), min(len(A), len(B) - diagonal))
+        d[r, r + diagonal] = 0.0
+    return d.astype(np.float32)
+
+
+def squared_norms(X64: np.ndarray) -> np.ndarray:
+    """Squared row norms in float64, as scikit-learn's ``row_norms(squared=True)``."""
+    return np.einsum("ij,ij->i", X64, X64)
+
+
+def _gemm_affinities(X64, log_perplexity, beta, sum_p, row_total, P, k, n_jobs) -> None:
+    """Precisions (and, when P is stored, the packed squared distances in P) from GEMM
+    blocks. Stored: each pair once (blocks right of the diagonal), the full rows read
+    back from the triangle for the binary search; implicit: full rows per block."""
+    from threadpoolctl import threadpool_limits
+
+    n = X64.shape[0]
+    sq = squared_norms(X64)
+    blocks = [(i0, min(i0 + GEMM_ROWS, n)) for i0 in range(0, n, GEMM_ROWS)]
+    with threadpool_limits(limits=n_jobs, user_api="blas"):
+        if not P.size:
+            for i0, i1 in blocks:
+                rows = squared_distances(X64[i0:i1], sq[i0:i1], X64, sq, diagonal=i0)
+                k.conditional_rows(rows, i0, log_perplexity, beta, sum_p, row_total)
+            return
+        for i0, i1 in blocks:
+            d = squared_distances(X64[i0:i1], sq[i0:i1], X64[i0:], sq[i0:], diagonal=0)
+            for r in range(i1 - i0):
+                start = k.packed_start(i0 + r, n)
+                P[start:start + n - i0 - r - 1] = d[r, r + 1:]
+    rows = np.empty((GEMM_ROWS, n), np.float32)
+    for i0, i1 in blocks:
+        k.rows_from_packed(P, i0, rows[:i1 - i0])
+        k.conditional_rows(rows[:i1 - i0], i0, log_perplexity, beta, sum_p, row_total)
 
 
 def joint_probabilities_from_distances(distances: np.ndarray, perplexity: float,
@@ -131,8 +200,8 @@ def joint_probabilities_from_distances(distances: np.ndarray, perplexity: float,
     D = np.ascontiguousarray(distances, dtype=np.float32)
     n = D.shape[0]
     beta, sum_p, row_total = np.empty(n), np.empty(n), np.empty(n)
-    k.conditional_probabilities_from_distances(D, math.log(float(np.float32(perplexity))),
-                                               beta, sum_p, row_total)
+    k.conditional_rows(D, 0, math.log(float(np.float32(perplexity))), beta, sum_p,
+                       row_total)
     total = max(2.0 * float(np.sum(row_total)), k.MACHINE_EPSILON)
     P = np.empty(k.packed_size(n), P_DTYPE)
     k.joint_packed_from_distances(D, beta, sum_p, total, P)

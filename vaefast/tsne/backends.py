@@ -1,10 +1,12 @@
 """t-SNE kernel sets: the one place a second implementation (e.g. a GPU one) plugs in.
 
 A backend is a module of functions with the signatures of ``vaefast.tsne._kernels``:
-``conditional_probabilities(_from_distances)``, ``joint_packed(_from_distances)``,
-``packed_size`` (affinities), ``gradient_workspace``, ``p_log_p``, ``gradient_terms``,
-``descent_step`` (the objective) and ``place_points`` (transform). Affinities, the objective and transform call only these; the optimizer
-touches only the objective. Adding a backend is one module plus one entry here.
+``conditional_probabilities``, ``conditional_rows``, ``rows_from_packed``,
+``joint_packed(_from_distances)``, ``joint_packed_in_place``, ``packed_size``,
+``packed_start`` (affinities), ``gradient_workspace``, ``p_log_p``, ``gradient_terms``,
+``descent_step`` (the objective) and ``place_points(_from_distances)`` (transform).
+Affinities, the objective and transform call only these; the optimizer touches only the
+objective. Adding a backend is one module plus one entry here.
 """
 
 from __future__ import annotations

@@ -166,6 +166,10 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 raise VaefastError("init array contains NaN or inf")
         return X
 
+    def _blas_threads(self) -> int | None:
+        """BLAS threads for the distance GEMMs: ``n_jobs``, or numpy's default."""
+        return None if self.n_jobs in (None, -1) else int(self.n_jobs)
+
     def _affinities(self, X):
         """P for X under the chosen metric (the fast, memory-bounded path for dense
         euclidean input; scikit-learn's pairwise distances otherwise)."""
@@ -173,7 +177,7 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
         if self.metric == "euclidean" and not issparse(X):
             return joint_probabilities(X, self.perplexity, self.max_dense_bytes,
-                                       verbose=self.verbose)
+                                       verbose=self.verbose, n_jobs=self._blas_threads())
         from sklearn.metrics import pairwise_distances
 
         if self.metric == "precomputed":
@@ -318,4 +322,5 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         with numba_threads(self.n_jobs):
             return place(X_new, self._X_fit, self._Y_fit, perplexity=perplexity, k=k,
                          n_iter=n_iter, learning_rate=learning_rate, exaggeration=exaggeration,
-                         momentum=momentum, max_grad_norm=max_grad_norm)
+                         momentum=momentum, max_grad_norm=max_grad_norm,
+                         n_jobs=self._blas_threads())

@@ -12,7 +12,10 @@ import math
 
 import numpy as np
 
+from vaefast.tsne.affinities import GEMM_MIN_FEATURES, squared_distances, squared_norms
 from vaefast.tsne.backends import DEFAULT, kernels
+
+PLACE_ROWS = 1024  # new points per distance block ([1,024, N] float32: 40 MB at N = 10,000)
 
 
 def nearest_references(X_new: np.ndarray, X_ref: np.ndarray, k: int,
@@ -30,17 +33,33 @@ def nearest_references(X_new: np.ndarray, X_ref: np.ndarray, k: int,
 
 def place(X_new: np.ndarray, X_ref: np.ndarray, Y_ref: np.ndarray, *, perplexity: float = 5.0,
           k: int = 25, n_iter: int = 250, learning_rate: float = 0.1, exaggeration: float = 1.5,
-          momentum: float = 0.8, max_grad_norm: float = 0.25, backend: str = DEFAULT
-          ) -> np.ndarray:
-    """Embed rows of X_new [M, D] into the reference embedding Y_ref [N, 2] of X_ref [N, D]."""
+          momentum: float = 0.8, max_grad_norm: float = 0.25, backend: str = DEFAULT,
+          n_jobs: int | None = None) -> np.ndarray:
+    """Embed rows of X_new [M, D] into the reference embedding Y_ref [N, 2] of X_ref [N, D].
+
+    With many features (``affinities.GEMM_MIN_FEATURES``) the distances to the reference
+    come from BLAS GEMMs (``n_jobs`` threads), a block of new points at a time."""
     k = min(k, X_ref.shape[0])
-    neighbours = nearest_references(X_new, X_ref, k)
-    init = np.median(Y_ref[neighbours], axis=1)
+    kern = kernels(backend)
     out = np.empty((X_new.shape[0], 2))
     y = np.ascontiguousarray(Y_ref.T, dtype=np.float64)
-    kernels(backend).place_points(
-        np.ascontiguousarray(X_new, np.float64), np.ascontiguousarray(X_ref.T, np.float64),
-        y[0], y[1],
-        np.ascontiguousarray(init, np.float64), math.log(float(np.float32(perplexity))),
-        n_iter, learning_rate, exaggeration, momentum, max_grad_norm, 0.01, out)
+    args = (math.log(float(np.float32(perplexity))), n_iter, learning_rate, exaggeration,
+            momentum, max_grad_norm, 0.01)
+    if X_new.shape[1] < GEMM_MIN_FEATURES:
+        init = np.median(Y_ref[nearest_references(X_new, X_ref, k)], axis=1)
+        kern.place_points(np.ascontiguousarray(X_new, np.float64),
+                          np.ascontiguousarray(X_ref.T, np.float64), y[0], y[1],
+                          np.ascontiguousarray(init, np.float64), *args, out)
+        return out
+    from threadpoolctl import threadpool_limits
+
+    ref = np.ascontiguousarray(X_ref, np.float64)
+    ref_sq = squared_norms(ref)
+    for start in range(0, X_new.shape[0], PLACE_ROWS):
+        x = np.ascontiguousarray(X_new[start:start + PLACE_ROWS], np.float64)
+        with threadpool_limits(limits=n_jobs, user_api="blas"):
+            D = squared_distances(x, squared_norms(x), ref, ref_sq)
+        init = np.median(Y_ref[np.argpartition(D, k - 1, axis=1)[:, :k]], axis=1)
+        kern.place_points_from_distances(D, y[0], y[1], np.ascontiguousarray(init), *args,
+                                         out[start:start + len(x)])
     return out
