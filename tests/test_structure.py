@@ -118,6 +118,7 @@ Z2 = str(EXPORTED / "mnist5k-z2")
      "inputs have shape [N, 32, 32, 3]; this model expects [N, 784]"),
     (["embed", Z2, "TINY", "--tsne", "--out", "OUT"], "needs at least 2 points"),
     (["tsne", "NOWHERE", "--out", "OUT"], "file not found"),
+    (["tsne", "NANS", "--out", "OUT"], "nans.npy: NaN or inf at row 3; clean the data first"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
     pytest.importorskip("torch")
@@ -128,10 +129,14 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, mes
     np.save(tmp_path / "images.npy", np.zeros((4, 32, 32, 3), np.uint8))
     np.save(tmp_path / "tiny.npy", np.zeros((1, 784), np.uint8))
     np.save(tmp_path / "odd.npy", np.zeros((20, 10, 10), np.uint8))
+    nans = np.zeros((6, 4))
+    nans[3, 2] = np.nan
+    np.save(tmp_path / "nans.npy", nans)
     (tmp_path / "EMPTY").mkdir()
     names = {"OUT": tmp_path / "out", "NOWHERE": tmp_path / "nowhere", "EMPTY": tmp_path / "EMPTY",
              "WEIGHTS": tmp_path / "w.safetensors", "IMAGES": tmp_path / "images.npy",
-             "TINY": tmp_path / "tiny.npy", "ODD": tmp_path / "odd.npy"}
+             "TINY": tmp_path / "tiny.npy", "ODD": tmp_path / "odd.npy",
+             "NANS": tmp_path / "nans.npy"}
     result = run_cli(*[str(names.get(a, a)) for a in args])
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -162,3 +167,11 @@ def test_embed_tsne_of_ten_rows_finishes(tmp_path):
     group = open_embeddings(tmp_path / "t.zarr")
     assert stats["tsne"]["n"] == 10 and np.isfinite(group["tsne"][:]).all()
     assert np.ptp(group["tsne"][:], axis=0).min() > 0
+
+
+def test_tsne_cli_maps_ten_points_with_the_small_n_perplexity(tmp_path):
+    np.save(tmp_path / "ten.npy", np.random.default_rng(0).normal(size=(10, 20)))
+    result = run_cli("tsne", str(tmp_path / "ten.npy"), "--out", str(tmp_path / "y.npy"),
+                     "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "y.npy").shape == (10, 2)

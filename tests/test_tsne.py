@@ -14,7 +14,7 @@ from sklearn.metrics import pairwise_distances
 from tests.helpers import EXPORTED
 from vaefast.errors import VaefastError
 from vaefast.tsne import TSNE, joint_probabilities
-from vaefast.tsne.optimizer import KLObjective
+from vaefast.tsne.objective import KLObjective
 
 
 @pytest.fixture(scope="module")
@@ -353,3 +353,14 @@ def test_is_a_scikit_learn_estimator():
     assert np.isfinite(cosine.embedding_).all() and cosine.kl_divergence_ > 0
     one = TSNE(n_components=1, perplexity=5, max_iter=250, random_state=0).fit_transform(X)
     assert one.shape == (len(X), 1)
+
+
+def test_backend_is_a_validated_parameter_that_reaches_the_kernels():
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    X, _ = clusters(n_per=20)
+    default = TSNE(random_state=0, max_iter=250).fit_transform(X)
+    named = TSNE(random_state=0, max_iter=250, backend="numba").fit_transform(X)
+    np.testing.assert_array_equal(default, named)
+    with pytest.raises(InvalidParameterError, match="backend"):
+        TSNE(backend="cuda").fit(X)

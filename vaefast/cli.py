@@ -93,9 +93,12 @@ def _tsne(args: argparse.Namespace) -> None:
     from vaefast.data import read_points
     from vaefast.tsne import TSNE
 
+    from vaefast.tsne.mapping import perplexity_for
+
     X = read_points(args.input)
     t0 = time.perf_counter()
-    tsne = TSNE(progress=not args.quiet, **_given(args, "perplexity", "max_iter"),
+    perplexity = args.perplexity if args.perplexity is not None else perplexity_for(len(X))
+    tsne = TSNE(progress=not args.quiet, perplexity=perplexity, **_given(args, "max_iter"),
                 random_state=args.seed, n_jobs=args.threads).fit(X)
     seconds = time.perf_counter() - t0
     with atomic_file(args.out) as tmp:
@@ -287,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "array / finished `vaefast embed` store (its mu).")
     p.add_argument("input", help="latent means: .npy, .npz with mu / X, or .zarr")
     p.add_argument("--out", required=True, help="output .npy of the [N, 2] embedding")
-    p.add_argument("--perplexity", type=float, default=None, help="default 30")
+    p.add_argument("--perplexity", type=float, default=None,
+                   help="default 30, lowered to (N - 1) / 3 for small N (as embed and plot)")
     p.add_argument("--max-iter", type=int, default=None, help="default 1000")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="Numba threads (default: all)")

@@ -290,7 +290,8 @@ def _read_zarr(path: Path) -> RawData:
 def read_points(path: str | os.PathLike) -> np.ndarray:
     """An [N, Z] numeric array to map with t-SNE: a .npy, a .npz's ``mu`` (or an
     X_KEYS array), or a zarr array or group (a finished ``vaefast embed`` store gives
-    its ``mu``; an unfinished one is refused)."""
+    its ``mu``, spatial latents flattened; an unfinished one is refused). NaN or inf is
+    an error naming the first bad row."""
     path = Path(path)
     if path.suffix == ".zarr":
         from vaefast.store import is_store, open_embeddings
@@ -306,8 +307,14 @@ def read_points(path: str | os.PathLike) -> np.ndarray:
                         archive=True)
     else:
         raise VaefastError(f"{path}: expected a .npy, .npz or .zarr input")
-    if X.dtype.kind not in "iuf" or X.ndim != 2:
+    if X.dtype.kind not in "iuf" or X.ndim < 2 or (X.ndim > 2 and path.suffix != ".zarr"):
         raise VaefastError(f"{path}: expected a numeric [N, Z] array, got {X.dtype} {X.shape}")
+    X = X.reshape(len(X), -1)  # spatial latents [N, C, h, w] of a store, flattened
+    if X.dtype.kind == "f":
+        bad = ~np.isfinite(X).all(axis=1)
+        if bad.any():
+            raise VaefastError(f"{path}: NaN or inf at row {int(np.flatnonzero(bad)[0])}; "
+                               "clean the data first")
     return X
 
 

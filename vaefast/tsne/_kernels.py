@@ -293,6 +293,13 @@ def p_log_p(P, XT, beta, sum_p, total, out):
         out[1, part] = 2.0 * t
 
 
+def p_sums(P, XT, beta, sum_p, total) -> tuple[float, float]:
+    """(sum of p, sum of p log p) over pairs j != i: the constant parts of the KL."""
+    out = np.empty((2, BUILD_PARTS))
+    p_log_p(P, XT, beta, sum_p, total, out)
+    return float(np.sum(out[0])), float(np.sum(out[1]))
+
+
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
 def _pair_row(h0, h1, l0, l1, p, i, stop, c0, c1, c2, c3):
     """Pairs (i, j) of the embedding for i < j < stop (p indexed j - i - 1): returns row
@@ -635,22 +642,29 @@ def gradient_terms(Y, P, XT, beta, sum_p, total, with_kl, hl, col32, col64, rows
 
 
 @njit(cache=True)
-def descent_step(Y, sw, attr, rep, exaggeration, update, gains, momentum, learning_rate,
-                 min_gain, scale):
-    """One step of scikit-learn's update from the row sums; returns (Z, |grad|).
-
-    grad = scale (exaggeration * attr - rep / Z) (scale: 4 in 2-D, 3 in 3-D); gains +0.2 where update and grad disagree
-    in sign, else x0.8, floored at min_gain; update = momentum * update - lr * gains *
-    grad; Y += update. The norm is of the gain-scaled gradient, as scikit-learn reports.
-    """
+def gradient_from_terms(sw, attr, rep, exaggeration, scale, grad):
+    """grad = scale (exaggeration * attr - rep / Z) from the row sums of
+    ``gradient_terms`` (scale: 4 in 2-D, 3 in 3-D); returns Z, the sum of the kernel."""
     n = sw.shape[0]
     z = 0.0
     for i in range(n):
         z += sw[i]
+    for c in range(grad.shape[0]):
+        for i in range(n):
+            grad[c, i] = scale * (exaggeration * attr[c, i] - rep[c, i] / z)
+    return z
+
+
+@njit(cache=True)
+def descent_update(Y, grad, update, gains, momentum, learning_rate, min_gain):
+    """One step of scikit-learn's gradient descent, in place; returns |gains * grad|
+    (the norm scikit-learn reports). Gains +0.2 where update and grad disagree in sign,
+    else x0.8, floored at min_gain; update = momentum * update - lr * gains * grad;
+    Y += update."""
     norm2 = 0.0
     for c in range(Y.shape[0]):
-        for i in range(n):
-            g = scale * (exaggeration * attr[c, i] - rep[c, i] / z)
+        for i in range(Y.shape[1]):
+            g = grad[c, i]
             if update[c, i] * g < 0.0:
                 gains[c, i] += 0.2
             else:
@@ -661,7 +675,7 @@ def descent_step(Y, sw, attr, rep, exaggeration, update, gains, momentum, learni
             norm2 += g * g
             update[c, i] = momentum * update[c, i] - learning_rate * g
             Y[c, i] += update[c, i]
-    return z, math.sqrt(norm2)
+    return math.sqrt(norm2)
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")

@@ -4,9 +4,10 @@ Without SVML, libm's scalar calls cost ~6 ns per element and block vectorization
 use only arithmetic and bit casts (no int <-> double conversion, which AVX2 lacks): the
 exponent moves through the 2^52 + 2^51 "magic number". Accurate to ~1e-14 relative.
 
-They are compiled without reassociation (it would fold the magic number away) and are
-not inlined at Numba's level, so callers compiled with ``reassoc`` (to vectorize their
-sums) keep these instructions exact: LLVM inlines them with their own flags.
+Both are compiled without reassociation. ``exp_nonpositive`` is not inlined at Numba's
+level (reassociation in a caller compiled with ``reassoc`` would fold its magic number
+away); LLVM inlines it with its own flags. ``log_positive`` is inlined at Numba's level
+(``inline="always"``): it has no such constant, and takes its caller's flags.
 
 Numba's on-disk cache keys each kernel on its own file only: after editing this file,
 touch ``_kernels.py`` so the kernels that inline these functions recompile.

@@ -97,6 +97,11 @@ class Affinities:
         return out
 
 
+def log_perplexity(perplexity: float) -> float:
+    """log of the perplexity as scikit-learn's binary search takes it (a C float)."""
+    return math.log(float(np.float32(perplexity)))
+
+
 def _report(beta: np.ndarray, seconds: float, verbose: int) -> None:
     """scikit-learn's verbose lines for P."""
     if verbose:
@@ -120,21 +125,20 @@ def joint_probabilities(X: np.ndarray, perplexity: float, max_dense_bytes: int |
     n = X.shape[0]
     budget = dense_budget() if max_dense_bytes is None else max_dense_bytes
     beta, sum_p, row_total = np.empty(n), np.empty(n), np.empty(n)
-    # scikit-learn takes the log of the perplexity as a C float
-    log_perplexity = math.log(float(np.float32(perplexity)))
+    log_p = log_perplexity(perplexity)
     size = k.packed_size(n)
     P = np.empty(size if 4 * size <= budget else 0, P_DTYPE)
     # X.T, float64 (exact for float32 X): what the recomputed pairs are summed from
     XT = np.ascontiguousarray(X.T, dtype=np.float64) if not P.size or \
         X.shape[1] < GEMM_MIN_FEATURES else np.empty((0, n))
     if X.shape[1] >= GEMM_MIN_FEATURES and n > 1:
-        _gemm_affinities(np.ascontiguousarray(X, dtype=np.float64), log_perplexity, beta,
-                         sum_p, row_total, P, k, n_jobs)
+        _gemm_affinities(np.ascontiguousarray(X, dtype=np.float64), log_p, beta, sum_p,
+                         row_total, P, k, n_jobs)
         total = max(2.0 * float(np.sum(row_total)), k.MACHINE_EPSILON)
         if P.size:
             k.joint_packed_in_place(P, beta, sum_p, total)
     else:
-        k.conditional_probabilities(XT, log_perplexity, beta, sum_p, row_total)
+        k.conditional_probabilities(XT, log_p, beta, sum_p, row_total)
         total = max(2.0 * float(np.sum(row_total)), k.MACHINE_EPSILON)
         if P.size:
             k.joint_packed(XT, beta, sum_p, total, P)
@@ -165,7 +169,7 @@ def squared_norms(X64: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", X64, X64)
 
 
-def _gemm_affinities(X64, log_perplexity, beta, sum_p, row_total, P, k, n_jobs) -> None:
+def _gemm_affinities(X64, log_p, beta, sum_p, row_total, P, k, n_jobs) -> None:
     """Precisions (and, when P is stored, the packed squared distances in P) from GEMM
     blocks. Stored: each pair once (blocks right of the diagonal), the full rows read
     back from the triangle for the binary search; implicit: full rows per block."""
@@ -178,7 +182,7 @@ def _gemm_affinities(X64, log_perplexity, beta, sum_p, row_total, P, k, n_jobs) 
         if not P.size:
             for i0, i1 in blocks:
                 rows = squared_distances(X64[i0:i1], sq[i0:i1], X64, sq, diagonal=i0)
-                k.conditional_rows(rows, i0, log_perplexity, beta, sum_p, row_total)
+                k.conditional_rows(rows, i0, log_p, beta, sum_p, row_total)
             return
         for i0, i1 in blocks:
             d = squared_distances(X64[i0:i1], sq[i0:i1], X64[i0:], sq[i0:], diagonal=0)
@@ -188,7 +192,7 @@ def _gemm_affinities(X64, log_perplexity, beta, sum_p, row_total, P, k, n_jobs) 
     rows = np.empty((GEMM_ROWS, n), np.float32)
     for i0, i1 in blocks:
         k.rows_from_packed(P, i0, rows[:i1 - i0])
-        k.conditional_rows(rows[:i1 - i0], i0, log_perplexity, beta, sum_p, row_total)
+        k.conditional_rows(rows[:i1 - i0], i0, log_p, beta, sum_p, row_total)
 
 
 def joint_probabilities_from_distances(distances: np.ndarray, perplexity: float,
@@ -200,8 +204,7 @@ def joint_probabilities_from_distances(distances: np.ndarray, perplexity: float,
     D = np.ascontiguousarray(distances, dtype=np.float32)
     n = D.shape[0]
     beta, sum_p, row_total = np.empty(n), np.empty(n), np.empty(n)
-    k.conditional_rows(D, 0, math.log(float(np.float32(perplexity))), beta, sum_p,
-                       row_total)
+    k.conditional_rows(D, 0, log_perplexity(perplexity), beta, sum_p, row_total)
     total = max(2.0 * float(np.sum(row_total)), k.MACHINE_EPSILON)
     P = np.empty(k.packed_size(n), P_DTYPE)
     k.joint_packed_from_distances(D, beta, sum_p, total, P)

@@ -3,10 +3,11 @@
 A backend is a module of functions with the signatures of ``vaefast.tsne._kernels``:
 ``conditional_probabilities``, ``conditional_rows``, ``rows_from_packed``,
 ``joint_packed(_from_distances)``, ``joint_packed_in_place``, ``packed_size``,
-``packed_start`` (affinities), ``gradient_workspace``, ``p_log_p``, ``gradient_terms``,
-``descent_step`` (the objective) and ``place_points(_from_distances)`` (transform).
-Affinities, the objective and transform call only these; the optimizer touches only the
-objective. Adding a backend is one module plus one entry here.
+``packed_start`` (affinities), ``gradient_workspace``, ``p_sums``, ``gradient_terms``,
+``gradient_from_terms`` (the objective), ``descent_update`` (the optimizer) and
+``place_points(_from_distances)`` (transform). Nothing outside those modules reads a
+kernel module; ``TSNE(backend=NAME)`` picks one. Adding a backend is one module plus one
+entry here.
 """
 
 from __future__ import annotations

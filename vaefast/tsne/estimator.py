@@ -20,10 +20,11 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from vaefast.errors import VaefastError
 from vaefast.tsne.affinities import joint_probabilities, joint_probabilities_from_distances
-from vaefast.tsne.optimizer import Callback, KLObjective, gradient_descent
+from vaefast.tsne.backends import BACKENDS, DEFAULT
+from vaefast.tsne.objective import KLObjective
+from vaefast.tsne.optimizer import Callback, Descent, gradient_descent
 from vaefast.tsne.threads import ThreadPolicy, numba_threads
 from vaefast.tsne.transform import place
-
 
 
 def check_points(X, name: str = "X") -> np.ndarray:
@@ -59,7 +60,8 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     ``n_jobs`` sets Numba's threads (a thread policy falls back to one thread while
     that is measured faster, e.g. beside a busy process), ``progress`` shows a progress
     bar, and each of ``callbacks`` is called as ``cb(iteration, kl, grad_norm)`` every 50
-    iterations — a truthy return stops the run.
+    iterations — a truthy return stops the run; ``backend`` names the kernel set
+    (``vaefast.tsne.backends.BACKENDS``) that computes P, the objective and transform.
 
     Attributes: ``embedding_`` [N, n_components] float32, ``kl_divergence_``, ``n_iter_``
     (index of the last iteration, as scikit-learn counts), ``learning_rate_``,
@@ -85,6 +87,7 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         "progress": ["boolean"],
         "callbacks": [list, tuple],
         "max_dense_bytes": [Interval(Integral, 0, None, closed="left"), None],
+        "backend": [StrOptions(set(BACKENDS))],
     }
     _EXPLORATION_MAX_ITER = 250  # iterations with early exaggeration and momentum 0.5
     _N_ITER_CHECK = 50  # iterations between error checks
@@ -97,7 +100,7 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                  verbose: int = 0, random_state: int | np.random.RandomState | None = None,
                  method: str = "exact", angle: float = 0.5, n_jobs: int | None = None,
                  progress: bool = False, callbacks: Sequence[Callback] = (),
-                 max_dense_bytes: int | None = None):
+                 max_dense_bytes: int | None = None, backend: str = DEFAULT):
         self.n_components = n_components
         self.perplexity = perplexity
         self.early_exaggeration = early_exaggeration
@@ -116,6 +119,7 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.progress = progress
         self.callbacks = callbacks
         self.max_dense_bytes = max_dense_bytes
+        self.backend = backend
 
     @property
     def _n_features_out(self) -> int:
@@ -177,7 +181,8 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
         if self.metric == "euclidean" and not issparse(X):
             return joint_probabilities(X, self.perplexity, self.max_dense_bytes,
-                                       verbose=self.verbose, n_jobs=self._blas_threads())
+                                       backend=self.backend, verbose=self.verbose,
+                                       n_jobs=self._blas_threads())
         from sklearn.metrics import pairwise_distances
 
         if self.metric == "precomputed":
@@ -197,7 +202,7 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if self.metric != "euclidean":
             distances = distances ** 2
         return joint_probabilities_from_distances(distances, self.perplexity,
-                                                  verbose=self.verbose)
+                                                  backend=self.backend, verbose=self.verbose)
 
     def _initial_embedding(self, X) -> np.ndarray:
         """[N, n_components] start, as scikit-learn makes it (float32 values)."""
@@ -271,17 +276,19 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         common = dict(learning_rate=self.learning_rate_, min_grad_norm=self.min_grad_norm,
                       threads=policy, n_iter_check=self._N_ITER_CHECK, verbose=self.verbose,
                       callbacks=self.callbacks, on_check=on_check)
-        try:
+        try:  # each phase starts from zero update and unit gains, as scikit-learn's does
             Y, kl, it, stopped = gradient_descent(
                 objective, Y, 0, explore_iter, exaggeration=self.early_exaggeration,
-                momentum=0.5, n_iter_without_progress=explore_iter, **common)
+                momentum=0.5, n_iter_without_progress=explore_iter,
+                state=Descent.start(Y, self.backend), **common)
             if self.verbose:
                 print("[t-SNE] KL divergence after %d iterations with early exaggeration: %f"
                       % (it + 1, kl))
             if not stopped and (it < explore_iter or self.max_iter > explore_iter):
                 Y, kl, it, stopped = gradient_descent(
                     objective, Y, it + 1, self.max_iter, exaggeration=1.0, momentum=0.8,
-                    n_iter_without_progress=self.n_iter_without_progress, **common)
+                    n_iter_without_progress=self.n_iter_without_progress,
+                    state=Descent.start(Y, self.backend), **common)
         finally:
             bar.close()
         return Y, kl, it
@@ -290,9 +297,7 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """Fit and return ``embedding_`` [N, n_components]."""
         return self.fit(X).embedding_
 
-    def transform(self, X_new, *, perplexity: float = 5.0, k: int = 25, n_iter: int = 250,
-                  learning_rate: float = 0.1, exaggeration: float = 1.5, momentum: float = 0.8,
-                  max_grad_norm: float = 0.25) -> np.ndarray:
+    def transform(self, X_new, **options) -> np.ndarray:
         """Place new points into the fitted embedding, each independently, exactly.
 
         openTSNE's transform: affinities of each new point to all fitted points at
@@ -300,6 +305,7 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         nearest fitted points, then ``n_iter`` steps of gradient descent (gains,
         ``momentum``, ``learning_rate``; attraction scaled by ``exaggeration``; the
         gradient clipped to ``max_grad_norm``) with the fitted points held fixed.
+        ``options`` and their defaults are those of ``vaefast.tsne.transform.place``.
         Needs a 2-D map fitted on dense points with the euclidean metric. Returns [M, 2].
         """
         if not hasattr(self, "embedding_"):
@@ -315,12 +321,6 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             return np.empty((0, 2))
         X_new = check_points(np.concatenate([X_new, X_new[:1]]) if len(X_new) == 1 else X_new,
                              "X_new")[:len(X_new)]
-        n = self._X_fit.shape[0]
-        if not 0 < perplexity < n:
-            raise VaefastError(f"perplexity ({perplexity}) must be positive and less than "
-                               f"the {n} fitted points")
         with numba_threads(self.n_jobs):
-            return place(X_new, self._X_fit, self._Y_fit, perplexity=perplexity, k=k,
-                         n_iter=n_iter, learning_rate=learning_rate, exaggeration=exaggeration,
-                         momentum=momentum, max_grad_norm=max_grad_norm,
-                         n_jobs=self._blas_threads())
+            return place(X_new, self._X_fit, self._Y_fit, backend=self.backend,
+                         n_jobs=self._blas_threads(), **options)

@@ -1,5 +1,6 @@
 """Maps of any size: exact t-SNE of all points, or of a seeded reference sample with every
-other point placed by ``transform`` — the one large-N rule, used by embed, plot and the CLI.
+other point placed by ``transform`` — the one large-N rule, used by embed and plot; its
+small-N perplexity rule (``perplexity_for``) is also the one ``vaefast tsne`` uses.
 """
 
 from __future__ import annotations

@@ -8,11 +8,11 @@ the gradient of its own KL term with the reference points held fixed.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from vaefast.tsne.affinities import GEMM_MIN_FEATURES, squared_distances, squared_norms
+from vaefast.errors import VaefastError
+from vaefast.tsne.affinities import (GEMM_MIN_FEATURES, log_perplexity, squared_distances,
+                                     squared_norms)
 from vaefast.tsne.backends import DEFAULT, kernels
 
 PLACE_ROWS = 1024  # new points per distance block ([1,024, N] float32: 40 MB at N = 10,000)
@@ -39,11 +39,14 @@ def place(X_new: np.ndarray, X_ref: np.ndarray, Y_ref: np.ndarray, *, perplexity
 
     With many features (``affinities.GEMM_MIN_FEATURES``) the distances to the reference
     come from BLAS GEMMs (``n_jobs`` threads), a block of new points at a time."""
+    if not 0 < perplexity < X_ref.shape[0]:
+        raise VaefastError(f"perplexity ({perplexity}) must be positive and less than the "
+                           f"{X_ref.shape[0]} fitted points")
     k = min(k, X_ref.shape[0])
     kern = kernels(backend)
     out = np.empty((X_new.shape[0], 2))
     y = np.ascontiguousarray(Y_ref.T, dtype=np.float64)
-    args = (math.log(float(np.float32(perplexity))), n_iter, learning_rate, exaggeration,
+    args = (log_perplexity(perplexity), n_iter, learning_rate, exaggeration,
             momentum, max_grad_norm, 0.01)
     if X_new.shape[1] < GEMM_MIN_FEATURES:
         init = np.median(Y_ref[nearest_references(X_new, X_ref, k)], axis=1)

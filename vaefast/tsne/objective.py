@@ -1,0 +1,54 @@
+"""The t-SNE objective: KL(P || Q) of an embedding and its gradient, nothing else.
+
+As scikit-learn's ``_kl_divergence`` is to its ``_gradient_descent``: the optimizer
+(``vaefast.tsne.optimizer``) owns momentum, gains and the stopping rules and asks this
+only for the value and the gradient. Q uses scikit-learn's kernel, a Student-t with
+``dims - 1`` degrees of freedom (Cauchy in 2-D; one component is fitted as the 2-D
+problem with the second coordinate at 0), and its gradient constant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from vaefast.tsne.affinities import Affinities
+from vaefast.tsne.backends import kernels
+
+
+class KLObjective:
+    """KL(P || Q) of an embedding Y [dims, N] (dims 2 or 3) and its gradient, with P
+    scaled by ``exaggeration``."""
+
+    def __init__(self, affinities: Affinities, dims: int = 2):
+        if dims not in (2, 3):
+            raise ValueError(f"the t-SNE kernels embed in 2 or 3 dimensions, not {dims}")
+        self.affinities = affinities
+        self.kernels = kernels(affinities.backend)
+        n = affinities.n
+        dof = dims - 1
+        self.scale = 2.0 * (dof + 1.0) / dof  # scikit-learn's gradient constant
+        self.sw = np.empty(n)
+        self.attr = np.empty((dims, n))
+        self.rep = np.empty((dims, n))
+        self.kl_rows = np.empty(n)
+        self.grad = np.empty((dims, n))
+        self.workspace = self.kernels.gradient_workspace(n, dims)
+        self.sum_p, self.sum_p_log_p = self.kernels.p_sums(*affinities.kernel_args())
+
+    def __call__(self, Y: np.ndarray, exaggeration: float = 1.0,
+                 compute_error: bool = True) -> tuple[float, np.ndarray]:
+        """(KL divergence, or NaN when not asked for; gradient [dims, N]) at Y. The
+        gradient is a buffer this objective reuses at its next call."""
+        self.kernels.gradient_terms(Y, *self.affinities.kernel_args(), compute_error,
+                                    *self.workspace, self.sw, self.attr, self.rep,
+                                    self.kl_rows)
+        z = self.kernels.gradient_from_terms(self.sw, self.attr, self.rep, exaggeration,
+                                             self.scale, self.grad)
+        if not compute_error:
+            return math.nan, self.grad
+        a = exaggeration
+        kl = a * (self.sum_p_log_p + (math.log(a) + math.log(z)) * self.sum_p
+                  + float(np.sum(self.kl_rows)))
+        return kl, self.grad
