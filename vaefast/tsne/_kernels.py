@@ -678,84 +678,191 @@ def descent_update(Y, grad, update, gains, momentum, learning_rate, min_gain):
     return math.sqrt(norm2)
 
 
+PLACE_BLOCK = 4  # new points that go through the reference together (loads shared)
+
+
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _point_sums(p0, p1, y0, y1, prow):
-    """Sums over j of w, p*w*(p-yj) and w^2*(p-yj), with w = 1 / (1 + |p-yj|^2)."""
-    n = y0.shape[0]
-    sw = 0.0
-    a0 = 0.0
-    a1 = 0.0
-    r0 = 0.0
-    r1 = 0.0
-    for j in range(U64(n)):
-        d0 = p0 - y0[j]
-        d1 = p1 - y1[j]
-        w = 1.0 / (1.0 + d0 * d0 + d1 * d1)
-        pw = prow[j] * w
-        ww = w * w
-        sw += w
-        a0 += pw * d0
-        a1 += pw * d1
-        r0 += ww * d0
-        r1 += ww * d1
-    return sw, a0, a1, r0, r1
+def _block_sums(pos, h0, h1, l0, l1, prow, sums):
+    """Sums over reference points j of w, p_j w d and w^2 d (d = x - y_j,
+    w = 1 / (1 + |d|^2)) for the PLACE_BLOCK points x at pos [4, 2] (float64) in one pass
+    over the references, each reference loaded once for all four: sums[q] = (w, p w d0,
+    p w d1, w^2 d0, w^2 d1) of point q. As the fit kernel computes a row (``_pair_row``):
+    points and references split into float32 high and low parts so d is exact to
+    ~1e-14 |y|, float32 pair arithmetic, float64 sums every ROW_CHUNK pairs. Every point
+    is summed in the same order whatever block it is in."""
+    one = np.float32(1.0)
+    x0 = np.float32(pos[0, 0])
+    x1 = np.float32(pos[1, 0])
+    x2 = np.float32(pos[2, 0])
+    x3 = np.float32(pos[3, 0])
+    y0 = np.float32(pos[0, 1])
+    y1 = np.float32(pos[1, 1])
+    y2 = np.float32(pos[2, 1])
+    y3 = np.float32(pos[3, 1])
+    lx0 = np.float32(pos[0, 0] - np.float64(x0))
+    lx1 = np.float32(pos[1, 0] - np.float64(x1))
+    lx2 = np.float32(pos[2, 0] - np.float64(x2))
+    lx3 = np.float32(pos[3, 0] - np.float64(x3))
+    ly0 = np.float32(pos[0, 1] - np.float64(y0))
+    ly1 = np.float32(pos[1, 1] - np.float64(y1))
+    ly2 = np.float32(pos[2, 1] - np.float64(y2))
+    ly3 = np.float32(pos[3, 1] - np.float64(y3))
+    p0 = prow[0]
+    p1 = prow[1]
+    p2 = prow[2]
+    p3 = prow[3]
+    n = h0.shape[0]
+    sums[:, :] = 0.0
+    z = np.float32(0.0)
+    for b in range(0, n, ROW_CHUNK):
+        w0 = z; a0 = z; c0 = z; r0 = z; s0 = z  # noqa: E702
+        w1 = z; a1 = z; c1 = z; r1 = z; s1 = z  # noqa: E702
+        w2 = z; a2 = z; c2 = z; r2 = z; s2 = z  # noqa: E702
+        w3 = z; a3 = z; c3 = z; r3 = z; s3 = z  # noqa: E702
+        for j in range(U64(b), U64(min(b + ROW_CHUNK, n))):
+            hx = h0[j]
+            hy = h1[j]
+            gx = l0[j]
+            gy = l1[j]
+            d0 = (x0 - hx) + (lx0 - gx)
+            e0 = (y0 - hy) + (ly0 - gy)
+            v0 = one / (one + d0 * d0 + e0 * e0)
+            q0 = p0[j] * v0
+            t0 = v0 * v0
+            w0 += v0
+            a0 += q0 * d0
+            c0 += q0 * e0
+            r0 += t0 * d0
+            s0 += t0 * e0
+            d1 = (x1 - hx) + (lx1 - gx)
+            e1 = (y1 - hy) + (ly1 - gy)
+            v1 = one / (one + d1 * d1 + e1 * e1)
+            q1 = p1[j] * v1
+            t1 = v1 * v1
+            w1 += v1
+            a1 += q1 * d1
+            c1 += q1 * e1
+            r1 += t1 * d1
+            s1 += t1 * e1
+            d2 = (x2 - hx) + (lx2 - gx)
+            e2 = (y2 - hy) + (ly2 - gy)
+            v2 = one / (one + d2 * d2 + e2 * e2)
+            q2 = p2[j] * v2
+            t2 = v2 * v2
+            w2 += v2
+            a2 += q2 * d2
+            c2 += q2 * e2
+            r2 += t2 * d2
+            s2 += t2 * e2
+            d3 = (x3 - hx) + (lx3 - gx)
+            e3 = (y3 - hy) + (ly3 - gy)
+            v3 = one / (one + d3 * d3 + e3 * e3)
+            q3 = p3[j] * v3
+            t3 = v3 * v3
+            w3 += v3
+            a3 += q3 * d3
+            c3 += q3 * e3
+            r3 += t3 * d3
+            s3 += t3 * e3
+        sums[0, 0] += w0; sums[0, 1] += a0; sums[0, 2] += c0; sums[0, 3] += r0; sums[0, 4] += s0  # noqa: E702,E501
+        sums[1, 0] += w1; sums[1, 1] += a1; sums[1, 2] += c1; sums[1, 3] += r1; sums[1, 4] += s1  # noqa: E702,E501
+        sums[2, 0] += w2; sums[2, 1] += a2; sums[2, 2] += c2; sums[2, 3] += r2; sums[2, 4] += s2  # noqa: E702,E501
+        sums[3, 0] += w3; sums[3, 1] += a3; sums[3, 2] += c3; sums[3, 3] += r3; sums[3, 4] += s3  # noqa: E702,E501
 
 
 @njit(cache=True)
-def _place_point(dist, y0, y1, i0, i1, log_perplexity, n_iter, learning_rate, exaggeration,
-                 momentum, max_grad_norm, min_gain):
-    """One new point, alone against the fixed reference embedding (y0, y1): a
+def _k_nearest(dist, out):
+    """Indices of the len(out) smallest entries of dist (ties: the lower index), in
+    increasing distance: one pass, insertion into the running k best."""
+    k = out.shape[0]
+    best = np.full(k, np.inf, np.float32)
+    for j in range(dist.shape[0]):
+        d = dist[j]
+        if d < best[k - 1]:
+            r = k - 1
+            while r > 0 and best[r - 1] > d:
+                best[r] = best[r - 1]
+                out[r] = out[r - 1]
+                r -= 1
+            best[r] = d
+            out[r] = j
+
+
+@njit(cache=True)
+def _place_block(dists, hl, k, log_perplexity, n_iter, learning_rate, exaggeration,
+                 momentum, max_grad_norm, min_gain, out):
+    """Up to PLACE_BLOCK new points, each alone against the fixed reference embedding
+    (``hl``: its coordinates as float32 high parts, then low parts, [4, N]): a
     perplexity-calibrated conditional P over all reference points from its squared
-    distances ``dist`` [N] float32 (the row sums to 1), then ``n_iter`` steps of gradient
-    descent with gains and momentum on exaggeration * attraction - repulsion / Z, with Z
-    its own normalizer and the gradient clipped to ``max_grad_norm`` (openTSNE's
-    transform semantics, computed exactly) from (i0, i1). Returns its position."""
-    prow = np.empty(dist.shape[0])
-    beta, sum_pi = _search_beta(dist, -1, log_perplexity)
-    _conditional_row(dist, -1, beta, sum_pi, prow)
-    p0 = i0
-    p1 = i1
-    u0 = 0.0
-    u1 = 0.0
-    g0s = 1.0
-    g1s = 1.0
+    distances (a row of ``dists``, float32; the row sums to 1), then ``n_iter`` steps of
+    gradient descent with gains and momentum on exaggeration * attraction - repulsion /
+    Z, with Z its own normalizer and the gradient clipped to ``max_grad_norm``
+    (openTSNE's transform semantics, computed exactly) from the median position of its
+    ``k`` nearest references. The points share passes over the references; each point's
+    arithmetic is its own."""
+    m = dists.shape[0]
+    n = dists.shape[1]
+    prow = np.zeros((PLACE_BLOCK, n), np.float32)
+    row = np.empty(n)
+    pos = np.zeros((PLACE_BLOCK, 2))
+    nearest = np.empty(k, np.int64)
+    for q in range(m):
+        beta, sum_pi = _search_beta(dists[q], -1, log_perplexity)
+        _conditional_row(dists[q], -1, beta, sum_pi, row)
+        for j in range(n):
+            prow[q, j] = np.float32(row[j])
+        _k_nearest(dists[q], nearest)
+        for c in range(2):  # the median position of the k nearest references
+            pos[q, c] = np.median(hl[c][nearest].astype(np.float64)
+                                  + hl[2 + c][nearest].astype(np.float64))
+    update = np.zeros((PLACE_BLOCK, 2))
+    gains = np.ones((PLACE_BLOCK, 2))
+    sums = np.empty((PLACE_BLOCK, 5))
     for _ in range(n_iter):
-        sw, a0, a1, r0, r1 = _point_sums(p0, p1, y0, y1, prow)
-        g0 = exaggeration * a0 - r0 / sw
-        g1 = exaggeration * a1 - r1 / sw
-        norm = math.sqrt(g0 * g0 + g1 * g1)
-        if norm > max_grad_norm:
-            g0 *= max_grad_norm / norm
-            g1 *= max_grad_norm / norm
-        g0s = g0s + 0.2 if u0 * g0 < 0.0 else max(g0s * 0.8, min_gain)
-        g1s = g1s + 0.2 if u1 * g1 < 0.0 else max(g1s * 0.8, min_gain)
-        u0 = momentum * u0 - learning_rate * g0s * g0
-        u1 = momentum * u1 - learning_rate * g1s * g1
-        p0 += u0
-        p1 += u1
-    return p0, p1
+        _block_sums(pos, hl[0], hl[1], hl[2], hl[3], prow, sums)
+        for q in range(m):
+            g0 = exaggeration * sums[q, 1] - sums[q, 3] / sums[q, 0]
+            g1 = exaggeration * sums[q, 2] - sums[q, 4] / sums[q, 0]
+            norm = math.sqrt(g0 * g0 + g1 * g1)
+            if norm > max_grad_norm:
+                g0 *= max_grad_norm / norm
+                g1 *= max_grad_norm / norm
+            for c, g in ((0, g0), (1, g1)):
+                gains[q, c] = gains[q, c] + 0.2 if update[q, c] * g < 0.0 else \
+                    max(gains[q, c] * 0.8, min_gain)
+                update[q, c] = momentum * update[q, c] - learning_rate * gains[q, c] * g
+                pos[q, c] += update[q, c]
+    for q in range(m):
+        out[q, 0] = pos[q, 0]
+        out[q, 1] = pos[q, 1]
 
 
 @njit(parallel=True, cache=True)
-def place_points(X_new, XT_ref, y0, y1, init, log_perplexity, n_iter, learning_rate,
+def place_points(X_new, XT_ref, hl, k, log_perplexity, n_iter, learning_rate,
                  exaggeration, momentum, max_grad_norm, min_gain, out):
-    """``_place_point`` for each row of X_new (float64), its distances to the reference
-    points (XT_ref [D, N] float64) summed over the features (few features)."""
+    """``_place_block`` for each block of rows of X_new (float64), their distances to the
+    reference points (XT_ref [D, N] float64) summed over the features (few features)."""
+    m = X_new.shape[0]
     n = XT_ref.shape[1]
-    for k in prange(X_new.shape[0]):
-        dist = np.empty(n, np.float32)
-        _sq_distances(X_new[k], XT_ref, 0, dist, np.empty(DIST_BLOCK))
-        out[k, 0], out[k, 1] = _place_point(dist, y0, y1, init[k, 0], init[k, 1],
-                                            log_perplexity, n_iter, learning_rate,
-                                            exaggeration, momentum, max_grad_norm, min_gain)
+    for blk in prange((m + PLACE_BLOCK - 1) // PLACE_BLOCK):
+        lo = blk * PLACE_BLOCK
+        hi = min(lo + PLACE_BLOCK, m)
+        dists = np.empty((hi - lo, n), np.float32)
+        acc = np.empty(DIST_BLOCK)
+        for r in range(lo, hi):
+            _sq_distances(X_new[r], XT_ref, 0, dists[r - lo], acc)
+        _place_block(dists, hl, k, log_perplexity, n_iter, learning_rate, exaggeration,
+                     momentum, max_grad_norm, min_gain, out[lo:hi])
 
 
 @njit(parallel=True, cache=True)
-def place_points_from_distances(D, y0, y1, init, log_perplexity, n_iter, learning_rate,
+def place_points_from_distances(D, hl, k, log_perplexity, n_iter, learning_rate,
                                 exaggeration, momentum, max_grad_norm, min_gain, out):
-    """``_place_point`` for each row of given squared distances D [M, N] float32 (many
-    features: they come from a GEMM)."""
-    for k in prange(D.shape[0]):
-        out[k, 0], out[k, 1] = _place_point(D[k], y0, y1, init[k, 0], init[k, 1],
-                                            log_perplexity, n_iter, learning_rate,
-                                            exaggeration, momentum, max_grad_norm, min_gain)
+    """``_place_block`` for each block of rows of given squared distances D [M, N]
+    float32 (many features: they come from a GEMM)."""
+    m = D.shape[0]
+    for blk in prange((m + PLACE_BLOCK - 1) // PLACE_BLOCK):
+        lo = blk * PLACE_BLOCK
+        hi = min(lo + PLACE_BLOCK, m)
+        _place_block(D[lo:hi], hl, k, log_perplexity, n_iter, learning_rate, exaggeration,
+                     momentum, max_grad_norm, min_gain, out[lo:hi])

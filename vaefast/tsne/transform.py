@@ -18,17 +18,12 @@ from vaefast.tsne.backends import DEFAULT, kernels
 PLACE_ROWS = 1024  # new points per distance block ([1,024, N] float32: 40 MB at N = 10,000)
 
 
-def nearest_references(X_new: np.ndarray, X_ref: np.ndarray, k: int,
-                       block: int = 1024) -> np.ndarray:
-    """Indices [M, k] of each new row's k nearest reference rows (brute force, blocked)."""
-    ref = X_ref.astype(np.float64)
-    ref_sq = (ref * ref).sum(1)
-    out = np.empty((X_new.shape[0], k), np.int64)
-    for start in range(0, X_new.shape[0], block):
-        x = X_new[start:start + block].astype(np.float64)
-        d = (x * x).sum(1)[:, None] + ref_sq[None, :] - 2.0 * x @ ref.T
-        out[start:start + len(x)] = np.argpartition(d, k - 1, axis=1)[:, :k]
-    return out
+def split_coordinates(Y: np.ndarray) -> np.ndarray:
+    """[N, 2] positions as the pair kernels read them: [4, N] float32, the high parts of
+    both coordinates then the low parts (y = high + low to ~1e-14 |y|)."""
+    y = np.ascontiguousarray(np.asarray(Y, np.float64).T)
+    high = y.astype(np.float32)
+    return np.ascontiguousarray(np.concatenate([high, (y - high).astype(np.float32)]))
 
 
 def place(X_new: np.ndarray, X_ref: np.ndarray, Y_ref: np.ndarray, *, perplexity: float = 5.0,
@@ -45,14 +40,12 @@ def place(X_new: np.ndarray, X_ref: np.ndarray, Y_ref: np.ndarray, *, perplexity
     k = min(k, X_ref.shape[0])
     kern = kernels(backend)
     out = np.empty((X_new.shape[0], 2))
-    y = np.ascontiguousarray(Y_ref.T, dtype=np.float64)
+    hl = split_coordinates(Y_ref)
     args = (log_perplexity(perplexity), n_iter, learning_rate, exaggeration,
             momentum, max_grad_norm, 0.01)
     if X_new.shape[1] < GEMM_MIN_FEATURES:
-        init = np.median(Y_ref[nearest_references(X_new, X_ref, k)], axis=1)
         kern.place_points(np.ascontiguousarray(X_new, np.float64),
-                          np.ascontiguousarray(X_ref.T, np.float64), y[0], y[1],
-                          np.ascontiguousarray(init, np.float64), *args, out)
+                          np.ascontiguousarray(X_ref.T, np.float64), hl, k, *args, out)
         return out
     from threadpoolctl import threadpool_limits
 
@@ -62,7 +55,5 @@ def place(X_new: np.ndarray, X_ref: np.ndarray, Y_ref: np.ndarray, *, perplexity
         x = np.ascontiguousarray(X_new[start:start + PLACE_ROWS], np.float64)
         with threadpool_limits(limits=n_jobs, user_api="blas"):
             D = squared_distances(x, squared_norms(x), ref, ref_sq)
-        init = np.median(Y_ref[np.argpartition(D, k - 1, axis=1)[:, :k]], axis=1)
-        kern.place_points_from_distances(D, y[0], y[1], np.ascontiguousarray(init), *args,
-                                         out[start:start + len(x)])
+        kern.place_points_from_distances(D, hl, k, *args, out[start:start + len(x)])
     return out
