@@ -167,3 +167,19 @@ def test_python_api_is_vaefast_embed(tmp_path):
     import vaefast
 
     assert vaefast.embed is embed
+
+
+def test_embed_tsne_summary_gives_encode_fit_and_placement_apart(tmp_path):
+    from vaefast import data
+
+    np.save(tmp_path / "x.npy", data.read("mnist5k").X[:1500])
+    result = run_cli("embed", str(MODEL), str(tmp_path / "x.npy"), "--out",
+                     str(tmp_path / "e.zarr"), "--tsne", "--tsne-max", "500",
+                     "--chunk-rows", "400")
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip().splitlines()[-1]
+    assert "; encode " in line and "t-SNE reference fit" in line and "(500 rows)" in line
+    assert "placement " in line and "(1000 rows, " in line and "points/s" in line
+    assert "t-SNE placement" in result.stderr  # the progress bar
+    store = open_embeddings(tmp_path / "e.zarr")
+    assert np.isfinite(store["tsne"][:]).all()

@@ -122,8 +122,19 @@ def _embed(args: argparse.Namespace) -> None:
         print(f"{args.out} is already complete ({stats['rows']} rows)")
         return
     rate = f", {stats['rows_per_s']:.0f} rows/s" if stats["rows_per_s"] else ""
-    print(f"wrote {args.out}: {stats['rows']} rows ({stats['chunks_resumed']} chunks resumed) "
-          f"in {stats['seconds']:.2f} s{rate} ({stats['variant']} on {stats['providers'][0]})")
+    line = (f"wrote {args.out}: {stats['rows']} rows ({stats['chunks_resumed']} chunks resumed); "
+            f"encode {stats['seconds']:.2f} s{rate} ({stats['variant']} on "
+            f"{stats['providers'][0]})")
+    t = stats.get("tsne")
+    if t:
+        fit = (f"t-SNE reference fit {t['fit_s']:.1f} s ({t['reference_rows']} rows)"
+               if "reference_rows" in t else f"t-SNE reference fit resumed ({t['fit_s']:.1f} s)")
+        line += f"; {fit}"
+        if t["placed_rows"]:
+            line += (f"; placement {t['place_s']:.1f} s ({t['placed_rows']} rows, "
+                     f"{t['points_per_s']:.0f} points/s)")
+        line += f"; total {stats['seconds'] + t['fit_s'] + t['place_s']:.1f} s"
+    print(line)
 
 
 def _print_agreement(model: str, variant: str) -> None:

@@ -257,6 +257,8 @@ def _map(group, tsne_max: int, seed: int, chunk_rows: int, threads: int | None,
             if isinstance(rows, np.ndarray) else group["mu"][rows]
         return np.asarray(mu, np.float32).reshape(len(mu), -1)
 
+    from tqdm.auto import tqdm
+
     t0 = time.perf_counter()
     stats: dict[str, Any] = {"method": "exact" if n <= tsne_max else "reference+transform",
                              "n": n}
@@ -271,16 +273,29 @@ def _map(group, tsne_max: int, seed: int, chunk_rows: int, threads: int | None,
         group.create_array("tsne_reference_index", shape=(len(index),), dtype="int64",
                            chunks=(len(index),), fill_value=0)[:] = index  # written last
         stats |= {"kl": tsne.kl_divergence_, "iterations": tsne.n_iter_ + 1,
-                  "pairs_per_s": tsne.timings_["pairs_per_s"]}
+                  "pairs_per_s": tsne.timings_["pairs_per_s"], "reference_rows": len(index)}
+    t1 = time.perf_counter()
     index = group["tsne_reference_index"][:]
     Y_ref = group["tsne_reference"][:]
     X_ref = means(index)
     todo = [int(c) for c in np.flatnonzero(placed[:] == 0)]
+
+    def new_rows(start: int, stop: int) -> int:  # rows of [start, stop) not in the reference
+        return stop - start - int(np.count_nonzero((index >= start) & (index < stop)))
+
+    to_place = sum(new_rows(c * chunk_rows, min((c + 1) * chunk_rows, n)) for c in todo)
+    bar = tqdm(total=to_place, desc="t-SNE placement", unit="points", unit_scale=True,
+               disable=not progress or not to_place, smoothing=0.1)
     with numba_threads(threads):
         for chunk, start, stop, Y in place_chunks(lambda a, b: means(slice(a, b)), n, index,
                                                   X_ref, Y_ref, chunk_rows, todo):
             group["tsne"][start:stop] = Y.astype(np.float32)
             placed[chunk] = 1
+            bar.update(new_rows(start, stop))
+    bar.close()
+    t2 = time.perf_counter()
     if n > tsne_max:
         stats["reference"] = tsne_max
+    stats |= {"fit_s": t1 - t0, "place_s": t2 - t1, "placed_rows": to_place,
+              "points_per_s": to_place / (t2 - t1) if to_place and t2 > t1 else None}
     return stats | {"seconds": time.perf_counter() - t0}
