@@ -226,14 +226,18 @@ def test_clusters_are_separated():
     assert KNeighborsClassifier(5).fit(Y, y).score(Y, y) == 1.0
 
 
+def fitted_and_held_out(n_per: int, held_out: int, seed: int):
+    """Clusters split into a fitted map (TSNE, train rows) and held-out test rows."""
+    X, y = clusters(n_per=n_per, seed=seed)
+    test = np.random.default_rng(seed).permutation(len(X))[:held_out]
+    train = np.setdiff1d(np.arange(len(X)), test)
+    return TSNE(random_state=0).fit(X[train]), X, y, train, test
+
+
 def test_transform_places_points_near_their_class():
     from sklearn.neighbors import KNeighborsClassifier
 
-    X, y = clusters(n_per=80, seed=2)
-    rng = np.random.default_rng(0)
-    test = rng.permutation(len(X))[:60]
-    train = np.setdiff1d(np.arange(len(X)), test)
-    tsne = TSNE(random_state=0).fit(X[train])
+    tsne, X, y, train, test = fitted_and_held_out(80, 60, seed=2)
     placed = tsne.transform(X[test])
     assert placed.shape == (60, 2) and np.isfinite(placed).all()
     knn = KNeighborsClassifier(5).fit(tsne.embedding_, y[train])
@@ -364,3 +368,18 @@ def test_backend_is_a_validated_parameter_that_reaches_the_kernels():
     np.testing.assert_array_equal(default, named)
     with pytest.raises(InvalidParameterError, match="backend"):
         TSNE(backend="cuda").fit(X)
+
+
+def test_interpolated_placement_lands_near_the_exact_one():
+    from vaefast.tsne.transform import PLACEMENTS
+
+    tsne, X, _, _, test = fitted_and_held_out(150, 100, seed=4)
+    exact = tsne.transform(X[test])
+    fast = tsne.transform(X[test], method="interpolated")
+    spread = np.ptp(tsne.embedding_, axis=0).max()
+    displacement = np.linalg.norm(fast - exact, axis=1) / spread
+    assert np.median(displacement) < 0.01 and not np.array_equal(fast, exact)
+    assert set(PLACEMENTS) == {"exact", "interpolated"}
+    with pytest.raises(VaefastError, match="unknown transform method 'fft'; use one of "
+                                           "exact, interpolated"):
+        tsne.transform(X[test], method="fft")

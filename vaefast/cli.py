@@ -116,8 +116,8 @@ def _embed(args: argparse.Namespace) -> None:
         _print_agreement(args.model, args.variant)
     stats = embed(args.model, args.input, args.out, tsne=args.tsne, force=args.force,
                   progress=not args.quiet, **_given(
-                      args, "batch_size", "chunk_rows", "dtype", "tsne_max", "seed",
-                      "scheduler", "workers", "threads", "variant", "providers"))
+                      args, "batch_size", "chunk_rows", "dtype", "tsne_max", "tsne_transform",
+                      "seed", "scheduler", "workers", "threads", "variant", "providers"))
     if stats.get("already_complete"):
         print(f"{args.out} is already complete ({stats['rows']} rows)")
         return
@@ -178,8 +178,9 @@ def _bench_report(args: argparse.Namespace) -> None:
     print(f"wrote {report(args.results, args.out)}")
 
 
-class _PlotHelp(argparse.HelpFormatter):
-    """Lists the plot views from ``vaefast.plot.VIEWS``, imported only to print this help."""
+class _RegistryHelp(argparse.HelpFormatter):
+    """Lists the entries of a registry (plot views, t-SNE placements) in an option's help,
+    importing the registry only to print this help."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.dest == "kind":
@@ -187,6 +188,11 @@ class _PlotHelp(argparse.HelpFormatter):
 
             return "; ".join(f"{name}: {view.caption}" for name, view in VIEWS.items()) + \
                 "; all: every view plus index.md"
+        if action.dest == "tsne_transform":
+            from vaefast.tsne.transform import PLACEMENTS
+
+            return "how --tsne places rows past --tsne-max: " + "; ".join(
+                f"{name}: {p.describe}" for name, p in PLACEMENTS.items())
         return super()._get_help_string(action)
 
 
@@ -266,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="batch-embed a dataset through an exported encoder "
                                      "into zarr", description="Stream INPUT through the "
                        "exported encoder into OUT.zarr (mu, logvar, labels, optional tsne); "
-                       "resumable: run the same command again after an interruption.")
+                       "resumable: run the same command again after an interruption.",
+                       formatter_class=_RegistryHelp)
     p.add_argument("model", help="exported model folder, e.g. exported/mnist5k-z20")
     p.add_argument("input", help=".npy, .npz, IDX (raw or .gz), a .zarr array, or a data spec")
     p.add_argument("--out", required=True, help="zarr store to write, e.g. out/emb.zarr")
@@ -281,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tsne-max", type=int, default=None,
                    help="exact t-SNE on all rows up to this N (default 10000); above, on a "
                         "seeded sample of this size with the rest placed by transform")
+    p.add_argument("--tsne-transform", default=None, metavar="METHOD",
+                   help="(filled in from vaefast.tsne.transform.PLACEMENTS)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--scheduler", default=None,
                    help="local (a dask LocalCluster) or tcp://HOST:PORT; default: this process")
@@ -311,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot", help="latent-space views from an exported model (no torch)",
                        description="KIND: one of the views listed under KIND, or all (every "
-                                   "view plus index.md).", formatter_class=_PlotHelp)
+                                   "view plus index.md).", formatter_class=_RegistryHelp)
     p.add_argument("kind", metavar="KIND", help="(filled in from vaefast.plot.VIEWS)")
     p.add_argument("model", metavar="MODEL_DIR", help="exported model folder")
     p.add_argument("--data", default=None, help=DATA_HELP + "; default: the model's "

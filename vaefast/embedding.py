@@ -132,7 +132,7 @@ def _encode_pipelined(vae: runtime.ExportedVAE, source: Source, out: str, todo: 
 def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
           batch_size: int | None = None, chunk_rows: int | None = None,
           dtype: str = "float32", tsne: bool = False,
-          tsne_max: int = 10_000, seed: int = 0, scheduler: str | None = None,
+          tsne_max: int = 10_000, tsne_transform: str = "exact", seed: int = 0, scheduler: str | None = None,
           workers: int = 2, threads: int | None = None, variant: str = "fp32",
           providers: str = "auto", force: bool = False,
           progress: bool = True) -> dict[str, Any]:
@@ -145,7 +145,8 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
     t-SNE threads (default: all cores). ``variant`` (fp32, int8, fp16) and ``providers``
     pick the exported model run; both are recorded in the store. With ``tsne``, an exact
     t-SNE map of ``mu`` is added (above ``tsne_max`` rows: of a seeded sample, the rest
-    placed by transform). ``mu`` and ``logvar`` are stored [N, *latent_shape] as
+    placed by transform, ``tsne_transform`` naming how: "exact" or the opt-in
+    "interpolated"). ``mu`` and ``logvar`` are stored [N, *latent_shape] as
     ``dtype`` (float32, or float16 at half the size: latents cached for diffusion
     training). ``batch_size`` and ``chunk_rows`` default to powers of two sized to the
     input (8,192 and 65,536 for 28x28 digits; fewer for large images). A NaN, inf or
@@ -174,12 +175,15 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
             raise VaefastError(f"{name} must be >= 1, got {value}")
     if tsne:  # too few rows: refused before encoding (t-SNE imports only when asked for)
         from vaefast.tsne.mapping import reference_rows
+        from vaefast.tsne.transform import placement
 
         reference_rows(source.n, tsne_max, seed)
+        placement(tsne_transform)
     attrs = {"model": str(vae.folder), "model_sha256": vae.meta["weights_sha256"],
              "input": source.fingerprint(),
              "params": {"chunk_rows": chunk_rows, "tsne": tsne, "tsne_max": tsne_max,
-                        "seed": seed, "variant": variant, "dtype": dtype},
+                        "seed": seed, "variant": variant, "dtype": dtype} |
+                       ({"tsne_transform": tsne_transform} if tsne else {}),
              "latent_shape": list(latent_shape), "providers": vae.providers}
     group = store.open_or_create(out, attrs, source.n, latent_shape, chunk_rows,
                                  source.labels, tsne, force, dtype)
@@ -209,7 +213,8 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
              "chunks_resumed": len(done) - len(todo), "variant": variant,
              "providers": vae.providers}
     if tsne:
-        stats["tsne"] = _map(group, tsne_max, seed, chunk_rows, threads, progress)
+        stats["tsne"] = _map(group, tsne_max, seed, chunk_rows, threads, progress,
+                             tsne_transform)
     store.mark_complete(group)
     return stats
 
@@ -242,7 +247,7 @@ def _run_dask(scheduler: str, workers: int, args: tuple, todo: list[int], chunk_
 
 
 def _map(group, tsne_max: int, seed: int, chunk_rows: int, threads: int | None,
-         progress: bool) -> dict[str, Any]:
+         progress: bool, method: str = "exact") -> dict[str, Any]:
     """The t-SNE map of ``mu`` by ``vaefast.tsne.mapping``'s rule, stored resumably: the
     reference map first (its index written last), then placed rows chunk by chunk."""
     from vaefast.tsne.threads import numba_threads
@@ -288,7 +293,7 @@ def _map(group, tsne_max: int, seed: int, chunk_rows: int, threads: int | None,
                disable=not progress or not to_place, smoothing=0.1)
     with numba_threads(threads):
         for chunk, start, stop, Y in place_chunks(lambda a, b: means(slice(a, b)), n, index,
-                                                  X_ref, Y_ref, chunk_rows, todo):
+                                                  X_ref, Y_ref, chunk_rows, todo, method):
             group["tsne"][start:stop] = Y.astype(np.float32)
             placed[chunk] = 1
             bar.update(new_rows(start, stop))

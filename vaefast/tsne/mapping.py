@@ -45,9 +45,11 @@ def fit_reference(X_ref: np.ndarray, seed: int = 0, n_jobs: int | None = None,
 
 def place_chunks(X: Callable[[int, int], np.ndarray], n: int, index: np.ndarray,
                  X_ref: np.ndarray, Y_ref: np.ndarray, chunk_rows: int,
-                 chunks: list[int] | None = None) -> Iterator[tuple[int, int, int, np.ndarray]]:
+                 chunks: list[int] | None = None, method: str = "exact"
+                 ) -> Iterator[tuple[int, int, int, np.ndarray]]:
     """Positions of rows chunk by chunk: reference rows keep their exact position, the
-    others are placed by transform. Yields (chunk, start, stop, Y [stop - start, 2])."""
+    others are placed by transform (``method``: a name in ``transform.PLACEMENTS``).
+    Yields (chunk, start, stop, Y [stop - start, 2])."""
     position = {int(r): k for k, r in enumerate(index)}
     todo = range(-(-n // chunk_rows)) if chunks is None else chunks
     for chunk in todo:
@@ -57,14 +59,16 @@ def place_chunks(X: Callable[[int, int], np.ndarray], n: int, index: np.ndarray,
         out = np.empty((stop - start, 2))
         out[in_ref] = Y_ref[[position[int(r)] for r in rows[in_ref]]]
         if (~in_ref).any():
-            out[~in_ref] = place(X(start, stop)[~in_ref], X_ref, Y_ref)
+            out[~in_ref] = place(X(start, stop)[~in_ref], X_ref, Y_ref, method=method)
         yield chunk, start, stop, out
 
 
 def map_points(X: np.ndarray, max_exact: int = DEFAULT_MAX_EXACT, seed: int = 0,
-               n_jobs: int | None = None, progress: bool = False) -> np.ndarray:
+               n_jobs: int | None = None, progress: bool = False,
+               method: str = "exact") -> np.ndarray:
     """2-D map of X [N, Z]: exact t-SNE of all rows up to ``max_exact``; above, exact
-    t-SNE of a seeded sample of that size with every other row placed by transform."""
+    t-SNE of a seeded sample of that size with every other row placed by transform
+    (``method``: a name in ``transform.PLACEMENTS``)."""
     X = np.asarray(X)
     index = reference_rows(len(X), max_exact, seed)
     tsne = fit_reference(X[index], seed, n_jobs, progress)
@@ -73,6 +77,6 @@ def map_points(X: np.ndarray, max_exact: int = DEFAULT_MAX_EXACT, seed: int = 0,
     out = np.empty((len(X), 2))
     with numba_threads(n_jobs):
         for _, start, stop, Y in place_chunks(lambda a, b: X[a:b], len(X), index, X[index],
-                                              tsne.embedding_, len(X)):
+                                              tsne.embedding_, len(X), method=method):
             out[start:stop] = Y
     return out

@@ -3,10 +3,15 @@
 openTSNE's ``TSNEEmbedding.transform`` semantics, computed exactly: each new point gets
 perplexity-calibrated affinities to *all* reference points (no kNN truncation), starts
 at the median embedding position of its ``k`` nearest reference points, and descends
-the gradient of its own KL term with the reference points held fixed.
+the gradient of its own KL term with the reference points held fixed. Ways of placing
+are entries of ``PLACEMENTS``: "exact" (the default) and the opt-in "interpolated"
+(FIt-SNE's idea for a fixed reference: its repulsive field tabulated on a grid once).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -26,26 +31,76 @@ def split_coordinates(Y: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([high, (y - high).astype(np.float32)]))
 
 
-def place(X_new: np.ndarray, X_ref: np.ndarray, Y_ref: np.ndarray, *, perplexity: float = 5.0,
-          k: int = 25, n_iter: int = 250, learning_rate: float = 0.1, exaggeration: float = 1.5,
-          momentum: float = 0.8, max_grad_norm: float = 0.25, backend: str = DEFAULT,
-          n_jobs: int | None = None) -> np.ndarray:
+def _no_grid(hl: np.ndarray, kern) -> tuple[np.ndarray, np.ndarray]:
+    return np.empty((3, 0, 0)), np.zeros(3)
+
+
+def repulsion_grid(hl: np.ndarray, kern, nodes: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's repulsive fields tabulated on a ``nodes`` x ``nodes`` square grid
+    over its bounding box plus a margin: (grid [3, G, G], frame [x0, y0, spacing])."""
+    nodes = nodes or GRID_NODES
+    y = hl[:2].astype(np.float64) + hl[2:].astype(np.float64)
+    lo, hi = y.min(axis=1), y.max(axis=1)
+    margin = 0.1 * float((hi - lo).max()) + 2.0
+    spacing = (float((hi - lo).max()) + 2 * margin) / (nodes - 1)
+    frame = np.array([lo[0] - margin, lo[1] - margin, spacing])
+    grid = np.empty((3, nodes, nodes))
+    kern.repulsion_grid(hl, frame, grid)
+    return grid, frame
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A way to place new points: how the reference's repulsion is evaluated."""
+
+    grid: Callable[[np.ndarray, object], tuple[np.ndarray, np.ndarray]]
+    describe: str
+
+
+GRID_NODES = 256  # per side of the interpolated placement's grid (RESULTS.md: its error)
+PLACEMENTS: dict[str, Placement] = {
+    "exact": Placement(_no_grid, "every reference point attracts and repels, exactly "
+                                 "(the default)"),
+    "interpolated": Placement(repulsion_grid, "P over the nearest references (their "
+                                              "attraction exact); the repulsion of all "
+                                              "read from a tabulated grid (FIt-SNE's "
+                                              "interpolation); opt-in, faster, approximate"),
+}
+
+
+def placement(name: str) -> Placement:
+    """The registry entry of a placement method, or a clear error."""
+    if name not in PLACEMENTS:
+        raise VaefastError(f"unknown transform method {name!r}; use one of "
+                           f"{', '.join(PLACEMENTS)}")
+    return PLACEMENTS[name]
+
+
+def place(X_new: np.ndarray, X_ref: np.ndarray, Y_ref: np.ndarray, *, method: str = "exact",
+          perplexity: float = 5.0, k: int = 25, n_iter: int = 250, learning_rate: float = 0.1,
+          exaggeration: float = 1.5, momentum: float = 0.8, max_grad_norm: float = 0.25,
+          attract: int = 90, backend: str = DEFAULT, n_jobs: int | None = None) -> np.ndarray:
     """Embed rows of X_new [M, D] into the reference embedding Y_ref [N, 2] of X_ref [N, D].
 
-    With many features (``affinities.GEMM_MIN_FEATURES``) the distances to the reference
-    come from BLAS GEMMs (``n_jobs`` threads), a block of new points at a time."""
+    ``method``: a name in ``PLACEMENTS`` ("exact", or the opt-in "interpolated", whose
+    P covers the ``attract`` nearest references). With many features
+    (``affinities.GEMM_MIN_FEATURES``) the distances to the reference come from BLAS
+    GEMMs (``n_jobs`` threads), a block of new points at a time."""
     if not 0 < perplexity < X_ref.shape[0]:
         raise VaefastError(f"perplexity ({perplexity}) must be positive and less than the "
                            f"{X_ref.shape[0]} fitted points")
+    how = placement(method)
     k = min(k, X_ref.shape[0])
     kern = kernels(backend)
     out = np.empty((X_new.shape[0], 2))
     hl = split_coordinates(Y_ref)
-    args = (log_perplexity(perplexity), n_iter, learning_rate, exaggeration,
-            momentum, max_grad_norm, 0.01)
+    grid, frame = how.grid(hl, kern)
+    args = (hl, grid, frame, k, max(attract, k), log_perplexity(perplexity), n_iter,
+            learning_rate, exaggeration, momentum, max_grad_norm, 0.01)
     if X_new.shape[1] < GEMM_MIN_FEATURES:
         kern.place_points(np.ascontiguousarray(X_new, np.float64),
-                          np.ascontiguousarray(X_ref.T, np.float64), hl, k, *args, out)
+                          np.ascontiguousarray(X_ref.T, np.float64), *args, out)
         return out
     from threadpoolctl import threadpool_limits
 
@@ -55,5 +110,5 @@ def place(X_new: np.ndarray, X_ref: np.ndarray, Y_ref: np.ndarray, *, perplexity
         x = np.ascontiguousarray(X_new[start:start + PLACE_ROWS], np.float64)
         with threadpool_limits(limits=n_jobs, user_api="blas"):
             D = squared_distances(x, squared_norms(x), ref, ref_sq)
-        kern.place_points_from_distances(D, hl, k, *args, out[start:start + len(x)])
+        kern.place_points_from_distances(D, *args, out[start:start + len(x)])
     return out
