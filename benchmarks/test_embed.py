@@ -109,3 +109,33 @@ def test_embed_throughput_and_memory(benchmark, images, tmp_path_factory, varian
         benchmark.extra_info["speedup_vs_fp32"] = ratio_spread(
             [r["seconds"] for r in runs["fp32"]], [r["seconds"] for r in mine])
     assert max(r["peak_rss_mb"] for r in mine) < 600
+
+
+def test_embed_with_a_tsne_map_of_every_row(benchmark, images, tmp_path_factory):
+    """`embed --tsne` (int8 encoder) in a fresh process: encode, the exact reference fit of
+    10,000 rows and the placement of every other row, timed apart, and the peak RSS of the
+    whole command (goal: 1,000,000 rows in <= 8 min within 600 MB). One round."""
+    path, rows = images
+    out = tmp_path_factory.mktemp("embed-tsne") / "t.zarr"
+    tsne_max = 2000 if benchmark.disabled else 10_000
+    code = ("import json; from vaefast.embedding import embed;"
+            f"s = embed({str(EXPORTED / 'mnist5k-z20')!r}, {str(path)!r}, {str(out)!r}, "
+            f"threads={THREADS}, variant='int8', tsne=True, tsne_max={tsne_max}, "
+            "progress=False);"
+            "hwm = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) // 1024;"
+            "t = s['tsne']; print(json.dumps({'encode_s': s['seconds'], 'fit_s': t['fit_s'],"
+            " 'place_s': t['place_s'], 'points_per_s': t['points_per_s'],"
+            " 'peak_rss_mb': hwm}))")
+    t0 = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=3600)
+    wall = time.perf_counter() - t0
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    benchmark.group = "embed --tsne"
+    if benchmark.disabled:
+        benchmark(lambda: None)
+    else:
+        record(benchmark, [wall])
+    benchmark.extra_info.update(rows=rows, tsne_max=tsne_max, wall_s=wall, **figures)
+    shutil.rmtree(out, ignore_errors=True)

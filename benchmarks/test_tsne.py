@@ -6,7 +6,7 @@ small N runs, once, as a correctness check. Numba's first call in the process is
 apart (``cold_s``) and a warm-up run precedes the timed ones; every case runs
 VAEFAST_BENCH_SLOW_ROUNDS (5) rounds.
 
-Large N (VAEFAST_BENCH_TSNE_LARGE, default 20,000 and 50,000; openTSNE BH up to
+Large N (VAEFAST_BENCH_TSNE_LARGE, default 20,000 and 50,000; openTSNE BH and FFT up to
 VAEFAST_BENCH_BH_MAX, 20,000): each fit in its own process (``benchmarks.tsne_large``, so
 its peak RSS is its own) on augmented VAE means, VAEFAST_BENCH_LARGE_ROUNDS (1) rounds.
 """
@@ -133,10 +133,10 @@ def test_tsne_beside_a_busy_onnx_runtime_process(benchmark, latent_means, n_jobs
 
 
 @pytest.mark.parametrize("n", LARGE)
-@pytest.mark.parametrize("impl", ["vaefast", "openTSNE-bh"])
+@pytest.mark.parametrize("impl", ["vaefast", "openTSNE-bh", "openTSNE-fft"])
 def test_tsne_large(benchmark, impl, n):
-    """vaefast exact against openTSNE Barnes-Hut at large N, each fit alone in a fresh
-    process as a user runs it; peak RSS is the fit's process's own."""
+    """vaefast exact against openTSNE Barnes-Hut and FFT at large N, each fit alone in a
+    fresh process as a user runs it; peak RSS is the fit's process's own."""
     import json
     import subprocess
     import sys
@@ -145,10 +145,10 @@ def test_tsne_large(benchmark, impl, n):
         if impl != "vaefast" or n != LARGE[0]:
             pytest.skip("large N only under make bench")
         n = 400
-    if impl == "openTSNE-bh":
+    if impl.startswith("openTSNE"):
         pytest.importorskip("openTSNE")
         if n > BH_MAX:
-            pytest.skip(f"openTSNE BH above N={BH_MAX} is not part of the default run")
+            pytest.skip(f"openTSNE above N={BH_MAX} is not part of the default run")
     runs = []
 
     def fit_in_a_fresh_process() -> None:

@@ -212,7 +212,9 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
              "rows_per_s": (source.n - skipped_rows) / seconds if seconds > 0 else None,
              "chunks_resumed": len(done) - len(todo), "variant": variant,
              "providers": vae.providers}
-    if tsne:
+    if tsne:  # the map needs no model: its session and buffers go first (peak memory)
+        del vae
+        _SESSIONS.clear()
         stats["tsne"] = _map(group, tsne_max, seed, chunk_rows, threads, progress,
                              tsne_transform)
     store.mark_complete(group)
@@ -257,10 +259,15 @@ def _map(group, tsne_max: int, seed: int, chunk_rows: int, threads: int | None,
     placed = group["_progress/placed"]
 
     def means(rows) -> np.ndarray:  # [k, D] float32, spatial latents flattened
-        mu = group["mu"].get_orthogonal_selection((rows,) + (slice(None),) *
-                                                  (group["mu"].ndim - 1)) \
-            if isinstance(rows, np.ndarray) else group["mu"][rows]
-        return np.asarray(mu, np.float32).reshape(len(mu), -1)
+        if not isinstance(rows, np.ndarray):
+            mu = np.asarray(group["mu"][rows], np.float32)
+            return mu.reshape(len(mu), -1)
+        # sorted rows, gathered a zarr chunk at a time (never the whole array in memory)
+        step = group["mu"].chunks[0]
+        parts = [np.asarray(group["mu"][c:c + step][rows[(rows >= c) & (rows < c + step)] - c],
+                            np.float32) for c in range(0, n, step)
+                 if ((rows >= c) & (rows < c + step)).any()]
+        return np.concatenate(parts).reshape(len(rows), -1)
 
     from tqdm.auto import tqdm
 
