@@ -890,7 +890,7 @@ def _place_interpolated(dist, hl, grid, frame, k, attract, log_perplexity, n_ite
     g0s = 1.0
     g1s = 1.0
     pos = np.empty((PLACE_BLOCK, 2))
-    none = np.zeros((PLACE_BLOCK, n), np.float32)
+    none = np.zeros((PLACE_BLOCK, 0), np.float32)  # zero P rows, made only if needed
     sums = np.empty((PLACE_BLOCK, 5))
     for _ in range(n_iter):
         a0 = 0.0
@@ -903,6 +903,8 @@ def _place_interpolated(dist, hl, grid, frame, k, attract, log_perplexity, n_ite
             a1 += w * e1
         z, r0, r1 = _interpolate(grid, frame, p0, p1)
         if z == 0.0:  # off the grid: the exact sums
+            if none.shape[1] == 0:
+                none = np.zeros((PLACE_BLOCK, n), np.float32)
             pos[:, 0] = p0
             pos[:, 1] = p1
             _block_sums(pos, hl[0], hl[1], hl[2], hl[3], none, sums)
