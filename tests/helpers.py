@@ -72,3 +72,78 @@ def embed_killed_midway(args: list[str], store: Path, timeout: float = 120) -> N
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def photo_crops(n: int, height: int = 160, width: int = 200, seed: int = 0) -> np.ndarray:
+    """``n`` real-photo crops [n, height, width, 3] uint8 from scikit-learn's two sample
+    photos (shipped with it: no download)."""
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, height, width, 3), np.uint8)
+    for i in range(n):
+        p = photos[i % len(photos)]
+        y, x = rng.integers(0, p.shape[0] - height), rng.integers(0, p.shape[1] - width)
+        out[i] = p[y:y + height, x:x + width]
+    return out
+
+
+def encoded(image: np.ndarray, fmt: str = "JPEG", **options) -> bytes:
+    """One image encoded by PIL (JPEG quality 90 unless told)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {})
+                                | options)
+    return buf.getvalue()
+
+
+def write_image_folder(folder: Path, images: np.ndarray, classes: int = 2) -> list[str]:
+    """JPEGs in ImageFolder layout (``class_k/000123.jpg``, round-robin over ``classes``
+    folders); returns the relative paths in row order (sorted, as the reader lists them)."""
+    names = []
+    for i, image in enumerate(images):
+        name = f"class_{i % classes}/{i:06d}.jpg"
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(encoded(image))
+        names.append(name)
+    return sorted(names)
+
+
+def write_image_parquet(path: Path, images: np.ndarray, labels: np.ndarray | None = None,
+                        row_group_size: int = 64) -> None:
+    """A parquet file as Hugging Face datasets writes one: an ``image`` column of
+    {bytes, path} structs and an integer ``label`` column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cells = [{"bytes": encoded(im), "path": f"{i:06d}.jpg"} for i, im in enumerate(images)]
+    columns = {"image": pa.array(cells, pa.struct([("bytes", pa.binary()),
+                                                   ("path", pa.string())]))}
+    if labels is not None:
+        columns["label"] = pa.array(np.asarray(labels, np.int64))
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+
+
+def write_shards(folder: Path, images: np.ndarray, labels: np.ndarray | None = None,
+                 per_shard: int = 100) -> str:
+    """WebDataset tar shards ``shard-000.tar`` ... (``KEY.jpg`` and ``KEY.cls`` members);
+    returns the brace pattern naming them all."""
+    import io
+    import tarfile
+
+    n_shards = -(-len(images) // per_shard)
+    for s in range(n_shards):
+        with tarfile.open(folder / f"shard-{s:03d}.tar", "w") as tar:
+            for i in range(s * per_shard, min((s + 1) * per_shard, len(images))):
+                members = {"jpg": encoded(images[i])}
+                if labels is not None:
+                    members["cls"] = str(int(labels[i])).encode()
+                for ext, payload in members.items():
+                    info = tarfile.TarInfo(f"sample{i:06d}.{ext}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return str(folder / f"shard-{{000..{n_shards - 1:03d}}}.tar")

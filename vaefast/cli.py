@@ -12,8 +12,7 @@ import sys
 
 from vaefast.errors import VaefastError
 
-DATA_HELP = ("data spec: mnist5k (default, embedded), digits, idx:PATH, npy:PATH, npz:PATH, "
-             "zarr:PATH (see README)")
+DATA_HELP = "data spec (filled in from vaefast.data.KINDS)"
 VARIANT_HELP = "exported model variant to run: fp32 (default), int8, fp16"
 PROVIDERS_HELP = "ONNX Runtime providers: auto, cpu, cuda, tensorrt"
 
@@ -115,9 +114,10 @@ def _embed(args: argparse.Namespace) -> None:
     if args.variant not in (None, "fp32"):
         _print_agreement(args.model, args.variant)
     stats = embed(args.model, args.input, args.out, tsne=args.tsne, force=args.force,
-                  progress=not args.quiet, **_given(
+                  skip_bad=args.skip_bad, progress=not args.quiet, **_given(
                       args, "batch_size", "chunk_rows", "dtype", "tsne_max", "tsne_transform",
-                      "seed", "scheduler", "workers", "threads", "variant", "providers"))
+                      "seed", "scheduler", "workers", "threads", "variant", "providers",
+                      "resize", "decode_workers"))
     if stats.get("already_complete"):
         print(f"{args.out} is already complete ({stats['rows']} rows)")
         return
@@ -135,6 +135,19 @@ def _embed(args: argparse.Namespace) -> None:
                      f"{t['points_per_s']:.0f} points/s)")
         line += f"; total {stats['seconds'] + t['fit_s'] + t['place_s']:.1f} s"
     print(line)
+    if stats["skipped"]:
+        print(f"skipped {stats['skipped']} file(s) that could not be decoded (their rows are "
+              f"NaN; ids and reasons in {args.out}/skipped)")
+    if stats["upscaled"]:
+        print(f"note: {stats['upscaled']} image(s) smaller than the model's input were "
+              "upscaled")
+
+
+def _embeddings(args: argparse.Namespace) -> None:
+    from vaefast.store import export
+
+    done = export(args.store, args.to, args.out, force=args.force)
+    print(f"wrote {args.out}: {done['rows']} rows ({', '.join(done['columns'])})")
 
 
 def _print_agreement(model: str, variant: str) -> None:
@@ -188,6 +201,15 @@ class _RegistryHelp(argparse.HelpFormatter):
 
             return "; ".join(f"{name}: {view.caption}" for name, view in VIEWS.items()) + \
                 "; all: every view plus index.md"
+        if DATA_HELP in (action.help or ""):
+            from vaefast.data import spec_usage
+
+            return action.help.replace(DATA_HELP, f"data spec: {spec_usage()} (see README)")
+        if action.dest == "resize":
+            from vaefast.data.decode import RESIZES
+
+            return "how images become the model's size: " + "; ".join(
+                f"{name}: {what}" for name, what in RESIZES.items()) + " (default crop)"
         if action.dest == "tsne_transform":
             from vaefast.tsne.transform import PLACEMENTS
 
@@ -214,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a VAE (--arch mlp: the official PyTorch example; "
                                    "conv: a small convolutional VAE); writes "
                                    "model.safetensors, config.json, reconstruction.png, "
-                                   "samples.png.")
+                                   "samples.png.", formatter_class=_RegistryHelp)
     p.add_argument("--data", default="mnist5k", help=DATA_HELP)
     p.add_argument("--arch", default=None, choices=["mlp", "conv"],
                    help="architecture (default mlp)")
@@ -237,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "folder from `vaefast train`, your own (--module "
                                    "my_vae.py:build_model --weights W --input-shape 3,32,32), "
                                    "or a local diffusers AutoencoderKL folder (--diffusers "
-                                   "DIR).")
+                                   "DIR).", formatter_class=_RegistryHelp)
     p.add_argument("run", nargs="?", default=None, help="run folder written by `vaefast train`")
     p.add_argument("--module", default=None, metavar="FILE.py:FUNCTION",
                    help="your own model: FUNCTION() returns a torch.nn.Module with "
@@ -275,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "resumable: run the same command again after an interruption.",
                        formatter_class=_RegistryHelp)
     p.add_argument("model", help="exported model folder, e.g. exported/mnist5k-z20")
-    p.add_argument("input", help=".npy, .npz, IDX (raw or .gz), a .zarr array, or a data spec")
+    p.add_argument("input", help=DATA_HELP)
     p.add_argument("--out", required=True, help="zarr store to write, e.g. out/emb.zarr")
     p.add_argument("--batch-size", type=int, default=None,
                    help="rows per ONNX Runtime call (default: 8192, fewer for large images)")
@@ -298,11 +320,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="ONNX Runtime and t-SNE threads (default: all cores; on a tcp:// "
                         "cluster, each worker's own)")
+    p.add_argument("--resize", default=None, metavar="RULE", help="(from decode.RESIZES)")
+    p.add_argument("--decode-workers", type=int, default=None,
+                   help="processes decoding images (default: the cores available)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip images that cannot be decoded (rows NaN, ids and reasons "
+                        "recorded) instead of stopping at the first")
     _add_runtime_options(p)
     p.add_argument("--force", action="store_true",
                    help="replace a store started with another model, input or parameters")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_embed)
+
+    p = sub.add_parser("embeddings", help="write a finished embed store as parquet or .npy",
+                       description="Stream a finished `vaefast embed` store's rows (ids, "
+                       "labels, mu, sigma, t-SNE) to a parquet file or a folder of .npy "
+                       "files.")
+    p.add_argument("store", help="a finished `vaefast embed` store")
+    p.add_argument("--to", required=True, choices=["parquet", "npy"])
+    p.add_argument("out", help="output: a .parquet file, or a folder for .npy files")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.set_defaults(func=_embeddings)
 
     p = sub.add_parser("tsne", help="exact t-SNE (Numba) of latent means to 2-D",
                        description="scikit-learn's exact t-SNE, computed by Numba. INPUT is a "

@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 
 from vaefast import runtime, store
-from vaefast.errors import BadRows, VaefastError
-from vaefast.sources import Source, open_source
+from vaefast.data import Preprocess, Source, open_source, preprocess_for
+from vaefast.errors import BadFile, BadRows, VaefastError
 
 CHUNK_BYTES = 1 << 28  # default rows per chunk: at most this many bytes of float32 input
 BATCH_BYTES = 1 << 25  # default rows per ONNX Runtime call: this many bytes of input
 
 _SESSIONS: dict[tuple, runtime.ExportedVAE] = {}  # one ONNX Runtime session per process
-_SOURCES: dict[str, Source] = {}  # and one opened input (built-in specs load once)
+_SOURCES: dict[tuple, Source] = {}  # and one opened input (built-in specs load once)
 
 
 def _model(model_dir: str, threads: int | None, variant: str = "fp32",
@@ -35,11 +35,17 @@ def _model(model_dir: str, threads: int | None, variant: str = "fp32",
     return _SESSIONS[key]
 
 
-def _source(spec: str) -> Source:
-    if spec not in _SOURCES:
+def _source(spec: str, preprocess: dict | None = None,
+            decode_workers: int | None = None) -> Source:
+    key = (spec, tuple(sorted((preprocess or {}).items())), decode_workers)
+    if key not in _SOURCES:
+        for old in _SOURCES.values():
+            old.close()
         _SOURCES.clear()  # keep at most one input in memory
-        _SOURCES[spec] = open_source(spec)
-    return _SOURCES[spec]
+        _SOURCES[key] = open_source(spec, preprocess and Preprocess(**preprocess),
+                                    decode_workers)
+    return _SOURCES[key]
+
 
 
 def _chunk_bounds(chunk: int, chunk_rows: int, n: int) -> tuple[int, int]:
@@ -63,16 +69,23 @@ def _encode_rows(vae: runtime.ExportedVAE, rows: np.ndarray, start: int, spec: s
                       e.reason) from None
 
 
-def _write_chunk(out: str, chunk: int, start: int, mu: np.ndarray, logvar: np.ndarray) -> int:
-    """Write one chunk's encodings, then its marker (the marker only after the data)."""
-    import zarr
+def _encode_chunk_rows(vae: runtime.ExportedVAE, source: Source, chunk: int,
+                       chunk_rows: int, batch_size: int, skip_bad: bool,
+                       rows: tuple | None = None):
+    """(start, mu, logvar, skipped) of one chunk: rows read (or given, already read),
+    encoded; rows whose file could not be decoded are NaN when ``skip_bad``."""
+    start, stop = _chunk_bounds(chunk, chunk_rows, source.n)
+    X, bad = rows if rows is not None else _read_rows(source, start, stop, skip_bad)
+    mu, logvar = _encode_rows(vae, X, start, source.spec, batch_size)
+    if bad:
+        mu[[r - start for r in bad]] = np.nan
+        logvar[[r - start for r in bad]] = np.nan
+    return start, mu, logvar, bad
 
-    group = zarr.open_group(out, mode="r+")
-    dtype = group["mu"].dtype
-    group["mu"][start:start + len(mu)] = mu.astype(dtype, copy=False)
-    group["logvar"][start:start + len(mu)] = logvar.astype(dtype, copy=False)
-    group["_progress/encoded"][chunk] = 1
-    return len(mu)
+
+def _read_rows(source: Source, start: int, stop: int, skip_bad: bool):
+    bad: dict[int, str] | None = {} if skip_bad else None
+    return source.rows(start, stop, bad), bad
 
 
 def _worker_threads() -> int | None:
@@ -89,29 +102,32 @@ def _worker_threads() -> int | None:
 
 def encode_chunk(model_dir: str, spec: str, out: str, chunk: int, chunk_rows: int,
                  batch_size: int, threads: int | None = None, variant: str = "fp32",
-                 providers: str = "auto") -> int:
+                 providers: str = "auto", preprocess: dict | None = None,
+                 skip_bad: bool = False) -> int:
     """Encode rows of chunk ``chunk`` and write them and their marker; return the row count.
 
     A plain function of plain arguments, so Dask can run it on any worker: the ONNX
     Runtime session and the input are opened there (sessions cannot be pickled), with
-    ``threads`` intra-op threads, by default the worker's own thread count.
+    ``threads`` intra-op threads, by default the worker's own thread count. Encoded
+    images are decoded by the task itself (the workers are the parallelism).
     """
     vae = _model(model_dir, threads or _worker_threads(), variant, providers)
-    source = _source(spec)
-    start, stop = _chunk_bounds(chunk, chunk_rows, source.n)
-    mu, logvar = _encode_rows(vae, source.rows(start, stop), start, spec, batch_size)
-    return _write_chunk(out, chunk, start, mu, logvar)
+    source = _source(spec, preprocess, 1)
+    start, mu, logvar, bad = _encode_chunk_rows(vae, source, chunk, chunk_rows, batch_size,
+                                                skip_bad)
+    return store.write_chunk(out, chunk, start, mu, logvar, bad)
 
 
 def _encode_pipelined(vae: runtime.ExportedVAE, source: Source, out: str, todo: list[int],
-                      chunk_rows: int, batch_size: int, bar) -> None:
+                      chunk_rows: int, batch_size: int, skip_bad: bool, bar) -> None:
     """The single-process path: while ONNX Runtime encodes chunk k (it releases the GIL),
-    one thread reads chunk k+1 and another writes chunk k-1."""
+    one thread reads chunk k+1 (encoded images: decoded by the source's worker
+    processes) and another writes chunk k-1."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
         def read(chunk: int):
-            return source.rows(*_chunk_bounds(chunk, chunk_rows, source.n))
+            return _read_rows(source, *_chunk_bounds(chunk, chunk_rows, source.n), skip_bad)
 
         pending_read = reader.submit(read, todo[0]) if todo else None
         pending_write = None
@@ -119,12 +135,12 @@ def _encode_pipelined(vae: runtime.ExportedVAE, source: Source, out: str, todo: 
             rows = pending_read.result()
             if k + 1 < len(todo):
                 pending_read = reader.submit(read, todo[k + 1])
-            start = _chunk_bounds(chunk, chunk_rows, source.n)[0]
-            mu, logvar = _encode_rows(vae, rows, start, source.spec, batch_size)
+            encoded = _encode_chunk_rows(vae, source, chunk, chunk_rows, batch_size,
+                                         skip_bad, rows)
             del rows
             if pending_write is not None:
                 bar.update(pending_write.result())
-            pending_write = writer.submit(_write_chunk, out, chunk, start, mu, logvar)
+            pending_write = writer.submit(store.write_chunk, out, chunk, *encoded)
         if pending_write is not None:
             bar.update(pending_write.result())
 
@@ -132,9 +148,10 @@ def _encode_pipelined(vae: runtime.ExportedVAE, source: Source, out: str, todo: 
 def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
           batch_size: int | None = None, chunk_rows: int | None = None,
           dtype: str = "float32", tsne: bool = False,
-          tsne_max: int = 10_000, tsne_transform: str = "exact", seed: int = 0, scheduler: str | None = None,
-          workers: int = 2, threads: int | None = None, variant: str = "fp32",
-          providers: str = "auto", force: bool = False,
+          tsne_max: int = 10_000, tsne_transform: str = "exact", seed: int = 0,
+          scheduler: str | None = None, workers: int = 2, threads: int | None = None,
+          variant: str = "fp32", providers: str = "auto", resize: str = "crop",
+          decode_workers: int | None = None, skip_bad: bool = False, force: bool = False,
           progress: bool = True) -> dict[str, Any]:
     """Embed every row of ``input`` through the exported encoder into the zarr store ``out``.
 
@@ -151,8 +168,15 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
     training). ``batch_size`` and ``chunk_rows`` default to powers of two sized to the
     input (8,192 and 65,536 for 28x28 digits; fewer for large images). A NaN, inf or
     out-of-range input value stops the run with one line naming its row and removes the
-    store, which could never finish. Returns figures of the run (rows, seconds, rows/s,
-    chunks skipped).
+    store, which could never finish.
+
+    Encoded images (``images:``, ``parquet:``, ``wds:`` inputs) are decoded by
+    ``decode_workers`` processes (default: the cores available) while the model encodes,
+    converted to the model's channels and resized by ``resize`` (crop, squash, pad); the
+    store keeps each row's id. A file that cannot be decoded stops the run with one line
+    naming it, the finished chunks kept (fix it and run again to resume); with
+    ``skip_bad`` its row is NaN and its id and reason are recorded (``skipped``).
+    Returns figures of the run (rows, seconds, rows/s, chunks resumed, skipped files).
     """
     from tqdm.auto import tqdm
 
@@ -160,15 +184,19 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
         raise VaefastError(f"unknown dtype {dtype!r}; use {' or '.join(store.DTYPES)}")
     out = Path(out)
     vae = _model(str(model_dir), threads, variant, providers)
-    _SOURCES.pop(input, None)  # the file may have changed since this process last read it
-    source = _source(input)
+    prep = preprocess_for(input, vae.display_shape, resize)
+    prep_dict = None if prep is None else prep.to_dict()
+    for key in [k for k in _SOURCES if k[0] == input]:  # the input may have changed
+        _SOURCES.pop(key).close()
+    source = _source(input, prep_dict, decode_workers)
     if not source.n:
         raise VaefastError(f"{input}: no rows to embed")
-    sample = vae.check_inputs(source.rows(0, 1)).shape[1:]  # a layout mismatch: refused now
+    sample = vae.check_inputs(source.rows(0, 1, {})).shape[1:]  # a layout mismatch: now
     latent_shape = vae.latent_shape_for(sample)
     values = int(np.prod(sample))
     batch_size = default_rows(values, BATCH_BYTES, 8192) if batch_size is None else batch_size
-    chunk_rows = default_rows(values, CHUNK_BYTES, 65536) if chunk_rows is None else chunk_rows
+    if chunk_rows is None:  # encoded images: smaller chunks, so decode and encode overlap
+        chunk_rows = default_rows(values, CHUNK_BYTES, 65536 if prep is None else 1024)
     for name, value in (("batch size", batch_size), ("chunk rows", chunk_rows),
                         ("tsne_max", tsne_max)):
         if value < 1:
@@ -184,46 +212,59 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
              "params": {"chunk_rows": chunk_rows, "tsne": tsne, "tsne_max": tsne_max,
                         "seed": seed, "variant": variant, "dtype": dtype} |
                        ({"tsne_transform": tsne_transform} if tsne else {}),
-             "latent_shape": list(latent_shape), "providers": vae.providers}
+             "latent_shape": list(latent_shape), "providers": vae.providers,
+             "label_names": source.label_names}
     group = store.open_or_create(out, attrs, source.n, latent_shape, chunk_rows,
-                                 source.labels, tsne, force, dtype)
-    if group.attrs["vaefast"].get("complete"):
+                                 source.labels, tsne, force, dtype, source.ids)
+    if store.info(group).get("complete"):
         return {"rows": source.n, "seconds": 0.0, "rows_per_s": None, "already_complete": True}
-    done = np.asarray(group["_progress/encoded"][:])
-    todo = [int(c) for c in np.flatnonzero(done == 0)]
-    skipped_rows = sum(min(chunk_rows, source.n - c * chunk_rows) for c in np.flatnonzero(done))
+    todo = store.pending(group, "encoded")
+    n_chunks = -(-source.n // chunk_rows)
+    skipped_rows = source.n - sum(np.diff(_chunk_bounds(c, chunk_rows, source.n))[0]
+                                  for c in todo)
     bar = tqdm(total=source.n, initial=skipped_rows, unit="rows", unit_scale=True,
                desc="embed", disable=not progress, smoothing=0.1)
+    upscaled = getattr(source, "upscaled", 0)  # images counted from here (not the probe)
     t0 = time.perf_counter()
     try:
         if scheduler is None:
-            _encode_pipelined(vae, source, str(out), todo, chunk_rows, batch_size, bar)
+            _encode_pipelined(vae, source, str(out), todo, chunk_rows, batch_size, skip_bad,
+                              bar)
         else:
             _run_dask(scheduler, workers, (str(model_dir), input, str(out)), todo,
-                      chunk_rows, batch_size, threads, variant, providers, bar)
+                      chunk_rows, batch_size, threads, variant, providers, prep_dict,
+                      skip_bad, bar)
     except BadRows as e:
         store.remove(out)
         raise VaefastError(f"{e}; clean the input first ({out} was removed: it could "
                            "never finish)") from None
+    except BadFile as e:
+        done = n_chunks - len(store.pending(group, "encoded"))
+        raise VaefastError(f"{e}; replace the file and run the same command to "
+                           f"resume ({out} keeps its {done} finished chunk(s)), or add "
+                           "--skip-bad to skip files that cannot be decoded") from None
     finally:
         bar.close()
+        source.close()  # the decode processes, if any
     seconds = time.perf_counter() - t0
+    skipped = store.skipped_rows(group)
     stats = {"rows": source.n, "rows_encoded": source.n - skipped_rows, "seconds": seconds,
              "rows_per_s": (source.n - skipped_rows) / seconds if seconds > 0 else None,
-             "chunks_resumed": len(done) - len(todo), "variant": variant,
-             "providers": vae.providers}
+             "chunks_resumed": n_chunks - len(todo), "variant": variant,
+             "providers": vae.providers, "skipped": len(skipped),
+             "upscaled": getattr(source, "upscaled", 0) - upscaled}
     if tsne:  # the map needs no model: its session and buffers go first (peak memory)
         del vae
         _SESSIONS.clear()
         stats["tsne"] = _map(group, tsne_max, seed, chunk_rows, threads, progress,
-                             tsne_transform)
+                             tsne_transform, sorted(skipped))
     store.mark_complete(group)
     return stats
 
 
 def _run_dask(scheduler: str, workers: int, args: tuple, todo: list[int], chunk_rows: int,
               batch_size: int, threads: int | None, variant: str, providers: str,
-              bar) -> None:
+              preprocess: dict | None, skip_bad: bool, bar) -> None:
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -238,8 +279,9 @@ def _run_dask(scheduler: str, workers: int, args: tuple, todo: list[int], chunk_
         raise VaefastError(f"unknown scheduler {scheduler!r}; use local or tcp://HOST:PORT")
     try:
         futures = [client.submit(encode_chunk, *args, c, chunk_rows, batch_size, threads,
-                                 variant, providers, key=f"vaefast-encode-{c}-{args[2]}",
-                                 pure=False) for c in todo]
+                                 variant, providers, preprocess, skip_bad,
+                                 key=f"vaefast-encode-{c}-{args[2]}", pure=False)
+                   for c in todo]
         for future in as_completed(futures):
             bar.update(future.result())
     finally:
@@ -249,64 +291,49 @@ def _run_dask(scheduler: str, workers: int, args: tuple, todo: list[int], chunk_
 
 
 def _map(group, tsne_max: int, seed: int, chunk_rows: int, threads: int | None,
-         progress: bool, method: str = "exact") -> dict[str, Any]:
+         progress: bool, method: str = "exact", skipped: list[int] = ()) -> dict[str, Any]:
     """The t-SNE map of ``mu`` by ``vaefast.tsne.mapping``'s rule, stored resumably: the
-    reference map first (its index written last), then placed rows chunk by chunk."""
-    from vaefast.tsne.threads import numba_threads
-    from vaefast.tsne.mapping import fit_reference, place_chunks, reference_rows
-
-    n = group["mu"].shape[0]
-    placed = group["_progress/placed"]
-
-    def means(rows) -> np.ndarray:  # [k, D] float32, spatial latents flattened
-        if not isinstance(rows, np.ndarray):
-            mu = np.asarray(group["mu"][rows], np.float32)
-            return mu.reshape(len(mu), -1)
-        # sorted rows, gathered a zarr chunk at a time (never the whole array in memory)
-        step = group["mu"].chunks[0]
-        parts = [np.asarray(group["mu"][c:c + step][rows[(rows >= c) & (rows < c + step)] - c],
-                            np.float32) for c in range(0, n, step)
-                 if ((rows >= c) & (rows < c + step)).any()]
-        return np.concatenate(parts).reshape(len(rows), -1)
-
+    reference map first (its index written last), then placed rows chunk by chunk.
+    Skipped rows (no μ) get no position (NaN) and are never in the reference."""
     from tqdm.auto import tqdm
 
+    from vaefast.tsne.mapping import fit_reference, place_chunks, reference_rows
+    from vaefast.tsne.threads import numba_threads
+
+    n = store.n_rows(group)
+    valid = np.setdiff1d(np.arange(n), np.asarray(skipped, np.int64))
     t0 = time.perf_counter()
-    stats: dict[str, Any] = {"method": "exact" if n <= tsne_max else "reference+transform",
-                             "n": n}
-    if "tsne_reference_index" not in group:
-        if "tsne_reference" in group:  # killed before the index was written: redo it
-            del group["tsne_reference"]
-        index = reference_rows(n, tsne_max, seed)
-        tsne = fit_reference(means(index), seed, threads, progress)
-        ref = group.create_array("tsne_reference", shape=(len(index), 2), dtype="float64",
-                                 chunks=(len(index), 2), fill_value=0.0)
-        ref[:] = tsne.embedding_
-        group.create_array("tsne_reference_index", shape=(len(index),), dtype="int64",
-                           chunks=(len(index),), fill_value=0)[:] = index  # written last
+    stats: dict[str, Any] = {"method": "exact" if len(valid) <= tsne_max
+                             else "reference+transform", "n": len(valid)}
+    found = store.reference(group)
+    if found is None:
+        index = valid[reference_rows(len(valid), tsne_max, seed)]
+        tsne = fit_reference(store.read_mu(group, index), seed, threads, progress)
+        store.save_reference(group, index, tsne.embedding_)
         stats |= {"kl": tsne.kl_divergence_, "iterations": tsne.n_iter_ + 1,
                   "pairs_per_s": tsne.timings_["pairs_per_s"], "reference_rows": len(index)}
+        found = index, tsne.embedding_
     t1 = time.perf_counter()
-    index = group["tsne_reference_index"][:]
-    Y_ref = group["tsne_reference"][:]
-    X_ref = means(index)
-    todo = [int(c) for c in np.flatnonzero(placed[:] == 0)]
+    index, Y_ref = found
+    X_ref = store.read_mu(group, index)
+    todo = store.pending(group, "placed")
 
-    def new_rows(start: int, stop: int) -> int:  # rows of [start, stop) not in the reference
-        return stop - start - int(np.count_nonzero((index >= start) & (index < stop)))
+    def new_rows(start: int, stop: int) -> int:  # rows of [start, stop) to place
+        return int(np.count_nonzero((valid >= start) & (valid < stop))) - \
+            int(np.count_nonzero((index >= start) & (index < stop)))
 
     to_place = sum(new_rows(c * chunk_rows, min((c + 1) * chunk_rows, n)) for c in todo)
     bar = tqdm(total=to_place, desc="t-SNE placement", unit="points", unit_scale=True,
                disable=not progress or not to_place, smoothing=0.1)
     with numba_threads(threads):
-        for chunk, start, stop, Y in place_chunks(lambda a, b: means(slice(a, b)), n, index,
-                                                  X_ref, Y_ref, chunk_rows, todo, method):
-            group["tsne"][start:stop] = Y.astype(np.float32)
-            placed[chunk] = 1
+        for chunk, start, stop, Y in place_chunks(lambda a, b: store.read_mu(group, slice(a, b)),
+                                                  n, index, X_ref, Y_ref, chunk_rows, todo,
+                                                  method):
+            store.write_positions(group, chunk, start, Y)
             bar.update(new_rows(start, stop))
     bar.close()
     t2 = time.perf_counter()
-    if n > tsne_max:
+    if len(valid) > tsne_max:
         stats["reference"] = tsne_max
     stats |= {"fit_s": t1 - t0, "place_s": t2 - t1, "placed_rows": to_place,
               "points_per_s": to_place / (t2 - t1) if to_place and t2 > t1 else None}

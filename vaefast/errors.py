@@ -16,3 +16,12 @@ class BadRows(VaefastError):
     def __init__(self, message: str, row: int, reason: str):
         super().__init__(message)
         self.row, self.reason = row, reason
+
+
+class BadFile(VaefastError):
+    """A file of a dataset (an image, a parquet cell, a tar member) that cannot be read
+    or decoded; ``id`` names it as the store records it."""
+
+    def __init__(self, message: str, id: str, reason: str):
+        super().__init__(message)
+        self.id, self.reason = id, reason

@@ -34,7 +34,13 @@ class Latents:
     logvar: np.ndarray
     seed: int = 0
     threads: int | None = None  # Numba threads for the t-SNE map (None: all cores)
+    label_names: list[str] | None = None  # the data's (default: the model's)
     _positions: dict = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str] | None:
+        """What each label means: the data's names, else the model's."""
+        return self.label_names or self.vae.label_names
 
     @classmethod
     def from_data(cls, vae: runtime.ExportedVAE, X: np.ndarray,
@@ -80,20 +86,25 @@ class Latents:
                    seed: int = 0) -> "Latents":
         """Latents of a finished ``vaefast embed`` store (its t-SNE reused); input images
         are read on demand from the store's recorded input, only for the rows shown."""
-        from vaefast.sources import open_source
-        from vaefast.store import open_embeddings
+        from vaefast import store
+        from vaefast.data import Preprocess, open_source
 
-        group = open_embeddings(path)
-        attrs = dict(group.attrs)["vaefast"]
+        stored = store.load(path)
+        attrs = stored["attrs"]
         if attrs["model_sha256"] != vae.meta["weights_sha256"]:
             raise VaefastError(f"{path} was embedded with another model than {vae.folder}")
-        keys = set(group.array_keys())
-        lat = cls(vae, _RowReader(open_source(attrs["input"]["spec"])),
-                  group["labels"][:] if "labels" in keys else None,
-                  np.asarray(group["mu"][:], np.float32),
-                  np.asarray(group["logvar"][:], np.float32), seed)
-        if "tsne" in keys:
-            lat._positions["tsne"] = group["tsne"][:].astype(np.float64)
+        recorded = attrs["input"]
+        prep = recorded.get("preprocess")
+        source = open_source(recorded["spec"], prep and Preprocess(**prep), 1)
+        if source.fingerprint() != recorded:
+            raise VaefastError(f"{path}: its input {recorded['spec']} has changed since it "
+                               "was embedded; its images cannot be matched to its rows")
+        keep = np.setdiff1d(np.arange(len(stored["mu"])), list(stored["skipped"]))
+        labels = None if stored["labels"] is None else stored["labels"][keep]
+        lat = cls(vae, _RowReader(source, keep), labels, stored["mu"][keep],
+                  stored["logvar"][keep], seed, label_names=attrs.get("label_names"))
+        if stored["tsne"] is not None:
+            lat._positions["tsne"] = stored["tsne"][keep].astype(np.float64)
         return lat
 
     def images(self, rows: np.ndarray) -> np.ndarray:
@@ -121,16 +132,19 @@ class Latents:
 
 
 class _RowReader:
-    """Rows of a large input read one by one on demand (for the few images a view shows)."""
+    """Rows of a large input read one by one on demand (for the few images a view shows);
+    ``index`` maps positions to the source's rows (default: all of them)."""
 
-    def __init__(self, source):
+    def __init__(self, source, index: np.ndarray | None = None):
         self.source, self.dtype = source, source.dtype
+        self.index = np.arange(source.n) if index is None else np.asarray(index)
 
     def __len__(self) -> int:
-        return self.source.n
+        return len(self.index)
 
     def __getitem__(self, rows) -> np.ndarray:
-        return np.concatenate([self.source.rows(int(r), int(r) + 1) for r in np.atleast_1d(rows)])
+        return np.concatenate([self.source.rows(int(r), int(r) + 1)
+                               for r in np.atleast_1d(self.index[rows])])
 
 
 def _figure(*args, **kwargs):
@@ -142,6 +156,14 @@ def _figure(*args, **kwargs):
 def _imshow(ax, image: np.ndarray, cmap: str = "gray") -> None:
     """Grey images through ``cmap``; colour images as they are."""
     ax.imshow(image, cmap=cmap if image.ndim == 2 else None)
+
+
+def _label_name(label, names: list[str] | None) -> str:
+    """A label's name; -1 is an image with no class (a file directly in an image folder)."""
+    c = int(label)
+    if c < 0:
+        return "no label"
+    return names[c] if names and c < len(names) else str(c)
 
 
 def _scatter(ax, pos: np.ndarray, labels: np.ndarray | None, names: list[str] | None,
@@ -165,7 +187,7 @@ def _scatter(ax, pos: np.ndarray, labels: np.ndarray | None, names: list[str] | 
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], ls="", marker="o", color=color_of[c],
-                      label=names[int(c)] if names and 0 <= int(c) < len(names) else str(c))
+                      label=_label_name(c, names))
                for c in classes]
     ax.legend(handles=handles, fontsize=7, markerscale=1, loc="best", title="label")
 
@@ -189,7 +211,7 @@ def latent(lat: Latents, method: str = "tsne", thumbnails: int = 0):
     """Case 1: the posterior means μ of given inputs, colored by label."""
     pos, what = lat.positions(method)
     fig, ax = _figure(figsize=(7, 6))
-    _scatter(ax, pos, lat.labels, lat.vae.label_names)
+    _scatter(ax, pos, lat.labels, lat.names)
     if thumbnails:
         rows = _subsample(len(pos), thumbnails, lat.seed)
         _thumbnails(ax, pos[rows], lat.images(rows))
@@ -213,7 +235,7 @@ def uncertainty(lat: Latents, method: str = "tsne", ellipses: int = 200, example
     grid = fig.add_gridspec(3, examples, height_ratios=[6, 1, 1])
     ax = fig.add_subplot(grid[0, :])
     if lat.z == 2:
-        _scatter(ax, pos, lat.labels, lat.vae.label_names, zorder=2)
+        _scatter(ax, pos, lat.labels, lat.names, zorder=2)
         for r in _subsample(len(pos), ellipses, lat.seed):
             patch = Ellipse(tuple(pos[r]), 2 * sigma[r, 0], 2 * sigma[r, 1], fill=False,
                             lw=0.5, alpha=0.6, color="k", gid="sigma-ellipse")
@@ -397,9 +419,9 @@ def diagnostics(lat: Latents, active_threshold: float = 0.01):
     axes[1].set_ylabel("σ")
     if lat.labels is not None:
         classes = np.unique(lat.labels)
-        names = lat.vae.label_names
+        names = lat.names
         means = [lat.sigma[lat.labels == c].mean() for c in classes]
-        axes[2].bar([names[int(c)] if names and 0 <= int(c) < len(names) else str(c)
+        axes[2].bar([_label_name(c, names)
                      for c in classes], means)
         axes[2].set_title("mean σ per class (higher: the encoder is less sure)", fontsize=9)
         axes[2].tick_params(axis="x", rotation=45)
@@ -520,12 +542,19 @@ def render(kind: str, model_dir: str | os.PathLike, out: str | os.PathLike, *,
         spec = str(embeddings)
     else:
         spec = data or (vae.meta.get("training") or {}).get("data") or "mnist5k"
-        raw = data_mod.read(spec)
-        vae.check_inputs(np.asarray(raw.X[:1]))  # a layout mismatch fails before any work
-        rows = _subsample(len(raw.X), max_points, seed) if len(raw.X) > max_points else \
-            np.arange(len(raw.X))
-        lat = Latents.from_data(vae, np.asarray(raw.X[rows]),
-                                None if raw.y is None else raw.y[rows], seed)
+        prep = data_mod.preprocess_for(spec, vae.display_shape)
+        if prep is None:
+            raw = data_mod.read(spec)
+            X, y, names = raw.X, raw.y, raw.label_names
+        else:  # encoded images: only the rows shown are decoded
+            source = data_mod.open_source(spec, prep)
+            X, y, names = _RowReader(source), source.labels, source.label_names
+        vae.check_inputs(np.asarray(X[:1]))  # a layout mismatch fails before any work
+        rows = _subsample(len(X), max_points, seed) if len(X) > max_points else \
+            np.arange(len(X))
+        lat = Latents.from_data(vae, np.asarray(X[rows]), None if y is None else y[rows],
+                                seed)
+        lat.label_names = names
     lat.threads = threads
     out = Path(out)
     written = []

@@ -27,7 +27,8 @@ import numpy as np
 
 from vaefast.atomic import read_json
 from vaefast.errors import BadRows, VaefastError
-from vaefast.layout import arrange, check_pixels, describe, input_shape_for, to_display
+from vaefast.layout import (arrange, check_pixels, describe, display_shape, input_shape_for,
+                            to_display)
 from vaefast.variants import model_files
 
 MODEL_JSON = "model.json"
@@ -104,6 +105,11 @@ class ExportedVAE:
         return self.encoder_session.get_providers()
 
     # --- inputs ---------------------------------------------------------------------------
+
+    @property
+    def display_shape(self) -> tuple[int, ...]:
+        """How one input image displays: (H, W) grey or (H, W, C)."""
+        return display_shape(self.input_shape, self.image_shape)
 
     def check_inputs(self, X: np.ndarray) -> np.ndarray:
         """Validate inputs' layout and lay them out as [N, *input_shape] (uint8 pixels or

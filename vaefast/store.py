@@ -1,13 +1,18 @@
 """The embedding store: one zarr group per ``vaefast embed`` run.
 
 Layout (``OUT.zarr``): ``mu``, ``logvar`` [N, *latent_shape] (flat [N, Z] or spatial
-[N, C, h, w]; float32, or float16 when asked for) and ``labels`` [N] int64 when known,
-chunked by rows and compressed (zarr's default codec); ``tsne`` [N, 2] float32 when asked for (plus ``tsne_reference``
-and ``tsne_reference_index`` when it was mapped from a sample); ``_progress/encoded``
+[N, C, h, w]; float32, or float16 when asked for) and ``labels`` [N] int64 when known
+(-1: a file with no class), chunked by rows and compressed (zarr's default codec);
+``ids`` [N] strings naming each row's file (inputs of encoded images) and ``skipped``
+[N] strings, the reason a row's file could not be decoded ('' for the rows encoded; a
+skipped row's ``mu``, ``logvar`` and ``tsne`` are NaN); ``tsne`` [N, 2] float32 when
+asked for (plus ``tsne_reference`` and ``tsne_reference_index`` when it was mapped from
+a sample); ``_progress/encoded``
 and ``_progress/placed``, one marker per row chunk, each its own zarr chunk (written
 atomically by zarr) and written only after that chunk's data. The group attribute
 ``vaefast`` records the format, the model's sha256, the input's fingerprint, the
-parameters, and ``complete: true`` once everything is written.
+parameters, ``label_names`` when known, and ``complete: true`` once everything is
+written. Only this module knows these names: embed, plot and the readers ask it.
 
 Stores are created in a temporary folder beside ``OUT`` through
 :func:`vaefast.atomic.atomic_dir` (so they get the user's umask, like every other
@@ -19,6 +24,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from vaefast.atomic import atomic_dir
 from vaefast.errors import VaefastError
@@ -46,7 +53,7 @@ DTYPES = ("float32", "float16")  # what mu and logvar may be stored as
 
 def create(out: Path, attrs: dict[str, Any], n: int, latent_shape: tuple[int, ...],
            chunk_rows: int, labels=None, tsne: bool = False, force: bool = False,
-           dtype: str = "float32") -> None:
+           dtype: str = "float32", ids: list[str] | None = None) -> None:
     """Write an empty store at ``out`` (atomically; replacing ``out`` only with force)."""
     import zarr
 
@@ -61,6 +68,10 @@ def create(out: Path, attrs: dict[str, Any], n: int, latent_shape: tuple[int, ..
         if labels is not None:
             group.create_array("labels", shape=(n,), chunks=(rows,), dtype="int64",
                                fill_value=0)[:] = labels
+        if ids is not None:
+            group.create_array("ids", shape=(n,), chunks=(rows,), dtype=str)[:] = \
+                np.asarray(ids, dtype=object)
+            group.create_array("skipped", shape=(n,), chunks=(rows,), dtype=str)
         if tsne:
             group.create_array("tsne", shape=(n, 2), chunks=(rows, 2), dtype="float32",
                                fill_value=0.0)
@@ -73,7 +84,7 @@ def create(out: Path, attrs: dict[str, Any], n: int, latent_shape: tuple[int, ..
 
 def open_or_create(out: Path, attrs: dict[str, Any], n: int, latent_shape: tuple[int, ...],
                    chunk_rows: int, labels=None, tsne: bool = False, force: bool = False,
-                   dtype: str = "float32"):
+                   dtype: str = "float32", ids: list[str] | None = None):
     """Reopen the store at ``out`` to resume it, or create it; return the zarr group.
 
     A path holding anything but a vaefast store is never touched; a store started with
@@ -94,7 +105,8 @@ def open_or_create(out: Path, attrs: dict[str, Any], n: int, latent_shape: tuple
                                "to replace)")
         replace = bool(differ)
     if replace or not out.exists():
-        create(out, attrs, n, latent_shape, chunk_rows, labels, tsne, force=replace, dtype=dtype)
+        create(out, attrs, n, latent_shape, chunk_rows, labels, tsne, force=replace,
+               dtype=dtype, ids=ids)
     return zarr.open_group(str(out), mode="r+")
 
 
@@ -127,3 +139,188 @@ def open_embeddings(path: str | os.PathLike):
     import zarr
 
     return zarr.open_group(str(path), mode="r")
+
+
+def info(group) -> dict[str, Any]:
+    """The store's ``vaefast`` attributes (format, model, input, params, ...)."""
+    return dict(group.attrs["vaefast"])
+
+
+def pending(group, stage: str) -> list[int]:
+    """Row chunks not yet done at ``stage`` ("encoded" or "placed")."""
+    return [int(c) for c in np.flatnonzero(np.asarray(group[f"_progress/{stage}"][:]) == 0)]
+
+
+def write_chunk(out: str, chunk: int, start: int, mu: np.ndarray, logvar: np.ndarray,
+                skipped: dict[int, str] | None = None) -> int:
+    """Write one chunk's encodings (and why rows were skipped), then its marker (the
+    marker only after the data); return the row count."""
+    import zarr
+
+    group = zarr.open_group(out, mode="r+")
+    dtype = group["mu"].dtype
+    stop = start + len(mu)
+    group["mu"][start:stop] = mu.astype(dtype, copy=False)
+    group["logvar"][start:stop] = logvar.astype(dtype, copy=False)
+    if "skipped" in group:
+        why = np.full(len(mu), "", dtype=object)
+        for row, reason in (skipped or {}).items():
+            why[row - start] = reason
+        group["skipped"][start:stop] = why
+    group["_progress/encoded"][chunk] = 1
+    return len(mu)
+
+
+def skipped_rows(group) -> dict[int, str]:
+    """{row: reason} of the rows whose file could not be decoded (read a chunk at a time)."""
+    if "skipped" not in group:
+        return {}
+    arr, out = group["skipped"], {}
+    step = arr.chunks[0]
+    for c in range(0, arr.shape[0], step):
+        why = np.asarray(arr[c:c + step], dtype=object)
+        out |= {c + int(k): str(why[k]) for k in np.flatnonzero(why != "")}
+    return out
+
+
+def read_mu(group, rows) -> np.ndarray:
+    """μ of ``rows`` (a slice, or sorted row numbers gathered a chunk at a time, never the
+    whole array in memory) as float32 [k, D], spatial latents flattened."""
+    mu = group["mu"]
+    if not isinstance(rows, np.ndarray):
+        out = np.asarray(mu[rows], np.float32)
+        return out.reshape(len(out), -1)
+    step, n = mu.chunks[0], mu.shape[0]
+    parts = [np.asarray(mu[c:c + step][rows[(rows >= c) & (rows < c + step)] - c], np.float32)
+             for c in range(0, n, step) if ((rows >= c) & (rows < c + step)).any()]
+    return np.concatenate(parts).reshape(len(rows), -1)
+
+
+def reference(group) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows, positions) of a finished reference map, or None (a half-written one is
+    dropped: the index is written last)."""
+    if "tsne_reference_index" not in group:
+        if "tsne_reference" in group:
+            del group["tsne_reference"]
+        return None
+    return group["tsne_reference_index"][:], group["tsne_reference"][:]
+
+
+def save_reference(group, index: np.ndarray, Y: np.ndarray) -> None:
+    """Store the reference map: positions first, then the index that marks it done."""
+    group.create_array("tsne_reference", shape=(len(index), 2), dtype="float64",
+                       chunks=(len(index), 2), fill_value=0.0)[:] = Y
+    group.create_array("tsne_reference_index", shape=(len(index),), dtype="int64",
+                       chunks=(len(index),), fill_value=0)[:] = index
+
+
+def write_positions(group, chunk: int, start: int, Y: np.ndarray) -> None:
+    """Write one chunk's t-SNE positions, then its marker."""
+    group["tsne"][start:start + len(Y)] = Y.astype(np.float32)
+    group["_progress/placed"][chunk] = 1
+
+
+def n_rows(group) -> int:
+    return int(group["mu"].shape[0])
+
+
+def load(path: str | os.PathLike) -> dict[str, Any]:
+    """A finished store in memory: ``mu``, ``logvar`` (float32), ``labels``, ``tsne``,
+    ``ids``, ``skipped`` ({row: reason}) — None where absent — and its ``attrs``."""
+    group = open_embeddings(path)
+    keys = set(group.array_keys())
+
+    def get(name, dtype=None):
+        return np.asarray(group[name][:], dtype) if name in keys else None
+
+    return {"mu": get("mu", np.float32), "logvar": get("logvar", np.float32),
+            "labels": get("labels"), "tsne": get("tsne"),
+            "ids": None if "ids" not in keys else np.asarray(group["ids"][:], dtype=object),
+            "skipped": skipped_rows(group), "attrs": info(group)}
+
+
+EXPORT_FORMATS = ("parquet", "npy")
+
+
+def export(path: str | os.PathLike, to: str, out: str | os.PathLike,
+           force: bool = False) -> dict[str, Any]:
+    """Write a finished store's rows for the tools downstream, a zarr chunk at a time:
+    ``parquet`` (one file: ``id`` or ``row``, ``label``, ``mu`` and ``sigma`` as float32
+    lists, ``tsne_x``/``tsne_y``, ``skipped``) or ``npy`` (a folder of ``mu.npy``,
+    ``sigma.npy``, ``labels.npy``, ``tsne.npy``, ``ids.npy``, memory-mappable). Written to
+    a temporary path and renamed. Returns {rows, columns}."""
+    if to not in EXPORT_FORMATS:
+        raise VaefastError(f"unknown format {to!r}; use {' or '.join(EXPORT_FORMATS)}")
+    group = open_embeddings(path)
+    n, step = n_rows(group), group["mu"].chunks[0]
+    keys = set(group.array_keys())
+    columns = [k for k in ("ids", "labels", "mu", "logvar", "tsne", "skipped") if k in keys]
+
+    def chunks():
+        for c in range(0, n, step):
+            part = {k: np.asarray(group[k][c:c + step]) for k in columns}
+            mu = part["mu"].astype(np.float32).reshape(len(part["mu"]), -1)
+            sigma = np.exp(0.5 * part.pop("logvar").astype(np.float32)).reshape(len(mu), -1)
+            yield c, part | {"mu": mu, "sigma": sigma}
+
+    if to == "parquet":
+        from vaefast.atomic import atomic_file, check_new_output
+
+        check_new_output(Path(out), force)
+        with atomic_file(out) as tmp:
+            _write_parquet(tmp, chunks(), group["mu"].shape)
+    else:
+        widths = {k: max([1] + [len(str(v)) for c in range(0, n, step)
+                                for v in np.asarray(group[k][c:c + step], dtype=object)])
+                  for k in ("ids", "skipped") if k in keys}  # fixed-width strings in .npy
+        with atomic_dir(out, force=force) as tmp:
+            _write_npy(tmp, chunks(), n, widths)
+    return {"rows": n, "columns": [c for c in columns if c != "logvar"] + ["sigma"]}
+
+
+def _write_parquet(path: Path, chunks, mu_shape) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise VaefastError("--to parquet needs pyarrow: pip install 'vaefast[parquet]'") \
+            from None
+    d = int(np.prod(mu_shape[1:]))
+    writer = None
+    try:
+        for c, part in chunks:
+            cols = {"id": pa.array(part["ids"].astype(object), pa.string())} if "ids" in part \
+                else {"row": pa.array(np.arange(c, c + len(part["mu"])))}
+            if "labels" in part:
+                cols["label"] = pa.array(part["labels"])
+            for name in ("mu", "sigma"):
+                cols[name] = pa.FixedSizeListArray.from_arrays(
+                    pa.array(part[name].ravel()), d)
+            if "tsne" in part:
+                cols["tsne_x"] = pa.array(part["tsne"][:, 0])
+                cols["tsne_y"] = pa.array(part["tsne"][:, 1])
+            if "skipped" in part:
+                cols["skipped"] = pa.array(part["skipped"].astype(object), pa.string())
+            table = pa.table(cols)
+            if writer is None:
+                writer = pq.ParquetWriter(str(path), table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _write_npy(folder: Path, chunks, n: int, widths: dict[str, int]) -> None:
+    from numpy.lib.format import open_memmap
+
+    files: dict[str, np.ndarray] = {}
+    for c, part in chunks:
+        for name, arr in part.items():
+            if name in widths:
+                arr = arr.astype(f"<U{widths[name]}")
+            if name not in files:
+                files[name] = open_memmap(folder / f"{name}.npy", "w+", arr.dtype,
+                                          (n, *arr.shape[1:]))
+            files[name][c:c + len(arr)] = arr
+    for m in files.values():
+        m.flush()

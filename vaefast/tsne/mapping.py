@@ -48,7 +48,8 @@ def place_chunks(X: Callable[[int, int], np.ndarray], n: int, index: np.ndarray,
                  chunks: list[int] | None = None, method: str = "exact"
                  ) -> Iterator[tuple[int, int, int, np.ndarray]]:
     """Positions of rows chunk by chunk: reference rows keep their exact position, the
-    others are placed by transform (``method``: a name in ``transform.PLACEMENTS``).
+    others are placed by transform (``method``: a name in ``transform.PLACEMENTS``);
+    rows with no point (NaN: an input skipped as undecodable) get NaN.
     Yields (chunk, start, stop, Y [stop - start, 2])."""
     position = {int(r): k for k, r in enumerate(index)}
     todo = range(-(-n // chunk_rows)) if chunks is None else chunks
@@ -56,10 +57,13 @@ def place_chunks(X: Callable[[int, int], np.ndarray], n: int, index: np.ndarray,
         start, stop = chunk * chunk_rows, min((chunk + 1) * chunk_rows, n)
         rows = np.arange(start, stop)
         in_ref = np.isin(rows, index)
-        out = np.empty((stop - start, 2))
+        out = np.full((stop - start, 2), np.nan)
         out[in_ref] = Y_ref[[position[int(r)] for r in rows[in_ref]]]
         if (~in_ref).any():
-            out[~in_ref] = place(X(start, stop)[~in_ref], X_ref, Y_ref, method=method)
+            X_new = X(start, stop)
+            new = ~in_ref & np.isfinite(X_new).all(axis=1)
+            if new.any():
+                out[new] = place(X_new[new], X_ref, Y_ref, method=method)
         yield chunk, start, stop, out
 
 

@@ -1,0 +1,221 @@
+"""Encoded images (JPEG, PNG, BMP, WebP, TIFF bytes) -> the model's input, in parallel.
+
+The one place PIL images live: bytes come in, uint8 arrays [n, H, W] (grey) or
+[n, H, W, 3] (RGB) go out. Each image is converted to the model's channels (alpha
+composited on white; CMYK, palette and 16-bit images converted) and resized to the
+model's size by a named rule (``RESIZES``). JPEGs are decoded at a reduced scale when
+the target is at most half the source (PIL's ``draft``: the DCT does the downscaling,
+which is most of the decode cost saved and nothing lost at the output size).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from vaefast.errors import VaefastError
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+RESIZES = {
+    "crop": "resize the shorter side to the model's, then center-crop (torchvision's "
+            "Resize + CenterCrop)",
+    "squash": "resize to the model's size, ignoring the aspect ratio",
+    "pad": "resize the longer side to the model's, then pad with black to the model's size",
+}
+PIECE = 32  # images per task sent to a decode worker
+WHITE = (255, 255, 255, 255)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an encoded image becomes one model input: ``height`` x ``width`` pixels with
+    ``channels`` (1 grey, 3 RGB), resized by ``resize`` (a name in ``RESIZES``)."""
+
+    height: int
+    width: int
+    channels: int
+    resize: str = "crop"
+
+    def __post_init__(self):
+        if self.resize not in RESIZES:
+            raise VaefastError(f"unknown resize {self.resize!r}; use "
+                               f"{', '.join(RESIZES)}")
+        if self.channels not in (1, 3):
+            raise VaefastError(f"images can be read as 1 (grey) or 3 (RGB) channels, "
+                               f"the model takes {self.channels}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One decoded sample: (H, W) grey or (H, W, 3) RGB."""
+        return (self.height, self.width) if self.channels == 1 else \
+            (self.height, self.width, 3)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def for_model(cls, display_shape: Sequence[int], resize: str = "crop") -> "Preprocess":
+        """The preprocessing to a model whose input displays as (H, W) or (H, W, C)."""
+        h, w = int(display_shape[0]), int(display_shape[1])
+        channels = int(display_shape[2]) if len(display_shape) == 3 else 1
+        if channels == 4:
+            raise VaefastError("images can be read for 1- or 3-channel models; this model "
+                               "takes 4 channels")
+        return cls(h, w, channels, resize)
+
+
+class BadImage(Exception):
+    """An encoded image that cannot be decoded; the message says why."""
+
+
+def infer(blob: bytes, name: str, resize: str = "crop") -> Preprocess:
+    """Preprocessing that keeps an image as it is (its size; grey stays grey, anything
+    else becomes RGB): for reading images with no model to size them for."""
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(blob))
+    except Exception as e:
+        raise VaefastError(f"{name}: not a readable image ({_reason(e)})") from None
+    grey = im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+    return Preprocess(im.size[1], im.size[0], 1 if grey else 3, resize)
+
+
+def decode(blob: bytes, prep: Preprocess) -> tuple[np.ndarray, bool]:
+    """One image as uint8 ``prep.shape``, and whether it had to be upscaled.
+    Raises BadImage naming what is wrong with it."""
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(blob))
+        w, h = im.size
+        scale = _scale(w, h, prep)
+        if im.format == "JPEG" and im.mode in ("L", "RGB") and scale <= 0.5:
+            im.draft("L" if prep.channels == 1 else "RGB",
+                     (math.ceil(w * scale), math.ceil(h * scale)))
+        im.load()  # the decode: a truncated or corrupt file fails here
+        im = _convert(im, prep.channels)
+        return np.asarray(_resize(im, w, h, prep)), scale > 1.0
+    except Exception as e:
+        raise BadImage(_reason(e)) from None
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).split("\n")[0] or type(e).__name__
+    return "not an image file PIL can identify" if "cannot identify image file" in text \
+        else text
+
+
+def _scale(w: int, h: int, prep: Preprocess) -> float:
+    """Source pixels -> model pixels, along the axis the resize rule fits."""
+    sx, sy = prep.width / w, prep.height / h
+    if prep.resize == "crop":
+        return max(sx, sy)
+    if prep.resize == "pad":
+        return min(sx, sy)
+    return max(sx, sy)  # squash: upscaled when either axis grows
+
+
+def _convert(im, channels: int):
+    """To 'L' or 'RGB': alpha over white, 16-bit and float scaled to 8 bits."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode != "F" and (im.mode.startswith("I;16") or a.max() > 255) \
+            else 255.0
+        im = Image.fromarray(np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+            im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba)
+    return im.convert("L" if channels == 1 else "RGB")
+
+
+def _resize(im, w0: int, h0: int, prep: Preprocess):
+    """Resize by the rule, from the (possibly draft-reduced) image ``im`` of an original
+    w0 x h0 image."""
+    from PIL import Image
+
+    bilinear = Image.Resampling.BILINEAR
+    w, h = im.size
+    size = (prep.width, prep.height)
+    if prep.resize == "squash":
+        return im.resize(size, bilinear)
+    if prep.resize == "crop":
+        s = max(prep.width / w, prep.height / h)
+        bw, bh = prep.width / s, prep.height / s
+        left, top = (w - bw) / 2, (h - bh) / 2
+        return im.resize(size, bilinear, box=(left, top, left + bw, top + bh))
+    s = min(prep.width / w, prep.height / h)
+    inner = (max(1, round(w * s)), max(1, round(h * s)))
+    canvas = Image.new(im.mode, size, 0)
+    canvas.paste(im.resize(inner, bilinear),
+                 ((prep.width - inner[0]) // 2, (prep.height - inner[1]) // 2))
+    return canvas
+
+
+def decode_many(blobs: Sequence[bytes | str], prep: Preprocess
+                ) -> tuple[np.ndarray, dict[int, str], int]:
+    """Images [n, *prep.shape] uint8 (zeros where one failed), {position: reason} of the
+    failures, and how many were upscaled. A str in ``blobs`` is a file that could not be
+    read, and says why."""
+    out = np.zeros((len(blobs), *prep.shape), np.uint8)
+    bad: dict[int, str] = {}
+    upscaled = 0
+    for k, blob in enumerate(blobs):
+        if isinstance(blob, str):
+            bad[k] = blob
+            continue
+        try:
+            out[k], up = decode(blob, prep)
+            upscaled += up
+        except BadImage as e:
+            bad[k] = str(e)
+    return out, bad, upscaled
+
+
+def default_workers() -> int:
+    """Decode processes by default: the cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+
+
+class Decoder:
+    """``decode_many`` over ``workers`` processes (in this process for one worker).
+
+    Processes, not threads: PIL keeps the GIL for part of each image, and two decode
+    processes beat two threads on small JPEGs (measured in RESULTS.md). Processes are
+    spawned (never forked from a process running ONNX Runtime's threads) on first use.
+    """
+
+    def __init__(self, prep: Preprocess, workers: int | None = None):
+        self.prep = prep
+        self.workers = default_workers() if workers is None else max(1, int(workers))
+        self._pool = None
+
+    def __call__(self, blobs: Sequence[bytes | str]) -> tuple[np.ndarray, dict[int, str], int]:
+        if self.workers == 1 or len(blobs) <= PIECE:
+            return decode_many(blobs, self.prep)
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.workers,
+                                             mp_context=multiprocessing.get_context("spawn"))
+        starts = range(0, len(blobs), PIECE)
+        parts = list(self._pool.map(decode_many, [blobs[s:s + PIECE] for s in starts],
+                                    [self.prep] * len(starts)))
+        bad = {s + k: why for s, (_, b, _) in zip(starts, parts) for k, why in b.items()}
+        return (np.concatenate([p[0] for p in parts]), bad, sum(p[2] for p in parts))
+
+    def close(self) -> None:
+        """Stop the decode processes (they start again if needed)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
