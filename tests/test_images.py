@@ -337,3 +337,33 @@ def test_unknown_resize_rule_lists_the_rules(folder, tmp_path):
     result = run_cli("embed", str(MODEL), f"images:{folder}", "--out",
                      str(tmp_path / "e.zarr"), "--resize", "stretch")
     assert result.returncode == 2 and "crop, squash, pad" in result.stderr
+
+
+def test_a_script_without_a_main_guard_can_embed_in_parallel(folder, tmp_path):
+    """Decode workers are forked, never started by re-running the caller's script."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text("import vaefast\n"
+                      f"s = vaefast.embed({str(MODEL)!r}, 'images:{folder}', "
+                      f"{str(tmp_path / 'e.zarr')!r}, decode_workers=2, progress=False)\n"
+                      "print('rows', s['rows'])\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("rows 240") == 1  # the script ran once
+
+
+def test_tars_with_long_names_are_listed_by_tarfile(photos, tmp_path):
+    import tarfile
+
+    long_key = "d" * 120 + "/sample"  # past ustar's 100 characters: a pax header
+    with tarfile.open(tmp_path / "long.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        for ext, payload in (("jpg", encoded(photos[0])), ("cls", b"2")):
+            info = tarfile.TarInfo(f"{long_key}.{ext}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    source = data.open_source(f"wds:{tmp_path / 'long.tar'}", Preprocess(28, 28, 1))
+    assert source.ids == [f"long.tar:{long_key}"] and list(source.labels) == [2]
+    assert source.rows(0, 1).shape == (1, 28, 28)

@@ -183,12 +183,14 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
     if dtype not in store.DTYPES:
         raise VaefastError(f"unknown dtype {dtype!r}; use {' or '.join(store.DTYPES)}")
     out = Path(out)
-    vae = _model(str(model_dir), threads, variant, providers)
-    prep = preprocess_for(input, vae.display_shape, resize)
+    prep = preprocess_for(input, runtime.image_display_shape(runtime.read_model_json(model_dir)),
+                          resize)
     prep_dict = None if prep is None else prep.to_dict()
     for key in [k for k in _SOURCES if k[0] == input]:  # the input may have changed
         _SOURCES.pop(key).close()
     source = _source(input, prep_dict, decode_workers)
+    source.start()  # image decoders fork now, before ONNX Runtime starts its threads
+    vae = _model(str(model_dir), threads, variant, providers)
     if not source.n:
         raise VaefastError(f"{input}: no rows to embed")
     sample = vae.check_inputs(source.rows(0, 1, {})).shape[1:]  # a layout mismatch: now

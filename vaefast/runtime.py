@@ -109,7 +109,7 @@ class ExportedVAE:
     @property
     def display_shape(self) -> tuple[int, ...]:
         """How one input image displays: (H, W) grey or (H, W, C)."""
-        return display_shape(self.input_shape, self.image_shape)
+        return image_display_shape(self.meta)
 
     def check_inputs(self, X: np.ndarray) -> np.ndarray:
         """Validate inputs' layout and lay them out as [N, *input_shape] (uint8 pixels or
@@ -336,6 +336,11 @@ def input_shape(meta: dict[str, Any]) -> tuple[int, ...]:
     """The sample shape an export's encoder takes (model.json ``input_shape``; flat
     ``[input_dim]`` for exports written before it existed)."""
     return tuple(int(s) for s in meta.get("input_shape") or [meta["input_dim"]])
+
+
+def image_display_shape(meta: dict[str, Any]) -> tuple[int, ...]:
+    """How one input of the model in ``meta`` displays: (H, W) grey or (H, W, C)."""
+    return display_shape(input_shape(meta), meta.get("image_shape"))
 
 
 def latent_shape(meta: dict[str, Any]) -> tuple[int, ...]:

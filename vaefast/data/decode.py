@@ -14,7 +14,7 @@ import io
 import math
 import os
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -160,15 +160,17 @@ def _resize(im, w0: int, h0: int, prep: Preprocess):
     return canvas
 
 
-def decode_many(blobs: Sequence[bytes | str], prep: Preprocess
+def decode_many(refs: Sequence, prep: Preprocess, load: Callable | None = None
                 ) -> tuple[np.ndarray, dict[int, str], int]:
     """Images [n, *prep.shape] uint8 (zeros where one failed), {position: reason} of the
-    failures, and how many were upscaled. A str in ``blobs`` is a file that could not be
-    read, and says why."""
-    out = np.zeros((len(blobs), *prep.shape), np.uint8)
+    failures, and how many were upscaled. ``refs`` are encoded images, or what ``load``
+    reads them from (in the worker: a file's path, a tar member's place); a str coming
+    back from ``load`` says why a file could not be read."""
+    out = np.zeros((len(refs), *prep.shape), np.uint8)
     bad: dict[int, str] = {}
     upscaled = 0
-    for k, blob in enumerate(blobs):
+    for k, ref in enumerate(refs):
+        blob = ref if load is None else load(ref)
         if isinstance(blob, str):
             bad[k] = blob
             continue
@@ -190,8 +192,11 @@ class Decoder:
     """``decode_many`` over ``workers`` processes (in this process for one worker).
 
     Processes, not threads: PIL keeps the GIL for part of each image, and two decode
-    processes beat two threads on small JPEGs (measured in RESULTS.md). Processes are
-    spawned (never forked from a process running ONNX Runtime's threads) on first use.
+    processes beat two threads on small JPEGs (measured in RESULTS.md). They are forked
+    (cheap, and unlike spawn or forkserver they never re-run the caller's main script, so
+    ``vaefast.embed(...)`` works in a script without a ``__main__`` guard); ``start`` forks
+    them early, before ONNX Runtime starts its threads, where the platform forks at all
+    (spawned elsewhere).
     """
 
     def __init__(self, prep: Preprocess, workers: int | None = None):
@@ -199,20 +204,42 @@ class Decoder:
         self.workers = default_workers() if workers is None else max(1, int(workers))
         self._pool = None
 
-    def __call__(self, blobs: Sequence[bytes | str]) -> tuple[np.ndarray, dict[int, str], int]:
-        if self.workers == 1 or len(blobs) <= PIECE:
-            return decode_many(blobs, self.prep)
-        if self._pool is None:
+    def start(self) -> None:
+        """Start the worker processes now (they otherwise start on the first large batch)."""
+        if self.workers > 1 and self._pool is None:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
+            import PIL.Image  # noqa: F401  (imported once here, inherited by the workers)
+
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             self._pool = ProcessPoolExecutor(self.workers,
-                                             mp_context=multiprocessing.get_context("spawn"))
-        starts = range(0, len(blobs), PIECE)
-        parts = list(self._pool.map(decode_many, [blobs[s:s + PIECE] for s in starts],
-                                    [self.prep] * len(starts)))
-        bad = {s + k: why for s, (_, b, _) in zip(starts, parts) for k, why in b.items()}
-        return (np.concatenate([p[0] for p in parts]), bad, sum(p[2] for p in parts))
+                                             mp_context=multiprocessing.get_context(method))
+            for _ in range(self.workers):  # fork every worker now (lazily otherwise)
+                self._pool.submit(int)
+
+    def submit(self, refs: Sequence, load: Callable | None = None
+               ) -> Callable[[], tuple[np.ndarray, dict[int, str], int]]:
+        """Start decoding ``refs`` (see ``decode_many``); the returned function waits for
+        and returns the result. Small batches, or one worker, decode in this process when
+        the result is asked for."""
+        if self.workers == 1 or len(refs) <= PIECE:
+            return lambda: decode_many(refs, self.prep, load)
+        self.start()
+        starts = range(0, len(refs), PIECE)
+        futures = [self._pool.submit(decode_many, refs[s:s + PIECE], self.prep, load)
+                   for s in starts]
+
+        def result():
+            parts = [f.result() for f in futures]
+            bad = {s + k: why for s, (_, b, _) in zip(starts, parts) for k, why in b.items()}
+            return np.concatenate([p[0] for p in parts]), bad, sum(p[2] for p in parts)
+
+        return result
+
+    def __call__(self, refs: Sequence, load: Callable | None = None
+                 ) -> tuple[np.ndarray, dict[int, str], int]:
+        return self.submit(refs, load)()
 
     def close(self) -> None:
         """Stop the decode processes (they start again if needed)."""

@@ -90,5 +90,8 @@ class Source:
                 self._fingerprint["sample_shape"] = list(self.sample_shape)
         return self._fingerprint
 
+    def start(self) -> None:
+        """Start what reading needs ahead of the first rows (nothing, for arrays)."""
+
     def close(self) -> None:
         """Release what reading needed (nothing, for arrays)."""
