@@ -367,3 +367,23 @@ def test_tars_with_long_names_are_listed_by_tarfile(photos, tmp_path):
     source = data.open_source(f"wds:{tmp_path / 'long.tar'}", Preprocess(28, 28, 1))
     assert source.ids == [f"long.tar:{long_key}"] and list(source.labels) == [2]
     assert source.rows(0, 1).shape == (1, 28, 28)
+
+
+def test_train_export_embed_and_plot_all_read_an_image_folder(tmp_path):
+    pytest.importorskip("torch")
+    write_image_folder(tmp_path / "small", photo_crops(80, 32, 32), classes=2)
+    spec = f"images:{tmp_path / 'small'}"
+    steps = [("train", "--data", spec, "--arch", "conv", "--epochs", "1", "--out",
+              str(tmp_path / "run")),
+             ("export", str(tmp_path / "run"), "--out", str(tmp_path / "exp")),
+             ("embed", str(tmp_path / "exp"), spec, "--out", str(tmp_path / "e.zarr"),
+              "--quiet"),
+             ("plot", "latent", str(tmp_path / "exp"), "--out", str(tmp_path / "plots"))]
+    for args in steps:
+        result = run_cli(*args)
+        assert result.returncode == 0, (args[0], result.stderr[-2000:])
+    import json
+
+    meta = json.loads((tmp_path / "exp" / "model.json").read_text())
+    assert meta["input_shape"] == [3, 32, 32] and meta["training"]["data"] == spec
+    assert store.load(tmp_path / "e.zarr")["mu"].shape[0] == 80

@@ -480,7 +480,8 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, *, int8: bool = F
     check_new_output(Path(out), force)
     model, config = load_run(run_dir)
     try:
-        ds = data.load(config["data"])
+        ds = data.load(config["data"], data.preprocess_for(
+            config["data"], display_shape(model.input_shape, config.get("image_shape"))))
     except VaefastError as e:
         raise VaefastError(f"cannot load the run's data {config['data']!r} to verify the "
                            f"export ({e})") from None
@@ -563,7 +564,7 @@ def _verification_inputs(data: str | None, input_shape: tuple[int, ...], seed: i
     if data is None:
         return {"example": np.random.default_rng(seed).random((n, *input_shape),
                                                                dtype=np.float32)}
-    ds = data_mod.load(data)
+    ds = data_mod.load(data, data_mod.preprocess_for(data, display_shape(input_shape)))
     return {"example": arrange(ds.X_test, input_shape, ds.image_shape),
             "label_names": ds.label_names, "pixel_scale": ds.scale,
             "image_shape": ds.image_shape, "training": {"data": data}}

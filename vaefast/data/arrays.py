@@ -131,10 +131,10 @@ def read_points(path: str | os.PathLike) -> np.ndarray:
     an error naming the first bad row."""
     path = Path(path)
     if path.suffix == ".zarr":
-        from vaefast.store import is_store, open_embeddings
+        from vaefast import store
 
-        X = open_embeddings(path)["mu"] if is_store(path) else open_zarr(path, POINT_KEYS)[0]
-        X = np.asarray(X[:])
+        X = store.read_mu(store.open_embeddings(path), slice(None)) if store.is_store(path) \
+            else np.asarray(open_zarr(path, POINT_KEYS)[0][:])
     elif not path.is_file():
         raise VaefastError(f"{path}: file not found")
     elif path.suffix == ".npy":
