@@ -23,7 +23,7 @@ def short_export(short_run, tmp_path_factory) -> Path:
     from vaefast.export import export
 
     out = tmp_path_factory.mktemp("exported") / "short"
-    export(short_run, out, int8=True, fp16=True)
+    export(short_run, out, variants=("int8", "fp16"))
     return out
 
 

@@ -38,7 +38,8 @@ def trained(images):
 @pytest.fixture(scope="module")
 def exported(trained, images, tmp_path_factory):
     out = tmp_path_factory.mktemp("byo") / "mine"
-    report = vaefast.export_vae(trained, out, example=nchw(images[0][:256]), int8=True,
+    report = vaefast.export_vae(trained, out, example=nchw(images[0][:256]),
+                                variants=("int8", "int8-static"),
                                 label_names=["china", "flower"])
     return out, report
 
@@ -52,6 +53,21 @@ def test_export_vae_verifies_a_conv_batchnorm_model(exported):
     assert meta["input_shape"] == [3, 32, 32] and meta["input_layout"] == "NCHW"
     assert meta["image_shape"] == [32, 32, 3] and meta["latent_dim"] == 8
     assert meta["decoder_output"] == "probs" and meta["label_names"] == ["china", "flower"]
+
+
+def test_static_int8_quantizes_the_convolutions_and_keeps_agreement(exported, images):
+    import onnx
+
+    out, report = exported
+    static = report["int8-static"]
+    assert static["encoder"]["format"] in ("QDQ", "QOperator")
+    assert static["knn10_overlap_vs_fp32"] > 0.5 and static["recon_psnr_db_vs_fp32"] > 25
+    ops = {n.op_type for n in onnx.load(str(out / "encoder.int8-static.onnx")).graph.node}
+    assert ops & {"QLinearConv", "QuantizeLinear"}  # the convolutions run in int8
+    vae = runtime.load(out, variant="int8-static", providers="cpu")
+    mu, _ = vae.encode(images[0][:16])
+    ref, _ = runtime.load(out, providers="cpu").encode(images[0][:16])
+    assert np.abs(mu - ref).max() < 0.2 * np.abs(ref).max()
 
 
 def test_runtime_matches_eager_in_either_channel_layout(exported, trained, images):

@@ -13,7 +13,6 @@ import sys
 from vaefast.errors import VaefastError
 
 DATA_HELP = "data spec (filled in from vaefast.data.KINDS)"
-VARIANT_HELP = "exported model variant to run: fp32 (default), int8, fp16"
 PROVIDERS_HELP = "ONNX Runtime providers: auto, cpu, cuda, tensorrt"
 
 
@@ -47,7 +46,12 @@ def _export(args: argparse.Namespace) -> None:
     from vaefast.export import check_range, export, export_diffusers, export_module, \
         format_report
 
-    options = dict(int8=args.int8, fp16=args.fp16, force=args.force)
+    from vaefast.variants import parse_names
+
+    names = parse_names(args.variants) + tuple(
+        n for n, alias in (("int8", args.int8), ("fp16", args.fp16)) if alias)
+    options = dict(variants=tuple(dict.fromkeys(names)), force=args.force,
+                   **_given(args, "calibration"))
     shape = _numbers(args.input_shape, "--input-shape", "C,H,W or D")
     ranges = {name: check_range(_numbers(getattr(args, name), flag, "LO,HI", float), flag)
               for name, flag in (("input_range", "--input-range"),
@@ -155,7 +159,9 @@ def _print_agreement(model: str, variant: str) -> None:
     from pathlib import Path
 
     from vaefast.atomic import read_json
+    from vaefast.runtime import load
 
+    load(model, providers="cpu", variant=variant, spin=False)  # a missing variant: refused
     path = Path(model) / "export_report.json"
     report = read_json(path) if path.is_file() else {}
     r = report.get(variant)
@@ -210,6 +216,17 @@ class _RegistryHelp(argparse.HelpFormatter):
 
             return "how images become the model's size: " + "; ".join(
                 f"{name}: {what}" for name, what in RESIZES.items()) + " (default crop)"
+        if action.dest in ("variants", "variant"):
+            from vaefast.variants import VARIANTS
+
+            lead = "variants to write beside fp32, comma-separated: " if action.dest == \
+                "variants" else "exported model variant to run (default fp32): "
+            return lead + "; ".join(f"{name}: {v.purpose}" for name, v in VARIANTS.items()
+                                    if action.dest == "variant" or name != "fp32")
+        if action.dest == "arch":
+            from vaefast.model import ARCHITECTURES
+
+            return "architecture (default mlp): " + ", ".join(ARCHITECTURES)
         if action.dest == "tsne_transform":
             from vaefast.tsne.transform import PLACEMENTS
 
@@ -219,8 +236,8 @@ class _RegistryHelp(argparse.HelpFormatter):
 
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--variant", default=None, choices=["fp32", "int8", "fp16"],
-                   help=VARIANT_HELP)
+    p.add_argument("--variant", default=None, metavar="NAME",
+                   help="(from vaefast.variants.VARIANTS)")
     p.add_argument("--providers", default=None, choices=["auto", "cpu", "cuda", "tensorrt"],
                    help=PROVIDERS_HELP)
 
@@ -238,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "model.safetensors, config.json, reconstruction.png, "
                                    "samples.png.", formatter_class=_RegistryHelp)
     p.add_argument("--data", default="mnist5k", help=DATA_HELP)
-    p.add_argument("--arch", default=None, choices=["mlp", "conv"],
-                   help="architecture (default mlp)")
+    p.add_argument("--arch", default=None, metavar="ARCH",
+                   help="(from vaefast.model.ARCHITECTURES)")
     p.add_argument("--latent-dim", type=int, default=None, metavar="Z", help="default 20")
     p.add_argument("--hidden-dim", type=int, default=None, metavar="H", help="default 400")
     p.add_argument("--epochs", type=int, default=None, metavar="E", help="default 10")
@@ -285,9 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-output", default=None, choices=["probs", "logits"],
                    help="--module: what decode returns (logits get a sigmoid in the graph)")
     p.add_argument("--out", required=True, help="folder to create, e.g. exported/NAME")
-    p.add_argument("--int8", action="store_true", help="also write dynamically quantized int8 "
-                                                       "models")
-    p.add_argument("--fp16", action="store_true", help="also write fp16 models (for GPUs)")
+    p.add_argument("--variants", default=None, metavar="NAME[,NAME]",
+                   help="(from vaefast.variants.VARIANTS)")
+    p.add_argument("--int8", action="store_true", help="same as --variants int8")
+    p.add_argument("--fp16", action="store_true", help="same as --variants fp16")
+    p.add_argument("--calibration", default=None, metavar="SPEC",
+                   help="calibrated variants (int8-static): calibrate on up to 256 images of "
+                        "this data spec (default: the export's example batch)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_export)
 

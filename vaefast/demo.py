@@ -49,7 +49,7 @@ def export_and_encode(out: Path, run: str = "run", name: str = "exported") -> Pa
     from vaefast.export import export, format_report
 
     t0 = time.perf_counter()
-    report = export(out / run, out / name, int8=True, force=True)
+    report = export(out / run, out / name, variants=("int8",), force=True)
     print(f"[export] {out / name} in {time.perf_counter() - t0:.1f} s")
     print(format_report(report))
     vae = runtime.load(out / name)

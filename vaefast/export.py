@@ -28,14 +28,15 @@ import sys
 import warnings
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from vaefast import runtime, variants
+from vaefast import runtime
+from vaefast import variants as variants_mod
 from vaefast.atomic import atomic_dir, check_new_output, write_json
 from vaefast.errors import VaefastError
-from vaefast.layout import arrange, check_pixels, display_shape
+from vaefast.layout import arrange, check_pixels, describe, display_shape
 from vaefast.metrics import knn_overlap, max_errors
 from vaefast.versions import package_versions
 
@@ -313,8 +314,9 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
                decode: Callable | None = None, decoder_output: str = "probs",
                input_range: tuple[float, float] | None = None,
                output_range: tuple[float, float] | None = None,
-               label_names: list[str] | None = None, int8: bool = False, fp16: bool = False,
-               force: bool = False, tolerance: float | None = None, seed: int = 0,
+               label_names: list[str] | None = None, variants: Sequence[str] = (),
+               calibration=None, force: bool = False, tolerance: float | None = None,
+               seed: int = 0,
                pixel_scale: float = 255.0, image_shape=None,
                training: dict[str, Any] | None = None, architecture: dict | None = None,
                weights_sha256: str | None = None) -> dict[str, Any]:
@@ -333,7 +335,11 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
     mode is restored after). Fails with VaefastError, leaving nothing at ``out``,
     when fp32 max abs error against eager exceeds ``tolerance`` (default 1e-5, 1e-4
     for latents of more than 1,000 values) or the model cannot be exported.
-    ``pixel_scale``: integer inputs are divided by it at run time.
+    ``pixel_scale``: integer inputs are divided by it at run time. ``variants``: names in
+    ``vaefast.variants_mod.VARIANTS`` written beside fp32, each with its agreement with fp32
+    in the report; a calibrated one (``int8-static``) is calibrated on ``calibration``
+    (images as ``example`` takes them; default: ``example``) and the latents the fp32
+    encoder gives them.
     """
     import torch
 
@@ -350,8 +356,17 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
     if decoder_output == "logits" and output_range != (0.0, 1.0):
         raise VaefastError("decoder_output='logits' gets a sigmoid, so its output range is "
                            "(0, 1); drop output_range")
+    names = tuple(dict.fromkeys(n for n in variants if n != "fp32"))
+    for name in names:
+        variants_mod.variant(name)  # an unknown name: refused before any work
     x = _example(example, pixel_scale, input_range)
     input_shape = tuple(int(s) for s in x.shape[1:])
+    x_cal = None
+    if any(variants_mod.variant(n).calibrated for n in names):
+        x_cal = x if calibration is None else _example(calibration, pixel_scale, input_range)
+        if tuple(x_cal.shape[1:]) != input_shape:
+            raise VaefastError(f"calibration inputs have shape {describe(x_cal.shape[1:])}; "
+                               f"the model takes {describe(input_shape)}")
     was_training = model.training
     if was_training:
         print("note: the model was in training mode; exporting it in eval mode (BatchNorm "
@@ -369,7 +384,7 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
                            decoder_output, input_range, output_range, not bounded,
                            known.get("latent_scaling"), training, architecture or
                            known.get("architecture"), weights_sha256 or sha256_state(model),
-                           int8, fp16)
+                           names)
         with atomic_dir(out, force=force) as tmp, _quiet():
             _export_onnx(enc, dec, x, tmp, meta, probe.multiple is not None)
             write_json(tmp / runtime.MODEL_JSON, meta)
@@ -381,20 +396,30 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
                                    f"{worst:.3g} exceeds {tolerance:g}")
             reference = runtime.load(tmp, providers="cpu", spin=False)
             images = _unit(x.numpy(), input_range)
-            for name, wanted in (("int8", int8), ("fp16", fp16)):
-                if wanted:
-                    variants.write(tmp, name)
-                    candidate = runtime.load(tmp, providers="cpu", variant=name, spin=False)
-                    report[name] = variants.agreement(reference, candidate, images, name)
-                    if not report[name]["meets_target"]:
-                        print(f"warning: the {name} encoder keeps kNN@10 overlap "
-                              f"{report[name]['knn10_overlap_vs_fp32']:.3f} < "
-                              f"{variants.variant(name).min_overlap}; prefer the fp32 "
-                              "models for this one", file=sys.stderr)
+            calibrate = None if x_cal is None else _calibration(reference, x_cal.numpy(), seed)
+            for name in names:
+                facts = variants_mod.write(tmp, name, calibrate)
+                candidate = runtime.load(tmp, providers="cpu", variant=name, spin=False)
+                report[name] = variants_mod.agreement(reference, candidate, images, name) \
+                    | facts
+                if not report[name]["meets_target"]:
+                    print(f"warning: the {name} encoder keeps kNN@10 overlap "
+                          f"{report[name]['knn10_overlap_vs_fp32']:.3f} < "
+                          f"{variants_mod.variant(name).min_overlap}; prefer the fp32 "
+                          "models for this one", file=sys.stderr)
             write_json(tmp / "export_report.json", report)
     finally:
         model.train(was_training)
     return report
+
+
+def _calibration(reference: runtime.ExportedVAE, x: np.ndarray, seed: int
+                 ) -> dict[str, np.ndarray]:
+    """Real inputs of each fp32 model: ``x`` (in the model's range) for the encoder, and
+    the latents it gives them — z = μ + σ·ε, seeded, as sampling feeds the decoder."""
+    mu, logvar = reference.encoder_session.run(["mu", "logvar"], {"x": x})
+    eps = np.random.default_rng(seed).standard_normal(mu.shape).astype(np.float32)
+    return {"encoder": x, "decoder": (mu + np.exp(0.5 * logvar) * eps).astype(np.float32)}
 
 
 def check_range(value, name: str) -> tuple[float, float]:
@@ -470,9 +495,9 @@ def _quiet():
                 lg.setLevel(level)
 
 
-def export(run_dir: str | os.PathLike, out: str | os.PathLike, *, int8: bool = False,
-           fp16: bool = False, force: bool = False, tolerance: float = TOLERANCE,
-           seed: int = 0) -> dict[str, Any]:
+def export(run_dir: str | os.PathLike, out: str | os.PathLike, *,
+           variants: Sequence[str] = (), calibration: str | None = None,
+           force: bool = False, tolerance: float = TOLERANCE, seed: int = 0) -> dict[str, Any]:
     """Export a ``vaefast train`` run folder; verified on the run's test split."""
     from vaefast import data
     from vaefast.train import WEIGHTS, load_run
@@ -490,7 +515,9 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, *, int8: bool = F
                                            "n_train", "n_test")} \
         | {"final_test_loss": config["history"][-1]["test_loss"]}
     return export_vae(model, out, example=example, label_names=config.get("label_names"),
-                      int8=int8, fp16=fp16, force=force, tolerance=tolerance, seed=seed,
+                      variants=variants, calibration=_calibration_images(
+                          calibration, model.input_shape, config.get("image_shape")),
+                      force=force, tolerance=tolerance, seed=seed,
                       pixel_scale=config.get("pixel_scale", 255.0),
                       image_shape=config.get("image_shape"), training=training,
                       architecture=config["model"],
@@ -555,6 +582,23 @@ def _read_state(path: Path, model) -> dict:
     return state
 
 
+def _calibration_images(spec: str | None, input_shape: tuple[int, ...], image_shape=None,
+                        n: int = 256) -> np.ndarray | None:
+    """Up to ``n`` images of data spec ``spec`` laid out as ``input_shape`` (a seeded
+    sample of its training split), to calibrate static int8; None without a spec."""
+    from vaefast import data as data_mod
+
+    if spec is None:
+        return None
+    ds = data_mod.load(spec, data_mod.preprocess_for(spec, display_shape(input_shape,
+                                                                          image_shape)))
+    rows = np.random.default_rng(0).permutation(len(ds.X_train))[:n]
+    try:
+        return arrange(ds.X_train[np.sort(rows)], input_shape, ds.image_shape)
+    except VaefastError as e:
+        raise VaefastError(f"--calibration {spec}: {e}") from None
+
+
 def _verification_inputs(data: str | None, input_shape: tuple[int, ...], seed: int,
                          n: int = 256) -> dict[str, Any]:
     """export_vae's example and data facts: ``data``'s test split laid out as
@@ -573,15 +617,17 @@ def _verification_inputs(data: str | None, input_shape: tuple[int, ...], seed: i
 def export_module(target: str, out: str | os.PathLike, *, input_shape: tuple[int, ...],
                   weights: str | os.PathLike | None = None, data: str | None = None,
                   decoder_output: str = "probs", input_range: tuple[float, float] | None = None,
-                  output_range: tuple[float, float] | None = None, int8: bool = False,
-                  fp16: bool = False, force: bool = False, seed: int = 0) -> dict[str, Any]:
+                  output_range: tuple[float, float] | None = None,
+                  variants: Sequence[str] = (), calibration: str | None = None,
+                  force: bool = False, seed: int = 0) -> dict[str, Any]:
     """Export the model ``file.py:function`` builds, verified on ``data``'s test split
     (laid out as ``input_shape``) or, without data, on seeded uniform random inputs."""
     check_new_output(Path(out), force)
     model = load_module(target, weights)
     inputs = _verification_inputs(data, tuple(int(s) for s in input_shape), seed)
     return export_vae(model, out, decoder_output=decoder_output, input_range=input_range,
-                      output_range=output_range, int8=int8, fp16=fp16, force=force,
+                      output_range=output_range, variants=variants, force=force,
+                      calibration=_calibration_images(calibration, input_shape),
                       seed=seed, architecture={"module": target}, **inputs)
 
 
@@ -632,8 +678,9 @@ def load_diffusers(folder: str | os.PathLike):
 
 def export_diffusers(folder: str | os.PathLike, out: str | os.PathLike, *,
                      input_shape: tuple[int, ...] | None = None, data: str | None = None,
-                     n_examples: int = 8, int8: bool = False, fp16: bool = False,
-                     force: bool = False, seed: int = 0) -> dict[str, Any]:
+                     n_examples: int = 8, variants: Sequence[str] = (),
+                     calibration: str | None = None, force: bool = False,
+                     seed: int = 0) -> dict[str, Any]:
     """Export a local diffusers ``AutoencoderKL`` folder: pixel ranges (-1, 1), the
     example size from its config's ``sample_size`` (``input_shape`` overrides), its
     ``scaling_factor`` / ``shift_factor`` recorded; verified on ``data``'s test split or
@@ -645,7 +692,8 @@ def export_diffusers(folder: str | os.PathLike, out: str | os.PathLike, *,
         h, w = (side, side) if isinstance(side, int) else tuple(side)
         input_shape = (int(model.config.in_channels), int(h), int(w))
     inputs = _verification_inputs(data, tuple(int(s) for s in input_shape), seed, n_examples)
-    return export_vae(model, out, int8=int8, fp16=fp16, force=force, seed=seed,
+    return export_vae(model, out, variants=variants, force=force, seed=seed,
+                      calibration=_calibration_images(calibration, input_shape),
                       weights_sha256=sha256_file(weights), **inputs)
 
 
@@ -667,7 +715,7 @@ def load_eager(exported_dir: str | os.PathLike):
                            "model from your own module")
     model = build(config)
     state = {}
-    for name in variants.model_files("fp32"):
+    for name in variants_mod.model_files("fp32"):
         graph = onnx.load(str(Path(exported_dir) / name)).graph
         for init in graph.initializer:
             key = re.sub(r"^(model|vae)\.", "", init.name)
@@ -681,10 +729,10 @@ def load_eager(exported_dir: str | os.PathLike):
 
 def _model_json(input_shape, probe: Probe, image_shape, pixel_scale: float, label_names,
                 decoder_output: str, input_range, output_range, unbounded: bool,
-                latent_scaling, training, architecture, weights_sha: str, int8: bool,
-                fp16: bool) -> dict[str, Any]:
+                latent_scaling, training, architecture, weights_sha: str,
+                variant_names: Sequence[str]) -> dict[str, Any]:
     shape, latent = list(input_shape), list(probe.latent_shape)
-    names = ["fp32"] + [n for n, wanted in (("int8", int8), ("fp16", fp16)) if wanted]
+    names = ["fp32", *variant_names]
     display = display_shape(input_shape, image_shape)
     dynamic = probe.multiple is not None
     x_dims = ["batch", shape[0], "height", "width"] if dynamic else ["batch", *shape]
@@ -717,7 +765,7 @@ def _model_json(input_shape, probe: Probe, image_shape, pixel_scale: float, labe
         "label_names": label_names,
         "encoder": {"inputs": {"x": x_dims}, "outputs": {"mu": z_dims, "logvar": z_dims}},
         "decoder": {"inputs": {"z": z_dims}, "outputs": {"x_hat": x_dims}},
-        "variants": {n: dict(zip(("encoder", "decoder"), variants.model_files(n)))
+        "variants": {n: dict(zip(("encoder", "decoder"), variants_mod.model_files(n)))
                      for n in names},
         "opset": OPSET,
         "architecture": architecture,
@@ -847,7 +895,7 @@ def format_report(report: dict[str, Any]) -> str:
             f"| fp32 | eager PyTorch | max abs error {fp32['max_abs']:.2e} "
             f"(tolerance {report['tolerance']:g}), max rel {fp32['max_rel']:.2e}, "
             f"kNN@10 overlap {fp32['test_split']['knn10_overlap']:.3f} |"]
-    for name in variants.VARIANTS:
+    for name in variants_mod.VARIANTS:
         if name != "fp32" and name in report:
             r = report[name]
             rows.append(f"| {name} | ONNX fp32 | μ rel error {r['mu_rel_error']:.2e}, kNN@10 "

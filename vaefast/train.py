@@ -46,6 +46,9 @@ def train(data: str = "mnist5k", out: str | os.PathLike = "runs/default", *,
     out = Path(out)
     if out.exists() and not force:
         raise VaefastError(f"output {out} already exists; choose another --out or pass --force")
+    from vaefast.model import architecture
+
+    architecture(arch)  # an unknown name: refused before the data is read
     ds = data_mod.load(data)
     X_train, y_train = ds.X_train, ds.y_train
     if max_train is not None:

@@ -1,7 +1,8 @@
 """Export variants: one table from variant name to its file suffix, writer and agreement
 check, used by export, the runtime, the report and the CLI.
 
-Writers take the fp32 ONNX file and write the variant next to it (ONNX and ONNX
+Writers take the fp32 ONNX file (and, for a calibrated variant, real inputs of that
+model) and return the variant's ModelProto and facts worth recording (ONNX and ONNX
 Runtime tools only, no torch); checks compare the variant with fp32 on real inputs.
 Adding a variant is one writer plus one entry in ``VARIANTS``.
 """
@@ -19,9 +20,10 @@ import numpy as np
 from vaefast.errors import VaefastError
 
 INT8_MIN_OVERLAP = 0.9  # kNN@10 overlap the int8 encoder must keep against fp32
+TIMING_VALUES = 1_000_000  # static int8 picks its faster format on a batch this large
 
 
-def _write_int8(src: Path, dst: Path) -> Any:
+def _write_int8(src: Path, dst: Path, inputs: np.ndarray | None = None) -> tuple[Any, dict]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -32,16 +34,77 @@ def _write_int8(src: Path, dst: Path) -> Any:
     # fp32 (Zen 4, batch 64-8192), so convolutions stay fp32.
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, reduce_range=True,
                      op_types_to_quantize=["MatMul", "Gemm"])
-    return onnx.load(str(dst))
+    return onnx.load(str(dst)), {}
 
 
-def _write_fp16(src: Path, dst: Path) -> Any:
+def _write_int8_static(src: Path, dst: Path, inputs: np.ndarray | None = None
+                       ) -> tuple[Any, dict]:
+    """Static int8 (ONNX Runtime's ``quantize_static``): per-channel int8 weights, uint8
+    activations whose ranges are calibrated on ``inputs`` (real inputs of this model, in
+    its own range), convolutions included. Both formats are tried — QDQ (quantize /
+    dequantize pairs ONNX Runtime fuses) and QOperator (QLinearConv, ...); some graphs
+    refuse one — and the faster on ``inputs`` is kept."""
+    import tempfile
+    import time
+
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    logging.getLogger().setLevel(logging.ERROR)
+    name = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    step = max(1, min(8, len(inputs)))
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{name: inputs[i:i + step]}
+                                 for i in range(0, len(inputs), step)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    def seconds(path: Path) -> float:  # on a batch of about a million input values
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feed = {name: inputs[:max(1, TIMING_VALUES // int(np.prod(inputs.shape[1:])))]}
+        session.run(None, feed)
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            session.run(None, feed)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    tried: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        for fmt in (QuantFormat.QDQ, QuantFormat.QOperator):
+            path = Path(tmp) / f"{fmt.name}.onnx"
+            try:
+                quantize_static(str(pre), str(path), Batches(), quant_format=fmt,
+                                per_channel=True, weight_type=QuantType.QInt8,
+                                activation_type=QuantType.QUInt8)
+                tried[fmt.name] = seconds(path)
+            except Exception as e:  # e.g. "shared mode is not supported for weight yet"
+                tried[fmt.name] = f"failed: {str(e).splitlines()[0][:160]}"
+        timed = {k: v for k, v in tried.items() if isinstance(v, float)}
+        if not timed:
+            raise VaefastError(f"static int8 quantization failed for {src.name}: {tried}")
+        best = min(timed, key=timed.get)
+        proto = onnx.load(str(Path(tmp) / f"{best}.onnx"))
+    return proto, {"format": best, "calibration_rows": len(inputs),
+                   "seconds_by_format": tried}
+
+
+def _write_fp16(src: Path, dst: Path, inputs: np.ndarray | None = None) -> tuple[Any, dict]:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     proto = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     _sort_nodes(proto.graph)  # the converter appends its input casts at the end
-    return proto
+    return proto, {}
 
 
 def _sort_nodes(graph) -> None:
@@ -65,15 +128,20 @@ class Variant:
     """A precision an exported model can be written in."""
 
     suffix: str  # encoder{suffix}.onnx, decoder{suffix}.onnx
-    write: Callable[[Path, Path], Any] | None  # fp32 file -> variant ModelProto (None: fp32)
+    write: Callable[..., tuple[Any, dict]] | None  # (fp32 file, dst, inputs) -> proto, facts
     min_overlap: float | None  # kNN@10 overlap with fp32 the variant should keep
     purpose: str
+    calibrated: bool = False  # the writer needs real inputs of each model
 
 
 VARIANTS: dict[str, Variant] = {
     "fp32": Variant("", None, None, "the reference; verified against eager PyTorch"),
     "int8": Variant(".int8", _write_int8, INT8_MIN_OVERLAP,
-                    "dynamic int8 quantization (7-bit weights) for fast CPU inference"),
+                    "dynamic int8 quantization (7-bit weights) of MatMul/Gemm: fast MLPs on "
+                    "CPUs"),
+    "int8-static": Variant(".int8-static", _write_int8_static, INT8_MIN_OVERLAP,
+                           "static int8 quantization, calibrated on real inputs, "
+                           "convolutions included: fast conv models on CPUs", calibrated=True),
     "fp16": Variant(".fp16", _write_fp16, 0.95, "fp16 weights, fp32 inputs/outputs, for GPUs"),
 }
 
@@ -91,12 +159,20 @@ def model_files(name: str = "fp32") -> tuple[str, str]:
     return f"encoder{s}.onnx", f"decoder{s}.onnx"
 
 
-def write(folder: Path, name: str) -> None:
-    """Write variant ``name`` of the fp32 models in ``folder``, checked, metadata kept."""
+def write(folder: Path, name: str, calibration: dict[str, np.ndarray] | None = None
+          ) -> dict[str, Any]:
+    """Write variant ``name`` of the fp32 models in ``folder``, checked, metadata kept;
+    ``calibration`` gives a calibrated variant real inputs of each model ({"encoder": x
+    in the model's range, "decoder": z}). Returns the writers' facts by model."""
     import onnx
 
-    for src, dst in zip(model_files("fp32"), model_files(name)):
-        proto = variant(name).write(folder / src, folder / dst)
+    entry = variant(name)
+    if entry.calibrated and not calibration:
+        raise VaefastError(f"variant {name} needs calibration inputs")
+    facts = {}
+    for part, src, dst in zip(("encoder", "decoder"), model_files("fp32"), model_files(name)):
+        proto, facts[part] = entry.write(folder / src, folder / dst,
+                                         (calibration or {}).get(part))
         proto.doc_string = f"vaefast {dst}: {name} variant of {src}"
         props = {p.key: p.value for p in onnx.load(str(folder / src)).metadata_props}
         props["vaefast.variant"] = json.dumps(name)
@@ -104,6 +180,15 @@ def write(folder: Path, name: str) -> None:
         onnx.helper.set_model_props(proto, props)
         onnx.save_model(proto, str(folder / dst), save_as_external_data=False)
         onnx.checker.check_model(str(folder / dst), full_check=True)
+    return {k: v for k, v in facts.items() if v}
+
+
+def parse_names(text: str | None) -> tuple[str, ...]:
+    """``"int8,int8-static"`` -> the variant names, each checked against the table."""
+    names = tuple(n.strip() for n in (text or "").split(",") if n.strip())
+    for n in names:
+        variant(n)
+    return names
 
 
 def agreement(reference, candidate, X: np.ndarray, name: str) -> dict[str, Any]:
