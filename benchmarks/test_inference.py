@@ -27,8 +27,8 @@ import pytest
 from benchmarks.conftest import EXPORTED, ROOT, THREADS, ratio_spread, record
 
 BATCHES = [1, 64, 1024, 4096, 8192]
-KINDS = ["eager", "runtime-fp32", "runtime-int8", "session-fp32", "session-int8",
-         "runtime-cuda"]
+KINDS = ["eager", "eager-bf16", "eager-compile", "runtime-fp32", "runtime-int8",
+         "session-fp32", "session-int8", "openvino-bf16", "openvino-f32", "runtime-cuda"]
 ROUNDS = int(os.environ.get("VAEFAST_BENCH_ROUNDS", "7"))
 ROUND_SECONDS = 0.05  # target length of one round of one runtime
 MODELS = {"z20": (EXPORTED / "mnist5k-z20", None), "z2": (EXPORTED / "mnist5k-z2", None),
@@ -69,6 +69,15 @@ class Worker:
 
 
 def _available(kind: str) -> bool:
+    import importlib.util
+
+    if kind.startswith("openvino"):
+        if importlib.util.find_spec("openvino") is None:
+            return False
+        if kind == "openvino-bf16":
+            from vaefast.engines import openvino_precision
+
+            return openvino_precision() == "bf16"
     if kind != "runtime-cuda":
         return True
     import onnxruntime as ort
@@ -80,8 +89,11 @@ def _available(kind: str) -> bool:
 def workers(request):
     pytest.importorskip("torch")
     folder, module = MODELS[request.param]
+    disabled = request.config.getoption("benchmark_disable", False)
     pool = {}
     for kind in KINDS:
+        if kind == "eager-compile" and disabled:
+            continue  # compiling every (part, batch) takes minutes: timed runs only
         if _available(kind):
             try:
                 pool[kind] = Worker(kind, folder, module)
@@ -125,8 +137,9 @@ def test_latency(benchmark, workers, part, batch, kind):
     head, reference = np.array(result["heads"][kind]), np.array(result["heads"]["eager"])
     err = float(np.abs(head - reference).max())
     scale = float(np.abs(reference).max())
-    limit = {"eager": 0.0, "runtime-fp32": 1e-5, "session-fp32": 1e-5}.get(
-        kind, 0.1 * scale if "int8" in kind else 1e-4)
+    limit = {"eager": 0.0, "runtime-fp32": 1e-5, "session-fp32": 1e-5,
+             "openvino-f32": 1e-4, "eager-compile": 1e-4}.get(
+        kind, 0.1 * scale if ("int8" in kind or "bf16" in kind) else 1e-4)
     assert err <= limit, (kind, err, limit)
     benchmark.group = f"{workers['name']} {part} batch={batch}"
     benchmark.extra_info.update(model=workers["name"], part=part, runtime=kind, batch=batch,
@@ -153,7 +166,7 @@ def test_encoder_agreement_on_test_split(mnist_test, name, variant):
     """fp32 within 1e-5 of eager; int8 keeps kNN@10 overlap >= 0.9 (mnist5k test split).
     In one process: an agreement check, not a timing."""
     torch = pytest.importorskip("torch")
-    from benchmarks.eager import eager_halves
+    from benchmarks.eager import eager_calls
     from vaefast import runtime
     from vaefast.errors import VaefastError
     from vaefast.metrics import knn_overlap
@@ -165,7 +178,7 @@ def test_encoder_agreement_on_test_split(mnist_test, name, variant):
     except VaefastError:
         pytest.skip(f"{name} does not take mnist5k images")
     with torch.inference_mode():
-        eager_mu = eager_halves(folder, module)[0](torch.from_numpy(X))[0].numpy()
+        eager_mu = eager_calls(folder, module)[0](torch.from_numpy(X)).numpy()
     mu = vae.encode(X)[0]
     if variant == "fp32":
         assert float(np.abs(mu - eager_mu).max()) <= 1e-5

@@ -8,11 +8,14 @@ stdin and answers on stdout, one line each:
   output row, for agreement checks;
 - ``{"quit": true}``.
 
-Kinds: ``eager`` (PyTorch, ``torch.inference_mode()``, ``torch.set_num_threads``),
-``runtime-VARIANT`` (``vaefast.runtime.load(...).encode/decode``: the API users call),
-``session-VARIANT`` (a bare ``onnxruntime.InferenceSession.run``, to show the wrapper's
-cost), ``runtime-cuda`` and ``runtime-tensorrt``. ONNX Runtime workers never import torch
-and keep ONNX Runtime's thread spinning on, its default.
+Kinds: ``eager`` (the model's own ``encode``/``decode`` under ``torch.inference_mode()``,
+``torch.set_num_threads``), ``eager-bf16`` (the same under CPU bf16 autocast),
+``eager-compile`` (``torch.compile`` of those calls), ``runtime-VARIANT``
+(``vaefast.runtime.load(...).encode/decode``: the API users call), ``openvino-bf16`` /
+``openvino-f32`` (the same through OpenVINO), ``session-VARIANT`` (a bare
+``onnxruntime.InferenceSession.run``, to show the wrapper's cost), ``runtime-cuda`` and
+``runtime-tensorrt``. ONNX Runtime workers never import torch and keep ONNX Runtime's
+thread spinning on, its default.
 """
 
 from __future__ import annotations
@@ -35,33 +38,65 @@ def inputs(part: str, batch: int, input_shape, latent_shape, seed: int) -> np.nd
 
 
 def _runner(kind: str, folder: Path, threads: int, module: str | None):
+    """(prepare, run, finish, input shape, latent shape) of one runtime: ``prepare`` and
+    ``finish`` (untimed) put inputs into and outputs out of what that runtime's users hold
+    — tensors in the model's own range for eager PyTorch and bare sessions, [0, 1] arrays
+    for vaefast.runtime — and ``run`` is the call users make (timed)."""
     from vaefast import runtime
 
     meta = runtime.read_model_json(folder)
     shape, z = runtime.input_shape(meta), runtime.latent_shape(meta)
+    lo, hi = meta.get("input_range") or (0.0, 1.0)
+    olo, ohi = meta.get("output_range") or (0.0, 1.0)
+    logits = meta.get("decoder_output") == "logits"
+
+    def to_model(part: str, x: np.ndarray) -> np.ndarray:
+        return (x * np.float32(hi - lo) + np.float32(lo)) if part == "encoder" else x
+
+    def to_unit(part: str, out: np.ndarray) -> np.ndarray:  # decoder outputs as runtime's
+        if part == "encoder":
+            return out
+        out = 1.0 / (1.0 + np.exp(-out)) if logits else out
+        return np.clip((out - olo) / (ohi - olo), 0.0, 1.0)
+
     family, _, variant = kind.partition("-")
-    if family == "eager":
+    if family == "eager":  # the model's own encode/decode, as users call it
+        import contextlib
+
         import torch
 
-        from benchmarks.eager import eager_halves
+        from benchmarks.eager import eager_calls
 
         torch.set_num_threads(threads)
-        enc, dec = eager_halves(folder, module)
+        calls = dict(zip(("encoder", "decoder"), eager_calls(folder, module)))
+        if variant == "compile":
+            calls = {k: torch.compile(f) for k, f in calls.items()}
 
-        def run(part: str, x: np.ndarray):
-            with torch.inference_mode():
-                out = (enc if part == "encoder" else dec)(torch.from_numpy(x))
-            return out[0].numpy() if isinstance(out, tuple) else out.numpy()
-    elif family == "runtime":
-        providers = variant if variant in ("cuda", "tensorrt") else "cpu"
+        def autocast():
+            return torch.autocast("cpu", dtype=torch.bfloat16) if variant == "bf16" \
+                else contextlib.nullcontext()
+
+        def run(part: str, x):
+            with torch.inference_mode(), autocast():
+                return calls[part](x)
+
+        return (lambda part, x: torch.from_numpy(np.ascontiguousarray(to_model(part, x)))), \
+            run, (lambda part, out: to_unit(part, out.float().numpy())), shape, z
+    if family in ("runtime", "openvino"):
+        providers = {"runtime": "cpu", "openvino": "openvino"}[family]
+        if variant in ("cuda", "tensorrt"):
+            providers, variant = variant, "fp32"
         vae = runtime.load(folder, providers=providers, threads=threads,
-                           variant="fp32" if providers != "cpu" else variant)
+                           variant=variant if family == "runtime" else "fp32",
+                           precision=variant if family == "openvino" else None)
 
         def run(part: str, x: np.ndarray):
             if part == "encoder":
                 return vae.encode(x, batch_size=len(x))[0]
             return vae.decode(x, batch_size=len(x))
-    elif family == "session":
+
+        return (lambda part, x: x), run, (lambda part, out: out), shape, z
+    if family == "session":
         import onnxruntime as ort
 
         from vaefast.variants import model_files
@@ -73,27 +108,30 @@ def _runner(kind: str, folder: Path, threads: int, module: str | None):
 
         def run(part: str, x: np.ndarray):
             return sessions[part].run(None, {"x" if part == "encoder" else "z": x})[0]
-    else:
-        raise SystemExit(f"unknown worker kind {kind!r}")
-    return run, shape, z
+
+        return (lambda part, x: np.ascontiguousarray(to_model(part, x), np.float32)), run, \
+            to_unit, shape, z
+    raise SystemExit(f"unknown worker kind {kind!r}")
 
 
 def main(argv: list[str]) -> None:
     kind, folder, threads = argv[0], Path(argv[1]), int(argv[2])
-    run, shape, z = _runner(kind, folder, threads, argv[3] if len(argv) > 3 else None)
+    prepare, run, finish, shape, z = _runner(kind, folder, threads,
+                                             argv[3] if len(argv) > 3 else None)
     print(json.dumps({"ready": kind}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd.get("quit"):
             break
-        x = inputs(cmd["part"], cmd["batch"], shape, z, cmd.get("seed", 0))
-        out = run(cmd["part"], x)  # warm-up
+        part = cmd["part"]
+        x = prepare(part, inputs(part, cmd["batch"], shape, z, cmd.get("seed", 0)))
+        out = run(part, x)  # warm-up (and torch.compile's compilation)
         times = []
         for _ in range(cmd["calls"]):
             t0 = time.perf_counter()
-            out = run(cmd["part"], x)
+            out = run(part, x)
             times.append(time.perf_counter() - t0)
-        head = np.asarray(out[0], np.float64).ravel()[:64].tolist()
+        head = np.asarray(finish(part, out)[0], np.float64).ravel()[:64].tolist()
         print(json.dumps({"times": times, "head": head}), flush=True)
 
 

@@ -13,7 +13,6 @@ import sys
 from vaefast.errors import VaefastError
 
 DATA_HELP = "data spec (filled in from vaefast.data.KINDS)"
-PROVIDERS_HELP = "ONNX Runtime providers: auto, cpu, cuda, tensorrt"
 
 
 def _given(args: argparse.Namespace, *names: str) -> dict:
@@ -115,12 +114,13 @@ def _tsne(args: argparse.Namespace) -> None:
 def _embed(args: argparse.Namespace) -> None:
     from vaefast.embedding import embed
 
-    if args.variant not in (None, "fp32"):
-        _print_agreement(args.model, args.variant)
+    if args.variant not in (None, "fp32") or args.providers == "openvino":
+        _print_agreement(args.model, args.variant or "fp32", args.providers)
     stats = embed(args.model, args.input, args.out, tsne=args.tsne, force=args.force,
                   skip_bad=args.skip_bad, progress=not args.quiet, **_given(
                       args, "batch_size", "chunk_rows", "dtype", "tsne_max", "tsne_transform",
                       "seed", "scheduler", "workers", "threads", "variant", "providers",
+                      "precision",
                       "resize", "decode_workers"))
     if stats.get("already_complete"):
         print(f"{args.out} is already complete ({stats['rows']} rows)")
@@ -154,8 +154,9 @@ def _embeddings(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {done['rows']} rows ({', '.join(done['columns'])})")
 
 
-def _print_agreement(model: str, variant: str) -> None:
-    """The variant's agreement with fp32, from the export report, before using it."""
+def _print_agreement(model: str, variant: str, providers: str | None = None) -> None:
+    """The variant's (or OpenVINO's) agreement with fp32, from the export report, before
+    using it."""
     from pathlib import Path
 
     from vaefast.atomic import read_json
@@ -164,11 +165,12 @@ def _print_agreement(model: str, variant: str) -> None:
     load(model, providers="cpu", variant=variant, spin=False)  # a missing variant: refused
     path = Path(model) / "export_report.json"
     report = read_json(path) if path.is_file() else {}
-    r = report.get(variant)
+    name = "openvino" if providers == "openvino" and variant == "fp32" else variant
+    r = report.get(name)
     if r is None:
-        print(f"note: {path} has no {variant} figures", file=sys.stderr)
+        print(f"note: {path} has no {name} figures", file=sys.stderr)
         return
-    print(f"{variant} against fp32 (export report): kNN@10 overlap "
+    print(f"{name} against fp32 (export report): kNN@10 overlap "
           f"{r['knn10_overlap_vs_fp32']:.3f}, μ rel error {r['mu_rel_error']:.2e}, "
           f"reconstruction PSNR {r['recon_psnr_db_vs_fp32']:.1f} dB", file=sys.stderr)
 
@@ -183,7 +185,7 @@ def _plot(args: argparse.Namespace) -> None:
         else None
     written = render(args.kind, args.model, args.out, **_given(
         args, "data", "max_points", "seed", "method", "thumbnails", "ellipses", "index",
-        "embeddings", "variant", "providers", "threads"),
+        "embeddings", "variant", "providers", "threads", "precision"),
         **({"formats": formats} if formats else {}),
         **({"embed": True} if args.embed else {}),
         **({"dims": tuple(args.dims)} if args.dims else {}))
@@ -223,6 +225,11 @@ class _RegistryHelp(argparse.HelpFormatter):
                 "variants" else "exported model variant to run (default fp32): "
             return lead + "; ".join(f"{name}: {v.purpose}" for name, v in VARIANTS.items()
                                     if action.dest == "variant" or name != "fp32")
+        if action.dest == "providers":
+            from vaefast.engines import ENGINES
+
+            return "what runs the model: " + "; ".join(
+                f"{', '.join(e.providers)}: {e.describe}" for e in ENGINES.values())
         if action.dest == "arch":
             from vaefast.model import ARCHITECTURES
 
@@ -238,8 +245,11 @@ class _RegistryHelp(argparse.HelpFormatter):
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default=None, metavar="NAME",
                    help="(from vaefast.variants.VARIANTS)")
-    p.add_argument("--providers", default=None, choices=["auto", "cpu", "cuda", "tensorrt"],
-                   help=PROVIDERS_HELP)
+    p.add_argument("--providers", default=None, metavar="NAME",
+                   help="(from vaefast.engines.ENGINES)")
+    p.add_argument("--precision", default=None, choices=["bf16", "f32"],
+                   help="--providers openvino: inference precision (default bf16 where the "
+                        "CPU has AMX or AVX512_BF16, else f32)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,10 +27,11 @@ _SOURCES: dict[tuple, Source] = {}  # and one opened input (built-in specs load 
 
 
 def _model(model_dir: str, threads: int | None, variant: str = "fp32",
-           providers: str = "auto") -> runtime.ExportedVAE:
-    key = (str(model_dir), threads, variant, providers)
+           providers: str = "auto", precision: str | None = None) -> runtime.ExportedVAE:
+    key = (str(model_dir), threads, variant, providers, precision)
     if key not in _SESSIONS:
         _SESSIONS[key] = runtime.load(model_dir, providers=providers, threads=threads,
+                                      precision=precision,
                                       variant=variant, spin=False)
     return _SESSIONS[key]
 
@@ -103,7 +104,7 @@ def _worker_threads() -> int | None:
 def encode_chunk(model_dir: str, spec: str, out: str, chunk: int, chunk_rows: int,
                  batch_size: int, threads: int | None = None, variant: str = "fp32",
                  providers: str = "auto", preprocess: dict | None = None,
-                 skip_bad: bool = False) -> int:
+                 skip_bad: bool = False, precision: str | None = None) -> int:
     """Encode rows of chunk ``chunk`` and write them and their marker; return the row count.
 
     A plain function of plain arguments, so Dask can run it on any worker: the ONNX
@@ -111,7 +112,7 @@ def encode_chunk(model_dir: str, spec: str, out: str, chunk: int, chunk_rows: in
     ``threads`` intra-op threads, by default the worker's own thread count. Encoded
     images are decoded by the task itself (the workers are the parallelism).
     """
-    vae = _model(model_dir, threads or _worker_threads(), variant, providers)
+    vae = _model(model_dir, threads or _worker_threads(), variant, providers, precision)
     source = _source(spec, preprocess, 1)
     start, mu, logvar, bad = _encode_chunk_rows(vae, source, chunk, chunk_rows, batch_size,
                                                 skip_bad)
@@ -150,7 +151,8 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
           dtype: str = "float32", tsne: bool = False,
           tsne_max: int = 10_000, tsne_transform: str = "exact", seed: int = 0,
           scheduler: str | None = None, workers: int = 2, threads: int | None = None,
-          variant: str = "fp32", providers: str = "auto", resize: str = "crop",
+          variant: str = "fp32", providers: str = "auto", precision: str | None = None,
+          resize: str = "crop",
           decode_workers: int | None = None, skip_bad: bool = False, force: bool = False,
           progress: bool = True) -> dict[str, Any]:
     """Embed every row of ``input`` through the exported encoder into the zarr store ``out``.
@@ -159,8 +161,10 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
     same result as an uninterrupted run. ``scheduler``: None (this process), ``"local"``
     (a dask.distributed LocalCluster of ``workers`` one-thread processes) or a ``tcp://``
     address (each task uses its worker's thread count). ``threads``: ONNX Runtime and
-    t-SNE threads (default: all cores). ``variant`` (fp32, int8, fp16) and ``providers``
-    pick the exported model run; both are recorded in the store. With ``tsne``, an exact
+    t-SNE threads (default: all cores). ``variant`` (a name in
+    ``vaefast.variants.VARIANTS``), ``providers`` (an ONNX Runtime choice or
+    ``openvino``) and ``precision`` (OpenVINO's bf16 or f32) pick the exported model run;
+    they are recorded in the store. With ``tsne``, an exact
     t-SNE map of ``mu`` is added (above ``tsne_max`` rows: of a seeded sample, the rest
     placed by transform, ``tsne_transform`` naming how: "exact" or the opt-in
     "interpolated"). ``mu`` and ``logvar`` are stored [N, *latent_shape] as
@@ -190,7 +194,7 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
         _SOURCES.pop(key).close()
     source = _source(input, prep_dict, decode_workers)
     source.start()  # image decoders fork now, before ONNX Runtime starts its threads
-    vae = _model(str(model_dir), threads, variant, providers)
+    vae = _model(str(model_dir), threads, variant, providers, precision)
     if not source.n:
         raise VaefastError(f"{input}: no rows to embed")
     sample = vae.check_inputs(source.rows(0, 1, {})).shape[1:]  # a layout mismatch: now
@@ -235,7 +239,7 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
         else:
             _run_dask(scheduler, workers, (str(model_dir), input, str(out)), todo,
                       chunk_rows, batch_size, threads, variant, providers, prep_dict,
-                      skip_bad, bar)
+                      skip_bad, precision, bar)
     except BadRows as e:
         store.remove(out)
         raise VaefastError(f"{e}; clean the input first ({out} was removed: it could "
@@ -266,7 +270,7 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
 
 def _run_dask(scheduler: str, workers: int, args: tuple, todo: list[int], chunk_rows: int,
               batch_size: int, threads: int | None, variant: str, providers: str,
-              preprocess: dict | None, skip_bad: bool, bar) -> None:
+              preprocess: dict | None, skip_bad: bool, precision: str | None, bar) -> None:
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -281,7 +285,7 @@ def _run_dask(scheduler: str, workers: int, args: tuple, todo: list[int], chunk_
         raise VaefastError(f"unknown scheduler {scheduler!r}; use local or tcp://HOST:PORT")
     try:
         futures = [client.submit(encode_chunk, *args, c, chunk_rows, batch_size, threads,
-                                 variant, providers, preprocess, skip_bad,
+                                 variant, providers, preprocess, skip_bad, precision,
                                  key=f"vaefast-encode-{c}-{args[2]}", pure=False)
                    for c in todo]
         for future in as_completed(futures):

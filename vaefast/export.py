@@ -407,10 +407,21 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
                           f"{report[name]['knn10_overlap_vs_fp32']:.3f} < "
                           f"{variants_mod.variant(name).min_overlap}; prefer the fp32 "
                           "models for this one", file=sys.stderr)
+            if _has_openvino():  # the other engine's agreement, recorded like a variant's
+                candidate = runtime.load(tmp, providers="openvino", spin=False)
+                report["openvino"] = variants_mod.agreement(reference, candidate, images,
+                                                            "fp32") | {
+                    "precision": candidate.encoder_session.precision}
             write_json(tmp / "export_report.json", report)
     finally:
         model.train(was_training)
     return report
+
+
+def _has_openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 def _calibration(reference: runtime.ExportedVAE, x: np.ndarray, seed: int
@@ -895,10 +906,11 @@ def format_report(report: dict[str, Any]) -> str:
             f"| fp32 | eager PyTorch | max abs error {fp32['max_abs']:.2e} "
             f"(tolerance {report['tolerance']:g}), max rel {fp32['max_rel']:.2e}, "
             f"kNN@10 overlap {fp32['test_split']['knn10_overlap']:.3f} |"]
-    for name in variants_mod.VARIANTS:
+    for name in [*variants_mod.VARIANTS, "openvino"]:
         if name != "fp32" and name in report:
             r = report[name]
-            rows.append(f"| {name} | ONNX fp32 | μ rel error {r['mu_rel_error']:.2e}, kNN@10 "
+            label = f"OpenVINO {r['precision']}" if name == "openvino" else name
+            rows.append(f"| {label} | ONNX fp32 | μ rel error {r['mu_rel_error']:.2e}, kNN@10 "
                         f"overlap {r['knn10_overlap_vs_fp32']:.3f}, reconstruction PSNR "
                         f"{r['recon_psnr_db_vs_fp32']:.1f} dB |")
     return "\n".join(rows)

@@ -520,7 +520,8 @@ def figure(kind: str, lat: Latents, **options) -> Any:
 def render(kind: str, model_dir: str | os.PathLike, out: str | os.PathLike, *,
            data: str | None = None, max_points: int = 5000, formats: tuple[str, ...] = ("png",),
            seed: int = 0, embeddings: str | os.PathLike | None = None, variant: str = "fp32",
-           providers: str = "cpu", threads: int | None = None, **options) -> list[Path]:
+           providers: str = "cpu", threads: int | None = None, precision: str | None = None,
+           **options) -> list[Path]:
     """Write one view (or ``all`` with an index page) for an exported model; return paths.
 
     With ``embeddings`` (a finished ``vaefast embed`` store) every row of the store is
@@ -536,6 +537,7 @@ def render(kind: str, model_dir: str | os.PathLike, out: str | os.PathLike, *,
         if fmt not in FORMATS:
             raise VaefastError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
     vae = runtime.load(model_dir, providers=providers, variant=variant, threads=threads,
+                       precision=precision,
                        spin=False)
     if embeddings is not None:
         lat = Latents.from_store(vae, embeddings, seed)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from vaefast.atomic import read_json
+from vaefast.engines import engine_for, open_session, session_options  # noqa: F401
 from vaefast.errors import BadRows, VaefastError
 from vaefast.layout import (arrange, check_pixels, describe, display_shape, input_shape_for,
                             to_display)
@@ -54,6 +55,8 @@ def read_model_json(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def _resolve_providers(providers: str | list[str]) -> list[str]:
+    if providers == "openvino":
+        return []
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -61,7 +64,7 @@ def _resolve_providers(providers: str | list[str]) -> list[str]:
         if providers == "auto":
             return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         if providers not in PROVIDERS:
-            raise VaefastError(f"unknown providers {providers!r}; use auto, cpu, cuda or tensorrt")
+            engine_for(providers)  # names every engine's providers
         wanted = PROVIDERS[providers]
         if wanted not in available:
             raise VaefastError(f"{wanted} is not available in this onnxruntime build "
@@ -342,32 +345,6 @@ def _check_batch(batch_size: int) -> int:
     return batch_size
 
 
-def session_options(threads: int | None = None, spin: bool = True):
-    """ONNX Runtime options: intra-op thread count, and spinning (off beside torch)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = int(threads)
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    so.log_severity_level = 3
-    return so
-
-
-def open_session(path: Path, providers: list[str], options):
-    """An InferenceSession, with unreadable files turned into a clear error."""
-    import onnxruntime as ort
-
-    if not path.is_file():
-        raise VaefastError(f"{path} not found; export the model again")
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as e:  # ORT raises its own types for truncated or invalid protobufs
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise VaefastError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
-
-
 def input_shape(meta: dict[str, Any]) -> tuple[int, ...]:
     """The sample shape an export's encoder takes (model.json ``input_shape``; flat
     ``[input_dim]`` for exports written before it existed)."""
@@ -414,14 +391,16 @@ def _check_io(session, path: Path, meta: dict, inputs: dict[str, tuple],
 
 
 def load(exported_dir: str | os.PathLike, providers: str | list[str] = "auto",
-         threads: int | None = None, variant: str = "fp32", spin: bool = True) -> ExportedVAE:
+         threads: int | None = None, variant: str = "fp32", spin: bool = True,
+         precision: str | None = None) -> ExportedVAE:
     """Open an exported model folder for inference.
 
     ``providers``: ``auto`` (CUDA when onnxruntime-gpu sees a GPU, else CPU), ``cpu``,
-    ``cuda``, ``tensorrt``, or an explicit ONNX Runtime provider list. Asking for a GPU
-    provider and getting CPU is an error, never a silent fallback. ``threads`` sets
-    ONNX Runtime's intra-op threads; ``spin=False`` stops idle threads spinning (use it
-    when torch or Numba share the process).
+    ``cuda``, ``tensorrt``, or an explicit ONNX Runtime provider list — or ``openvino``
+    (OpenVINO on the CPU, ``precision`` bf16 where the CPU has AMX or AVX512_BF16, else
+    f32; see ``vaefast.engines``). Asking for a GPU provider and getting CPU is an error,
+    never a silent fallback. ``threads`` sets the engine's threads; ``spin=False`` stops
+    idle ONNX Runtime threads spinning (use it when torch or Numba share the process).
     """
     folder = Path(exported_dir)
     meta = read_model_json(folder)
@@ -430,13 +409,13 @@ def load(exported_dir: str | os.PathLike, providers: str | list[str] = "auto",
         raise VaefastError(f"{folder} was exported without the {variant} variant (it has "
                            f"{', '.join(meta['variants'])}); export it again with "
                            f"--variants {variant}")
+    engine = engine_for(providers)
     chain = _resolve_providers(providers)
-    options = session_options(threads, spin)
     D, Z = input_shape(meta), latent_shape(meta)
     sessions = []
     for name, ins, outs in ((enc_file, {"x": D}, {"mu": Z, "logvar": Z}),
                             (dec_file, {"z": Z}, {"x_hat": D})):
-        session = open_session(folder / name, chain, options)
+        session = engine.open(folder / name, chain, threads, spin, precision)
         _check_io(session, folder / name, meta, ins, outs)
         if isinstance(providers, str) and providers in ("cuda", "tensorrt"):
             if session.get_providers()[0] != PROVIDERS[providers]:

@@ -1,0 +1,161 @@
+"""Inference engines for exported ONNX files: one table, ``ENGINES``, from a ``providers``
+name to the engine that opens a model file as a session (``run(output_names, feeds)``,
+``get_inputs``, ``get_outputs``, ``get_providers``, ``get_modelmeta``).
+
+- ``onnxruntime`` (``auto``, ``cpu``, ``cuda``, ``tensorrt``): ONNX Runtime sessions.
+- ``openvino``: Intel's OpenVINO runtime reading the same ONNX files (``pip install
+  'vaefast[openvino]'``), in bf16 where the CPU has AMX or AVX512_BF16 (asked of OpenVINO
+  at run time), f32 elsewhere, or as ``precision`` says. Nothing falls back silently.
+
+No engine is fastest everywhere (OpenVINO bf16 wins on large conv models with bf16
+hardware; ONNX Runtime wins on tiny MLPs at batch 1): ``vaefast bench recommend`` measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+from vaefast.errors import VaefastError
+
+PRECISIONS = ("bf16", "f32")
+
+
+def session_options(threads: int | None = None, spin: bool = True):
+    """ONNX Runtime options: intra-op thread count, and spinning (off beside torch)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    so.log_severity_level = 3
+    return so
+
+
+def open_session(path: Path, providers: list[str], options):
+    """An InferenceSession, with unreadable files turned into a clear error."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise VaefastError(f"{path} not found; export the model again")
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as e:  # ORT raises its own types for truncated or invalid protobufs
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VaefastError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+
+
+def _open_onnxruntime(path: Path, chain: list[str], threads: int | None, spin: bool,
+                      precision: str | None):
+    if precision is not None:
+        raise VaefastError("precision applies to providers='openvino'; for ONNX Runtime "
+                           "pick a variant (fp32, int8, int8-static, fp16)")
+    return open_session(path, chain, session_options(threads, spin))
+
+
+def openvino_precision() -> str:
+    """bf16 where OpenVINO's CPU plugin reports BF16 (AMX or AVX512_BF16), else f32."""
+    return "bf16" if "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") \
+        else "f32"
+
+
+def _core():
+    try:
+        import openvino as ov
+    except ImportError:
+        raise VaefastError("providers 'openvino' needs OpenVINO: pip install "
+                           "'vaefast[openvino]'") from None
+    return ov.Core()
+
+
+class OpenVINOSession:
+    """An OpenVINO compiled model behind the calls the runtime makes of an ONNX Runtime
+    session (one infer request: use one per thread, as ONNX Runtime sessions are not
+    meant to be shared across threads by the runtime either)."""
+
+    def __init__(self, path: Path, threads: int | None, precision: str | None):
+        core = _core()
+        if not path.is_file():
+            raise VaefastError(f"{path} not found; export the model again")
+        precision = precision or openvino_precision()
+        if precision not in PRECISIONS:
+            raise VaefastError(f"unknown precision {precision!r}; use "
+                               f"{' or '.join(PRECISIONS)}")
+        try:
+            model = core.read_model(str(path))
+            config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = int(threads)
+            self._compiled = core.compile_model(model, "CPU", config)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise VaefastError(f"{path}: OpenVINO cannot load it ({first[:200]})") from None
+        self._request = self._compiled.create_infer_request()
+        self.precision = precision
+        info = model.get_rt_info()  # the ONNX file's metadata_props, under "framework"
+        framework = info["framework"] if "framework" in info else {}
+        self._meta = {k: str(v.astype(str)) for k, v in framework.items()}
+        self._inputs = [self._port(p) for p in model.inputs]
+        self._outputs = [self._port(p) for p in model.outputs]
+
+    @staticmethod
+    def _port(port) -> SimpleNamespace:
+        shape = [d.get_length() if d.is_static else "?" for d in port.get_partial_shape()]
+        return SimpleNamespace(name=port.get_any_name(), shape=shape)
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, Any]) -> list:
+        result = self._request.infer(feeds, share_inputs=True, share_outputs=False)
+        names = output_names or [o.name for o in self._outputs]
+        return [result[name] for name in names]
+
+    def get_inputs(self):
+        return self._inputs
+
+    def get_outputs(self):
+        return self._outputs
+
+    def get_providers(self) -> list[str]:
+        return [f"OpenVINO CPU {self.precision}"]
+
+    def get_modelmeta(self):
+        return SimpleNamespace(custom_metadata_map=self._meta)
+
+
+def _open_openvino(path: Path, chain: list[str], threads: int | None, spin: bool,
+                   precision: str | None):
+    return OpenVINOSession(path, threads, precision)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One way of running exported ONNX files: ``open(path, provider chain, threads,
+    spin, precision)`` returns a session."""
+
+    open: Callable[..., Any]
+    providers: tuple[str, ...]  # the ``providers`` names that select it
+    describe: str
+
+
+ENGINES: dict[str, Engine] = {
+    "onnxruntime": Engine(_open_onnxruntime, ("auto", "cpu", "cuda", "tensorrt"),
+                          "ONNX Runtime (variants fp32, int8, int8-static, fp16; CUDA and "
+                          "TensorRT with onnxruntime-gpu)"),
+    "openvino": Engine(_open_openvino, ("openvino",),
+                       "OpenVINO on the CPU, bf16 where the CPU has it (AMX, AVX512_BF16), "
+                       "else f32"),
+}
+
+
+def engine_for(providers: str | list[str]) -> Engine:
+    """The engine a ``providers`` value selects (a list: ONNX Runtime provider names)."""
+    if not isinstance(providers, str):
+        return ENGINES["onnxruntime"]
+    for engine in ENGINES.values():
+        if providers in engine.providers:
+            return engine
+    names = [p for e in ENGINES.values() for p in e.providers]
+    raise VaefastError(f"unknown providers {providers!r}; use {', '.join(names)}")
