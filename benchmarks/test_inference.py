@@ -14,17 +14,15 @@ own exports join with ``VAEFAST_BENCH_MODELS=DIR=FILE.py:FUNCTION@WEIGHTS[,...]`
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks.conftest import EXPORTED, ROOT, THREADS, ratio_spread, record
+from benchmarks.conftest import EXPORTED, THREADS, ratio_spread, record
+from benchmarks.worker import Worker, available
 
 BATCHES = [1, 64, 1024, 4096, 8192]
 KINDS = ["eager", "eager-bf16", "eager-compile", "runtime-fp32", "runtime-int8",
@@ -38,53 +36,6 @@ for _entry in filter(None, os.environ.get("VAEFAST_BENCH_MODELS", "").split(",")
     MODELS[Path(_folder).name] = (Path(_folder), _module or None)
 
 
-class Worker:
-    """One runtime in its own process, driven over a pipe."""
-
-    def __init__(self, kind: str, folder: Path, module: str | None):
-        args = [sys.executable, "-m", "benchmarks.worker", kind, str(folder), str(THREADS)]
-        self.kind = kind
-        self.proc = subprocess.Popen(args + ([module] if module else []), cwd=ROOT,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(self.proc.stderr.read()[-500:])
-
-    def time(self, part: str, batch: int, calls: int) -> dict:
-        self.proc.stdin.write(json.dumps({"part": part, "batch": batch, "calls": calls}) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(self.proc.stderr.read()[-500:])
-        return json.loads(line)
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.write('{"quit": true}\n')
-            self.proc.stdin.flush()
-        except (BrokenPipeError, ValueError):
-            pass
-        self.proc.wait(timeout=30)
-
-
-def _available(kind: str) -> bool:
-    import importlib.util
-
-    if kind.startswith("openvino"):
-        if importlib.util.find_spec("openvino") is None:
-            return False
-        if kind == "openvino-bf16":
-            from vaefast.engines import openvino_precision
-
-            return openvino_precision() == "bf16"
-    if kind != "runtime-cuda":
-        return True
-    import onnxruntime as ort
-
-    return "CUDAExecutionProvider" in ort.get_available_providers()
-
-
 @pytest.fixture(scope="module", params=list(MODELS))
 def workers(request):
     pytest.importorskip("torch")
@@ -94,9 +45,9 @@ def workers(request):
     for kind in KINDS:
         if kind == "eager-compile" and disabled:
             continue  # compiling every (part, batch) takes minutes: timed runs only
-        if _available(kind):
+        if available(kind):
             try:
-                pool[kind] = Worker(kind, folder, module)
+                pool[kind] = Worker(kind, folder, module, THREADS)
             except RuntimeError as e:  # e.g. a CUDA build without a usable GPU
                 if kind == "eager" or not kind.endswith(("cuda", "tensorrt")):
                     raise

@@ -21,6 +21,7 @@ thread spinning on, its default.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -112,6 +113,57 @@ def _runner(kind: str, folder: Path, threads: int, module: str | None):
         return (lambda part, x: np.ascontiguousarray(to_model(part, x), np.float32)), run, \
             to_unit, shape, z
     raise SystemExit(f"unknown worker kind {kind!r}")
+
+
+class Worker:
+    """One runtime in its own process, driven over a pipe."""
+
+    def __init__(self, kind: str, folder: Path, module: str | None, threads: int):
+        args = [sys.executable, "-m", "benchmarks.worker", kind, str(folder), str(threads)]
+        self.kind = kind
+        self.proc = subprocess.Popen(args + ([module] if module else []),
+                                     cwd=Path(__file__).resolve().parents[1],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(self.proc.stderr.read()[-500:])
+
+    def time(self, part: str, batch: int, calls: int) -> dict:
+        self.proc.stdin.write(json.dumps({"part": part, "batch": batch, "calls": calls}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(self.proc.stderr.read()[-500:])
+        return json.loads(line)
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write('{"quit": true}\n')
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+        self.proc.wait(timeout=30)
+
+
+
+def available(kind: str) -> bool:
+    """Whether this machine can run a worker of ``kind`` (OpenVINO installed, bf16 on the
+    CPU, a CUDA build of ONNX Runtime)."""
+    import importlib.util
+
+    if kind.startswith("openvino"):
+        if importlib.util.find_spec("openvino") is None:
+            return False
+        if kind == "openvino-bf16":
+            from vaefast.engines import openvino_precision
+
+            return openvino_precision() == "bf16"
+    if kind != "runtime-cuda":
+        return True
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def main(argv: list[str]) -> None:

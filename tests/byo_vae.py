@@ -157,8 +157,9 @@ class TanhVAE(nn.Module):
         return self.final_layer(self.decoder(h))
 
 
-def train_tanh_briefly(model: TanhVAE, images, steps: int = 20, seed: int = 0) -> TanhVAE:
-    """A few Adam steps on [-1, 1] images (MSE + KL, as that collection trains it)."""
+def _train_on_signed_images(model, images, loss_of, steps: int, seed: int):
+    """``steps`` Adam steps (batches of 32, lr 1e-3) of ``loss_of(model, x)`` on images
+    [N, H, W, C] uint8 scaled to [-1, 1]; the model comes back in eval mode."""
     import numpy as np
 
     torch.manual_seed(seed)
@@ -167,15 +168,22 @@ def train_tanh_briefly(model: TanhVAE, images, steps: int = 20, seed: int = 0) -
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     for step in range(steps):
-        x = x_all[(step * 32) % len(x_all):][:32]
-        mu, logvar = model.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        loss = nn.functional.mse_loss(model.decode(z), x) - 1e-4 * torch.mean(
-            torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1))
+        loss = loss_of(model, x_all[(step * 32) % len(x_all):][:32])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def train_tanh_briefly(model: TanhVAE, images, steps: int = 20, seed: int = 0) -> TanhVAE:
+    """A few Adam steps on [-1, 1] images (MSE + KL, as that collection trains it)."""
+    def loss_of(model, x):
+        mu, logvar = model.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return nn.functional.mse_loss(model.decode(z), x) - 1e-4 * torch.mean(
+            torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1))
+
+    return _train_on_signed_images(model, images, loss_of, steps, seed)
 
 
 def small_autoencoder_kl(channels: int = 3, side: int = 32, seed: int = 0):
@@ -189,3 +197,14 @@ def small_autoencoder_kl(channels: int = 3, side: int = 32, seed: int = 0):
                          up_block_types=("UpDecoderBlock2D",) * 2,
                          block_out_channels=(16, 32), layers_per_block=1, latent_channels=4,
                          norm_num_groups=8, sample_size=side).eval()
+
+
+def train_kl_briefly(model, images, steps: int = 60, seed: int = 0):
+    """A few Adam steps of a diffusers AutoencoderKL on [-1, 1] images [N, H, W, C] uint8
+    (MSE of the decoded sample + a small KL, as latent-diffusion autoencoders train)."""
+    def loss_of(model, x):
+        dist = model.encode(x).latent_dist
+        return nn.functional.mse_loss(model.decode(dist.sample()).sample, x) + \
+            1e-6 * dist.kl().mean()
+
+    return _train_on_signed_images(model, images, loss_of, steps, seed)

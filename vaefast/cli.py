@@ -193,6 +193,12 @@ def _plot(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _bench_recommend(args: argparse.Namespace) -> None:
+    from vaefast.recommend import format_table, recommend
+
+    print(format_table(recommend(args.model, **_given(args, "batch", "part", "threads"))))
+
+
 def _bench_report(args: argparse.Namespace) -> None:
     from vaefast.bench import report
 
@@ -425,6 +431,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("results", help="pytest-benchmark JSON, e.g. out/bench/results.json")
     r.add_argument("--out", required=True, help="folder for report.md and the plots")
     r.set_defaults(func=_bench_report)
+    r = bench.add_parser("recommend", help="time every engine x variant x precision for "
+                                           "MODEL at your batch size, each in its own "
+                                           "process, and name the fastest that agrees "
+                                           "with fp32")
+    r.add_argument("model", help="exported model folder")
+    r.add_argument("--batch", type=int, default=None, help="rows per call (default 1)")
+    r.add_argument("--part", default=None, choices=["encoder", "decoder"])
+    r.add_argument("--threads", type=int, default=None, help="default: all cores")
+    r.set_defaults(func=_bench_recommend)
     return parser
 
 

@@ -25,8 +25,9 @@ def run(out: Path, epochs: int = 10, conv_epochs: int = 5) -> None:
     conv = export_and_encode(out, "conv-run", "conv-exported")
     plot_views(out, {"z20": Path("exported/mnist5k-z20"), "z2": Path("exported/mnist5k-z2"),
                      "conv": conv})
-    print("[bench] quick side-by-side summary, in this one process with ONNX Runtime's "
-          "spinning off (make bench runs each runtime in its own process):")
+    print("[bench] quick side-by-side summary: each runtime in its own process, as deployed "
+          "(eager: the model's own encode under torch.inference_mode; ONNX Runtime with its "
+          "threads spinning); make bench measures with rounds and spreads:")
     print(quick_summary())
 
 
@@ -91,59 +92,35 @@ def plot_views(out: Path, models: dict[str, Path]) -> None:
               f"in {time.perf_counter() - t0:.1f} s")
 
 
-def _median_seconds(fn, repeats: int, min_time: float = 0.2) -> float:
-    """Median over ``repeats`` timings, each looping ``fn`` for at least ``min_time`` / repeats."""
-    import time
-
-    fn()  # warm-up
-    t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-7)
-    loops = max(1, int(min_time / repeats / once))
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(loops):
-            fn()
-        samples.append((time.perf_counter() - t0) / loops)
-    return sorted(samples)[len(samples) // 2]
-
-
 def quick_summary(exported: str | os.PathLike = "exported/mnist5k-z20", threads: int = 2,
                   tsne_n: int = 500) -> str:
-    """A few-seconds side-by-side table: eager PyTorch vs ONNX Runtime (fp32, int8) for the
-    encoder at batch 1 and 4096, and vaefast's exact t-SNE vs scikit-learn's at N=tsne_n."""
+    """A few-seconds side-by-side table: eager PyTorch (the model's own ``encode``) vs
+    ONNX Runtime (fp32, int8) for the encoder at batch 1 and 4096, each in its own
+    process, and vaefast's exact t-SNE vs scikit-learn's at N=tsne_n."""
     import time
 
-    import numpy as np
-    import torch
     from sklearn.manifold import TSNE as SklearnTSNE
 
     from vaefast import data, runtime
     from vaefast.bench import format_seconds
-    from vaefast.export import load_eager
     from vaefast.tsne import TSNE
 
-    torch.set_num_threads(threads)
-    eager = load_eager(exported)
-    ort = {v: runtime.load(exported, providers="cpu", threads=threads, spin=False, variant=v)
-           for v in ("fp32", "int8")}
-    X = data.load("mnist5k").X_test
+    from vaefast.recommend import time_in_process
+
+    batches = (1, 4096)
+    t = {kind: time_in_process(exported, "encoder", batches, threads,
+                               "eager" if kind == "eager" else "onnxruntime",
+                               "fp32" if kind == "eager" else kind)[0]
+         for kind in ("eager", "fp32", "int8")}
     rows = ["| task | eager PyTorch | ORT fp32 | ORT int8 | speed-up fp32 / int8 |",
             "|---|---|---|---|---|"]
-    for batch in (1, 4096):
-        x = np.ascontiguousarray(np.resize(X, (batch, X.shape[1])))
-        xt = torch.from_numpy(x)
-
-        def run_eager():
-            with torch.inference_mode():
-                eager.encode(xt)
-        t_eager = _median_seconds(run_eager, 7)
-        t = {v: _median_seconds(lambda v=v: ort[v].encode(x, batch_size=batch), 7) for v in ort}
-        rows.append(f"| encoder, batch {batch} | {format_seconds(t_eager)} | {format_seconds(t['fp32'])} | "
-                    f"{format_seconds(t['int8'])} | {t_eager / t['fp32']:.2f}× / "
-                    f"{t_eager / t['int8']:.2f}× |")
-    mu = ort["fp32"].encode(data.read("mnist5k").X[:tsne_n])[0]
+    for batch in batches:
+        e = t["eager"][batch]
+        rows.append(f"| encoder, batch {batch} | {format_seconds(e)} | "
+                    f"{format_seconds(t['fp32'][batch])} | {format_seconds(t['int8'][batch])} | "
+                    f"{e / t['fp32'][batch]:.2f}× / {e / t['int8'][batch]:.2f}× |")
+    vae = runtime.load(exported, providers="cpu", threads=threads, spin=False)
+    mu = vae.encode(data.read("mnist5k").X[:tsne_n])[0]
     TSNE(max_iter=250, random_state=0, n_jobs=threads).fit(mu[:100])  # load the kernels
     t0 = time.perf_counter()
     ours = TSNE(random_state=0, n_jobs=threads).fit(mu)

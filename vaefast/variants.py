@@ -102,7 +102,9 @@ def _write_fp16(src: Path, dst: Path, inputs: np.ndarray | None = None) -> tuple
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    proto = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    source = onnx.load(str(src))
+    del source.graph.value_info[:]  # the exporter's fp32 types would contradict fp16 ones
+    proto = convert_float_to_float16(source, keep_io_types=True)
     _sort_nodes(proto.graph)  # the converter appends its input casts at the end
     return proto, {}
 

@@ -1,0 +1,100 @@
+"""Engines and variants: OpenVINO beside ONNX Runtime on the same exported files, variants
+named from one table, and `vaefast bench recommend` measuring which to use."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.helpers import EXPORTED, run_cli
+from vaefast import runtime
+from vaefast.errors import VaefastError
+
+CONV = EXPORTED / "mnist5k-conv-z16"
+
+
+@pytest.fixture(scope="module")
+def X() -> np.ndarray:
+    from vaefast import data
+
+    return data.load("mnist5k").X_test[:256].reshape(-1, 1, 28, 28)
+
+
+def test_openvino_f32_matches_onnxruntime(X):
+    pytest.importorskip("openvino")
+    ov = runtime.load(CONV, providers="openvino", precision="f32")
+    ort = runtime.load(CONV, providers="cpu")
+    assert ov.providers == ["OpenVINO CPU f32"]
+    mu_ov, lv_ov = ov.encode(X)
+    mu, lv = ort.encode(X)
+    np.testing.assert_allclose(mu_ov, mu, atol=1e-4)
+    np.testing.assert_allclose(ov.decode(mu), ort.decode(mu), atol=1e-4)
+
+
+def test_openvino_defaults_to_bf16_only_where_the_cpu_has_it(X):
+    pytest.importorskip("openvino")
+    from vaefast.engines import openvino_precision
+    from vaefast.metrics import knn_overlap
+
+    vae = runtime.load(CONV, providers="openvino")
+    assert vae.providers == [f"OpenVINO CPU {openvino_precision()}"]
+    mu = vae.encode(X)[0]
+    reference = runtime.load(CONV, providers="cpu").encode(X)[0]
+    assert knn_overlap(mu, reference, 10) >= 0.9
+
+
+def test_engine_options_are_checked_by_name():
+    with pytest.raises(VaefastError, match="precision applies to providers='openvino'"):
+        runtime.load(CONV, providers="cpu", precision="bf16")
+    with pytest.raises(VaefastError, match="auto, cpu, cuda, tensorrt, openvino"):
+        runtime.load(CONV, providers="gpu")
+    pytest.importorskip("openvino")
+    with pytest.raises(VaefastError, match="use bf16 or f32"):
+        runtime.load(CONV, providers="openvino", precision="int4")
+
+
+def test_a_variant_not_exported_is_refused_by_name(short_export):
+    result = run_cli("embed", str(short_export), "mnist5k", "--out", "unused.zarr",
+                     "--variant", "int8-static")
+    assert result.returncode == 2
+    assert "exported without the int8-static variant (it has fp32, int8, fp16)" in \
+        result.stderr
+    result = run_cli("embed", str(short_export), "mnist5k", "--out", "unused.zarr",
+                     "--variant", "int4")
+    assert result.returncode == 2 and "fp32, int8, int8-static, fp16" in result.stderr
+
+
+def test_export_variant_names_and_calibration_are_checked(short_run, tmp_path):
+    result = run_cli("export", str(short_run), "--out", str(tmp_path / "e"),
+                     "--variants", "int8,int4")
+    assert result.returncode == 2 and "unknown variant 'int4'" in result.stderr
+    result = run_cli("export", str(short_run), "--out", str(tmp_path / "e"),
+                     "--variants", "int8-static", "--calibration", "digits")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "--calibration digits" in result.stderr
+    assert not (tmp_path / "e").exists()
+
+
+def test_static_int8_calibrated_on_a_data_spec(short_run, tmp_path):
+    from vaefast.atomic import read_json
+
+    result = run_cli("export", str(short_run), "--out", str(tmp_path / "e"), "--int8",
+                     "--variants", "int8-static", "--calibration", "mnist5k")
+    assert result.returncode == 0, result.stderr
+    report = read_json(tmp_path / "e" / "export_report.json")
+    static = report["int8-static"]
+    assert static["encoder"]["calibration_rows"] == 256
+    # a 2-epoch MLP: static int8 also quantizes activations, and lands near the target
+    assert static["knn10_overlap_vs_fp32"] > 0.8
+    assert static["meets_target"] == (static["knn10_overlap_vs_fp32"] >= 0.9)
+    assert ("prefer the fp32" in result.stderr) != static["meets_target"]
+    assert set(read_json(tmp_path / "e" / "model.json")["variants"]) == {
+        "fp32", "int8", "int8-static"}
+
+
+def test_bench_recommend_names_the_fastest_candidate_that_agrees():
+    result = run_cli("bench", "recommend", str(CONV), "--batch", "64")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("| onnxruntime | int8-static |") for line in lines)
+    assert lines[-1].startswith("recommended: runtime.load(MODEL, providers=")

@@ -1,0 +1,179 @@
+"""`vaefast bench recommend MODEL`: which engine, variant and precision runs this model
+fastest on this machine at the user's batch size, within an agreement bound.
+
+Each candidate runs in its own process (engines' threads never share a process), times
+the call users make (``vaefast.runtime`` ``encode``/``decode``, or the eager model's own
+``encode``), and returns its outputs on a seeded batch so agreement with ONNX Runtime fp32
+is measured on the spot (μ relative error and kNN@10 overlap for the encoder; PSNR of
+decoded images for the decoder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+
+from vaefast.errors import VaefastError
+
+AGREEMENT_ROWS = 256  # seeded rows the agreement is measured on
+
+# One candidate in a fresh process: time it at each batch, return its agreement outputs.
+_TIMER = """
+import json, sys, time
+import numpy as np
+spec = json.loads(sys.argv[1])
+exported, part, threads = spec["exported"], spec["part"], spec["threads"]
+shape = tuple(spec["input_shape"] if part == "encoder" else spec["latent_shape"])
+def batch_of(n, seed):
+    rng = np.random.default_rng(seed)
+    return (rng.random((n, *shape), dtype=np.float32) if part == "encoder"
+            else rng.standard_normal((n, *shape), dtype=np.float32))
+if spec["engine"] == "eager":
+    import torch
+    from vaefast.export import load_eager
+    torch.set_num_threads(threads)
+    model = load_eager(exported)
+    def call(x):
+        with torch.inference_mode():
+            out = model.encode(torch.from_numpy(x)) if part == "encoder" \\
+                else model.decode(torch.from_numpy(x))
+        return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
+else:
+    from vaefast import runtime
+    vae = runtime.load(exported, providers=spec["providers"], threads=threads,
+                       variant=spec["variant"], precision=spec["precision"])
+    def call(x):
+        return vae.encode(x, batch_size=len(x))[0] if part == "encoder" \\
+            else vae.decode(x, batch_size=len(x))
+seconds = {}
+for n in spec["batches"]:
+    x = batch_of(n, 0)
+    call(x)
+    once = time.perf_counter(); call(x); once = time.perf_counter() - once
+    loops = max(1, int(spec["min_time"] / 7 / max(once, 1e-7)))
+    samples = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        for _ in range(loops):
+            call(x)
+        samples.append((time.perf_counter() - t0) / loops)
+    seconds[n] = sorted(samples)[3]
+out = call(batch_of(spec["agreement_rows"], 1))
+np.save(spec["outputs"], np.asarray(out, np.float32))
+print(json.dumps(seconds))
+"""
+
+
+def time_in_process(exported: str | os.PathLike, part: str, batches: tuple[int, ...],
+                    threads: int, engine: str = "onnxruntime", variant: str = "fp32",
+                    providers: str = "cpu", precision: str | None = None,
+                    min_time: float = 0.3) -> tuple[dict[int, float], np.ndarray]:
+    """({batch: median seconds}, outputs on the seeded agreement batch) of one candidate
+    run in its own process. ``engine`` "eager" is the vaefast-trained model's own call."""
+    import tempfile
+
+    from vaefast import runtime
+
+    meta = runtime.read_model_json(exported)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = {"exported": str(exported), "part": part, "threads": threads,
+                "batches": list(batches), "engine": engine, "variant": variant,
+                "providers": providers, "precision": precision, "min_time": min_time,
+                "input_shape": list(runtime.input_shape(meta)),
+                "latent_shape": list(runtime.latent_shape(meta)),
+                "agreement_rows": AGREEMENT_ROWS, "outputs": os.path.join(tmp, "out.npy")}
+        result = subprocess.run([sys.executable, "-c", _TIMER, json.dumps(spec)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["failed"])[-1]
+            raise VaefastError(f"{engine} {variant} {precision or ''}: {last[:200]}")
+        seconds = json.loads(result.stdout.strip().splitlines()[-1])
+        outputs = np.load(spec["outputs"])
+    return {int(k): v for k, v in seconds.items()}, outputs
+
+
+def candidates(exported: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every way this machine can run the export: ONNX Runtime on each exported variant
+    (fp16 left out on CPUs: it is for GPUs), and OpenVINO in bf16 (where the CPU has it)
+    and f32 when OpenVINO is installed."""
+    import importlib.util
+
+    from vaefast import runtime
+
+    meta = runtime.read_model_json(exported)
+    out = [{"engine": "onnxruntime", "variant": v, "providers": "cpu", "precision": None}
+           for v in meta.get("variants", {"fp32": None}) if v != "fp16"]
+    if importlib.util.find_spec("openvino") is not None:
+        from vaefast.engines import openvino_precision
+
+        for precision in (["bf16"] if openvino_precision() == "bf16" else []) + ["f32"]:
+            out.append({"engine": "openvino", "variant": "fp32", "providers": "openvino",
+                        "precision": precision})
+    return out
+
+
+def recommend(exported: str | os.PathLike, batch: int = 1, part: str = "encoder",
+              threads: int | None = None, min_overlap: float = 0.9,
+              min_psnr: float = 30.0) -> dict[str, Any]:
+    """Time every candidate (``candidates``) at ``batch`` in its own process, measure its
+    agreement with ONNX Runtime fp32, and pick the fastest that agrees (encoder: kNN@10
+    overlap >= ``min_overlap``; decoder: PSNR >= ``min_psnr`` dB). Returns the rows and
+    the choice."""
+    from vaefast.metrics import knn_overlap, max_errors, psnr
+
+    if part not in ("encoder", "decoder"):
+        raise VaefastError(f"unknown part {part!r}; use encoder or decoder")
+    if batch < 1:
+        raise VaefastError(f"batch must be >= 1, got {batch}")
+    threads = threads or len(os.sched_getaffinity(0))
+    rows, reference = [], None
+    for c in candidates(exported):
+        seconds, out = time_in_process(exported, part, (batch,), threads, c["engine"],
+                                       c["variant"], c["providers"], c["precision"])
+        if reference is None:
+            reference = out  # ONNX Runtime fp32 comes first
+        row = dict(c, seconds=seconds[batch], rows_per_s=batch / seconds[batch])
+        if part == "encoder":
+            flat = (len(out), -1)
+            row["mu_rel_error"] = max_errors(out, reference)["max_rel"]
+            row["knn10_overlap"] = knn_overlap(out.reshape(flat), reference.reshape(flat), 10)
+            row["agrees"] = bool(row["knn10_overlap"] >= min_overlap)
+        else:
+            row["psnr_db"] = psnr(out, reference)
+            row["agrees"] = bool(row["psnr_db"] >= min_psnr)
+        rows.append(row)
+    base = rows[0]["seconds"]
+    for row in rows:
+        row["speedup_vs_onnxruntime_fp32"] = base / row["seconds"]
+    best = min((r for r in rows if r["agrees"]), key=lambda r: r["seconds"])
+    return {"rows": rows, "choice": best, "batch": batch, "part": part, "threads": threads}
+
+
+def describe(row: dict[str, Any]) -> str:
+    """How to ask for a candidate: the runtime.load arguments."""
+    text = f"providers={row['providers']!r}, variant={row['variant']!r}"
+    return text + (f", precision={row['precision']!r}" if row["precision"] else "")
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The measured rows as Markdown, and the recommendation."""
+    from vaefast.bench import format_seconds
+
+    agree = "kNN@10 overlap" if result["part"] == "encoder" else "PSNR vs fp32"
+    lines = [f"| engine | variant | precision | {result['part']}, batch {result['batch']} | "
+             f"rows/s | × ONNX Runtime fp32 | {agree} | agrees |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        figure = f"{r['knn10_overlap']:.3f}" if result["part"] == "encoder" else \
+            f"{r['psnr_db']:.1f} dB"
+        lines.append(f"| {r['engine']} | {r['variant']} | {r['precision'] or '—'} | "
+                     f"{format_seconds(r['seconds'])} | {r['rows_per_s']:,.0f} | "
+                     f"{r['speedup_vs_onnxruntime_fp32']:.2f}× | {figure} | "
+                     f"{'yes' if r['agrees'] else 'no'} |")
+    lines.append(f"\nrecommended: runtime.load(MODEL, {describe(result['choice'])}) "
+                 f"({result['threads']} threads)")
+    return "\n".join(lines)
