@@ -193,7 +193,8 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
     for key in [k for k in _SOURCES if k[0] == input]:  # the input may have changed
         _SOURCES.pop(key).close()
     source = _source(input, prep_dict, decode_workers)
-    source.start()  # image decoders fork now, before ONNX Runtime starts its threads
+    if scheduler is None:  # image decoders fork now, before ONNX Runtime starts its threads
+        source.start()
     vae = _model(str(model_dir), threads, variant, providers, precision)
     if not source.n:
         raise VaefastError(f"{input}: no rows to embed")
