@@ -40,10 +40,16 @@ def numba_threads(n_jobs: int | None) -> Iterator[int]:
 class ThreadPolicy:
     """Per call, run on ``threads`` or on one thread, whichever is measured faster.
 
-    Keeps a moving average of seconds per call for each choice; every ``probe_every``
-    calls (doubling, up to ``max_every``, each time the probe loses) one call runs on the
-    other choice to re-measure it. ``history`` counts the calls run on each choice.
+    Keeps a moving average of seconds per call for the choice in use; every
+    ``probe_every`` calls (doubling, up to ``max_every``, each time the probe loses) the
+    other choice is re-measured over ``PROBE_CALLS`` calls, of which only the last counts
+    and replaces that choice's (stale) figure. The first call of a run and of a probe
+    pays for waking the thread pool; averaging it in made short iterations (digits: ~1 ms
+    each) settle on one thread on an idle machine, 1.4x slower than two.
+    ``history`` counts the calls run on each choice.
     """
+
+    PROBE_CALLS = 2
 
     def __init__(self, threads: int, probe_every: int = 16, max_every: int = 512):
         self.choices = (threads, 1) if threads > 1 else (1,)
@@ -52,6 +58,7 @@ class ThreadPolicy:
         self.base, self.max_every = probe_every, max_every
         self.every = self.countdown = probe_every
         self.history = {c: 0 for c in self.choices}
+        self._probe_left = 0  # calls still to run on the choice being probed
 
     def call(self, fn: Callable[[], T]) -> T:
         """``fn()`` with Numba set to the thread count this policy picks now."""
@@ -63,16 +70,28 @@ class ThreadPolicy:
         other = self.choices[1] if self.current == self.choices[0] else self.choices[0]
         if self.seconds[self.current] is None:  # measure the asked-for count first
             probing = False
-        else:
+        elif self._probe_left == 0:
             probing = self.seconds[other] is None or self.countdown <= 0
+            if probing:
+                self._probe_left = self.PROBE_CALLS
+        else:
+            probing = True
         threads = other if probing else self.current
         numba.set_num_threads(threads)
         t0 = time.perf_counter()
         out = fn()
         elapsed = time.perf_counter() - t0
-        last = self.seconds[threads]
-        self.seconds[threads] = elapsed if last is None else 0.7 * last + 0.3 * elapsed
         self.history[threads] += 1
+        if probing:
+            self._probe_left -= 1
+            if self._probe_left:  # the warm-up call of a probe: not counted
+                return out
+            self.seconds[threads] = elapsed  # a fresh figure replaces a stale one
+        elif self.history[threads] == 1:
+            return out  # the run's first call, a warm-up: not counted
+        else:
+            last = self.seconds[threads]
+            self.seconds[threads] = elapsed if last is None else 0.7 * last + 0.3 * elapsed
         if probing:
             if self.seconds[other] < self.seconds[self.current]:
                 self.current, self.every = other, self.base
