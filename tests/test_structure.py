@@ -17,6 +17,7 @@ from tests.helpers import EXPORTED, ROOT, run_cli
 PACKAGE = ROOT / "vaefast"
 RUNTIME_PATH = ("vaefast.runtime", "vaefast.embedding", "vaefast.plot", "vaefast.bench",
                 "vaefast.store", "vaefast.data", "vaefast.data.files", "vaefast.data.decode",
+                "vaefast.engines", "vaefast.recommend",
                 "vaefast.tsne",
                 "vaefast.variants", "vaefast.layout")
 TORCH_SIDE = {"vaefast.model", "vaefast.train", "vaefast.export", "vaefast.shipped",
