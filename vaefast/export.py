@@ -510,14 +510,12 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, *,
            variants: Sequence[str] = (), calibration: str | None = None,
            force: bool = False, tolerance: float = TOLERANCE, seed: int = 0) -> dict[str, Any]:
     """Export a ``vaefast train`` run folder; verified on the run's test split."""
-    from vaefast import data
     from vaefast.train import WEIGHTS, load_run
 
     check_new_output(Path(out), force)
     model, config = load_run(run_dir)
     try:
-        ds = data.load(config["data"], data.preprocess_for(
-            config["data"], display_shape(model.input_shape, config.get("image_shape"))))
+        ds = _load_sized(config["data"], model.input_shape, config.get("image_shape"))
     except VaefastError as e:
         raise VaefastError(f"cannot load the run's data {config['data']!r} to verify the "
                            f"export ({e})") from None
@@ -593,16 +591,20 @@ def _read_state(path: Path, model) -> dict:
     return state
 
 
+def _load_sized(spec: str, input_shape: tuple[int, ...], image_shape=None):
+    """``vaefast.data.load(spec)``, encoded images decoded to the model's input size."""
+    from vaefast import data
+
+    return data.load(spec, data.preprocess_for(spec, display_shape(input_shape, image_shape)))
+
+
 def _calibration_images(spec: str | None, input_shape: tuple[int, ...], image_shape=None,
                         n: int = 256) -> np.ndarray | None:
     """Up to ``n`` images of data spec ``spec`` laid out as ``input_shape`` (a seeded
     sample of its training split), to calibrate static int8; None without a spec."""
-    from vaefast import data as data_mod
-
     if spec is None:
         return None
-    ds = data_mod.load(spec, data_mod.preprocess_for(spec, display_shape(input_shape,
-                                                                          image_shape)))
+    ds = _load_sized(spec, input_shape, image_shape)
     rows = np.random.default_rng(0).permutation(len(ds.X_train))[:n]
     try:
         return arrange(ds.X_train[np.sort(rows)], input_shape, ds.image_shape)
@@ -614,12 +616,10 @@ def _verification_inputs(data: str | None, input_shape: tuple[int, ...], seed: i
                          n: int = 256) -> dict[str, Any]:
     """export_vae's example and data facts: ``data``'s test split laid out as
     ``input_shape``, or ``n`` seeded uniform random images in [0, 1]."""
-    from vaefast import data as data_mod
-
     if data is None:
         return {"example": np.random.default_rng(seed).random((n, *input_shape),
                                                                dtype=np.float32)}
-    ds = data_mod.load(data, data_mod.preprocess_for(data, display_shape(input_shape)))
+    ds = _load_sized(data, input_shape)
     return {"example": arrange(ds.X_test, input_shape, ds.image_shape),
             "label_names": ds.label_names, "pixel_scale": ds.scale,
             "image_shape": ds.image_shape, "training": {"data": data}}

@@ -114,11 +114,8 @@ def _reason(e: Exception) -> str:
 def _scale(w: int, h: int, prep: Preprocess) -> float:
     """Source pixels -> model pixels, along the axis the resize rule fits."""
     sx, sy = prep.width / w, prep.height / h
-    if prep.resize == "crop":
-        return max(sx, sy)
-    if prep.resize == "pad":
-        return min(sx, sy)
-    return max(sx, sy)  # squash: upscaled when either axis grows
+    # pad fits the longer side; crop fills the shorter; squash upscales if either grows
+    return min(sx, sy) if prep.resize == "pad" else max(sx, sy)
 
 
 def _convert(im, channels: int):
