@@ -117,7 +117,7 @@ def test_implicit_p_equals_dense_p(latent_means):
 def test_kl_and_gradient_match_sklearn(latent_means, scale, exaggeration, dense):
     X = latent_means[:300]
     n = len(X)
-    Y = np.random.default_rng(1).normal(scale=scale, size=(n, 2))
+    Y = np.random.default_rng(1).normal(scale=scale, size=(n, 2)).astype(np.float32)
     aff = joint_probabilities(X, 30.0, max_dense_bytes=1 << 40 if dense else 0)
     kl, grad = KLObjective(aff)(np.ascontiguousarray(Y.T), exaggeration)
     kl_ref, grad_ref = _kl_divergence(Y.ravel(), sklearn_p(X) * exaggeration, 1, n, 2)
@@ -132,7 +132,7 @@ def test_kl_and_gradient_match_sklearn_in_3d(latent_means, scale, dense):
     """Three components: scikit-learn's Student-t kernel with 2 degrees of freedom."""
     X = latent_means[:300]
     n = len(X)
-    Y = np.random.default_rng(2).normal(scale=scale, size=(n, 3))
+    Y = np.random.default_rng(2).normal(scale=scale, size=(n, 3)).astype(np.float32)
     aff = joint_probabilities(X, 30.0, max_dense_bytes=1 << 40 if dense else 0)
     kl, grad = KLObjective(aff, dims=3)(np.ascontiguousarray(Y.T), 4.0)
     kl_ref, grad_ref = _kl_divergence(Y.ravel(), sklearn_p(X) * 4.0, 2, n, 3)

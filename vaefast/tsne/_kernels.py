@@ -301,20 +301,18 @@ def p_sums(P, XT, beta, sum_p, total) -> tuple[float, float]:
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
-def _pair_row(h0, h1, l0, l1, p, i, stop, c0, c1, c2, c3):
+def _pair_row(y0, y1, p, i, stop, c0, c1, c2, c3):
     """Pairs (i, j) of the embedding for i < j < stop (p indexed j - i - 1): returns row
     i's sums of w, p w d and w^2 d (d = y_i - y_j, w = 1 / (1 + |d|^2)) and subtracts
     each pair's p w d and w^2 d from column j's float32 buffers c0..c3 (the pair's share
     of row j).
 
-    Coordinates come as float32 high and low parts, so d is exact to ~1e-14 |y| however
-    far from the origin the points lie; the pair arithmetic is float32 and the row sums
+    The pair arithmetic is float32, on float32 coordinates (the optimizer's state, as
+    scikit-learn keeps it: d is the float32 difference its gradient uses); the row sums
     go to float64 every ROW_CHUNK pairs."""
     one = np.float32(1.0)
-    hi0 = h0[i]
-    hi1 = h1[i]
-    li0 = l0[i]
-    li1 = l1[i]
+    yi0 = y0[i]
+    yi1 = y1[i]
     sw = 0.0
     a0 = 0.0
     a1 = 0.0
@@ -328,8 +326,8 @@ def _pair_row(h0, h1, l0, l1, p, i, stop, c0, c1, c2, c3):
         u0 = np.float32(0.0)
         u1 = np.float32(0.0)
         for j in range(U64(b), U64(min(b + ROW_CHUNK, stop))):
-            d0 = (hi0 - h0[j]) + (li0 - l0[j])
-            d1 = (hi1 - h1[j]) + (li1 - l1[j])
+            d0 = yi0 - y0[j]
+            d1 = yi1 - y1[j]
             w = one / (one + d0 * d0 + d1 * d1)
             pw = p[j - first] * w
             ww = w * w
@@ -355,97 +353,126 @@ def _pair_row(h0, h1, l0, l1, p, i, stop, c0, c1, c2, c3):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
-def _pair_rows2(h0, h1, l0, l1, p, q, i, k, c0, c1, c2, c3, out):
-    """``_pair_row`` for two rows i < k at once over the columns j > k (p indexed
-    j - i - 1, q indexed j - k - 1): each column's coordinates and buffers are loaded and
-    stored once for both rows. Fills out [10] with the 5 sums of row i, then row k's."""
-    n = h0.shape[0]
+def _pair_rows4(y0, y1, pa, pb, pc, pd, a, b, c, d, c0, c1, c2, c3, out):
+    """``_pair_row`` for four rows a < b < c < d at once over the columns j > d (row r's
+    p indexed j - r - 1): each column's coordinates and buffers are loaded and stored
+    once for four rows, which leaves the loop bound by arithmetic (~15 float32 operations
+    a pair). Adds the 5 sums of each row, in row order, to out [20]."""
+    n = y0.shape[0]
     one = np.float32(1.0)
-    hi0 = h0[i]
-    hi1 = h1[i]
-    li0 = l0[i]
-    li1 = l1[i]
-    hk0 = h0[k]
-    hk1 = h1[k]
-    lk0 = l0[k]
-    lk1 = l1[k]
-    out[:] = 0.0
-    fp = U64(i + 1)
-    fq = U64(k + 1)
-    for b in range(k + 1, n, ROW_CHUNK):
-        tw = np.float32(0.0)
-        t0 = np.float32(0.0)
-        t1 = np.float32(0.0)
-        u0 = np.float32(0.0)
-        u1 = np.float32(0.0)
-        vw = np.float32(0.0)
-        v0 = np.float32(0.0)
-        v1 = np.float32(0.0)
-        x0 = np.float32(0.0)
-        x1 = np.float32(0.0)
-        for j in range(U64(b), U64(min(b + ROW_CHUNK, n))):
-            g0 = h0[j]
-            g1 = h1[j]
-            m0 = l0[j]
-            m1 = l1[j]
-            d0 = (hi0 - g0) + (li0 - m0)
-            d1 = (hi1 - g1) + (li1 - m1)
-            w = one / (one + d0 * d0 + d1 * d1)
-            pw = p[j - fp] * w
+    a0 = y0[a]
+    a1 = y1[a]
+    b0 = y0[b]
+    b1 = y1[b]
+    g0 = y0[c]
+    g1 = y1[c]
+    h0 = y0[d]
+    h1 = y1[d]
+    fa = U64(a + 1)
+    fb = U64(b + 1)
+    fc = U64(c + 1)
+    fd = U64(d + 1)
+    for start in range(d + 1, n, ROW_CHUNK):
+        aw = np.float32(0.0)
+        ax = np.float32(0.0)
+        ay = np.float32(0.0)
+        au = np.float32(0.0)
+        av = np.float32(0.0)
+        bw = np.float32(0.0)
+        bx = np.float32(0.0)
+        by = np.float32(0.0)
+        bu = np.float32(0.0)
+        bv = np.float32(0.0)
+        cw = np.float32(0.0)
+        cx = np.float32(0.0)
+        cy = np.float32(0.0)
+        cu = np.float32(0.0)
+        cv = np.float32(0.0)
+        dw = np.float32(0.0)
+        dx = np.float32(0.0)
+        dy = np.float32(0.0)
+        du = np.float32(0.0)
+        dv = np.float32(0.0)
+        for j in range(U64(start), U64(min(start + ROW_CHUNK, n))):
+            x0 = y0[j]
+            x1 = y1[j]
+            e0 = a0 - x0
+            e1 = a1 - x1
+            w = one / (one + e0 * e0 + e1 * e1)
+            pw = pa[j - fa] * w
             ww = w * w
-            e0 = pw * d0
-            e1 = pw * d1
-            f0 = ww * d0
-            f1 = ww * d1
-            tw += w
-            t0 += e0
-            t1 += e1
-            u0 += f0
-            u1 += f1
-            k0 = (hk0 - g0) + (lk0 - m0)
-            k1 = (hk1 - g1) + (lk1 - m1)
-            z = one / (one + k0 * k0 + k1 * k1)
-            qz = q[j - fq] * z
+            aw += w
+            ax += pw * e0
+            ay += pw * e1
+            au += ww * e0
+            av += ww * e1
+            f0 = b0 - x0
+            f1 = b1 - x1
+            z = one / (one + f0 * f0 + f1 * f1)
+            pz = pb[j - fb] * z
             zz = z * z
-            s0 = qz * k0
-            s1 = qz * k1
-            o0 = zz * k0
-            o1 = zz * k1
-            vw += z
-            v0 += s0
-            v1 += s1
-            x0 += o0
-            x1 += o1
-            c0[j] -= e0 + s0
-            c1[j] -= e1 + s1
-            c2[j] -= f0 + o0
-            c3[j] -= f1 + o1
-        out[0] += tw
-        out[1] += t0
-        out[2] += t1
-        out[3] += u0
-        out[4] += u1
-        out[5] += vw
-        out[6] += v0
-        out[7] += v1
-        out[8] += x0
-        out[9] += x1
+            bw += z
+            bx += pz * f0
+            by += pz * f1
+            bu += zz * f0
+            bv += zz * f1
+            k0 = g0 - x0
+            k1 = g1 - x1
+            v = one / (one + k0 * k0 + k1 * k1)
+            pv = pc[j - fc] * v
+            vv = v * v
+            cw += v
+            cx += pv * k0
+            cy += pv * k1
+            cu += vv * k0
+            cv += vv * k1
+            m0 = h0 - x0
+            m1 = h1 - x1
+            t = one / (one + m0 * m0 + m1 * m1)
+            pt = pd[j - fd] * t
+            tt = t * t
+            dw += t
+            dx += pt * m0
+            dy += pt * m1
+            du += tt * m0
+            dv += tt * m1
+            c0[j] -= pw * e0 + pz * f0 + pv * k0 + pt * m0
+            c1[j] -= pw * e1 + pz * f1 + pv * k1 + pt * m1
+            c2[j] -= ww * e0 + zz * f0 + vv * k0 + tt * m0
+            c3[j] -= ww * e1 + zz * f1 + vv * k1 + tt * m1
+        out[0] += aw
+        out[1] += ax
+        out[2] += ay
+        out[3] += au
+        out[4] += av
+        out[5] += bw
+        out[6] += bx
+        out[7] += by
+        out[8] += bu
+        out[9] += bv
+        out[10] += cw
+        out[11] += cx
+        out[12] += cy
+        out[13] += cu
+        out[14] += cv
+        out[15] += dw
+        out[16] += dx
+        out[17] += dy
+        out[18] += du
+        out[19] += dv
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
-def _pair_row3(h0, h1, h2, l0, l1, l2, p, i, c0, c1, c2, c3, c4, c5):
+def _pair_row3(y0, y1, y2, p, i, c0, c1, c2, c3, c4, c5):
     """``_pair_row`` in three dimensions with scikit-learn's kernel for them: Student-t
     with 2 degrees of freedom, w = (1 + |d|^2 / 2)^(-3/2). Returns row i's sums of w,
     p w d (3) and w^2 d (3); column terms into c0..c5."""
-    n = h0.shape[0]
+    n = y0.shape[0]
     one = np.float32(1.0)
     half = np.float32(0.5)
-    hi0 = h0[i]
-    hi1 = h1[i]
-    hi2 = h2[i]
-    li0 = l0[i]
-    li1 = l1[i]
-    li2 = l2[i]
+    yi0 = y0[i]
+    yi1 = y1[i]
+    yi2 = y2[i]
     sw = 0.0
     a0 = 0.0
     a1 = 0.0
@@ -463,9 +490,9 @@ def _pair_row3(h0, h1, h2, l0, l1, l2, p, i, c0, c1, c2, c3, c4, c5):
         u1 = np.float32(0.0)
         u2 = np.float32(0.0)
         for j in range(U64(b), U64(min(b + ROW_CHUNK, n))):
-            d0 = (hi0 - h0[j]) + (li0 - l0[j])
-            d1 = (hi1 - h1[j]) + (li1 - l1[j])
-            d2 = (hi2 - h2[j]) + (li2 - l2[j])
+            d0 = yi0 - y0[j]
+            d1 = yi1 - y1[j]
+            d2 = yi2 - y2[j]
             q = one + half * (d0 * d0 + d1 * d1 + d2 * d2)
             w = one / (q * np.sqrt(q))
             pw = p[j - first] * w
@@ -500,30 +527,26 @@ def _pair_row3(h0, h1, h2, l0, l1, l2, p, i, c0, c1, c2, c3, c4, c5):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _kl_row3(h0, h1, h2, l0, l1, l2, p, i):
-    """Sum over j > i of -p_ij log w_ij = 1.5 p_ij log(1 + |y_i - y_j|^2 / 2)."""
-    n = h0.shape[0]
+def _kl_row(Y, p, i):
+    """Sum over j > i of -p_ij log w_ij, in float64: p_ij log(1 + |y_i - y_j|^2) in 2-D,
+    1.5 p_ij log(1 + |y_i - y_j|^2 / 2) in 3-D."""
+    dims, n = Y.shape
+    y0 = Y[0]
+    y1 = Y[1]
+    y2 = Y[dims - 1]  # the third coordinate in 3-D (unused in 2-D)
+    v0 = np.float64(y0[i])
+    v1 = np.float64(y1[i])
+    v2 = np.float64(y2[i])
+    half = 1.0 if dims == 2 else 0.5
+    third = 0.0 if dims == 2 else 1.0
     first = U64(i + 1)
     s = 0.0
     for j in range(first, U64(n)):
-        d0 = np.float64((h0[i] - h0[j]) + (l0[i] - l0[j]))
-        d1 = np.float64((h1[i] - h1[j]) + (l1[i] - l1[j]))
-        d2 = np.float64((h2[i] - h2[j]) + (l2[i] - l2[j]))
-        s += np.float64(p[j - first]) * log_positive(1.0 + 0.5 * (d0 * d0 + d1 * d1 + d2 * d2))
-    return 1.5 * s
-
-
-@njit(cache=True, fastmath=FAST, error_model="numpy")
-def _kl_row(h0, h1, l0, l1, p, i):
-    """Sum over j > i of p_ij log(1 + |y_i - y_j|^2)  (= -p log w, for the KL)."""
-    n = h0.shape[0]
-    first = U64(i + 1)
-    s = 0.0
-    for j in range(first, U64(n)):
-        d0 = np.float64((h0[i] - h0[j]) + (l0[i] - l0[j]))
-        d1 = np.float64((h1[i] - h1[j]) + (l1[i] - l1[j]))
-        s += np.float64(p[j - first]) * log_positive(1.0 + d0 * d0 + d1 * d1)
-    return s
+        d0 = v0 - np.float64(y0[j])
+        d1 = v1 - np.float64(y1[j])
+        d2 = (v2 - np.float64(y2[j])) * third
+        s += np.float64(p[j - first]) * log_positive(1.0 + half * (d0 * d0 + d1 * d1 + d2 * d2))
+    return s if dims == 2 else 1.5 * s
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
@@ -538,37 +561,46 @@ def _flush(c32, c64, start):
             src[j] = 0.0
 
 
+GROUP = 4  # rows of a set that go through the columns together in 2-D (_pair_rows4)
+
+
 def gradient_workspace(n: int, dims: int = 2) -> tuple:
     """Buffers of ``gradient_terms`` for N points in ``dims`` (2 or 3) dimensions:
-    coordinates as float32 high/low parts, per-row-set float32 and float64 column sums,
-    row sums."""
+    per-row-set float32 and float64 column sums, row sums."""
     u = units(n)
-    return (np.empty((2 * dims, n), np.float32), np.zeros((u, 2 * dims, n), np.float32),
-            np.zeros((u, 2 * dims, n)), np.zeros((2 * dims + 2, n)))
+    return (np.zeros((u, 2 * dims, n), np.float32), np.zeros((u, 2 * dims, n)),
+            np.zeros((2 * dims + 2, n)))
+
+
+@njit(cache=True, inline="always")
+def _row_sums(Y, p, i, stop, c32, rows):
+    """rows[:5, i] = row i's sums over the columns i < j < stop (2-D)."""
+    s, a0, a1, r0, r1 = _pair_row(Y[0], Y[1], p, i, stop, c32[0], c32[1], c32[2], c32[3])
+    rows[0, i] = s
+    rows[1, i] = a0
+    rows[2, i] = a1
+    rows[3, i] = r0
+    rows[4, i] = r1
 
 
 @njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
-def gradient_terms(Y, P, XT, beta, sum_p, total, with_kl, hl, col32, col64, rows, sw,
+def gradient_terms(Y, P, XT, beta, sum_p, total, with_kl, col32, col64, rows, sw,
                    attr, rep, kl_rows):
     """Per-row sums for the exact gradient (and KL when asked) at the embedding Y
-    [dims, N] (dims 2: Cauchy kernel; 3: scikit-learn's Student-t with 2 degrees of
-    freedom), from packed P or, when P is empty, from P's pairs recomputed on the fly.
+    [dims, N] float32 (dims 2: Cauchy kernel; 3: scikit-learn's Student-t with 2
+    degrees of freedom), from packed P or, when P is empty, from P's pairs recomputed
+    on the fly.
 
     Each unordered pair is computed once. Rows are split into a fixed number of
-    interleaved sets (``units``, not the thread count); a set's rows add their pairs'
-    shares of the other rows to the set's own column buffers (float32, added to float64
-    every FLUSH_ROWS rows), and the sets' sums are added in set order: bit-identical
-    results for any thread count, stored P or recomputed. Fills sw (sum_j w_ij, so
-    sum(sw) = Z), attr (sum_j p_ij w_ij (y_i - y_j)), rep (sum_j w_ij^2 (y_i - y_j))
-    and, with_kl, kl_rows (sum_j -p_ij log w_ij).
+    interleaved sets (``units``, not the thread count); in 2-D a set's rows go GROUP at a
+    time. A set's rows add their pairs' shares of the other rows to the set's own column
+    buffers (float32, added to float64 every FLUSH_ROWS rows), and the sets' sums are
+    added in set order: bit-identical results for any thread count, stored P or
+    recomputed. Fills sw (sum_j w_ij, so sum(sw) = Z), attr (sum_j p_ij w_ij (y_i - y_j)),
+    rep (sum_j w_ij^2 (y_i - y_j)) and, with_kl, kl_rows (sum_j -p_ij log w_ij).
     """
     dims, n = Y.shape
     u_count = col32.shape[0]
-    for c in range(dims):
-        for j in range(n):
-            h = np.float32(Y[c, j])
-            hl[c, j] = h
-            hl[dims + c, j] = np.float32(Y[c, j] - np.float64(h))
     kl = 2 * dims + 1
     for u in prange(u_count):
         c32 = col32[u]
@@ -577,52 +609,57 @@ def gradient_terms(Y, P, XT, beta, sum_p, total, with_kl, hl, col32, col64, rows
         c64[:] = 0.0
         dist = np.empty(n, np.float32)
         acc = np.empty(DIST_BLOCK)
-        scratch = np.empty(n, np.float32)
-        scratch2 = np.empty(n, np.float32)
-        two = np.empty(10)
+        scratch = np.empty((GROUP, n), np.float32)
+        four = np.empty(5 * GROUP)
         batch = 0
         low = u  # columns past the first row of the batch hold its terms
         step = 0  # the set's rows are u, u + u_count, ...: r is its row number step
         while u + step * u_count < n:
             r = u + step * u_count
-            p = _piece(P, XT, beta, sum_p, total, r, dist, acc, scratch)
-            k = r + u_count  # the set's next row: rows go two at a time in 2-D
-            if dims == 2:
-                s, a0, a1, r0, r1 = _pair_row(hl[0], hl[1], hl[2], hl[3], p, r, min(k + 1, n),
-                                              c32[0], c32[1], c32[2], c32[3])
-                rows[0, r] = s
-                rows[1, r] = a0
-                rows[2, r] = a1
-                rows[3, r] = r0
-                rows[4, r] = r1
+            last = r + (GROUP - 1) * u_count
+            if dims == 2 and last < n:
+                b = r + u_count
+                c = b + u_count
+                pa = _piece(P, XT, beta, sum_p, total, r, dist, acc, scratch[0])
+                pb = _piece(P, XT, beta, sum_p, total, b, dist, acc, scratch[1])
+                pc = _piece(P, XT, beta, sum_p, total, c, dist, acc, scratch[2])
+                pd = _piece(P, XT, beta, sum_p, total, last, dist, acc, scratch[3])
+                _row_sums(Y, pa, r, last + 1, c32, rows)  # the columns up to the last row
+                _row_sums(Y, pb, b, last + 1, c32, rows)
+                _row_sums(Y, pc, c, last + 1, c32, rows)
+                rows[:5, last] = 0.0
+                four[:] = 0.0
+                _pair_rows4(Y[0], Y[1], pa, pb, pc, pd, r, b, c, last, c32[0], c32[1],
+                            c32[2], c32[3], four)
+                for g in range(GROUP):
+                    for k in range(5):
+                        rows[k, r + g * u_count] += four[5 * g + k]
                 if with_kl:
-                    rows[kl, r] = _kl_row(hl[0], hl[1], hl[2], hl[3], p, r)
-                if k < n:
-                    q = _piece(P, XT, beta, sum_p, total, k, dist, acc, scratch2)
-                    _pair_rows2(hl[0], hl[1], hl[2], hl[3], p, q, r, k, c32[0], c32[1],
-                                c32[2], c32[3], two)
-                    for c in range(5):
-                        rows[c, r] += two[c]
-                        rows[c, k] = two[5 + c]
-                    if with_kl:
-                        rows[kl, k] = _kl_row(hl[0], hl[1], hl[2], hl[3], q, k)
-                    batch += 1
-                    step += 1
+                    rows[kl, r] = _kl_row(Y, pa, r)
+                    rows[kl, b] = _kl_row(Y, pb, b)
+                    rows[kl, c] = _kl_row(Y, pc, c)
+                    rows[kl, last] = _kl_row(Y, pd, last)
+                batch += GROUP
+                step += GROUP
             else:
-                s, a0, a1, a2, r0, r1, r2 = _pair_row3(hl[0], hl[1], hl[2], hl[3], hl[4],
-                                                       hl[5], p, r, c32[0], c32[1], c32[2],
-                                                       c32[3], c32[4], c32[5])
-                rows[0, r] = s
-                rows[1, r] = a0
-                rows[2, r] = a1
-                rows[3, r] = a2
-                rows[4, r] = r0
-                rows[5, r] = r1
-                rows[6, r] = r2
+                p = _piece(P, XT, beta, sum_p, total, r, dist, acc, scratch[0])
+                if dims == 2:
+                    _row_sums(Y, p, r, n, c32, rows)
+                else:
+                    s, a0, a1, a2, r0, r1, r2 = _pair_row3(Y[0], Y[1], Y[2], p, r, c32[0],
+                                                           c32[1], c32[2], c32[3], c32[4],
+                                                           c32[5])
+                    rows[0, r] = s
+                    rows[1, r] = a0
+                    rows[2, r] = a1
+                    rows[3, r] = a2
+                    rows[4, r] = r0
+                    rows[5, r] = r1
+                    rows[6, r] = r2
                 if with_kl:
-                    rows[kl, r] = _kl_row3(hl[0], hl[1], hl[2], hl[3], hl[4], hl[5], p, r)
-            batch += 1
-            step += 1
+                    rows[kl, r] = _kl_row(Y, p, r)
+                batch += 1
+                step += 1
             if batch >= FLUSH_ROWS or u + step * u_count >= n:
                 _flush(c32, c64, low + 1)
                 batch = 0
@@ -631,20 +668,21 @@ def gradient_terms(Y, P, XT, beta, sum_p, total, with_kl, hl, col32, col64, rows
         sw[j] = 2.0 * rows[0, j]
         for c in range(dims):
             a = rows[1 + c, j]
-            r = rows[1 + dims + c, j]
+            e = rows[1 + dims + c, j]
             for u in range(u_count):  # in set order, whatever thread ran the set
                 a += col64[u, c, j]
-                r += col64[u, dims + c, j]
+                e += col64[u, dims + c, j]
             attr[c, j] = a
-            rep[c, j] = r
+            rep[c, j] = e
         if with_kl:
             kl_rows[j] = 2.0 * rows[kl, j]
 
 
 @njit(cache=True)
 def gradient_from_terms(sw, attr, rep, exaggeration, scale, grad):
-    """grad = scale (exaggeration * attr - rep / Z) from the row sums of
-    ``gradient_terms`` (scale: 4 in 2-D, 3 in 3-D); returns Z, the sum of the kernel."""
+    """grad (float32, as scikit-learn's) = scale (exaggeration * attr - rep / Z) from
+    the row sums of ``gradient_terms`` (scale: 4 in 2-D, 3 in 3-D); returns Z, the sum
+    of the kernel."""
     n = sw.shape[0]
     z = 0.0
     for i in range(n):
@@ -657,23 +695,28 @@ def gradient_from_terms(sw, attr, rep, exaggeration, scale, grad):
 
 @njit(cache=True)
 def descent_update(Y, grad, update, gains, momentum, learning_rate, min_gain):
-    """One step of scikit-learn's gradient descent, in place; returns |gains * grad|
-    (the norm scikit-learn reports). Gains +0.2 where update and grad disagree in sign,
-    else x0.8, floored at min_gain; update = momentum * update - lr * gains * grad;
-    Y += update."""
+    """One step of scikit-learn's gradient descent on float32 state, in place, with its
+    float32 arithmetic; returns |gains * grad| (the norm scikit-learn reports). Gains
+    +0.2 where update and grad disagree in sign, else x0.8, floored at min_gain;
+    update = momentum * update - lr * gains * grad; Y += update."""
+    up = np.float32(0.2)
+    down = np.float32(0.8)
+    floor = np.float32(min_gain)
+    m = np.float32(momentum)
+    lr = np.float32(learning_rate)
     norm2 = 0.0
     for c in range(Y.shape[0]):
         for i in range(Y.shape[1]):
             g = grad[c, i]
             if update[c, i] * g < 0.0:
-                gains[c, i] += 0.2
+                gains[c, i] += up
             else:
-                gains[c, i] *= 0.8
-            if gains[c, i] < min_gain:
-                gains[c, i] = min_gain
+                gains[c, i] *= down
+            if gains[c, i] < floor:
+                gains[c, i] = floor
             g *= gains[c, i]
-            norm2 += g * g
-            update[c, i] = momentum * update[c, i] - learning_rate * g
+            norm2 += np.float64(g) * np.float64(g)
+            update[c, i] = m * update[c, i] - lr * g
             Y[c, i] += update[c, i]
     return math.sqrt(norm2)
 

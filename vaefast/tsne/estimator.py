@@ -214,10 +214,14 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if isinstance(self.init, np.ndarray):
             return np.asarray(self.init, dtype=np.float64)
         if self.init == "pca":
+            from threadpoolctl import threadpool_limits
+
             pca = PCA(n_components=k, random_state=random_state)
             pca.set_output(transform="default")  # numpy whatever the global output is
-            with warnings.catch_warnings():  # constant input: zero explained variance
-                warnings.simplefilter("ignore", RuntimeWarning)
+            # One BLAS thread: OpenBLAS's idle threads spin for ~0.1 s after a threaded
+            # call and would take a core from the first ~50 iterations (4x slower each).
+            with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
+                warnings.simplefilter("ignore", RuntimeWarning)  # constant input
                 Y = pca.fit_transform(X).astype(np.float32, copy=False)
             std = np.std(Y[:, 0])
             # constant input: no direction to follow; keep the (zero) PCA as is
@@ -242,7 +246,7 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             objective = KLObjective(affinities, dims)
             t1 = time.perf_counter()
             start = self._initial_embedding(X)
-            Y = np.zeros((dims, n))
+            Y = np.zeros((dims, n), np.float32)  # scikit-learn's float32 state
             Y[:self.n_components] = start.T
             policy = ThreadPolicy(threads)
             Y, kl, it = self._optimize(objective, Y, policy)

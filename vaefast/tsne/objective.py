@@ -18,8 +18,9 @@ from vaefast.tsne.backends import kernels
 
 
 class KLObjective:
-    """KL(P || Q) of an embedding Y [dims, N] (dims 2 or 3) and its gradient, with P
-    scaled by ``exaggeration``."""
+    """KL(P || Q) of an embedding Y [dims, N] float32 (dims 2 or 3, the optimizer's state
+    as scikit-learn keeps it) and its float32 gradient, with P scaled by
+    ``exaggeration``."""
 
     def __init__(self, affinities: Affinities, dims: int = 2):
         if dims not in (2, 3):
@@ -33,7 +34,7 @@ class KLObjective:
         self.attr = np.empty((dims, n))
         self.rep = np.empty((dims, n))
         self.kl_rows = np.empty(n)
-        self.grad = np.empty((dims, n))
+        self.grad = np.empty((dims, n), np.float32)
         self.workspace = self.kernels.gradient_workspace(n, dims)
         self.sum_p, self.sum_p_log_p = self.kernels.p_sums(*affinities.kernel_args())
 
@@ -41,6 +42,8 @@ class KLObjective:
                  compute_error: bool = True) -> tuple[float, np.ndarray]:
         """(KL divergence, or NaN when not asked for; gradient [dims, N]) at Y. The
         gradient is a buffer this objective reuses at its next call."""
+        if Y.dtype != np.float32:
+            raise TypeError(f"the embedding must be float32 [dims, N], got {Y.dtype}")
         self.kernels.gradient_terms(Y, *self.affinities.kernel_args(), compute_error,
                                     *self.workspace, self.sw, self.attr, self.rep,
                                     self.kl_rows)

@@ -69,7 +69,8 @@ def gradient_descent(objective: Objective, Y: np.ndarray, it: int, max_iter: int
         if threads is None:
             kl, grad = objective(Y, exaggeration, with_error)
         else:
-            kl, grad = threads.call(lambda: objective(Y, exaggeration, with_error))
+            kl, grad = threads.call(lambda: objective(Y, exaggeration, with_error),
+                                    measure=not with_error)
         grad_norm = state.step(Y, grad, momentum, learning_rate, min_gain)
         if with_error:
             error = kl

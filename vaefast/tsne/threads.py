@@ -45,7 +45,10 @@ class ThreadPolicy:
     other choice is re-measured over ``PROBE_CALLS`` calls, of which only the last counts
     and replaces that choice's (stale) figure. The first call of a run and of a probe
     pays for waking the thread pool; averaging it in made short iterations (digits: ~1 ms
-    each) settle on one thread on an idle machine, 1.4x slower than two.
+    each) settle on one thread on an idle machine, 1.4x slower than two. A call slower
+    than twice the average counts as twice the average, so a single hiccup does not
+    flip the choice, while a lasting slowdown (a busy neighbour) still shows within a few
+    calls.
     ``history`` counts the calls run on each choice.
     """
 
@@ -60,12 +63,18 @@ class ThreadPolicy:
         self.history = {c: 0 for c in self.choices}
         self._probe_left = 0  # calls still to run on the choice being probed
 
-    def call(self, fn: Callable[[], T]) -> T:
-        """``fn()`` with Numba set to the thread count this policy picks now."""
+    def call(self, fn: Callable[[], T], measure: bool = True) -> T:
+        """``fn()`` with Numba set to the thread count this policy picks now.
+        ``measure=False``: a call of other work (an iteration that also computes the KL,
+        ~3x longer), run on the thread count in use and left out of the figures."""
         if len(self.choices) == 1:
             self.history[1] += 1
             return fn()
         import numba
+
+        if not measure:
+            self.history[numba.get_num_threads()] += 1
+            return fn()
 
         other = self.choices[1] if self.current == self.choices[0] else self.choices[0]
         if self.seconds[self.current] is None:  # measure the asked-for count first
@@ -89,9 +98,10 @@ class ThreadPolicy:
             self.seconds[threads] = elapsed  # a fresh figure replaces a stale one
         elif self.history[threads] == 1:
             return out  # the run's first call, a warm-up: not counted
-        else:
+        else:  # one hiccup (a preempted core) moves the average by at most 30 %
             last = self.seconds[threads]
-            self.seconds[threads] = elapsed if last is None else 0.7 * last + 0.3 * elapsed
+            self.seconds[threads] = (elapsed if last is None
+                                     else 0.7 * last + 0.3 * min(elapsed, 2.0 * last))
         if probing:
             if self.seconds[other] < self.seconds[self.current]:
                 self.current, self.every = other, self.base
