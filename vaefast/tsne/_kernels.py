@@ -529,15 +529,23 @@ def _kl_row(Y, p, i):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _flush(c32, c64, start):
-    """c64[:, start:] += c32[:, start:] in float64; those c32 entries <- 0."""
+def _flush(c32, c64, start, first):
+    """c64[:, start:] += c32[:, start:] in float64 (first: c64[:, start:] = ..., and
+    c64[:, :start] = 0); those c32 entries <- 0, so c32 is all zeros between calls."""
     n = c32.shape[1]
     for c in range(c32.shape[0]):
         src = c32[c]
         dst = c64[c]
-        for j in range(U64(start), U64(n)):
-            dst[j] += np.float64(src[j])
-            src[j] = 0.0
+        if first:
+            for j in range(U64(start)):
+                dst[j] = 0.0
+            for j in range(U64(start), U64(n)):
+                dst[j] = np.float64(src[j])
+                src[j] = 0.0
+        else:
+            for j in range(U64(start), U64(n)):
+                dst[j] += np.float64(src[j])
+                src[j] = 0.0
 
 
 GROUP = 3  # consecutive rows that go through the columns together in 2-D (_pair_block)
@@ -545,7 +553,7 @@ GROUP = 3  # consecutive rows that go through the columns together in 2-D (_pair
 
 def gradient_workspace(n: int, dims: int = 2) -> tuple:
     """Buffers of ``gradient_terms`` for N points in ``dims`` (2 or 3) dimensions:
-    per-row-set float32 and float64 column sums, row sums."""
+    per-row-set float32 column sums (zeros between calls) and float64 ones, row sums."""
     u = units(n)
     return (np.zeros((u, 2 * dims, n), np.float32), np.zeros((u, 2 * dims, n)),
             np.zeros((2 * dims + 2, n)))
@@ -585,13 +593,14 @@ def gradient_terms(Y, P, XT, beta, sum_p, total, with_kl, col32, col64, rows, sw
     for u in prange(u_count):
         c32 = col32[u]
         c64 = col64[u]
-        c32[:] = 0.0
-        c64[:] = 0.0
+        # c32 is all zeros here (each flush zeroes what it moves); c64 is written by the
+        # set's first flush
         dist = np.empty(n, np.float32)
         acc = np.empty(DIST_BLOCK)
         scratch = np.empty((GROUP, n), np.float32)
         block = np.empty(5 * GROUP)
         batch = 0
+        first = True
         low = u * GROUP  # columns past the first row of the batch hold its terms
         for blk in range(u, blocks, u_count):  # the set's blocks of GROUP rows
             r = blk * GROUP
@@ -631,7 +640,8 @@ def gradient_terms(Y, P, XT, beta, sum_p, total, with_kl, col32, col64, rows, sw
                         rows[kl, i] = _kl_row(Y, p, i)
             batch += GROUP
             if batch >= FLUSH_ROWS or blk + u_count >= blocks:
-                _flush(c32, c64, low + 1)
+                _flush(c32, c64, low + 1, first)
+                first = False
                 batch = 0
                 low = (blk + u_count) * GROUP
     for j in prange(n):
