@@ -14,7 +14,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from vaefast.tsne._vecmath import exp_nonpositive, log_positive
+from vaefast.tsne._vecmath import (EXP_COARSE_ERROR, exp_nonpositive,
+                                    exp_nonpositive_coarse, log_positive)
 
 # scikit-learn's constants (sklearn/manifold/_utils.pyx and _t_sne.py), kept bit-exact:
 # its C floats are float32 values promoted to double.
@@ -107,23 +108,58 @@ def _exp_sums(dist, skip, beta):
     return s, m
 
 
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def _coarse_exp_sums(dist, skip, beta):
+    """``_exp_sums`` with ``exp_nonpositive_coarse``: each sum of positive terms within
+    EXP_COARSE_ERROR (relative) of the exact one."""
+    n = dist.shape[0]
+    sk = U64(skip) if skip >= 0 else U64(n)
+    s = 0.0
+    m = 0.0
+    for j in range(U64(n)):
+        d = np.float64(dist[j])
+        e = exp_nonpositive_coarse(-d * beta)
+        e = 0.0 if j == sk else e
+        s += e
+        m += d * e
+    return s, m
+
+
+@njit(cache=True)
+def _entropy_diff(sum_pi, sum_d, beta, log_perplexity):
+    """scikit-learn's entropy of a row minus the target, from its two sums."""
+    if sum_pi == 0.0:
+        sum_pi = EPSILON_DBL
+    return math.log(sum_pi) + beta * (sum_d / sum_pi) - log_perplexity
+
+
 @njit(cache=True)
 def _search_beta(dist, skip, log_perplexity):
     """scikit-learn's binary search for one row's precision beta, step for step; returns
-    (beta, sum of unnormalized probabilities) that produced the row (when 100 steps do
-    not converge, scikit-learn's P also comes from the last beta evaluated)."""
+    the beta that produces the row (when 100 steps do not converge, scikit-learn's P
+    also comes from the last beta evaluated).
+
+    Each step first takes the sums with the coarse exp (half the work) and bounds the
+    entropy's error from them (relative error e in both sums: at most e (1 + 2 b M / S));
+    only where that error could change the step's decision (converged, or which way beta
+    moves) are the sums taken again exactly. The decisions, so the betas, are those of
+    the exact sums."""
     beta_min = -np.inf
     beta_max = np.inf
     beta = 1.0
-    sum_pi = 0.0
     used = beta
     for _ in range(N_STEPS):
         used = beta
-        sum_pi, sum_d = _exp_sums(dist, skip, beta)
-        if sum_pi == 0.0:
-            sum_pi = EPSILON_DBL
-        entropy = math.log(sum_pi) + beta * (sum_d / sum_pi)
-        entropy_diff = entropy - log_perplexity
+        sum_pi, sum_d = _coarse_exp_sums(dist, skip, beta)
+        exact = sum_pi == 0.0  # all terms underflow: scikit-learn's EPSILON_DBL rule
+        if not exact:
+            entropy_diff = _entropy_diff(sum_pi, sum_d, beta, log_perplexity)
+            bound = EXP_COARSE_ERROR * (1.0 + 2.0 * math.fabs(beta * sum_d / sum_pi)) + 1e-12
+            gap = math.fabs(entropy_diff)
+            exact = gap <= bound or math.fabs(gap - PERPLEXITY_TOLERANCE) <= bound
+        if exact:
+            sum_pi, sum_d = _exp_sums(dist, skip, beta)
+            entropy_diff = _entropy_diff(sum_pi, sum_d, beta, log_perplexity)
         if math.fabs(entropy_diff) <= PERPLEXITY_TOLERANCE:
             break
         if entropy_diff > 0.0:
@@ -138,21 +174,31 @@ def _search_beta(dist, skip, log_perplexity):
                 beta /= 2.0
             else:
                 beta = (beta + beta_min) / 2.0
-    return used, sum_pi
+    return used
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _conditional_row(dist, skip, beta, sum_pi, out):
-    """out[j] = exp(-beta d_j) / sum_pi (0 at j == skip); returns the row's total."""
+def _row_probabilities(dist, skip, log_perplexity, out):
+    """One row of scikit-learn's conditional P: beta by ``_search_beta``, then
+    out[j] = exp(-beta d_j) / sum_pi (0 at j == skip); returns (beta, sum_pi, the
+    row's total)."""
+    beta = _search_beta(dist, skip, log_perplexity)
     n = dist.shape[0]
     sk = U64(skip) if skip >= 0 else U64(n)
+    sum_pi = 0.0
+    for j in range(U64(n)):
+        e = exp_nonpositive(-np.float64(dist[j]) * beta)
+        e = 0.0 if j == sk else e
+        out[j] = e
+        sum_pi += e
+    if sum_pi == 0.0:
+        sum_pi = EPSILON_DBL
     total = 0.0
     for j in range(U64(n)):
-        p = exp_nonpositive(-np.float64(dist[j]) * beta) / sum_pi
-        p = 0.0 if j == sk else p
+        p = out[j] / sum_pi
         out[j] = p
         total += p
-    return total
+    return beta, sum_pi, total
 
 
 @njit(parallel=True, cache=True)
@@ -163,10 +209,8 @@ def conditional_probabilities(XT, log_perplexity, beta, sum_p, row_total):
     for i in prange(n):
         dist = np.empty(n, np.float32)
         _sq_distances(_point(XT, i), XT, 0, dist, np.empty(DIST_BLOCK))
-        b, s = _search_beta(dist, i, log_perplexity)
-        beta[i] = b
-        sum_p[i] = s
-        row_total[i] = _conditional_row(dist, i, b, s, np.empty(n))
+        beta[i], sum_p[i], row_total[i] = _row_probabilities(dist, i, log_perplexity,
+                                                             np.empty(n))
 
 
 @njit(parallel=True, cache=True)
@@ -177,10 +221,8 @@ def conditional_rows(D, first, log_perplexity, beta, sum_p, row_total):
     n = D.shape[1]
     for r in prange(D.shape[0]):
         i = first + r
-        b, s = _search_beta(D[r], i, log_perplexity)
-        beta[i] = b
-        sum_p[i] = s
-        row_total[i] = _conditional_row(D[r], i, b, s, np.empty(n))
+        beta[i], sum_p[i], row_total[i] = _row_probabilities(D[r], i, log_perplexity,
+                                                             np.empty(n))
 
 
 @njit(parallel=True, cache=True)
@@ -841,8 +883,7 @@ def _place_block(dists, hl, k, log_perplexity, n_iter, learning_rate, exaggerati
     pos = np.zeros((PLACE_BLOCK, 2))
     nearest = np.empty(k, np.int64)
     for q in range(m):
-        beta, sum_pi = _search_beta(dists[q], -1, log_perplexity)
-        _conditional_row(dists[q], -1, beta, sum_pi, row)
+        _row_probabilities(dists[q], -1, log_perplexity, row)
         for j in range(n):  # (see P_FLOOR)
             prow[q, j] = np.float32(row[j]) if row[j] >= P_FLOOR else np.float32(0.0)
         _k_nearest(dists[q], nearest)
@@ -910,8 +951,7 @@ def _place_interpolated(dist, hl, grid, frame, k, attract, log_perplexity, n_ite
         ny0[i] = np.float64(hl[0][near[i]]) + np.float64(hl[2][near[i]])
         ny1[i] = np.float64(hl[1][near[i]]) + np.float64(hl[3][near[i]])
     p = np.empty(m)
-    beta, sum_pi = _search_beta(d, -1, log_perplexity)
-    _conditional_row(d, -1, beta, sum_pi, p)
+    _row_probabilities(d, -1, log_perplexity, p)
     p0 = np.median(ny0[:min(k, m)])
     p1 = np.median(ny1[:min(k, m)])
     u0 = 0.0
