@@ -600,7 +600,7 @@ GROUP = 3  # consecutive rows that go through the columns together in 2-D (_pair
 
 
 def gradient_workspace(n: int, dims: int = 2) -> tuple:
-    """Buffers of ``gradient_terms`` for N points in ``dims`` (2 or 3) dimensions:
+    """Buffers of ``gradient`` for N points in ``dims`` (2 or 3) dimensions:
     per-row-set float32 column sums (zeros between calls) and float64 ones, row sums."""
     u = units(n)
     return (np.zeros((u, 2 * dims, n), np.float32), np.zeros((u, 2 * dims, n)),
@@ -619,20 +619,22 @@ def _row_sums(Y, p, i, stop, c32, rows):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
-def gradient_terms(Y, P, XT, beta, sum_p, total, with_kl, col32, col64, rows, sw,
-                   attr, rep, kl_rows):
-    """Per-row sums for the exact gradient (and KL when asked) at the embedding Y
-    [dims, N] float32 (dims 2: Cauchy kernel; 3: scikit-learn's Student-t with 2
-    degrees of freedom), from packed P or, when P is empty, from P's pairs recomputed
-    on the fly.
+def gradient(Y, P, XT, beta, sum_p, total, exaggeration, scale, with_kl, col32, col64,
+             rows, grad, kl_rows):
+    """The exact gradient (and KL terms when asked) at the embedding Y [dims, N] float32
+    (dims 2: Cauchy kernel; 3: scikit-learn's Student-t with 2 degrees of freedom), from
+    packed P or, when P is empty, from P's pairs recomputed on the fly; returns Z, the
+    sum of the kernel.
 
     Each unordered pair is computed once. Rows are split into a fixed number of sets
     (``units``, not the thread count) of interleaved blocks of GROUP rows; in 2-D a
-    block's rows go through the columns together. A set's rows add their pairs' shares of the other rows to the set's own column
-    buffers (float32, added to float64 every FLUSH_ROWS rows), and the sets' sums are
-    added in set order: bit-identical results for any thread count, stored P or
-    recomputed. Fills sw (sum_j w_ij, so sum(sw) = Z), attr (sum_j p_ij w_ij (y_i - y_j)),
-    rep (sum_j w_ij^2 (y_i - y_j)) and, with_kl, kl_rows (sum_j -p_ij log w_ij).
+    block's rows go through the columns together. A set's rows add their pairs' shares
+    of the other rows to the set's own column buffers (float32, added to float64 every
+    FLUSH_ROWS rows), and the sets' sums are added in set order: bit-identical results for
+    any thread count, stored P or recomputed. Fills grad (float32, as scikit-learn's) =
+    scale (exaggeration attr - rep / Z) with attr_i = sum_j p_ij w_ij (y_i - y_j), rep_i =
+    sum_j w_ij^2 (y_i - y_j) (scale: 4 in 2-D, 3 in 3-D) and, with_kl, kl_rows
+    (sum_j -p_ij log w_ij).
     """
     dims, n = Y.shape
     u_count = col32.shape[0]
@@ -692,32 +694,20 @@ def gradient_terms(Y, P, XT, beta, sum_p, total, with_kl, col32, col64, rows, sw
                 first = False
                 batch = 0
                 low = (blk + u_count) * GROUP
+    z = 0.0
+    for j in range(n):
+        z += rows[0, j]
+    z *= 2.0  # each unordered pair's w counted for both of its rows
     for j in prange(n):
-        sw[j] = 2.0 * rows[0, j]
         for c in range(dims):
             a = rows[1 + c, j]
             e = rows[1 + dims + c, j]
             for u in range(u_count):  # in set order, whatever thread ran the set
                 a += col64[u, c, j]
                 e += col64[u, dims + c, j]
-            attr[c, j] = a
-            rep[c, j] = e
+            grad[c, j] = scale * (exaggeration * a - e / z)
         if with_kl:
             kl_rows[j] = 2.0 * rows[kl, j]
-
-
-@njit(cache=True)
-def gradient_from_terms(sw, attr, rep, exaggeration, scale, grad):
-    """grad (float32, as scikit-learn's) = scale (exaggeration * attr - rep / Z) from
-    the row sums of ``gradient_terms`` (scale: 4 in 2-D, 3 in 3-D); returns Z, the sum
-    of the kernel."""
-    n = sw.shape[0]
-    z = 0.0
-    for i in range(n):
-        z += sw[i]
-    for c in range(grad.shape[0]):
-        for i in range(n):
-            grad[c, i] = scale * (exaggeration * attr[c, i] - rep[c, i] / z)
     return z
 
 

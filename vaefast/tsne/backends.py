@@ -3,8 +3,8 @@
 A backend is a module of functions with the signatures of ``vaefast.tsne._kernels``:
 ``conditional_probabilities``, ``conditional_rows``, ``rows_from_packed``,
 ``joint_packed(_from_distances)``, ``joint_packed_in_place``, ``packed_size``,
-``packed_start`` (affinities), ``gradient_workspace``, ``p_sums``, ``gradient_terms``,
-``gradient_from_terms`` (the objective), ``descent_update`` (the optimizer) and
+``packed_start`` (affinities), ``gradient_workspace``, ``p_sums``, ``gradient`` (the
+objective), ``descent_update`` (the optimizer) and
 ``place_points(_from_distances)`` (transform). Nothing outside those modules reads a
 kernel module; ``TSNE(backend=NAME)`` picks one. Adding a backend is one module plus one
 entry here.

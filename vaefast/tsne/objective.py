@@ -30,13 +30,11 @@ class KLObjective:
         n = affinities.n
         dof = dims - 1
         self.scale = 2.0 * (dof + 1.0) / dof  # scikit-learn's gradient constant
-        self.sw = np.empty(n)
-        self.attr = np.empty((dims, n))
-        self.rep = np.empty((dims, n))
         self.kl_rows = np.empty(n)
         self.grad = np.empty((dims, n), np.float32)
         self.workspace = self.kernels.gradient_workspace(n, dims)
-        self.sum_p, self.sum_p_log_p = self.kernels.p_sums(*affinities.kernel_args())
+        self.args = affinities.kernel_args()
+        self.sum_p, self.sum_p_log_p = self.kernels.p_sums(*self.args)
 
     def __call__(self, Y: np.ndarray, exaggeration: float = 1.0,
                  compute_error: bool = True) -> tuple[float, np.ndarray]:
@@ -44,11 +42,8 @@ class KLObjective:
         gradient is a buffer this objective reuses at its next call."""
         if Y.dtype != np.float32:
             raise TypeError(f"the embedding must be float32 [dims, N], got {Y.dtype}")
-        self.kernels.gradient_terms(Y, *self.affinities.kernel_args(), compute_error,
-                                    *self.workspace, self.sw, self.attr, self.rep,
-                                    self.kl_rows)
-        z = self.kernels.gradient_from_terms(self.sw, self.attr, self.rep, exaggeration,
-                                             self.scale, self.grad)
+        z = self.kernels.gradient(Y, *self.args, exaggeration, self.scale, compute_error,
+                                  *self.workspace, self.grad, self.kl_rows)
         if not compute_error:
             return math.nan, self.grad
         a = exaggeration
