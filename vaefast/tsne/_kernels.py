@@ -1,9 +1,10 @@
 """Numba kernels of the exact t-SNE: affinities, gradient, KL, out-of-sample placement.
 
 Determinism: every parallel loop runs over a fixed partition of the rows (never the
-thread count) and each part writes only its own outputs; parts are combined in a fixed
-order, so results are bit-identical for any thread count. The embedding comes as [2, N]
-(two contiguous coordinate arrays) so inner loops vectorize; X as XT [D, N] float64.
+thread count in use) and each part writes only its own outputs; parts are combined in a
+fixed order, so results are bit-identical for any ``n_jobs``. The embedding comes as
+[dims, N] float32 (contiguous coordinate arrays, the optimizer's state) so inner loops
+vectorize; X as XT [D, N] float64.
 P is packed: the upper triangle, row after row (``packed_start``), float32.
 """
 
