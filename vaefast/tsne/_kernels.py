@@ -95,24 +95,9 @@ def _point(XT, i):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _exp_sums(dist, skip, beta):
-    """(sum of e_j, sum of d_j e_j) with e_j = exp(-beta d_j), leaving out j == skip."""
-    n = dist.shape[0]
-    sk = U64(skip) if skip >= 0 else U64(n)
-    s = 0.0
-    m = 0.0
-    for j in range(U64(n)):
-        d = np.float64(dist[j])
-        e = exp_nonpositive(-d * beta)
-        e = 0.0 if j == sk else e
-        s += e
-        m += d * e
-    return s, m
-
-
-@njit(cache=True, fastmath=FAST, error_model="numpy")
-def _coarse_exp_sums(dist, skip, beta):
-    """``_exp_sums`` with ``exp_nonpositive_coarse``: each sum of positive terms within
+def _exp_sums(dist, skip, beta, coarse=False):
+    """(sum of e_j, sum of d_j e_j) with e_j = exp(-beta d_j), leaving out j == skip.
+    ``coarse``: with ``exp_nonpositive_coarse``, each sum (of positive terms) within
     EXP_COARSE_ERROR (relative) of the exact one."""
     n = dist.shape[0]
     sk = U64(skip) if skip >= 0 else U64(n)
@@ -120,7 +105,7 @@ def _coarse_exp_sums(dist, skip, beta):
     m = 0.0
     for j in range(U64(n)):
         d = np.float64(dist[j])
-        e = exp_nonpositive_coarse(-d * beta)
+        e = exp_nonpositive_coarse(-d * beta) if coarse else exp_nonpositive(-d * beta)
         e = 0.0 if j == sk else e
         s += e
         m += d * e
@@ -152,7 +137,7 @@ def _search_beta(dist, skip, log_perplexity):
     used = beta
     for _ in range(N_STEPS):
         used = beta
-        sum_pi, sum_d = _coarse_exp_sums(dist, skip, beta)
+        sum_pi, sum_d = _exp_sums(dist, skip, beta, True)
         exact = sum_pi == 0.0  # all terms underflow: scikit-learn's EPSILON_DBL rule
         if not exact:
             entropy_diff = _entropy_diff(sum_pi, sum_d, beta, log_perplexity)
