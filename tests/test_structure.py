@@ -94,6 +94,21 @@ def test_running_never_imports_torch(tmp_path, code):
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 
+def test_maps_never_import_scikit_learn(tmp_path):
+    """embed --tsne and map_points fit and place without scikit-learn, which would bring
+    pandas and pyarrow with it (~65 MB of embed's 600 MB budget)."""
+    code = (f"import sys, numpy as np; from vaefast.embedding import embed; "
+            f"from vaefast.tsne import map_points; "
+            f"embed({str(EXPORTED / 'mnist5k-z20')!r}, 'mnist5k', {str(tmp_path / 'e.zarr')!r}, "
+            "tsne=True, tsne_max=300, progress=False); "
+            "map_points(np.random.default_rng(0).random((400, 5)), max_exact=300); "
+            "print(sorted(m for m in ('sklearn', 'pandas', 'pyarrow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 Z2 = str(EXPORTED / "mnist5k-z2")
 
 

@@ -180,6 +180,22 @@ def test_full_run_matches_sklearn_from_the_same_start(latent_means, data):
     assert ours.n_iter_ == ref.n_iter_
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_maps_start_from_sklearns_pca_init(latent_means, dtype):
+    """The maps' scikit-learn-free PCA start equals the estimator's (scikit-learn's PCA):
+    exact eigenvectors, same signs, same scaling; within float32 rounding of scikit-learn's
+    float32 PCA."""
+    from sklearn.datasets import load_digits
+
+    from vaefast.tsne.mapping import pca_start
+
+    for X in (latent_means, load_digits().data):
+        X = X.astype(dtype)
+        ours, theirs = pca_start(X, 2, 0), TSNE(random_state=0)._initial_embedding(X)
+        assert np.abs(ours - theirs).max() <= 2e-6 * np.abs(theirs).max()
+        assert np.std(ours[:, 0]) == pytest.approx(1e-4, rel=1e-6)
+
+
 def test_defaults_follow_sklearn():
     ours, ref = TSNE(), SklearnTSNE(method="exact")
     for name in ("n_components", "perplexity", "early_exaggeration", "learning_rate",

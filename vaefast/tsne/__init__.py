@@ -14,7 +14,16 @@ import os
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from vaefast.tsne.affinities import joint_probabilities  # noqa: E402
-from vaefast.tsne.estimator import TSNE  # noqa: E402
 from vaefast.tsne.mapping import map_points  # noqa: E402
 
 __all__ = ["TSNE", "joint_probabilities", "map_points"]
+
+
+def __getattr__(name: str):
+    """``TSNE`` on first use: the estimator imports scikit-learn, which maps never need
+    (``vaefast.tsne.fit``)."""
+    if name == "TSNE":
+        from vaefast.tsne.estimator import TSNE
+
+        return TSNE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,26 +21,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from vaefast.errors import VaefastError
 from vaefast.tsne.affinities import joint_probabilities, joint_probabilities_from_distances
 from vaefast.tsne.backends import BACKENDS, DEFAULT
-from vaefast.tsne.objective import KLObjective
-from vaefast.tsne.optimizer import Callback, Descent, gradient_descent
-from vaefast.tsne.threads import ThreadPolicy, numba_threads
+from vaefast.tsne.fit import auto_learning_rate, check_points, fit_embedding, scaled_start
+from vaefast.tsne.optimizer import EXPLORATION_MAX_ITER, N_ITER_CHECK, Callback
+from vaefast.tsne.threads import blas_threads, numba_threads
 from vaefast.tsne.transform import place
-
-
-def check_points(X, name: str = "X") -> np.ndarray:
-    """A finite 2-D float array with at least 2 rows, or a clear error."""
-    X = np.asarray(X)
-    if X.dtype.kind not in "iuf":
-        raise VaefastError(f"{name} must be numeric, got dtype {X.dtype}")
-    if X.ndim != 2:
-        raise VaefastError(f"{name} must be 2-D [n_samples, n_features], got shape {X.shape}")
-    if X.shape[0] < 2:
-        raise VaefastError(f"{name} needs at least 2 points, got {X.shape[0]}")
-    if X.dtype.kind != "f":
-        X = X.astype(np.float64)
-    if not np.isfinite(X).all():
-        raise VaefastError(f"{name} contains NaN or inf")
-    return X
 
 
 class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -89,9 +73,9 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         "max_dense_bytes": [Interval(Integral, 0, None, closed="left"), None],
         "backend": [StrOptions(set(BACKENDS))],
     }
-    _EXPLORATION_MAX_ITER = 250  # iterations with early exaggeration and momentum 0.5
-    _N_ITER_CHECK = 50  # iterations between error checks
-
+    # scikit-learn's names; its tests set them on an instance
+    _EXPLORATION_MAX_ITER = EXPLORATION_MAX_ITER
+    _N_ITER_CHECK = N_ITER_CHECK
     def __init__(self, n_components: int = 2, *, perplexity: float = 30.0,
                  early_exaggeration: float = 12.0, learning_rate: float | str = "auto",
                  max_iter: int = 1000, n_iter_without_progress: int = 300,
@@ -170,10 +154,6 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 raise VaefastError("init array contains NaN or inf")
         return X
 
-    def _blas_threads(self) -> int | None:
-        """BLAS threads for the distance GEMMs: ``n_jobs``, or numpy's default."""
-        return None if self.n_jobs in (None, -1) else int(self.n_jobs)
-
     def _affinities(self, X):
         """P for X under the chosen metric (the fast, memory-bounded path for dense
         euclidean input; scikit-learn's pairwise distances otherwise)."""
@@ -182,7 +162,7 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if self.metric == "euclidean" and not issparse(X):
             return joint_probabilities(X, self.perplexity, self.max_dense_bytes,
                                        backend=self.backend, verbose=self.verbose,
-                                       n_jobs=self._blas_threads())
+                                       n_jobs=blas_threads(self.n_jobs))
         from sklearn.metrics import pairwise_distances
 
         if self.metric == "precomputed":
@@ -222,10 +202,7 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             # call and would take a core from the first ~50 iterations (4x slower each).
             with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
                 warnings.simplefilter("ignore", RuntimeWarning)  # constant input
-                Y = pca.fit_transform(X).astype(np.float32, copy=False)
-            std = np.std(Y[:, 0])
-            # constant input: no direction to follow; keep the (zero) PCA as is
-            return (Y / std * 1e-4 if std > 0 else Y).astype(np.float64)
+                return scaled_start(pca.fit_transform(X))
         return (1e-4 * random_state.standard_normal(size=(X.shape[0], k)).astype(np.float32)
                 ).astype(np.float64)
 
@@ -235,67 +212,28 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """Compute the embedding of X [N, D] (or [N, N] distances with
         ``metric="precomputed"``); sets ``embedding_`` and friends."""
         X = self._validate(X)
-        n = X.shape[0]
-        self.learning_rate_ = (max(n / self.early_exaggeration / 4, 50)
+        self.learning_rate_ = (auto_learning_rate(X.shape[0], self.early_exaggeration)
                                if self.learning_rate == "auto" else float(self.learning_rate))
         with numba_threads(self.n_jobs) as threads:
             t0 = time.perf_counter()
             affinities = self._affinities(X)
-            # the kernels work in 2-D or 3-D; one component is the 2-D problem with y1 = 0
-            dims = max(self.n_components, 2)
-            objective = KLObjective(affinities, dims)
             t1 = time.perf_counter()
-            start = self._initial_embedding(X)
-            Y = np.zeros((dims, n), np.float32)  # scikit-learn's float32 state
-            Y[:self.n_components] = start.T
-            policy = ThreadPolicy(threads)
-            Y, kl, it = self._optimize(objective, Y, policy)
-            t2 = time.perf_counter()
-        self.embedding_ = np.ascontiguousarray(Y[:self.n_components].T, dtype=np.float32)
-        self.kl_divergence_ = kl
-        self.n_iter_ = it
+            run = fit_embedding(affinities, self._initial_embedding(X), threads=threads,
+                                learning_rate=self.learning_rate_,
+                                early_exaggeration=self.early_exaggeration,
+                                max_iter=self.max_iter,
+                                n_iter_without_progress=self.n_iter_without_progress,
+                                min_grad_norm=self.min_grad_norm, progress=self.progress,
+                                callbacks=self.callbacks, verbose=self.verbose,
+                                exploration_iter=self._EXPLORATION_MAX_ITER,
+                                n_iter_check=self._N_ITER_CHECK)
+        self.embedding_, self.kl_divergence_, self.n_iter_ = run.embedding, run.kl, run.n_iter
         self._X_fit = X if self.metric == "euclidean" and isinstance(X, np.ndarray) else None
-        self._Y_fit = np.ascontiguousarray(Y.T)
-        iterations = it + 1
-        self.timings_ = {"affinities_s": t1 - t0, "optimize_s": t2 - t1,
-                         "iterations": iterations, "dense_p": affinities.dense,
-                         "pairs_per_s": n * (n - 1) * iterations / max(t2 - t1, 1e-12),
-                         "iterations_by_threads": dict(policy.history)}
+        self._Y_fit = np.ascontiguousarray(run.Y.T)
+        self.timings_ = {"affinities_s": t1 - t0} | run.timings
         if self.verbose:
-            print(f"[t-SNE] KL divergence after {iterations} iterations: {kl:.6f}")
+            print(f"[t-SNE] KL divergence after {run.n_iter + 1} iterations: {run.kl:.6f}")
         return self
-
-    def _optimize(self, objective: KLObjective, Y: np.ndarray,
-                  policy: ThreadPolicy) -> tuple[np.ndarray, float, int]:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=self.max_iter, desc="t-SNE", unit="it", disable=not self.progress)
-        done = [0]
-
-        def on_check(iteration: int) -> None:
-            bar.update(iteration - done[0])
-            done[0] = iteration
-
-        explore_iter = self._EXPLORATION_MAX_ITER
-        common = dict(learning_rate=self.learning_rate_, min_grad_norm=self.min_grad_norm,
-                      threads=policy, n_iter_check=self._N_ITER_CHECK, verbose=self.verbose,
-                      callbacks=self.callbacks, on_check=on_check)
-        try:  # each phase starts from zero update and unit gains, as scikit-learn's does
-            Y, kl, it, stopped = gradient_descent(
-                objective, Y, 0, explore_iter, exaggeration=self.early_exaggeration,
-                momentum=0.5, n_iter_without_progress=explore_iter,
-                state=Descent.start(Y, self.backend), **common)
-            if self.verbose:
-                print("[t-SNE] KL divergence after %d iterations with early exaggeration: %f"
-                      % (it + 1, kl))
-            if not stopped and (it < explore_iter or self.max_iter > explore_iter):
-                Y, kl, it, stopped = gradient_descent(
-                    objective, Y, it + 1, self.max_iter, exaggeration=1.0, momentum=0.8,
-                    n_iter_without_progress=self.n_iter_without_progress,
-                    state=Descent.start(Y, self.backend), **common)
-        finally:
-            bar.close()
-        return Y, kl, it
 
     def fit_transform(self, X, y=None) -> np.ndarray:
         """Fit and return ``embedding_`` [N, n_components]."""
@@ -327,4 +265,4 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                              "X_new")[:len(X_new)]
         with numba_threads(self.n_jobs):
             return place(X_new, self._X_fit, self._Y_fit, backend=self.backend,
-                         n_jobs=self._blas_threads(), **options)
+                         n_jobs=blas_threads(self.n_jobs), **options)

@@ -1,6 +1,9 @@
 """Maps of any size: exact t-SNE of all points, or of a seeded reference sample with every
 other point placed by ``transform`` — the one large-N rule, used by embed and plot; its
 small-N perplexity rule (``perplexity_for``) is also the one ``vaefast tsne`` uses.
+
+Maps never import scikit-learn (see ``vaefast.tsne.fit``): their PCA start is
+``pca_start``, scikit-learn's PCA init to rounding.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from vaefast.errors import VaefastError
-from vaefast.tsne.estimator import TSNE
-from vaefast.tsne.threads import numba_threads
+from vaefast.tsne.affinities import joint_probabilities
+from vaefast.tsne.fit import Fit, auto_learning_rate, check_points, fit_embedding, scaled_start
+from vaefast.tsne.threads import blas_threads, numba_threads
 from vaefast.tsne.transform import place
 
 DEFAULT_MAX_EXACT = 10_000  # exact t-SNE of all points up to this N
@@ -36,11 +40,43 @@ def reference_rows(n: int, max_exact: int = DEFAULT_MAX_EXACT, seed: int = 0) ->
     return np.sort(np.random.default_rng(seed).choice(n, max_exact, replace=False))
 
 
+EXACT_PCA_MAX_FEATURES = 1000  # exact PCA (covariance eigh) up to this many, as scikit-learn's
+POWER_ITERATIONS = 7  # above: a subspace iteration, as scikit-learn's randomized PCA
+
+
+def pca_start(X: np.ndarray, n_components: int = 2, seed: int = 0) -> np.ndarray:
+    """scikit-learn's t-SNE PCA init without scikit-learn: the leading principal components
+    of X, each signed so its largest loading is positive (``svd_flip``), scaled as
+    ``fit.scaled_start``. Exact (eigenvectors of the covariance) up to
+    ``EXACT_PCA_MAX_FEATURES`` features; above, a seeded subspace iteration over
+    ``n_components + 10`` directions (Halko et al.)."""
+    X = np.asarray(X, np.float64)
+    centered = X - X.mean(axis=0)
+    if X.shape[1] <= EXACT_PCA_MAX_FEATURES:
+        vectors = np.linalg.eigh(centered.T @ centered)[1][:, ::-1]
+    else:
+        Q = np.random.default_rng(seed).standard_normal((X.shape[1], n_components + 10))
+        for _ in range(POWER_ITERATIONS):
+            Q = np.linalg.qr(centered.T @ (centered @ Q))[0]
+        vectors = Q @ np.linalg.svd(centered @ Q, full_matrices=False)[2].T
+    components = vectors.T[:n_components]
+    rows = np.arange(len(components))
+    components *= np.sign(components[rows, np.argmax(np.abs(components), axis=1)])[:, None]
+    start = np.zeros((len(X), n_components))  # fewer features than components: zeros
+    start[:, rows] = centered @ components.T
+    return scaled_start(start)
+
+
 def fit_reference(X_ref: np.ndarray, seed: int = 0, n_jobs: int | None = None,
-                  progress: bool = False) -> TSNE:
-    """Exact t-SNE of the reference points with the small-n perplexity rule."""
-    return TSNE(perplexity=perplexity_for(len(X_ref)), random_state=seed, n_jobs=n_jobs,
-                progress=progress).fit(X_ref)
+                  progress: bool = False) -> Fit:
+    """Exact t-SNE of the reference points (scikit-learn's defaults, the small-n
+    perplexity rule, ``pca_start``)."""
+    X = check_points(X_ref)
+    with numba_threads(n_jobs) as threads:
+        affinities = joint_probabilities(X, perplexity_for(len(X)), n_jobs=blas_threads(n_jobs))
+        return fit_embedding(affinities, pca_start(X, 2, seed), threads=threads,
+                             learning_rate=auto_learning_rate(len(X), 12.0),
+                             progress=progress)
 
 
 def place_chunks(X: Callable[[int, int], np.ndarray], n: int, index: np.ndarray,
@@ -75,12 +111,12 @@ def map_points(X: np.ndarray, max_exact: int = DEFAULT_MAX_EXACT, seed: int = 0,
     (``method``: a name in ``transform.PLACEMENTS``)."""
     X = np.asarray(X)
     index = reference_rows(len(X), max_exact, seed)
-    tsne = fit_reference(X[index], seed, n_jobs, progress)
+    reference = fit_reference(X[index], seed, n_jobs, progress)
     if len(index) == len(X):
-        return tsne.embedding_
+        return reference.embedding
     out = np.empty((len(X), 2))
     with numba_threads(n_jobs):
         for _, start, stop, Y in place_chunks(lambda a, b: X[a:b], len(X), index, X[index],
-                                              tsne.embedding_, len(X), method=method):
+                                              reference.embedding, len(X), method=method):
             out[start:stop] = Y
     return out

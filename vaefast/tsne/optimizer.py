@@ -96,3 +96,47 @@ def gradient_descent(objective: Objective, Y: np.ndarray, it: int, max_iter: int
                     print("[t-SNE] Iteration %d: gradient norm %f. Finished." % (i + 1, grad_norm))
                 break
     return Y, error, i, False
+
+
+EXPLORATION_MAX_ITER = 250  # iterations with early exaggeration and momentum 0.5
+N_ITER_CHECK = 50  # iterations between error checks
+
+
+def optimize(objective: Objective, Y: np.ndarray, *, learning_rate: float,
+             early_exaggeration: float = 12.0, max_iter: int = 1000,
+             n_iter_without_progress: int = 300, min_grad_norm: float = 1e-7,
+             threads: ThreadPolicy | None = None, progress: bool = False,
+             callbacks: Sequence[Callback] = (), verbose: int = 0,
+             backend: str = DEFAULT, exploration_iter: int = EXPLORATION_MAX_ITER,
+             n_iter_check: int = N_ITER_CHECK) -> tuple[np.ndarray, float, int]:
+    """scikit-learn's two phases (``TSNE._tsne``): ``exploration_iter`` iterations with
+    early exaggeration and momentum 0.5, then the rest at momentum 0.8, each phase from
+    zero update and unit gains. Returns (Y, KL, index of the last iteration)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=max_iter, desc="t-SNE", unit="it", disable=not progress)
+    done = [0]
+
+    def on_check(iteration: int) -> None:
+        bar.update(iteration - done[0])
+        done[0] = iteration
+
+    common = dict(learning_rate=learning_rate, min_grad_norm=min_grad_norm, threads=threads,
+                  n_iter_check=n_iter_check, verbose=verbose, callbacks=callbacks,
+                  on_check=on_check)
+    try:
+        Y, kl, it, stopped = gradient_descent(
+            objective, Y, 0, exploration_iter, exaggeration=early_exaggeration,
+            momentum=0.5, n_iter_without_progress=exploration_iter,
+            state=Descent.start(Y, backend), **common)
+        if verbose:
+            print("[t-SNE] KL divergence after %d iterations with early exaggeration: %f"
+                  % (it + 1, kl))
+        if not stopped and (it < exploration_iter or max_iter > exploration_iter):
+            Y, kl, it, stopped = gradient_descent(
+                objective, Y, it + 1, max_iter, exaggeration=1.0, momentum=0.8,
+                n_iter_without_progress=n_iter_without_progress,
+                state=Descent.start(Y, backend), **common)
+    finally:
+        bar.close()
+    return Y, kl, it

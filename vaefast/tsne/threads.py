@@ -37,6 +37,11 @@ def numba_threads(n_jobs: int | None) -> Iterator[int]:
         numba.set_num_threads(before)
 
 
+def blas_threads(n_jobs: int | None) -> int | None:
+    """BLAS threads for the distance GEMMs: ``n_jobs``, or numpy's default (None, -1)."""
+    return None if n_jobs in (None, -1) else int(n_jobs)
+
+
 class ThreadPolicy:
     """Per call, run on ``threads`` or on one thread, whichever is measured faster.
 
