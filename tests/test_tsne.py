@@ -92,8 +92,8 @@ def test_transform_of_many_features_places_like_the_direct_path():
 
 
 def test_vectorizable_exp_and_log_match_numpy():
-    from vaefast.tsne._vecmath import (EXP_COARSE_ERROR, exp_nonpositive,
-                                       exp_nonpositive_coarse, log_positive)
+    from vaefast.tsne._vecmath import (EXP_COARSE_ERROR, LOG32_ERROR, exp_nonpositive,
+                                       exp_nonpositive_coarse, log_positive, log_positive32)
 
     xs = -np.linspace(0.0, 720.0, 200001)
     kept = xs >= -708.0
@@ -104,6 +104,11 @@ def test_vectorizable_exp_and_log_match_numpy():
     ys = np.concatenate([np.geomspace(1e-300, 1e300, 20001), 1.0 + np.linspace(0, 1e3, 2001)])
     np.testing.assert_allclose([log_positive(y) for y in ys], np.log(ys), rtol=1e-14,
                                atol=1e-15)
+    ys32 = np.concatenate([np.geomspace(1e-37, 1e37, 20001), 1.0 + np.linspace(0, 1e3, 2001),
+                           np.nextafter(np.float32(1.0), np.float32(2.0), dtype=np.float32)
+                           * np.ones(1)]).astype(np.float32)
+    np.testing.assert_allclose([log_positive32(y) for y in ys32],
+                               np.log(ys32.astype(np.float64)), rtol=LOG32_ERROR, atol=1e-7)
 
 
 def test_implicit_p_equals_dense_p(latent_means):
