@@ -76,6 +76,7 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     # scikit-learn's names; its tests set them on an instance
     _EXPLORATION_MAX_ITER = EXPLORATION_MAX_ITER
     _N_ITER_CHECK = N_ITER_CHECK
+
     def __init__(self, n_components: int = 2, *, perplexity: float = 30.0,
                  early_exaggeration: float = 12.0, learning_rate: float | str = "auto",
                  max_iter: int = 1000, n_iter_without_progress: int = 300,
