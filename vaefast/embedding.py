@@ -335,9 +335,10 @@ def _map(group, tsne_max: int, seed: int, chunk_rows: int, threads: int | None,
         stats |= {"kl": reference.kl, "iterations": reference.n_iter + 1,
                   "pairs_per_s": reference.timings["pairs_per_s"], "reference_rows": len(index)}
         found = index, reference.embedding
+    else:
+        X_ref = store.read_mu(group, found[0])
     t1 = time.perf_counter()
     index, Y_ref = found
-    X_ref = store.read_mu(group, index)
     todo = store.pending(group, "placed")
 
     def new_rows(start: int, stop: int) -> int:  # rows of [start, stop) to place
