@@ -4,6 +4,7 @@ model's input, embedded with every row traceable to its file, bad files named or
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -265,6 +266,10 @@ def test_embeddings_export_to_parquet_and_npy(folder, tmp_path):
     np.testing.assert_allclose(np.array(table["sigma"]), np.exp(0.5 * stored["logvar"]),
                                rtol=1e-6)
     np.testing.assert_array_equal(table["tsne_x"], stored["tsne"][:, 0])
+    meta = json.loads(pq.read_schema(tmp_path / "e.parquet").metadata[b"vaefast"])
+    assert meta["latent_shape"] == [16] and meta["label_names"] == stored["attrs"]["label_names"]
+    assert meta["model_sha256"] == stored["attrs"]["model_sha256"]
+    assert meta["input"]["preprocess"] == stored["attrs"]["input"]["preprocess"]
     assert run_cli("embeddings", str(out), "--to", "npy", str(tmp_path / "npy")).returncode == 0
     np.testing.assert_array_equal(np.load(tmp_path / "npy" / "mu.npy"), stored["mu"])
     assert list(np.load(tmp_path / "npy" / "ids.npy")) == list(stored["ids"])

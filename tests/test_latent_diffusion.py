@@ -104,6 +104,7 @@ def test_cli_exports_a_diffusers_folder(kl_folder, tmp_path):
     result = run_cli("export", "--diffusers", str(kl_folder), "--out", str(tmp_path / "e"))
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "torch/_guards" not in result.stderr
+    assert "accelerate" not in result.stderr + result.stdout  # diffusers' notice, silenced
     meta = json.loads((tmp_path / "e" / "model.json").read_text())
     assert meta["input_shape"] == [3, 32, 32]  # the config's sample_size
     assert meta["weights_sha256"] == sha256_file(kl_folder / "diffusion_pytorch_model.safetensors")
@@ -124,11 +125,24 @@ def _another_class(folder):
     (folder / "config.json").write_text(json.dumps(config | {"_class_name": "UNet2DModel"}))
 
 
+def _tiny_autoencoder(folder):
+    """A real AutoencoderTiny (TAESD) saved where the AutoencoderKL was."""
+    import shutil
+
+    from diffusers import AutoencoderTiny
+
+    shutil.rmtree(folder)
+    AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                    num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1),
+                    latent_channels=2).save_pretrained(str(folder))
+
+
 @pytest.mark.parametrize("spoil, message", [
     (_no_config, "no config.json"),
     (_pickled_weights, r"no diffusion_pytorch_model.safetensors \(diffusion_pytorch_model.bin "
                        r"is a pickle, which vaefast never loads\)"),
     (_another_class, "config.json describes UNet2DModel, not an AutoencoderKL"),
+    (_tiny_autoencoder, "no posterior, so sigma is undefined"),
 ])
 def test_bad_diffusers_folders_fail_in_one_line(kl_folder, tmp_path, spoil, message):
     import shutil

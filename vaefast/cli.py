@@ -121,7 +121,8 @@ def _embed(args: argparse.Namespace) -> None:
                       args, "batch_size", "chunk_rows", "dtype", "tsne_max", "tsne_transform",
                       "seed", "scheduler", "workers", "threads", "variant", "providers",
                       "precision",
-                      "resize", "decode_workers"))
+                      "resize", "exif", "decode_workers"),
+                  allow_empty_classes=args.allow_empty_classes)
     if stats.get("already_complete"):
         print(f"{args.out} is already complete ({stats['rows']} rows)")
         return
@@ -142,6 +143,9 @@ def _embed(args: argparse.Namespace) -> None:
     if stats["skipped"]:
         print(f"skipped {stats['skipped']} file(s) that could not be decoded (their rows are "
               f"NaN; ids and reasons in {args.out}/skipped)")
+    if stats["hidden"]:
+        print(f"note: {stats['hidden']} hidden file(s) or folder(s) (names starting with "
+              "'.') were skipped")
     if stats["upscaled"]:
         print(f"note: {stats['upscaled']} image(s) smaller than the model's input were "
               "upscaled")
@@ -219,11 +223,13 @@ class _RegistryHelp(argparse.HelpFormatter):
             from vaefast.data import spec_usage
 
             return action.help.replace(DATA_HELP, f"data spec: {spec_usage()} (see README)")
-        if action.dest == "resize":
-            from vaefast.data.decode import RESIZES
+        if action.dest in ("resize", "exif"):
+            from vaefast.data.decode import EXIF, RESIZES
 
-            return "how images become the model's size: " + "; ".join(
-                f"{name}: {what}" for name, what in RESIZES.items()) + " (default crop)"
+            lead, table = ("how images become the model's size: ", RESIZES) if \
+                action.dest == "resize" else ("EXIF orientation: ", EXIF)
+            return lead + "; ".join(f"{name}: {what}" for name, what in table.items()) + \
+                f" (default {next(iter(table))})"
         if action.dest in ("variants", "variant"):
             from vaefast.variants import VARIANTS
 
@@ -358,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX Runtime and t-SNE threads (default: all cores; on a tcp:// "
                         "cluster, each worker's own)")
     p.add_argument("--resize", default=None, metavar="RULE", help="(from decode.RESIZES)")
+    p.add_argument("--exif", default=None, metavar="RULE", help="(from decode.EXIF)")
+    p.add_argument("--allow-empty-classes", action="store_true",
+                   help="an image folder's class folder without images keeps its label "
+                        "index (torchvision's allow_empty=True) instead of being refused")
     p.add_argument("--decode-workers", type=int, default=None,
                    help="processes decoding images (default: the cores available)")
     p.add_argument("--skip-bad", action="store_true",

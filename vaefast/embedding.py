@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import os
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from vaefast import runtime, store
-from vaefast.data import Preprocess, Source, open_source, preprocess_for
+from vaefast.data import Source, preprocess_for, reopen
 from vaefast.errors import BadFile, BadRows, VaefastError
 
 CHUNK_BYTES = 1 << 28  # default rows per chunk: at most this many bytes of float32 input
@@ -38,15 +39,15 @@ def _model(model_dir: str, threads: int | None, variant: str = "fp32",
     return _SESSIONS[key]
 
 
-def _source(spec: str, preprocess: dict | None = None,
-            decode_workers: int | None = None) -> Source:
-    key = (spec, tuple(sorted((preprocess or {}).items())), decode_workers)
+def _source(reading: dict, decode_workers: int | None = None) -> Source:
+    """The input opened as ``reading`` says (``vaefast.data.reopen``), kept for the next
+    chunk."""
+    key = (json.dumps(reading, sort_keys=True), decode_workers)
     if key not in _SOURCES:
         for old in _SOURCES.values():
             old.close()
         _SOURCES.clear()  # keep at most one input in memory
-        _SOURCES[key] = open_source(spec, preprocess and Preprocess(**preprocess),
-                                    decode_workers)
+        _SOURCES[key] = reopen(reading, decode_workers)
     return _SOURCES[key]
 
 
@@ -103,19 +104,20 @@ def _worker_threads() -> int | None:
     return int(getattr(state, "nthreads", 0)) or None
 
 
-def encode_chunk(model_dir: str, spec: str, out: str, chunk: int, chunk_rows: int,
+def encode_chunk(model_dir: str, reading: dict, out: str, chunk: int, chunk_rows: int,
                  batch_size: int, threads: int | None = None, variant: str = "fp32",
-                 providers: str = "auto", preprocess: dict | None = None,
-                 skip_bad: bool = False, precision: str | None = None) -> int:
+                 providers: str = "auto", skip_bad: bool = False,
+                 precision: str | None = None) -> int:
     """Encode rows of chunk ``chunk`` and write them and their marker; return the row count.
 
     A plain function of plain arguments, so Dask can run it on any worker: the ONNX
-    Runtime session and the input are opened there (sessions cannot be pickled), with
-    ``threads`` intra-op threads, by default the worker's own thread count. Encoded
+    Runtime session and the input (``reading``: its spec and how it is read, as
+    ``vaefast.data.reopen`` takes them) are opened there (sessions cannot be pickled),
+    with ``threads`` intra-op threads, by default the worker's own thread count. Encoded
     images are decoded by the task itself (the workers are the parallelism).
     """
     vae = _model(model_dir, threads or _worker_threads(), variant, providers, precision)
-    source = _source(spec, preprocess, 1)
+    source = _source(reading, 1)
     start, mu, logvar, bad = _encode_chunk_rows(vae, source, chunk, chunk_rows, batch_size,
                                                 skip_bad)
     return store.write_chunk(out, chunk, start, mu, logvar, bad)
@@ -154,7 +156,7 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
           tsne_max: int = 10_000, tsne_transform: str = "exact", seed: int = 0,
           scheduler: str | None = None, workers: int = 2, threads: int | None = None,
           variant: str = "fp32", providers: str = "auto", precision: str | None = None,
-          resize: str = "crop",
+          resize: str = "crop", exif: str = "transpose", allow_empty_classes: bool = False,
           decode_workers: int | None = None, skip_bad: bool = False, force: bool = False,
           progress: bool = True) -> dict[str, Any]:
     """Embed every row of ``input`` through the exported encoder into the zarr store ``out``.
@@ -178,8 +180,10 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
 
     Encoded images (``images:``, ``parquet:``, ``wds:`` inputs) are decoded by
     ``decode_workers`` processes (default: the cores available) while the model encodes,
-    converted to the model's channels and resized by ``resize`` (crop, squash, pad); the
-    store keeps each row's id. A file that cannot be decoded stops the run with one line
+    turned by their EXIF orientation (``exif``: transpose) or not (ignore), converted to
+    the model's channels and resized by ``resize`` (crop, squash, pad); the store keeps
+    each row's id. An image folder's empty class folder is refused unless
+    ``allow_empty_classes``; hidden files and folders are skipped and counted. A file that cannot be decoded stops the run with one line
     naming it, the finished chunks kept (fix it and run again to resume); with
     ``skip_bad`` its row is NaN and its id and reason are recorded (``skipped``).
     Returns figures of the run (rows, seconds, rows/s, chunks resumed, skipped files).
@@ -190,11 +194,12 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
         raise VaefastError(f"unknown dtype {dtype!r}; use {' or '.join(store.DTYPES)}")
     out = Path(out)
     prep = preprocess_for(input, runtime.image_display_shape(runtime.read_model_json(model_dir)),
-                          resize)
-    prep_dict = None if prep is None else prep.to_dict()
+                          resize, exif)
+    reading = {"spec": input, "preprocess": None if prep is None else prep.to_dict()} | (
+        {"allow_empty_classes": True} if allow_empty_classes else {})
     for key in [k for k in _SOURCES if k[0] == input]:  # the input may have changed
         _SOURCES.pop(key).close()
-    source = _source(input, prep_dict, decode_workers)
+    source = _source(reading, decode_workers)
     if scheduler is None:  # image decoders fork now, before ONNX Runtime starts its threads
         source.start()
     vae = _model(str(model_dir), threads, variant, providers, precision)
@@ -240,9 +245,9 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
             _encode_pipelined(vae, source, str(out), todo, chunk_rows, batch_size, skip_bad,
                               bar)
         else:
-            _run_dask(scheduler, workers, (str(model_dir), input, str(out)), todo,
-                      chunk_rows, batch_size, threads, variant, providers, prep_dict,
-                      skip_bad, precision, bar)
+            _run_dask(scheduler, workers, (str(model_dir), reading, str(out)), todo,
+                      chunk_rows, batch_size, threads, variant, providers, skip_bad,
+                      precision, bar)
     except BadRows as e:
         store.remove(out)
         raise VaefastError(f"{e}; clean the input first ({out} was removed: it could "
@@ -261,7 +266,8 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
              "rows_per_s": (source.n - skipped_rows) / seconds if seconds > 0 else None,
              "chunks_resumed": n_chunks - len(todo), "variant": variant,
              "providers": vae.providers, "skipped": len(skipped),
-             "upscaled": getattr(source, "upscaled", 0) - upscaled}
+             "upscaled": getattr(source, "upscaled", 0) - upscaled,
+             "hidden": getattr(source, "hidden", 0)}
     if tsne:  # the map needs no model: its session and buffers go first (peak memory)
         del vae
         _SESSIONS.clear()
@@ -273,7 +279,7 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
 
 def _run_dask(scheduler: str, workers: int, args: tuple, todo: list[int], chunk_rows: int,
               batch_size: int, threads: int | None, variant: str, providers: str,
-              preprocess: dict | None, skip_bad: bool, precision: str | None, bar) -> None:
+              skip_bad: bool, precision: str | None, bar) -> None:
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -288,7 +294,7 @@ def _run_dask(scheduler: str, workers: int, args: tuple, todo: list[int], chunk_
         raise VaefastError(f"unknown scheduler {scheduler!r}; use local or tcp://HOST:PORT")
     try:
         futures = [client.submit(encode_chunk, *args, c, chunk_rows, batch_size, threads,
-                                 variant, providers, preprocess, skip_bad, precision,
+                                 variant, providers, skip_bad, precision,
                                  key=f"vaefast-encode-{c}-{args[2]}", pure=False)
                    for c in todo]
         for future in as_completed(futures):

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
-from vaefast.errors import VaefastError
+from vaefast.errors import VaefastError, first_line
 
 PRECISIONS = ("bf16", "f32")
 
@@ -45,8 +45,8 @@ def open_session(path: Path, providers: list[str], options):
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:  # ORT raises its own types for truncated or invalid protobufs
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise VaefastError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+        raise VaefastError(f"{path}: not a loadable ONNX model ({first_line(e, 200)})"
+                           ) from None
 
 
 def _open_onnxruntime(path: Path, chain: list[str], threads: int | None, spin: bool,
@@ -92,8 +92,8 @@ class OpenVINOSession:
                 config["INFERENCE_NUM_THREADS"] = int(threads)
             self._compiled = core.compile_model(model, "CPU", config)
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise VaefastError(f"{path}: OpenVINO cannot load it ({first[:200]})") from None
+            raise VaefastError(f"{path}: OpenVINO cannot load it ({first_line(e, 200)})"
+                               ) from None
         self._request = self._compiled.create_infer_request()
         self.precision = precision
         info = model.get_rt_info()  # the ONNX file's metadata_props, under "framework"

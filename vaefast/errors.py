@@ -25,3 +25,10 @@ class BadFile(VaefastError):
     def __init__(self, message: str, id: str, reason: str):
         super().__init__(message)
         self.id, self.reason = id, reason
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's first non-empty line (at most ``limit`` characters), or its type's
+    name: how a third-party error becomes part of one line to the user."""
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(e).__name__

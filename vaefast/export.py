@@ -35,7 +35,7 @@ import numpy as np
 from vaefast import runtime
 from vaefast import variants as variants_mod
 from vaefast.atomic import atomic_dir, check_new_output, write_json
-from vaefast.errors import VaefastError
+from vaefast.errors import VaefastError, first_line
 from vaefast.layout import arrange, check_pixels, describe, display_shape
 from vaefast.metrics import knn_overlap, max_errors
 from vaefast.versions import package_versions
@@ -196,7 +196,7 @@ def _encode_checked(encode, x):
         first, second = encode(x), encode(x)
     except Exception as e:
         raise VaefastError(f"encode failed on the example batch {list(x.shape)}: "
-                           f"{type(e).__name__}: {_first_line(e)}") from None
+                           f"{type(e).__name__}: {first_line(e)}") from None
     pair = posterior(first)
     if pair is None:
         raise VaefastError(
@@ -223,7 +223,7 @@ def _decode_checked(decode, z, b: int, input_shape):
         out = decode(z)
     except Exception as e:
         raise VaefastError(f"decode failed on z of shape {list(z.shape)}: "
-                           f"{type(e).__name__}: {_first_line(e)}") from None
+                           f"{type(e).__name__}: {first_line(e)}") from None
     x_hat = decoded(out)
     if x_hat is None:
         raise VaefastError(f"decode must return a tensor or an object with a .sample tensor, "
@@ -269,11 +269,6 @@ def _kind(value) -> str:
     return type(value).__name__
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
-
-
 def _exporter_error(e: BaseException, module, example, dynamic_shapes) -> VaefastError:
     """A one-line error naming the op the exporter could not translate and where in the
     user's model it comes from (the module path and source line torch.export recorded)."""
@@ -284,7 +279,7 @@ def _exporter_error(e: BaseException, module, example, dynamic_shapes) -> Vaefas
         re.search(r"OpOverload\(op='(\w+)\.(\w+)'", text)
     if found is None:
         lines = [ln for ln in text.splitlines() if "Error" in ln or "error" in ln]
-        return VaefastError(f"the ONNX exporter failed: {(lines or [_first_line(e)])[-1][:300]}")
+        return VaefastError(f"the ONNX exporter failed: {(lines or [first_line(e)])[-1][:300]}")
     op = f"{found.group(1)}.{found.group(2)}"
     half = "encode" if isinstance(module, torch.nn.Module) and \
         type(module).__name__ == "Encoder" else "decode"
@@ -550,7 +545,7 @@ def load_module(target: str, weights: str | os.PathLike | None = None):
         spec.loader.exec_module(module)
     except Exception as e:
         raise VaefastError(f"{path}: failed to import ({type(e).__name__}: "
-                           f"{_first_line(e)})") from None
+                           f"{first_line(e)})") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise VaefastError(f"{path} has no function {fn_name}")
@@ -576,7 +571,7 @@ def _read_state(path: Path, model) -> dict:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise VaefastError(f"{path}: not a loadable safetensors file or state dict "
-                           f"({_first_line(e)})") from None
+                           f"({first_line(e)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                               for v in state.values()):
         raise VaefastError(f"{path}: holds {type(state).__name__}, not a state dict of tensors")
@@ -661,8 +656,14 @@ def load_diffusers(folder: str | os.PathLike):
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as e:
-        raise VaefastError(f"{config_path}: not readable JSON ({_first_line(e)})") from None
+        raise VaefastError(f"{config_path}: not readable JSON ({first_line(e)})") from None
     cls = config.get("_class_name") if isinstance(config, dict) else None
+    if cls == "AutoencoderTiny":
+        raise VaefastError(f"--diffusers {folder}: an AutoencoderTiny (TAESD) encodes to one "
+                           "latent with no posterior, so sigma is undefined and there is no "
+                           "(mu, logvar) to export; export the AutoencoderKL it distils "
+                           "instead, or wrap it as --module FILE.py:FUNCTION returning "
+                           "(mu, logvar)")
     if cls != "AutoencoderKL":
         raise VaefastError(f"--diffusers {folder}: config.json describes {cls or 'no class'}, "
                            "not an AutoencoderKL")
@@ -679,11 +680,14 @@ def load_diffusers(folder: str | os.PathLike):
             from None
     try:
         with _quiet():
+            # low_cpu_mem_usage=False: what diffusers falls back to without `accelerate`,
+            # said here so it does not print a notice that asks the user for nothing
             model = AutoencoderKL.from_pretrained(str(folder), local_files_only=True,
-                                                  use_safetensors=True)
+                                                  use_safetensors=True,
+                                                  low_cpu_mem_usage=False)
     except Exception as e:
         raise VaefastError(f"--diffusers {folder}: cannot load the AutoencoderKL "
-                           f"({type(e).__name__}: {_first_line(e)})") from None
+                           f"({type(e).__name__}: {first_line(e)})") from None
     return model.eval(), weights
 
 

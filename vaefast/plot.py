@@ -87,15 +87,14 @@ class Latents:
         """Latents of a finished ``vaefast embed`` store (its t-SNE reused); input images
         are read on demand from the store's recorded input, only for the rows shown."""
         from vaefast import store
-        from vaefast.data import Preprocess, open_source
+        from vaefast.data import reopen
 
         stored = store.load(path)
         attrs = stored["attrs"]
         if attrs["model_sha256"] != vae.meta["weights_sha256"]:
             raise VaefastError(f"{path} was embedded with another model than {vae.folder}")
         recorded = attrs["input"]
-        prep = recorded.get("preprocess")
-        source = open_source(recorded["spec"], prep and Preprocess(**prep), 1)
+        source = reopen(recorded, 1)
         if source.fingerprint() != recorded:
             raise VaefastError(f"{path}: its input {recorded['spec']} has changed since it "
                                "was embedded; its images cannot be matched to its rows")

@@ -21,6 +21,7 @@ output) and renamed into place; resuming reopens them in place.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -246,7 +247,9 @@ def export(path: str | os.PathLike, to: str, out: str | os.PathLike,
            force: bool = False) -> dict[str, Any]:
     """Write a finished store's rows for the tools downstream, a zarr chunk at a time:
     ``parquet`` (one file: ``id`` or ``row``, ``label``, ``mu`` and ``sigma`` as float32
-    lists, ``tsne_x``/``tsne_y``, ``skipped``) or ``npy`` (a folder of ``mu.npy``,
+    lists, ``tsne_x``/``tsne_y``, ``skipped``; its schema's ``vaefast`` metadata: latent
+    shape, label names, the model's sha256, the input and its preprocessing) or ``npy``
+    (a folder of ``mu.npy``,
     ``sigma.npy``, ``labels.npy``, ``tsne.npy``, ``ids.npy``, memory-mappable). Written to
     a temporary path and renamed. Returns {rows, columns}."""
     if to not in EXPORT_FORMATS:
@@ -268,7 +271,11 @@ def export(path: str | os.PathLike, to: str, out: str | os.PathLike,
 
         check_new_output(Path(out), force)
         with atomic_file(out) as tmp:
-            _write_parquet(tmp, chunks(), group["mu"].shape)
+            attrs = info(group)
+            _write_parquet(tmp, chunks(), group["mu"].shape, {
+                "format": attrs.get("format"), "latent_shape": list(group["mu"].shape[1:]),
+                "label_names": attrs.get("label_names"),
+                "model_sha256": attrs.get("model_sha256"), "input": attrs.get("input")})
     else:
         widths = {k: max([1] + [len(str(v)) for c in range(0, n, step)
                                 for v in np.asarray(group[k][c:c + step], dtype=object)])
@@ -278,7 +285,7 @@ def export(path: str | os.PathLike, to: str, out: str | os.PathLike,
     return {"rows": n, "columns": [c for c in columns if c != "logvar"] + ["sigma"]}
 
 
-def _write_parquet(path: Path, chunks, mu_shape) -> None:
+def _write_parquet(path: Path, chunks, mu_shape, meta: dict) -> None:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -301,7 +308,8 @@ def _write_parquet(path: Path, chunks, mu_shape) -> None:
                 cols["tsne_y"] = pa.array(part["tsne"][:, 1])
             if "skipped" in part:
                 cols["skipped"] = pa.array(part["skipped"].astype(object), pa.string())
-            table = pa.table(cols)
+            table = pa.table(cols).replace_schema_metadata(
+                {"vaefast": json.dumps(meta)})
             if writer is None:
                 writer = pq.ParquetWriter(str(path), table.schema)
             writer.write_table(table)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vaefast.errors import VaefastError
+from vaefast.errors import VaefastError, first_line
 
 INT8_MIN_OVERLAP = 0.9  # kNN@10 overlap the int8 encoder must keep against fp32
 TIMING_VALUES = 1_000_000  # static int8 picks its faster format on a batch this large
@@ -88,7 +88,7 @@ def _write_int8_static(src: Path, dst: Path, inputs: np.ndarray | None = None
                                 activation_type=QuantType.QUInt8)
                 tried[fmt.name] = seconds(path)
             except Exception as e:  # e.g. "shared mode is not supported for weight yet"
-                tried[fmt.name] = f"failed: {str(e).splitlines()[0][:160]}"
+                tried[fmt.name] = f"failed: {first_line(e, 160)}"
         timed = {k: v for k, v in tried.items() if isinstance(v, float)}
         if not timed:
             raise VaefastError(f"static int8 quantization failed for {src.name}: {tried}")

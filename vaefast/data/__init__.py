@@ -13,13 +13,16 @@ A data spec is one string, of a kind in ``KINDS`` (the CLI's help is made from i
 ``npy:PATH`` / ``npz:PATH`` / ``zarr:PATH``
     Arrays X [N, D], [N, H, W], [N, H, W, C] or [N, C, H, W]; uint8 in [0, 255] or
     floats in [0, 1] (``vaefast.data.arrays``).
-``images:DIR`` / ``parquet:PATH`` / ``wds:PATTERN``
-    Encoded images: a folder (ImageFolder labels), parquet files with an image column,
-    WebDataset tar shards (``vaefast.data.files``), decoded and resized to the model's
+``images:DIR`` / ``parquet:PATH`` / ``wds:PATTERN`` / ``hf:DIR``
+    Encoded images: a folder (torchvision's ImageFolder labels), parquet files with an
+    image column (as ``datasets`` writes them too), WebDataset tar shards, a ``datasets``
+    ``save_to_disk`` folder (``vaefast.data.files``), decoded and resized to the model's
     input (``vaefast.data.decode``).
 
 A bare path ending in a kind's suffix (``.npy``, ``.npz``, ``.zarr``, ``-ubyte[.gz]``,
-``.parquet``, ``.tar``) is accepted too. Every command that reads data takes the same specs.
+``.parquet``, ``.tar``, ``.arrow``) or a folder holding a kind's marker file (``datasets``'
+``state.json``) is accepted too. Every command that reads data (``train``, ``export``,
+``embed``, ``plot``) takes the same specs; ``tsne`` reads latent means only.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ SPLIT_SEED = 0  # the fixed seed of every built-in train/test split
 
 __all__ = ["KINDS", "Dataset", "POINT_KEYS", "Preprocess", "RawData", "Source", "X_KEYS",
            "Y_KEYS", "check_features", "check_labels", "load", "open_source", "open_zarr",
-           "parse_spec", "preprocess_for", "read", "read_idx", "read_points", "spec_usage"]
+           "parse_spec", "preprocess_for", "read", "reopen", "read_idx", "read_points", "spec_usage"]
 
 
 @dataclass(frozen=True)
@@ -54,30 +57,37 @@ class Kind:
     usage: str
     read: Callable[[Path | None], RawData] | None = None
     open: Callable[[Path, str], Source | None] | None = None
-    files: Callable[[str], "object"] | None = None
+    files: Callable[..., "object"] | None = None
     suffixes: tuple[str, ...] = ()
+    marker: str = ""  # a file whose presence makes a bare folder this kind
 
     @property
     def takes_path(self) -> bool:
         return ":" in self.usage
 
 
-def _folder(path: str):
+def _folder(path: str, allow_empty_classes: bool = False):
     from vaefast.data.files import Folder
 
-    return Folder(Path(path))
+    return Folder(Path(path), allow_empty_classes)
 
 
-def _parquet(path: str):
+def _parquet(path: str, **_):
     from vaefast.data.files import Parquet
 
     return Parquet(Path(path))
 
 
-def _shards(pattern: str):
+def _shards(pattern: str, **_):
     from vaefast.data.files import Shards
 
     return Shards(pattern)
+
+
+def _saved(path: str, **_):
+    from vaefast.data.files import SavedDataset
+
+    return SavedDataset(Path(path))
 
 
 KINDS: dict[str, Kind] = {
@@ -92,6 +102,7 @@ KINDS: dict[str, Kind] = {
     "images": Kind("images:DIR", files=_folder),
     "parquet": Kind("parquet:PATH", files=_parquet, suffixes=(".parquet",)),
     "wds": Kind("wds:PATTERN", files=_shards, suffixes=(".tar",)),
+    "hf": Kind("hf:DIR", files=_saved, suffixes=(".arrow",), marker="state.json"),
 }
 
 
@@ -129,22 +140,26 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
         return kind, path
     lower = spec.lower().rstrip("/")
     for kind, entry in KINDS.items():
-        if any(lower.endswith(s) for s in entry.suffixes):
+        if any(lower.endswith(s) for s in entry.suffixes) or (
+                entry.marker and (Path(spec) / entry.marker).is_file()):
             return kind, spec.rstrip("/")
     raise VaefastError(f"unknown data spec {spec!r}; use {spec_usage()}")
 
 
 def open_source(spec: str, preprocess: Preprocess | None = None,
-                decode_workers: int | None = None) -> Source:
+                decode_workers: int | None = None, allow_empty_classes: bool = False
+                ) -> Source:
     """Open a data spec for slice-by-slice reading. Encoded images are decoded to
     ``preprocess`` (default: the first image's size and colour) by ``decode_workers``
-    processes (default: the cores available)."""
+    processes (default: the cores available); an image folder's empty class folder is
+    refused unless ``allow_empty_classes`` (torchvision's ``allow_empty``)."""
     kind, path = parse_spec(spec)
     entry = KINDS[kind]
     if entry.files is not None:
         from vaefast.data.files import open_files
 
-        return open_files(entry.files(path), spec, preprocess, decode_workers)
+        return open_files(entry.files(path, allow_empty_classes=allow_empty_classes), spec,
+                          preprocess, decode_workers)
     if entry.open is not None:
         source = entry.open(Path(path), spec)
         if source is not None:
@@ -155,12 +170,21 @@ def open_source(spec: str, preprocess: Preprocess | None = None,
                   label_names=raw.label_names)
 
 
-def preprocess_for(spec: str, display_shape, resize: str = "crop") -> Preprocess | None:
+def reopen(reading: dict, decode_workers: int | None = None) -> Source:
+    """Open an input again as a store recorded it (its ``input`` attribute, or the same
+    keys: ``spec``, ``preprocess``, ``allow_empty_classes``)."""
+    prep = reading.get("preprocess")
+    return open_source(reading["spec"], prep and Preprocess(**prep), decode_workers,
+                       reading.get("allow_empty_classes", False))
+
+
+def preprocess_for(spec: str, display_shape, resize: str = "crop",
+                   exif: str = "transpose") -> Preprocess | None:
     """How encoded images of ``spec`` become the input of a model whose images display
     as ``display_shape`` (H, W) or (H, W, C); None for arrays (they are used as stored)."""
     if KINDS[parse_spec(spec)[0]].files is None:
         return None
-    return Preprocess.for_model(display_shape, resize)
+    return Preprocess.for_model(display_shape, resize, exif)
 
 
 def read(spec: str, preprocess: Preprocess | None = None) -> RawData:

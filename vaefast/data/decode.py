@@ -18,14 +18,20 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from vaefast.errors import VaefastError
+from vaefast.errors import VaefastError, first_line
 
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# torchvision's IMG_EXTENSIONS: a file its ImageFolder lists is one we list
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 RESIZES = {
     "crop": "resize the shorter side to the model's, then center-crop (torchvision's "
             "Resize + CenterCrop)",
     "squash": "resize to the model's size, ignoring the aspect ratio",
     "pad": "resize the longer side to the model's, then pad with black to the model's size",
+}
+EXIF = {
+    "transpose": "turn the image as its EXIF Orientation says (what an image viewer shows, "
+                 "and what Hugging Face datasets' Image feature does)",
+    "ignore": "use the pixels as stored (torchvision's default loader)",
 }
 PIECE = 32  # images per task sent to a decode worker
 WHITE = (255, 255, 255, 255)
@@ -34,17 +40,21 @@ WHITE = (255, 255, 255, 255)
 @dataclass(frozen=True)
 class Preprocess:
     """How an encoded image becomes one model input: ``height`` x ``width`` pixels with
-    ``channels`` (1 grey, 3 RGB), resized by ``resize`` (a name in ``RESIZES``)."""
+    ``channels`` (1 grey, 3 RGB), turned by its EXIF orientation or not (``exif``, a name
+    in ``EXIF``), resized by ``resize`` (a name in ``RESIZES``)."""
 
     height: int
     width: int
     channels: int
     resize: str = "crop"
+    exif: str = "transpose"
 
     def __post_init__(self):
         if self.resize not in RESIZES:
             raise VaefastError(f"unknown resize {self.resize!r}; use "
                                f"{', '.join(RESIZES)}")
+        if self.exif not in EXIF:
+            raise VaefastError(f"unknown exif rule {self.exif!r}; use {', '.join(EXIF)}")
         if self.channels not in (1, 3):
             raise VaefastError(f"images can be read as 1 (grey) or 3 (RGB) channels, "
                                f"the model takes {self.channels}")
@@ -59,23 +69,25 @@ class Preprocess:
         return asdict(self)
 
     @classmethod
-    def for_model(cls, display_shape: Sequence[int], resize: str = "crop") -> "Preprocess":
+    def for_model(cls, display_shape: Sequence[int], resize: str = "crop",
+                  exif: str = "transpose") -> "Preprocess":
         """The preprocessing to a model whose input displays as (H, W) or (H, W, C)."""
         h, w = int(display_shape[0]), int(display_shape[1])
         channels = int(display_shape[2]) if len(display_shape) == 3 else 1
         if channels == 4:
             raise VaefastError("images can be read for 1- or 3-channel models; this model "
                                "takes 4 channels")
-        return cls(h, w, channels, resize)
+        return cls(h, w, channels, resize, exif)
 
 
 class BadImage(Exception):
     """An encoded image that cannot be decoded; the message says why."""
 
 
-def infer(blob: bytes, name: str, resize: str = "crop") -> Preprocess:
-    """Preprocessing that keeps an image as it is (its size; grey stays grey, anything
-    else becomes RGB): for reading images with no model to size them for."""
+def infer(blob: bytes, name: str, resize: str = "crop", exif: str = "transpose"
+          ) -> Preprocess:
+    """Preprocessing that keeps an image as it is (its size as shown; grey stays grey,
+    anything else becomes RGB): for reading images with no model to size them for."""
     from PIL import Image
 
     try:
@@ -83,7 +95,26 @@ def infer(blob: bytes, name: str, resize: str = "crop") -> Preprocess:
     except Exception as e:
         raise VaefastError(f"{name}: not a readable image ({_reason(e)})") from None
     grey = im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
-    return Preprocess(im.size[1], im.size[0], 1 if grey else 3, resize)
+    w, h = _shown_size(im, exif)
+    return Preprocess(h, w, 1 if grey else 3, resize, exif)
+
+
+def _turned(im, exif: str) -> bool:
+    """Whether the image is shown a quarter turn from how it is stored (EXIF orientation
+    5-8) under the ``exif`` rule."""
+    return exif == "transpose" and _orientation(im) in (5, 6, 7, 8)
+
+
+def _orientation(im) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block is no orientation, as PIL's exif_transpose says
+        return 1
+
+
+def _shown_size(im, exif: str) -> tuple[int, int]:
+    w, h = im.size
+    return (h, w) if _turned(im, exif) else (w, h)
 
 
 def decode(blob: bytes, prep: Preprocess) -> tuple[np.ndarray, bool]:
@@ -93,12 +124,16 @@ def decode(blob: bytes, prep: Preprocess) -> tuple[np.ndarray, bool]:
 
     try:
         im = Image.open(io.BytesIO(blob))
-        w, h = im.size
+        w, h = _shown_size(im, prep.exif)
         scale = _scale(w, h, prep)
         if im.format == "JPEG" and im.mode in ("L", "RGB") and scale <= 0.5:
             im.draft("L" if prep.channels == 1 else "RGB",
-                     (math.ceil(w * scale), math.ceil(h * scale)))
+                     (math.ceil(im.width * scale), math.ceil(im.height * scale)))
         im.load()  # the decode: a truncated or corrupt file fails here
+        if prep.exif == "transpose" and _orientation(im) != 1:
+            from PIL import ImageOps
+
+            im = ImageOps.exif_transpose(im)
         im = _convert(im, prep.channels)
         return np.asarray(_resize(im, w, h, prep)), scale > 1.0
     except Exception as e:
@@ -106,7 +141,7 @@ def decode(blob: bytes, prep: Preprocess) -> tuple[np.ndarray, bool]:
 
 
 def _reason(e: Exception) -> str:
-    text = str(e).split("\n")[0] or type(e).__name__
+    text = first_line(e)
     return "not an image file PIL can identify" if "cannot identify image file" in text \
         else text
 
@@ -145,16 +180,34 @@ def _resize(im, w0: int, h0: int, prep: Preprocess):
     if prep.resize == "squash":
         return im.resize(size, bilinear)
     if prep.resize == "crop":
-        s = max(prep.width / w, prep.height / h)
-        bw, bh = prep.width / s, prep.height / s
-        left, top = (w - bw) / 2, (h - bh) / 2
-        return im.resize(size, bilinear, box=(left, top, left + bw, top + bh))
+        return im.resize(size, bilinear, box=crop_box(w0, h0, prep.width, prep.height,
+                                                      w, h))
     s = min(prep.width / w, prep.height / h)
     inner = (max(1, round(w * s)), max(1, round(h * s)))
     canvas = Image.new(im.mode, size, 0)
     canvas.paste(im.resize(inner, bilinear),
                  ((prep.width - inner[0]) // 2, (prep.height - inner[1]) // 2))
     return canvas
+
+
+def crop_box(w0: int, h0: int, tw: int, th: int, w: int | None = None,
+             h: int | None = None) -> tuple[float, float, float, float]:
+    """The region of a w0 x h0 image that ``crop`` resizes to tw x th, as torchvision's
+    ``Resize`` + ``CenterCrop`` choose it: the side that fills the target is scaled to it
+    exactly, the other to ``int(...)`` of its scaled length; the crop's offsets are
+    ``int(round(excess / 2))``. All of it in integers, so the box is never outside the
+    image; given ``w`` x ``h`` (the same image draft-decoded smaller), the box is in those
+    pixels, clamped to them.
+    """
+    if tw * h0 >= th * w0:  # the width fills the target (w0 is the "shorter" side)
+        rw, rh = tw, max(th, h0 * tw // w0)
+    else:
+        rw, rh = max(tw, w0 * th // h0), th
+    left, top = int(round((rw - tw) / 2.0)), int(round((rh - th) / 2.0))
+    w, h = w or w0, h or h0
+    x0, x1 = left * w / rw, (left + tw) * w / rw
+    y0, y1 = top * h / rh, (top + th) * h / rh
+    return (max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1))
 
 
 def decode_many(refs: Sequence, prep: Preprocess, load: Callable | None = None

@@ -8,6 +8,7 @@ of a tar) and its label, and fetches any slice of rows as encoded bytes;
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tarfile
@@ -19,7 +20,7 @@ import numpy as np
 
 from vaefast.data.decode import EXTENSIONS, PIECE, Decoder, Preprocess, infer
 from vaefast.data.sources import Source
-from vaefast.errors import BadFile, VaefastError
+from vaefast.errors import BadFile, VaefastError, first_line
 
 LABEL_COLUMNS = ("label", "labels", "y")
 IMAGE_COLUMNS = ("image", "img", "jpg", "png", "images")
@@ -47,13 +48,18 @@ class Collection:
         return refs if self.load is None else [self.load(r) for r in refs]
 
 
-def read_file(path: str) -> bytes | str:
-    """A file's bytes, or why it cannot be read."""
+def read_file(path: str, what: str = "") -> bytes | str:
+    """A file's bytes, or why it cannot be read (``what`` names it in the reason)."""
     try:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        return f"unreadable ({e.strerror or e})"
+        return f"{what}{path + ' is ' if what else ''}unreadable ({e.strerror or e})"
+
+
+def read_cell(ref: bytes | tuple[str] | str) -> bytes | str:
+    """A table cell's image: its bytes, its file's bytes (a ``(path,)``), or why none."""
+    return read_file(ref[0], "its image file ") if isinstance(ref, tuple) else ref
 
 
 def read_member(place: tuple[str, int, int]) -> bytes | str:
@@ -73,22 +79,36 @@ def read_member(place: tuple[str, int, int]) -> bytes | str:
 
 class Folder(Collection):
     """Image files under ``root``, recursively, by torchvision's ImageFolder rule: the
-    first-level subfolders are the classes (labels in sorted name order); files directly
-    in ``root`` have no label."""
+    first-level subfolders are the classes (labels in sorted name order, as its
+    ``find_classes`` lists them); files directly in ``root`` have no label. Hidden
+    entries (``.ipynb_checkpoints``, ``.DS_Store``, AppleDouble ``._*`` files) are
+    skipped and counted in ``hidden`` (torchvision would list a hidden class folder). A
+    class folder without images is refused, as torchvision refuses it, unless
+    ``allow_empty_classes`` (its ``allow_empty=True``): then it keeps its index."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, allow_empty_classes: bool = False):
         if not root.is_dir():
             raise VaefastError(f"{root}: no such folder")
-        files = sorted(_image_files(str(root), ""))
+        walk = _Walk()
+        files = sorted(walk(str(root), ""))
+        self.hidden, self.allow_empty_classes = walk.hidden, allow_empty_classes
         if not files:
             raise VaefastError(f"{root}: no image files ({', '.join(EXTENSIONS)}) in this "
-                               "folder or below it")
+                               f"folder or below it{saved_dataset_hint(root)}")
         self.root, self.ids = root, files
-        classes = sorted({f.split("/")[0] for f in files if "/" in f})
+        classes = sorted(walk.folders)
         if classes:
+            found = {f.split("/")[0] for f in files if "/" in f}
+            empty = [c for c in classes if c not in found]
+            if empty and not allow_empty_classes:
+                raise VaefastError(
+                    f"{root}: class folder {empty[0]!r} holds no image files"
+                    f"{f' (nor do {len(empty) - 1} more)' if len(empty) > 1 else ''}; "
+                    "torchvision's ImageFolder refuses an empty class too "
+                    "(--allow-empty-classes keeps its label index, as its allow_empty=True)")
             index = {c: k for k, c in enumerate(classes)}
             self.label_names = classes
-            self.labels = np.array([index.get(f.split("/")[0], -1) if "/" in f else -1
+            self.labels = np.array([index[f.split("/")[0]] if "/" in f else -1
                                     for f in files], np.int64)
 
     load = staticmethod(read_file)
@@ -97,96 +117,251 @@ class Folder(Collection):
         return [str(self.root / name) for name in self.ids[start:stop]]
 
 
-def _image_files(folder: str, prefix: str) -> list[str]:
-    """Image files under ``folder``, as paths relative to the walk's root (``os.scandir``:
-    no stat per file, which matters at a million files)."""
-    out = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.is_dir():
-                out += _image_files(entry.path, f"{prefix}{entry.name}/")
-            elif os.path.splitext(entry.name)[1].lower() in EXTENSIONS and entry.is_file():
-                out.append(prefix + entry.name)
-    return out
+class _Walk:
+    """Lists image files under a folder as paths relative to the walk's root
+    (``os.scandir``: no stat per file, which matters at a million files), skipping and
+    counting hidden entries; ``folders`` are the root's visible subfolders."""
+
+    def __init__(self):
+        self.hidden = 0
+        self.folders: list[str] = []
+
+    def __call__(self, folder: str, prefix: str) -> list[str]:
+        out = []
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    self.hidden += 1
+                elif entry.is_dir():
+                    if not prefix:
+                        self.folders.append(entry.name)
+                    out += self(entry.path, f"{prefix}{entry.name}/")
+                elif os.path.splitext(entry.name)[1].lower() in EXTENSIONS and \
+                        entry.is_file():
+                    out.append(prefix + entry.name)
+        return out
 
 
-# --- parquet -----------------------------------------------------------------------------
+# --- tables: parquet files, Hugging Face datasets' arrow files ---------------------------
 
 
-class Parquet(Collection):
-    """Parquet files (one, or every ``*.parquet`` under a folder) with an image column —
-    Hugging Face's ``{bytes, path}`` struct or plain binary — and optionally an integer
-    label column; images are read a row group at a time, never the whole file."""
+class _Table(Collection):
+    """Rows of Arrow tables with an image column — Hugging Face's ``{bytes, path}`` struct
+    (a cell with only a ``path`` is read from that file: absolute, or relative to its
+    table file's folder, as ``datasets`` reads it) or plain binary — and optionally an
+    integer label column, whose names come from the ``ClassLabel`` feature that
+    ``datasets`` records in the schema's ``huggingface`` metadata. Read a piece (a row
+    group, a record batch) at a time, one cached."""
 
-    def __init__(self, path: Path):
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise VaefastError("parquet: inputs need pyarrow: pip install "
-                               "'vaefast[parquet]'") from None
-        files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
-        if not path.exists():
-            raise VaefastError(f"{path}: no such parquet file or folder")
-        if not files:
-            raise VaefastError(f"{path}: no .parquet files in this folder or below it")
-        self.files, self.ids, self.column, labels = [], [], None, []
-        groups = []  # (file index, row group, first row of the group overall)
+    def _setup(self, files: list[Path], root: Path, what: str) -> None:
+        """Lists ``files`` (``_schema``, ``_rows``, ``_pieces`` of each), their ids
+        ``REL:ROW`` and labels."""
+        self.files, self.ids, self.column = files, [], None
+        self._starts_of: list[int] = []
+        labels, pieces, names = [], [], None
         for k, f in enumerate(files):
-            try:
-                meta = pq.ParquetFile(f)
-            except Exception as e:
-                raise VaefastError(f"{f}: not a readable parquet file ({e})") from None
-            names = meta.schema_arrow.names
-            column = self.column or _image_column(meta.schema_arrow, f)
-            if column not in names:
-                raise VaefastError(f"{f}: no column {column!r} like the other files")
+            schema = self._schema(f)
+            features = hf_features(schema)
+            column = _image_column(schema, features, f)
+            if self.column not in (None, column):
+                raise VaefastError(f"{f}: no column {self.column!r} like the other files")
             self.column = column
-            label = next((c for c in LABEL_COLUMNS if c in names), None)
-            rel = f.relative_to(path).as_posix() if path.is_dir() else f.name
-            n, first = meta.metadata.num_rows, len(self.ids)
-            for g in range(meta.num_row_groups):
-                groups.append((k, g, first))
-                first += meta.metadata.row_group(g).num_rows
+            label = next((c for c in LABEL_COLUMNS if c in schema.names), None) or next(
+                (c for c, t in features.items() if isinstance(t, dict)
+                 and t.get("_type") == "ClassLabel" and c in schema.names), None)
+            if label and isinstance(features.get(label), dict):
+                names = features[label].get("names") or names
+            rel = f.relative_to(root).as_posix() if root.is_dir() else f.name
+            first = len(self.ids)
+            for piece, n_piece in enumerate(self._piece_rows(f)):
+                pieces.append((k, piece, first))
+                first += n_piece
+            n = first - len(self.ids)
             self.ids += [f"{rel}:{r}" for r in range(n)]
-            labels.append(_labels(pq.read_table(f, columns=[label])[label], f) if label
+            labels.append(_labels(self._column(f, label), f) if label
                           else np.full(n, -1, np.int64))
-            self.files.append(f)
         if not self.ids:
-            raise VaefastError(f"{path}: the parquet files hold no rows")
+            raise VaefastError(f"{root}: the {what} hold no rows")
         y = np.concatenate(labels)
-        if (y >= 0).any():
+        if names:
+            self.labels, self.label_names = y, [str(v) for v in names]
+        elif (y >= 0).any():
             self.labels = y
             self.label_names = [str(v) for v in np.unique(y[y >= 0])]
-        self._groups = groups
-        self._starts = np.array([g[2] for g in groups])
-        self._cached: tuple[int, Any] | None = None
+        self._pieces = pieces
+        self._starts = np.array([p[2] for p in pieces])
+        self._cached: tuple[int, list] | None = None
 
-    def _group(self, index: int):
-        if self._cached is None or self._cached[0] != index:
-            import pyarrow.parquet as pq
+    load = staticmethod(read_cell)
 
-            k, g, _ = self._groups[index]
-            table = pq.ParquetFile(self.files[k]).read_row_group(g, columns=[self.column])
-            column = table.column(0).combine_chunks()
-            if hasattr(column, "field"):  # {bytes, path} struct
-                column = column.field("bytes")
-            self._cached = (index, column.to_pylist())
-        return self._cached[1]
-
-    def refs(self, start: int, stop: int) -> list[bytes | str]:
-        out: list[bytes | str] = []
+    def refs(self, start: int, stop: int) -> list:
+        """Bytes, a (path,) to read, or a str saying why a cell holds no image."""
+        out: list = []
         while start < stop:
             g = int(np.searchsorted(self._starts, start, side="right")) - 1
-            rows = self._group(g)
+            if self._cached is None or self._cached[0] != g:
+                k, piece, _ = self._pieces[g]
+                self._cached = (g, _cells(self._piece(self.files[k], piece),
+                                          self.files[k].parent))
+            rows = self._cached[1]
             first = int(self._starts[g])
             take = rows[start - first:min(stop - first, len(rows))]
-            out += [b if b is not None else "the image cell is empty" for b in take]
+            out += take
             start += len(take)
         return out
 
 
-def _image_column(schema, path: Path) -> str:
-    """The image column: a {bytes, path} struct or a binary column, by name when several."""
+class Parquet(_Table):
+    """Parquet files: one, or every ``*.parquet`` under a folder."""
+
+    def __init__(self, path: Path):
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise VaefastError("parquet: inputs need pyarrow: pip install "
+                               "'vaefast[parquet]'") from None
+        if not path.exists():
+            raise VaefastError(f"{path}: no such parquet file or folder")
+        files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+        if not files:
+            raise VaefastError(f"{path}: no .parquet files in this folder or below it"
+                               f"{saved_dataset_hint(path)}")
+        self._meta: dict[Path, Any] = {}
+        self._setup(files, path, "parquet files")
+
+    def _file(self, f: Path):
+        if f not in self._meta:
+            import pyarrow.parquet as pq
+
+            try:
+                self._meta[f] = pq.ParquetFile(f)
+            except Exception as e:
+                raise VaefastError(f"{f}: not a readable parquet file ({e})") from None
+        return self._meta[f]
+
+    def _schema(self, f: Path):
+        return self._file(f).schema_arrow
+
+    def _piece_rows(self, f: Path) -> list[int]:
+        meta = self._file(f).metadata
+        return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+
+    def _column(self, f: Path, name: str):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(f, columns=[name])[name]
+
+    def _piece(self, f: Path, piece: int):
+        return self._file(f).read_row_group(piece, columns=[self.column]).column(0)
+
+    def __getstate__(self):  # open file handles stay in the process that opened them
+        return {**self.__dict__, "_meta": {}, "_cached": None}
+
+
+class SavedDataset(_Table):
+    """A Hugging Face ``datasets`` folder written by ``save_to_disk`` (``state.json``,
+    ``dataset_info.json`` and Arrow stream files), or one such ``.arrow`` file; the files
+    are memory-mapped and read a record batch at a time, as ``datasets`` reads them."""
+
+    def __init__(self, path: Path):
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise VaefastError("hf: inputs need pyarrow: pip install "
+                               "'vaefast[parquet]'") from None
+        if not path.exists():
+            raise VaefastError(f"{path}: no such folder or .arrow file")
+        if (path / "dataset_dict.json").is_file():
+            splits = sorted(p.name for p in path.iterdir() if (p / "state.json").is_file())
+            raise VaefastError(f"{path}: a DatasetDict with the splits {', '.join(splits)}; "
+                               f"name one: hf:{path / (splits[0] if splits else 'SPLIT')}")
+        if path.is_dir():
+            state = path / "state.json"
+            if not state.is_file():
+                raise VaefastError(f"{path}: not a Hugging Face save_to_disk folder (no "
+                                   "state.json)")
+            try:
+                files = [path / d["filename"] for d in
+                         json.loads(state.read_text())["_data_files"]]
+            except (ValueError, KeyError, TypeError) as e:
+                raise VaefastError(f"{state}: not a datasets state file ({e})") from None
+        else:
+            files = [path]
+        self._tables: dict[Path, Any] = {}
+        self._info = path / "dataset_info.json" if path.is_dir() else None
+        self._setup(files, path, "arrow files")
+
+    def _table(self, f: Path):
+        if f not in self._tables:
+            import pyarrow as pa
+
+            try:
+                self._tables[f] = pa.ipc.open_stream(pa.memory_map(str(f))).read_all()
+            except Exception as e:
+                raise VaefastError(f"{f}: not a readable Arrow stream file "
+                                   f"({first_line(e)})") from None
+        return self._tables[f]
+
+    def _schema(self, f: Path):
+        schema = self._table(f).schema
+        if b"huggingface" not in (schema.metadata or {}) and self._info is not None \
+                and self._info.is_file():  # older files: the features are in the info
+            features = json.loads(self._info.read_text()).get("features")
+            schema = schema.with_metadata({b"huggingface": json.dumps(
+                {"info": {"features": features}}).encode()})
+        return schema
+
+    def _piece_rows(self, f: Path) -> list[int]:
+        return [b.num_rows for b in self._table(f).to_batches()]
+
+    def _column(self, f: Path, name: str):
+        return self._table(f)[name]
+
+    def _piece(self, f: Path, piece: int):
+        return self._table(f).to_batches()[piece].column(self.column)
+
+    def __getstate__(self):  # the memory maps are opened again where the object goes
+        return {**self.__dict__, "_tables": {}, "_cached": None}
+
+
+def saved_dataset_hint(path: Path) -> str:
+    """A hint when ``path`` is a ``datasets`` save_to_disk folder read as something else."""
+    if path.is_dir() and ((path / "state.json").is_file() or
+                          (path / "dataset_dict.json").is_file()):
+        return f" (it is a Hugging Face save_to_disk folder: write hf:{path})"
+    return ""
+
+
+def hf_features(schema) -> dict:
+    """The ``datasets`` features recorded in an Arrow schema's metadata ({} if none)."""
+    raw = (schema.metadata or {}).get(b"huggingface")
+    try:
+        features = json.loads(raw)["info"]["features"]
+    except (TypeError, ValueError, KeyError):
+        return {}
+    return features if isinstance(features, dict) else {}
+
+
+def _cells(column, base: Path) -> list:
+    """An image column's cells as refs: bytes, a (path,) of a cell that only names its
+    file, or a str saying the cell is empty."""
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_struct(column.type):
+        blobs = column.field("bytes").to_pylist()
+        paths = column.field("path").to_pylist() \
+            if column.type.get_field_index("path") >= 0 else [None] * len(blobs)
+    else:
+        blobs, paths = column.to_pylist(), [None] * len(column)
+    return [b if b is not None else (str(base / p),) if p else "the image cell is empty"
+            for b, p in zip(blobs, paths)]
+
+
+def _image_column(schema, features: dict, path: Path) -> str:
+    """The image column: the ``datasets`` Image feature, else a {bytes, path} struct or a
+    binary column, by name when several."""
     import pyarrow as pa
 
     def is_image(t) -> bool:
@@ -197,7 +372,9 @@ def _image_column(schema, path: Path) -> str:
     if not found:
         raise VaefastError(f"{path}: no image column (a binary column or Hugging Face's "
                            f"{{bytes, path}} struct) among {schema.names}")
-    return next((c for c in IMAGE_COLUMNS if c in found), found[0])
+    tagged = [c for c in found if isinstance(features.get(c), dict)
+              and features[c].get("_type") == "Image"]
+    return next((c for c in tagged + list(IMAGE_COLUMNS) if c in found), found[0])
 
 
 def _labels(column, path: Path) -> np.ndarray:
@@ -377,7 +554,17 @@ class FileSource(Source):
         if not self._ids_sha:
             self._ids_sha = hashlib.sha256("\n".join(self.ids).encode()).hexdigest()
         return {"spec": self.spec, "rows": self.n, "ids_sha256": self._ids_sha,
-                "preprocess": self.preprocess.to_dict()}
+                "preprocess": self.preprocess.to_dict()} | (
+            {"allow_empty_classes": True} if self.allow_empty_classes else {})
+
+    @property
+    def hidden(self) -> int:
+        """Hidden files and folders skipped while listing (an image folder's)."""
+        return getattr(self.collection, "hidden", 0)
+
+    @property
+    def allow_empty_classes(self) -> bool:
+        return getattr(self.collection, "allow_empty_classes", False)
 
     def start(self) -> None:
         """Start the decode processes (when there are enough rows to need them)."""
