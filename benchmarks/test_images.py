@@ -159,7 +159,9 @@ def test_embed_photos_against_a_plain_loop_and_the_bound(benchmark, photo_sets, 
         decode_ms_per_image=1e3 * bound["decode_s"], encode_ms_per_image=1e3 * bound["encode_s"])
     if kind != "folder":
         benchmark.extra_info["rate_vs_folder"] = ratio_spread(runs["folder"], runs[kind])
-    assert mine > 0
+    assert all(np.isfinite(runs[kind])) and np.isfinite(bound_s)
+    if not benchmark.disabled:  # once, on a small set, wall minus start-up may be <= 0
+        assert mine > 0
 
 
 def test_peak_memory_of_a_large_folder(benchmark, tmp_path_factory, request):
@@ -197,4 +199,6 @@ def test_peak_memory_of_a_large_folder(benchmark, tmp_path_factory, request):
     benchmark.extra_info.update(files=n, total_peak_rss_mb=total, **figures)
     shutil.rmtree(root, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
-    assert total < 600
+    assert total > 0
+    if not benchmark.disabled:  # the goal, measured at 100,000 files
+        assert total < 600

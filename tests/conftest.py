@@ -31,3 +31,58 @@ def pytest_collection_modifyitems(config, items):
     from tests import test_sklearn_tsne
 
     test_sklearn_tsne.pytest_collection_modifyitems_for(items)
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test():
+    """Every process a test starts (CLI runs, decode workers, Dask workers), and every
+    process those start, has ended within a few seconds of the test's end — also those
+    a killed run orphaned (reparented away from us, found by their command line)."""
+    import time
+
+    import psutil
+
+    me = psutil.Process()
+    before = {p.pid for p in psutil.process_iter()}
+    start = time.time() - 0.5
+    yield
+    deadline = time.time() + 10
+    while True:
+        left = [p for p in _started_since(psutil, me, before, start) if _alive(p)]
+        if not left or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    left = [p for p in left if _alive(p)]
+    for p in left:
+        p.kill()
+    assert not left, f"processes outlived the test: {[_describe(p) for p in left]}"
+
+
+def _started_since(psutil, me, before: set[int], start: float) -> list:
+    ours = {p.pid for p in me.children(recursive=True)}
+    found = []
+    for p in psutil.process_iter(["pid", "create_time", "cmdline"]):
+        if p.pid in before or p.pid == me.pid or (p.info["create_time"] or 0) < start:
+            continue
+        cmdline = " ".join(p.info["cmdline"] or [])
+        if "multiprocessing.resource_tracker" in cmdline:
+            continue  # multiprocessing's one per process; it ends with its parent
+        if p.pid in ours or "vaefast" in cmdline:
+            found.append(p)
+    return found
+
+
+def _alive(p) -> bool:
+    import psutil
+
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _describe(p) -> str:
+    try:
+        return f"{p.pid} {' '.join(p.cmdline())[:120]}"
+    except Exception:
+        return str(p.pid)

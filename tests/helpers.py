@@ -50,13 +50,16 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, cwd=ROOT)
 
 
-def embed_killed_midway(args: list[str], store: Path, timeout: float = 120) -> None:
-    """Start `vaefast embed ARGS` and SIGKILL it once some, but not all, chunks of ``store``
-    are done."""
+def embed_killed_midway(args: list[str], store: Path, timeout: float = 120,
+                        sig: int | None = None) -> tuple[int, list]:
+    """Start `vaefast embed ARGS`, and once some, but not all, chunks of ``store`` are done
+    send it ``sig`` (default SIGKILL). Returns its exit status and the processes it had
+    started (psutil, taken just before the signal), to check that none is left."""
     import os
     import signal
     import time
 
+    import psutil
     import zarr
 
     proc = subprocess.Popen([sys.executable, "-m", "vaefast.cli", "embed", *args], cwd=ROOT,
@@ -70,8 +73,14 @@ def embed_killed_midway(args: list[str], store: Path, timeout: float = 120) -> N
         except Exception:  # the store does not exist yet
             pass
         time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    children = psutil.Process(proc.pid).children(recursive=True)
+    os.kill(proc.pid, signal.SIGKILL if sig is None else sig)
+    try:  # a leftover process would hold the pipe open: read for a while only
+        embed_killed_midway.stderr = proc.communicate(timeout=10)[1].decode()
+    except subprocess.TimeoutExpired:
+        embed_killed_midway.stderr = "(stderr still held open by a leftover process)"
+        proc.wait()
+    return proc.returncode, children
 
 
 def photo_crops(n: int, height: int = 160, width: int = 200, seed: int = 0) -> np.ndarray:

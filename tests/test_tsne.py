@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -321,19 +322,32 @@ def test_cli_maps_an_embedding_store(tmp_path):
     assert not (tmp_path / "u.npy").exists()
 
 
+class _Clock:
+    """Seconds that pass only when the work says so: the policy's decisions are checked
+    on exact durations, whatever else the machine is doing."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def work(self, seconds_by_threads: dict[int, float]) -> Callable[[], None]:
+        import numba
+
+        def run():
+            self.now += seconds_by_threads[numba.get_num_threads()]
+        return run
+
+
 @pytest.mark.parametrize("slow_threads", [1, 2])
 def test_thread_policy_settles_on_the_faster_thread_count(slow_threads):
-    import time
-
-    import numba
-
     from vaefast.tsne.threads import ThreadPolicy, numba_threads
 
-    def work():  # slow when run on `slow_threads`, as a descheduled pool would be
-        time.sleep(0.004 if numba.get_num_threads() == slow_threads else 0.0005)
-
+    clock = _Clock()
+    work = clock.work({slow_threads: 0.004, 3 - slow_threads: 0.0005})
     with numba_threads(2):
-        policy = ThreadPolicy(2)
+        policy = ThreadPolicy(2, clock=clock)
         for _ in range(200):
             policy.call(work)
     fast = 3 - slow_threads
@@ -343,25 +357,21 @@ def test_thread_policy_settles_on_the_faster_thread_count(slow_threads):
 def test_thread_policy_is_not_moved_by_hiccups_or_unmeasured_calls():
     """Every 50th iteration also computes the KL (~3x longer): left out of the figures.
     A lone slow call (a preempted core) moves the average by at most 30%."""
-    import time
-
-    import numba
-
     from vaefast.tsne.threads import ThreadPolicy, numba_threads
 
-    def work():  # two threads twice as fast as one
-        time.sleep(0.0005 if numba.get_num_threads() == 2 else 0.001)
-
+    clock = _Clock()
+    work = clock.work({2: 0.0005, 1: 0.001})  # two threads twice as fast as one
+    hiccup = clock.work({2: 0.02, 1: 0.02})
     with numba_threads(2):
-        policy = ThreadPolicy(2)
+        policy = ThreadPolicy(2, clock=clock)
         for _ in range(40):
             policy.call(work)
         while policy._probe_left or policy.countdown < 2:  # not at a probe
             policy.call(work)
         before, countdown = dict(policy.seconds), policy.countdown
-        policy.call(lambda: time.sleep(0.02), measure=False)
+        policy.call(hiccup, measure=False)
         assert policy.seconds == before and policy.countdown == countdown
-        policy.call(lambda: time.sleep(0.02))  # a hiccup on the choice in use
+        policy.call(hiccup)  # a hiccup on the choice in use
         assert policy.seconds[2] <= 1.3 * before[2] + 1e-9, (before, policy.seconds)
         assert policy.current == 2
 

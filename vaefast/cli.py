@@ -476,16 +476,19 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vaefast`` console script."""
     parser = build_parser()
     args = parser.parse_args(_ranges_joined(sys.argv[1:] if argv is None else argv))
+    from vaefast.lifeline import Terminated, terminate_as_interrupt
+
     try:
-        args.func(args)
+        with terminate_as_interrupt():
+            args.func(args)
     except VaefastError as e:
         print(f"vaefast {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (timeout, scancel, kubectl)
         print(f"vaefast {args.command}: "
               f"{INTERRUPTED.get(args.command, 'interrupted; nothing was written')}",
               file=sys.stderr)
-        return 130
+        return 128 + (15 if isinstance(e, Terminated) else 2)
     return 0
 
 

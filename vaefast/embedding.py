@@ -285,8 +285,12 @@ def _run_dask(scheduler: str, workers: int, args: tuple, todo: list[int], chunk_
     except ImportError:
         raise VaefastError("--scheduler needs Dask: pip install 'vaefast[dask]'") from None
     if scheduler == "local":
+        import logging
+
+        # silence_logs: the workers' warnings when an interrupt cancels their tasks are
+        # not the user's business (the CLI says what happened in one line)
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+                               dashboard_address=None, silence_logs=logging.ERROR)
         client = Client(cluster)
     elif scheduler.startswith("tcp://"):
         cluster, client = None, Client(scheduler)

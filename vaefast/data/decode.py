@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -246,7 +247,8 @@ class Decoder:
     (cheap, and unlike spawn or forkserver they never re-run the caller's main script, so
     ``vaefast.embed(...)`` works in a script without a ``__main__`` guard); ``start`` forks
     them early, before ONNX Runtime starts its threads, where the platform forks at all
-    (spawned elsewhere).
+    (spawned elsewhere). They end with this process however it ends
+    (``vaefast.lifeline``).
     """
 
     def __init__(self, prep: Preprocess, workers: int | None = None):
@@ -262,9 +264,14 @@ class Decoder:
 
             import PIL.Image  # noqa: F401  (imported once here, inherited by the workers)
 
+            from vaefast.lifeline import die_with_parent
+
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            main = threading.current_thread() is threading.main_thread()
             self._pool = ProcessPoolExecutor(self.workers,
-                                             mp_context=multiprocessing.get_context(method))
+                                             mp_context=multiprocessing.get_context(method),
+                                             initializer=die_with_parent,
+                                             initargs=(os.getpid(), main))
             for _ in range(self.workers):  # fork every worker now (lazily otherwise)
                 self._pool.submit(int)
 

@@ -54,12 +54,15 @@ class ThreadPolicy:
     than twice the average counts as twice the average, so a single hiccup does not
     flip the choice, while a lasting slowdown (a busy neighbour) still shows within a few
     calls.
-    ``history`` counts the calls run on each choice.
+    ``history`` counts the calls run on each choice. ``clock`` gives seconds (a test
+    passes its own, so the policy's decisions are checked without timing noise).
     """
 
     PROBE_CALLS = 2
 
-    def __init__(self, threads: int, probe_every: int = 16, max_every: int = 512):
+    def __init__(self, threads: int, probe_every: int = 16, max_every: int = 512,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
         self.choices = (threads, 1) if threads > 1 else (1,)
         self.seconds: dict[int, float | None] = {c: None for c in self.choices}
         self.current = threads
@@ -92,9 +95,9 @@ class ThreadPolicy:
             probing = True
         threads = other if probing else self.current
         numba.set_num_threads(threads)
-        t0 = time.perf_counter()
+        t0 = self.clock()
         out = fn()
-        elapsed = time.perf_counter() - t0
+        elapsed = self.clock() - t0
         self.history[threads] += 1
         if probing:
             self._probe_left -= 1
