@@ -59,15 +59,17 @@ def no_process_outlives_its_test():
 
 
 def _started_since(psutil, me, before: set[int], start: float) -> list:
+    """Our descendants started since ``start``, and orphans (reparented to init) whose
+    command line names vaefast — not other users' vaefast processes."""
     ours = {p.pid for p in me.children(recursive=True)}
     found = []
-    for p in psutil.process_iter(["pid", "create_time", "cmdline"]):
+    for p in psutil.process_iter(["pid", "ppid", "create_time", "cmdline"]):
         if p.pid in before or p.pid == me.pid or (p.info["create_time"] or 0) < start:
             continue
         cmdline = " ".join(p.info["cmdline"] or [])
         if "multiprocessing.resource_tracker" in cmdline:
             continue  # multiprocessing's one per process; it ends with its parent
-        if p.pid in ours or "vaefast" in cmdline:
+        if p.pid in ours or (p.info["ppid"] == 1 and "vaefast" in cmdline):
             found.append(p)
     return found
 

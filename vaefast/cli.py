@@ -50,7 +50,7 @@ def _export(args: argparse.Namespace) -> None:
     names = parse_names(args.variants) + tuple(
         n for n, alias in (("int8", args.int8), ("fp16", args.fp16)) if alias)
     options = dict(variants=tuple(dict.fromkeys(names)), force=args.force,
-                   **_given(args, "calibration"))
+                   **_given(args, "calibration", "memory_budget"))
     shape = _numbers(args.input_shape, "--input-shape", "C,H,W or D")
     ranges = {name: check_range(_numbers(getattr(args, name), flag, "LO,HI", float), flag)
               for name, flag in (("input_range", "--input-range"),
@@ -331,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default=None, metavar="SPEC",
                    help="calibrated variants (int8-static): calibrate on up to 256 images of "
                         "this data spec (default: the export's example batch)")
+    p.add_argument("--memory-budget", default=None, metavar="SIZE",
+                   help="peak memory every export step keeps within, e.g. 4G or 6000M "
+                        "(default 4G): verification and calibration batches are fitted to "
+                        "it; the batches and each step's peak RSS go in export_report.json")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_export)
 

@@ -8,8 +8,6 @@ chunks and ends identical to an uninterrupted one.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
 import os
 import time
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from vaefast import runtime, store
+from vaefast.memory import trim
 from vaefast.data import Source, preprocess_for, reopen
 from vaefast.errors import BadFile, BadRows, VaefastError
 
@@ -309,17 +308,6 @@ def _run_dask(scheduler: str, workers: int, args: tuple, todo: list[int], chunk_
             cluster.close()
 
 
-def _release_freed_memory() -> None:
-    """Hand the free pages of the C heap back to the system (glibc's ``malloc_trim``;
-    elsewhere nothing): at 1M rows the encoding and the read of the reference rows leave
-    ~60 MB free in malloc's arenas, and the t-SNE map's P comes next (RESULTS.md)."""
-    gc.collect()  # garbage in reference cycles first
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _map(group, tsne_max: int, seed: int, chunk_rows: int, threads: int | None,
          progress: bool, method: str = "exact", skipped: list[int] = ()) -> dict[str, Any]:
     """The t-SNE map of ``mu`` by ``vaefast.tsne.mapping``'s rule, stored resumably: the
@@ -339,7 +327,7 @@ def _map(group, tsne_max: int, seed: int, chunk_rows: int, threads: int | None,
     if found is None:
         index = valid[reference_rows(len(valid), tsne_max, seed)]
         X_ref = store.read_mu(group, index)
-        _release_freed_memory()  # P comes next: the peak of the whole command
+        trim()  # ~60 MB free in malloc's arenas at 1M rows; P, next, is the peak
         reference = fit_reference(X_ref, seed, threads, progress)
         store.save_reference(group, index, reference.embedding)
         stats |= {"kl": reference.kl, "iterations": reference.n_iter + 1,

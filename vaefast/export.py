@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from vaefast import runtime
+from vaefast import memory, runtime
 from vaefast import variants as variants_mod
 from vaefast.atomic import atomic_dir, check_new_output, write_json
 from vaefast.errors import VaefastError, first_line
@@ -314,7 +314,8 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
                seed: int = 0,
                pixel_scale: float = 255.0, image_shape=None,
                training: dict[str, Any] | None = None, architecture: dict | None = None,
-               weights_sha256: str | None = None) -> dict[str, Any]:
+               weights_sha256: str | None = None,
+               memory_budget: int | str | None = None) -> dict[str, Any]:
     """Export any PyTorch VAE to ONNX at ``out``, verify it, and return the report.
 
     ``example`` is a real batch [B, *input_shape] of images as the runtime takes them
@@ -335,11 +336,17 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
     in the report; a calibrated one (``int8-static``) is calibrated on ``calibration``
     (images as ``example`` takes them; default: ``example``) and the latents the fp32
     encoder gives them.
+
+    ``memory_budget`` (bytes, or text such as ``"4G"``; default 4 GB) bounds the peak RSS
+    of every step: verification and calibration batches are fitted to it from measured
+    needs, and the batches used and each step's peak RSS are in the report's ``memory``.
+    A step that cannot fit even at batch 1 fails in one line naming it.
     """
     import torch
 
     out = Path(out)
     check_new_output(out, force)
+    steps = memory.Steps(memory.parse_budget(memory_budget))
     if not isinstance(model, torch.nn.Module):
         raise VaefastError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     known = diffusers_facts(model)
@@ -384,29 +391,41 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
             _export_onnx(enc, dec, x, tmp, meta, probe.multiple is not None)
             write_json(tmp / runtime.MODEL_JSON, meta)
             report = {"tolerance": tolerance,
-                      "fp32": _verify_fp32(enc, dec, tmp, x.numpy(), seed, probe)}
+                      "fp32": _verify_fp32(enc, dec, tmp, x.numpy(), seed, probe, steps)}
             worst = report["fp32"]["max_abs"]
             if not worst <= tolerance:
                 raise VaefastError(f"export failed verification: fp32 max abs error "
                                    f"{worst:.3g} exceeds {tolerance:g}")
+            rows = report["fp32"]["batch_rows"]  # what ONNX Runtime runs within the budget
+            meta["memory"] = {"onnx_bytes_per_row": report["fp32"]["onnx_bytes_per_row"]}
+            write_json(tmp / runtime.MODEL_JSON, meta)
+            memory.trim()
             reference = runtime.load(tmp, providers="cpu", spin=False)
             images = _unit(x.numpy(), input_range)
-            calibrate = None if x_cal is None else _calibration(reference, x_cal.numpy(), seed)
+            calibrate = None if x_cal is None else _calibration(reference, x_cal.numpy(),
+                                                                seed, rows)
             for name in names:
-                facts = variants_mod.write(tmp, name, calibrate)
-                candidate = runtime.load(tmp, providers="cpu", variant=name, spin=False)
-                report[name] = variants_mod.agreement(reference, candidate, images, name) \
-                    | facts
+                with steps.measure(f"{name} quantize", batch=min(rows, 8)):
+                    facts = variants_mod.write(tmp, name, calibrate, min(rows, 8))
+                memory.trim()
+                with steps.measure(f"{name} agreement", batch=rows):
+                    candidate = runtime.load(tmp, providers="cpu", variant=name, spin=False)
+                    report[name] = variants_mod.agreement(reference, candidate, images, name,
+                                                          rows) | facts
+                del candidate
+                memory.trim()
                 if not report[name]["meets_target"]:
                     print(f"warning: the {name} encoder keeps kNN@10 overlap "
                           f"{report[name]['knn10_overlap_vs_fp32']:.3f} < "
                           f"{variants_mod.variant(name).min_overlap}; prefer the fp32 "
                           "models for this one", file=sys.stderr)
             if _has_openvino():  # the other engine's agreement, recorded like a variant's
-                candidate = runtime.load(tmp, providers="openvino", spin=False)
-                report["openvino"] = variants_mod.agreement(reference, candidate, images,
-                                                            "fp32") | {
-                    "precision": candidate.encoder_session.precision}
+                with steps.measure("openvino agreement", batch=rows):
+                    candidate = runtime.load(tmp, providers="openvino", spin=False)
+                    report["openvino"] = variants_mod.agreement(reference, candidate, images,
+                                                                "fp32", rows) | {
+                        "precision": candidate.encoder_session.precision}
+            report["memory"] = steps.report()
             write_json(tmp / "export_report.json", report)
     finally:
         model.train(was_training)
@@ -419,11 +438,14 @@ def _has_openvino() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def _calibration(reference: runtime.ExportedVAE, x: np.ndarray, seed: int
+def _calibration(reference: runtime.ExportedVAE, x: np.ndarray, seed: int, rows: int
                  ) -> dict[str, np.ndarray]:
     """Real inputs of each fp32 model: ``x`` (in the model's range) for the encoder, and
-    the latents it gives them — z = μ + σ·ε, seeded, as sampling feeds the decoder."""
-    mu, logvar = reference.encoder_session.run(["mu", "logvar"], {"x": x})
+    the latents it gives them — z = μ + σ·ε, seeded, as sampling feeds the decoder —
+    encoded ``rows`` at a time."""
+    parts = [reference.encoder_session.run(["mu", "logvar"], {"x": x[s:s + rows]})
+             for s in range(0, len(x), rows)]
+    mu, logvar = (np.concatenate(p) for p in zip(*parts))
     eps = np.random.default_rng(seed).standard_normal(mu.shape).astype(np.float32)
     return {"encoder": x, "decoder": (mu + np.exp(0.5 * logvar) * eps).astype(np.float32)}
 
@@ -503,7 +525,8 @@ def _quiet():
 
 def export(run_dir: str | os.PathLike, out: str | os.PathLike, *,
            variants: Sequence[str] = (), calibration: str | None = None,
-           force: bool = False, tolerance: float = TOLERANCE, seed: int = 0) -> dict[str, Any]:
+           force: bool = False, tolerance: float = TOLERANCE, seed: int = 0,
+           memory_budget: int | str | None = None) -> dict[str, Any]:
     """Export a ``vaefast train`` run folder; verified on the run's test split."""
     from vaefast.train import WEIGHTS, load_run
 
@@ -525,7 +548,8 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, *,
                       pixel_scale=config.get("pixel_scale", 255.0),
                       image_shape=config.get("image_shape"), training=training,
                       architecture=config["model"],
-                      weights_sha256=sha256_file(Path(run_dir) / WEIGHTS))
+                      weights_sha256=sha256_file(Path(run_dir) / WEIGHTS),
+                      memory_budget=memory_budget)
 
 
 def load_module(target: str, weights: str | os.PathLike | None = None):
@@ -625,7 +649,8 @@ def export_module(target: str, out: str | os.PathLike, *, input_shape: tuple[int
                   decoder_output: str = "probs", input_range: tuple[float, float] | None = None,
                   output_range: tuple[float, float] | None = None,
                   variants: Sequence[str] = (), calibration: str | None = None,
-                  force: bool = False, seed: int = 0) -> dict[str, Any]:
+                  force: bool = False, seed: int = 0,
+                  memory_budget: int | str | None = None) -> dict[str, Any]:
     """Export the model ``file.py:function`` builds, verified on ``data``'s test split
     (laid out as ``input_shape``) or, without data, on seeded uniform random inputs."""
     check_new_output(Path(out), force)
@@ -634,7 +659,8 @@ def export_module(target: str, out: str | os.PathLike, *, input_shape: tuple[int
     return export_vae(model, out, decoder_output=decoder_output, input_range=input_range,
                       output_range=output_range, variants=variants, force=force,
                       calibration=_calibration_images(calibration, input_shape),
-                      seed=seed, architecture={"module": target}, **inputs)
+                      seed=seed, architecture={"module": target},
+                      memory_budget=memory_budget, **inputs)
 
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -695,7 +721,8 @@ def export_diffusers(folder: str | os.PathLike, out: str | os.PathLike, *,
                      input_shape: tuple[int, ...] | None = None, data: str | None = None,
                      n_examples: int = 8, variants: Sequence[str] = (),
                      calibration: str | None = None, force: bool = False,
-                     seed: int = 0) -> dict[str, Any]:
+                     seed: int = 0, memory_budget: int | str | None = None
+                     ) -> dict[str, Any]:
     """Export a local diffusers ``AutoencoderKL`` folder: pixel ranges (-1, 1), the
     example size from its config's ``sample_size`` (``input_shape`` overrides), its
     ``scaling_factor`` / ``shift_factor`` recorded; verified on ``data``'s test split or
@@ -709,7 +736,8 @@ def export_diffusers(folder: str | os.PathLike, out: str | os.PathLike, *,
     inputs = _verification_inputs(data, tuple(int(s) for s in input_shape), seed, n_examples)
     return export_vae(model, out, variants=variants, force=force, seed=seed,
                       calibration=_calibration_images(calibration, input_shape),
-                      weights_sha256=sha256_file(weights), **inputs)
+                      weights_sha256=sha256_file(weights), memory_budget=memory_budget,
+                      **inputs)
 
 
 def load_eager(exported_dir: str | os.PathLike):
@@ -855,52 +883,77 @@ def _to_onnx(module, example, ins, outs, dynamic_shapes):
     return run({k: v | {0: Dim.DYNAMIC} for k, v in dynamic_shapes.items()})
 
 
-def _verify_fp32(enc, dec, folder: Path, X: np.ndarray, seed: int,
-                 probe: Probe) -> dict[str, Any]:
+def _verify_fp32(enc, dec, folder: Path, X: np.ndarray, seed: int, probe: Probe,
+                 steps: memory.Steps) -> dict[str, Any]:
     """ONNX Runtime against eager on the example, on random batches, and (fully
     convolutional models) at a second image size; inputs in the model's own range, fed
-    to the bare sessions."""
+    to the bare sessions. Eager and ONNX Runtime each run in batches fitted to the
+    memory budget (``vaefast.memory.fit_batch``), recorded with each one's peak RSS."""
     import torch
 
     vae = runtime.load(folder, providers="cpu", spin=False)
     rng = np.random.default_rng(seed)
     lo, hi = vae.input_range
 
-    def compare(x: np.ndarray, z: np.ndarray | None = None):
-        """Errors of ORT against eager on x (and on z, default: the eager μ of x)."""
+    def inputs(b: int, shape=None) -> np.ndarray:
+        return (rng.random((b, *(shape or vae.input_shape)), dtype=np.float32)
+                * np.float32(hi - lo) + np.float32(lo))
+
+    cases = [("test_split", np.ascontiguousarray(X, np.float32), None)]
+    for b in CHECK_BATCHES:
+        if b <= 7 or b * vae.input_dim <= CHECK_VALUES:
+            cases.append((str(b), inputs(b),
+                          rng.standard_normal((b, *vae.latent_shape), dtype=np.float32)))
+    if probe.second_size is not None:
+        cases.append(("second_size", inputs(2, (vae.input_shape[0], *probe.second_size)),
+                      None))
+    most = max(len(x) for _, x, _ in cases)
+
+    def eager(x: np.ndarray, z: np.ndarray | None):
         with torch.no_grad():
             mu, logvar = (t.numpy() for t in enc(torch.from_numpy(x)))
-            z = mu if z is None else z
-            x_hat = dec(torch.from_numpy(z)).numpy()
-        o_mu, o_logvar = vae.encoder_session.run(None, {"x": x})
-        o_x_hat = vae.decoder_session.run(None, {"z": z})[0]
-        errors = {"n": len(x), "mu": max_errors(o_mu, mu),
-                  "logvar": max_errors(o_logvar, logvar), "x_hat": max_errors(o_x_hat, x_hat)}
-        return errors, mu, o_mu
+            return mu, logvar, dec(torch.from_numpy(mu if z is None else z)).numpy()
 
-    example, mu_eager, mu_onnx = compare(np.ascontiguousarray(X, np.float32))
-    flat = (len(X), -1)
-    example["knn10_overlap"] = knn_overlap(mu_onnx.reshape(flat), mu_eager.reshape(flat),
-                                           min(10, len(X) - 1))
-    random = {}
-    for b in CHECK_BATCHES:
-        if b > 7 and b * vae.input_dim > CHECK_VALUES:
-            continue
-        x = (rng.random((b, *vae.input_shape), dtype=np.float32) * np.float32(hi - lo)
-             + np.float32(lo))
-        z = rng.standard_normal((b, *vae.latent_shape), dtype=np.float32)
-        random[str(b)] = compare(x, z)[0]
-    parts = [example, *random.values()]
-    result = {"test_split": example, "random": random}
-    if probe.second_size is not None:
-        size = probe.second_size
-        x = (rng.random((2, vae.input_shape[0], *size), dtype=np.float32) * np.float32(hi - lo)
-             + np.float32(lo))
-        result["second_size"] = compare(x)[0] | {"size": list(size)}
-        parts.append(result["second_size"])
+    def onnx(x: np.ndarray, z: np.ndarray):
+        mu, logvar = vae.encoder_session.run(None, {"x": x})
+        return mu, logvar, vae.decoder_session.run(None, {"z": z})[0]
+
+    def sliced(run, x, z, batch):  # (mu, logvar, x_hat) of x (and z) in slices
+        parts = [run(x[s:s + batch], None if z is None else z[s:s + batch])
+                 for s in range(0, len(x), batch)]
+        return [np.concatenate(p) for p in zip(*parts)]
+
+    batch, _ = memory.fit_batch(lambda b: eager(inputs(b), None), most, steps.budget,
+                                "eager verification")
+    with steps.measure("eager verify", batch=batch):
+        theirs = [sliced(eager, x, z, batch) for _, x, z in cases]
+    memory.trim()
+    batch_onnx, per_row = memory.fit_batch(
+        lambda b: onnx(inputs(b), rng.standard_normal((b, *vae.latent_shape), np.float32)),
+        most, steps.budget, "ONNX Runtime verification")
+    with steps.measure("onnx verify", batch=batch_onnx):
+        ours = [sliced(onnx, x, theirs[k][0] if z is None else z, batch_onnx)
+                for k, (_, x, z) in enumerate(cases)]
+    result: dict[str, Any] = {"random": {}}
+    for (name, x, _), (mu, logvar, x_hat), (o_mu, o_logvar, o_x_hat) in zip(cases, theirs,
+                                                                             ours):
+        errors = {"n": len(x), "mu": max_errors(o_mu, mu), "logvar": max_errors(o_logvar, logvar),
+                  "x_hat": max_errors(o_x_hat, x_hat)}
+        if name == "test_split":
+            flat = (len(x), -1)
+            errors["knn10_overlap"] = knn_overlap(o_mu.reshape(flat), mu.reshape(flat),
+                                                  min(10, len(x) - 1))
+            result["test_split"] = errors
+        elif name == "second_size":
+            result["second_size"] = errors | {"size": list(probe.second_size)}
+        else:
+            result["random"][name] = errors
+    parts = [result["test_split"], *result["random"].values()] + (
+        [result["second_size"]] if "second_size" in result else [])
     worst = max(p[k]["max_abs"] for p in parts for k in ("mu", "logvar", "x_hat"))
     worst_rel = max(p[k]["max_rel"] for p in parts for k in ("mu", "logvar", "x_hat"))
-    return result | {"max_abs": worst, "max_rel": worst_rel, "providers": vae.providers}
+    return result | {"max_abs": worst, "max_rel": worst_rel, "providers": vae.providers,
+                     "batch_rows": batch_onnx, "onnx_bytes_per_row": per_row}
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
 SHA_KEY = "vaefast.weights_sha256"
 DEFAULT_BATCH = 4096
+BATCH_BYTES = 256 << 20  # default batches: at most this much memory for what a row creates
 
 
 def read_model_json(folder: str | os.PathLike) -> dict[str, Any]:
@@ -92,6 +93,11 @@ class ExportedVAE:
         shape = meta.get("image_shape")
         self.image_shape = tuple(shape) if shape else None
         self.label_names = meta.get("label_names")
+        per_row = (meta.get("memory") or {}).get("onnx_bytes_per_row")
+        #: rows per ONNX Runtime call by default: 4,096, fewer where the export measured
+        #: that a row's activations are large (attention over 64x64 latents: ~20 MB)
+        self.batch_rows = int(min(DEFAULT_BATCH, max(1, BATCH_BYTES // per_row))) \
+            if per_row else DEFAULT_BATCH
         self.on_gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self._encoder_run, self._decoder_run = encoder.run, decoder.run
         # the fast path of encode/decode: CPU, [0, 1] inputs, outputs already in [0, 1]
@@ -209,9 +215,10 @@ class ExportedVAE:
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
-    def encode(self, X: np.ndarray, batch_size: int = DEFAULT_BATCH) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, X: np.ndarray, batch_size: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """Posterior means and log-variances, each [N, *latent_shape] float32, in batches
-        of ``batch_size``.
+        of ``batch_size`` (default ``batch_rows``).
 
         Inputs are uint8 pixels or floats in [0, 1] (the one pixel rule; a NaN, inf or
         out-of-range value is an error naming its row), mapped into the model's input
@@ -222,6 +229,7 @@ class ExportedVAE:
         finite on batches of 1 to 4,096 in-range inputs, and right after ONNX Runtime runs,
         any numpy call costs ~3 µs here (measured in RESULTS.md).
         """
+        batch_size = self.batch_rows if batch_size is None else batch_size
         if self._straight and type(X) is np.ndarray and X.dtype == np.float32 \
                 and X.shape[1:] == self.input_shape and X.flags.c_contiguous \
                 and 0 < len(X) <= batch_size:
@@ -274,9 +282,11 @@ class ExportedVAE:
                                f"this model expects float {describe(self.latent_shape)}")
         return Z
 
-    def decode(self, Z: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+    def decode(self, Z: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Decoded images [N, *input_shape] float32 in [0, 1] (mapped from the model's
-        output range) from latents [N, *latent_shape]."""
+        output range) from latents [N, *latent_shape], in batches of ``batch_size``
+        (default ``batch_rows``)."""
+        batch_size = self.batch_rows if batch_size is None else batch_size
         if self._straight and type(Z) is np.ndarray and Z.dtype == np.float32 \
                 and Z.shape[1:] == self.latent_shape and Z.flags.c_contiguous \
                 and 0 < len(Z) <= batch_size and self._display_is_output:
@@ -307,7 +317,7 @@ class ExportedVAE:
         """Decoded z ~ N(0, I): [n, *input_shape]; mu and sigma are bypassed entirely."""
         return self.decode(self.sample_z(n, seed))
 
-    def reconstruct(self, X: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+    def reconstruct(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """decode(mu(X)): the deterministic reconstruction, [N, *input_shape] float32."""
         return self.decode(self.encode(X, batch_size)[0], batch_size)
 

@@ -23,7 +23,8 @@ INT8_MIN_OVERLAP = 0.9  # kNN@10 overlap the int8 encoder must keep against fp32
 TIMING_VALUES = 1_000_000  # static int8 picks its faster format on a batch this large
 
 
-def _write_int8(src: Path, dst: Path, inputs: np.ndarray | None = None) -> tuple[Any, dict]:
+def _write_int8(src: Path, dst: Path, inputs: np.ndarray | None = None, rows: int = 8
+                ) -> tuple[Any, dict]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -37,13 +38,18 @@ def _write_int8(src: Path, dst: Path, inputs: np.ndarray | None = None) -> tuple
     return onnx.load(str(dst)), {}
 
 
-def _write_int8_static(src: Path, dst: Path, inputs: np.ndarray | None = None
-                       ) -> tuple[Any, dict]:
+def _write_int8_static(src: Path, dst: Path, inputs: np.ndarray | None = None,
+                       rows: int = 8) -> tuple[Any, dict]:
     """Static int8 (ONNX Runtime's ``quantize_static``): per-channel int8 weights, uint8
     activations whose ranges are calibrated on ``inputs`` (real inputs of this model, in
     its own range), convolutions included. Both formats are tried — QDQ (quantize /
     dequantize pairs ONNX Runtime fuses) and QOperator (QLinearConv, ...); some graphs
-    refuse one — and the faster on ``inputs`` is kept."""
+    refuse one — one after the other, and the faster on ``inputs`` is kept.
+
+    Calibration streams: ``rows`` inputs a batch, and the MinMax ranges of each batch's
+    every intermediate tensor are merged into running minima and maxima before the next
+    batch runs (ONNX Runtime's calibrator otherwise keeps all of every batch's tensors:
+    the SD-VAE's were OOM-killed at 24 GB). The ranges, so the model, are the same."""
     import tempfile
     import time
 
@@ -55,19 +61,30 @@ def _write_int8_static(src: Path, dst: Path, inputs: np.ndarray | None = None
 
     logging.getLogger().setLevel(logging.ERROR)
     name = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-    step = max(1, min(8, len(inputs)))
+    step = max(1, min(rows, len(inputs)))
 
     class Batches(CalibrationDataReader):
+        """The calibration inputs, ``step`` rows a batch; ``set_range`` (ONNX Runtime's
+        strided calibration) hands out a few batches at a time."""
+
         def __init__(self):
+            self.starts = list(range(0, len(inputs), step))
+            self.set_range(0, len(self.starts))
+
+        def __len__(self):
+            return len(self.starts)
+
+        def set_range(self, start_index: int, end_index: int):
             self.batches = iter([{name: inputs[i:i + step]}
-                                 for i in range(0, len(inputs), step)])
+                                 for i in self.starts[start_index:end_index]])
 
         def get_next(self):
             return next(self.batches, None)
 
     def seconds(path: Path) -> float:  # on a batch of about a million input values
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        feed = {name: inputs[:max(1, TIMING_VALUES // int(np.prod(inputs.shape[1:])))]}
+        feed = {name: inputs[:max(1, min(rows, TIMING_VALUES //
+                                          int(np.prod(inputs.shape[1:]))))]}
         session.run(None, feed)
         times = []
         for _ in range(3):
@@ -85,7 +102,11 @@ def _write_int8_static(src: Path, dst: Path, inputs: np.ndarray | None = None
             try:
                 quantize_static(str(pre), str(path), Batches(), quant_format=fmt,
                                 per_channel=True, weight_type=QuantType.QInt8,
-                                activation_type=QuantType.QUInt8)
+                                activation_type=QuantType.QUInt8,
+                                # one batch's tensors at a time, ranges merged (its
+                                # CalibMaxIntermediateOutputs clears batches without
+                                # merging their ranges in onnxruntime 1.32)
+                                extra_options={"CalibStridedMinMax": 1})
                 tried[fmt.name] = seconds(path)
             except Exception as e:  # e.g. "shared mode is not supported for weight yet"
                 tried[fmt.name] = f"failed: {first_line(e, 160)}"
@@ -98,7 +119,8 @@ def _write_int8_static(src: Path, dst: Path, inputs: np.ndarray | None = None
                    "seconds_by_format": tried}
 
 
-def _write_fp16(src: Path, dst: Path, inputs: np.ndarray | None = None) -> tuple[Any, dict]:
+def _write_fp16(src: Path, dst: Path, inputs: np.ndarray | None = None, rows: int = 8
+                ) -> tuple[Any, dict]:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -161,11 +183,12 @@ def model_files(name: str = "fp32") -> tuple[str, str]:
     return f"encoder{s}.onnx", f"decoder{s}.onnx"
 
 
-def write(folder: Path, name: str, calibration: dict[str, np.ndarray] | None = None
-          ) -> dict[str, Any]:
+def write(folder: Path, name: str, calibration: dict[str, np.ndarray] | None = None,
+          rows: int = 8) -> dict[str, Any]:
     """Write variant ``name`` of the fp32 models in ``folder``, checked, metadata kept;
     ``calibration`` gives a calibrated variant real inputs of each model ({"encoder": x
-    in the model's range, "decoder": z}). Returns the writers' facts by model."""
+    in the model's range, "decoder": z}), run ``rows`` at a time (what fits the memory
+    budget). Returns the writers' facts by model."""
     import onnx
 
     entry = variant(name)
@@ -174,7 +197,7 @@ def write(folder: Path, name: str, calibration: dict[str, np.ndarray] | None = N
     facts = {}
     for part, src, dst in zip(("encoder", "decoder"), model_files("fp32"), model_files(name)):
         proto, facts[part] = entry.write(folder / src, folder / dst,
-                                         (calibration or {}).get(part))
+                                         (calibration or {}).get(part), rows)
         proto.doc_string = f"vaefast {dst}: {name} variant of {src}"
         props = {p.key: p.value for p in onnx.load(str(folder / src)).metadata_props}
         props["vaefast.variant"] = json.dumps(name)
@@ -193,18 +216,21 @@ def parse_names(text: str | None) -> tuple[str, ...]:
     return names
 
 
-def agreement(reference, candidate, X: np.ndarray, name: str) -> dict[str, Any]:
+def agreement(reference, candidate, X: np.ndarray, name: str, rows: int | None = None
+              ) -> dict[str, Any]:
     """Figures of ``candidate`` (an ExportedVAE of variant ``name``) against the fp32
-    ``reference`` on inputs X: μ errors, kNN@10 overlap of μ, reconstruction PSNR."""
+    ``reference`` on inputs X, run ``rows`` at a time: μ errors, kNN@10 overlap of μ,
+    reconstruction PSNR."""
     from vaefast.metrics import knn_overlap, max_errors, psnr
 
-    mu32 = reference.encode(X)[0]
-    mu = candidate.encode(X)[0]
+    mu32 = reference.encode(X, rows)[0]
+    mu = candidate.encode(X, rows)[0]
     overlap = knn_overlap(mu.reshape(len(mu), -1), mu32.reshape(len(mu), -1), 10)
     wanted = variant(name).min_overlap
     errors = max_errors(mu, mu32)
     return {"mu_rel_error": errors["max_rel"], "mu_max_abs_error": errors["max_abs"],
             "knn10_overlap_vs_fp32": overlap,
             "meets_target": bool(wanted is None or overlap >= wanted),
-            "recon_psnr_db_vs_fp32": psnr(candidate.decode(mu32), reference.decode(mu32)),
+            "recon_psnr_db_vs_fp32": psnr(candidate.decode(mu32, rows),
+                                          reference.decode(mu32, rows)),
             "evaluated_on": f"{len(X)} rows, providers {candidate.providers}"}

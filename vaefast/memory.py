@@ -1,0 +1,139 @@
+"""Memory as a budget: peak RSS measured per step, batch sizes fitted to what a step
+needs per row.
+
+A step's need is measured, not guessed from input sizes: the process's peak RSS
+(``VmHWM``, reset through ``/proc/self/clear_refs``) is read around one call at batch 1
+and one at batch 2; the difference is the memory one more row costs, the rest is fixed.
+The batch then fitted is the largest that keeps ``budget - RSS now`` free, stepped down
+and measured again if the call at that batch still goes over. Where the peak cannot be
+reset (not Linux), a step's RSS growth stands in for it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any, Callable
+
+from vaefast.errors import VaefastError
+
+DEFAULT_BUDGET = 4 << 30  # leaves room on a 16 GB laptop; --memory-budget changes it
+MB = 1 << 20
+_UNITS = {"": MB, "k": 1 << 10, "m": MB, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_budget(text: str | int | float | None) -> int:
+    """``"4G"``, ``"4096M"``, ``"4GB"``, ``"2.5g"`` or a number of MB -> bytes."""
+    if text is None:
+        return DEFAULT_BUDGET
+    if isinstance(text, (int, float)):
+        return int(text * MB)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise VaefastError(f"memory budget {text!r}: write it as 4G, 4096M or 2.5GB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _status(key: str) -> int:
+    """A VmXXX line of /proc/self/status in bytes (0 where there is none)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def rss() -> int:
+    """Resident memory now, in bytes."""
+    now = _status("VmRSS")
+    if now:
+        return now
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # the best we have
+    return peak * (1 if sys.platform == "darwin" else 1024)
+
+
+def reset_peak() -> bool:
+    """Start a new peak-RSS window (Linux: ``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak() -> int:
+    """Peak RSS since the last ``reset_peak`` (or the process's start), in bytes."""
+    return _status("VmHWM") or rss()
+
+
+class Steps:
+    """Peak RSS of named steps, for a report: ``with steps("eager verify", batch=b):``."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.figures: dict[str, dict[str, Any]] = {}
+
+    def measure(self, name: str, **facts):
+        steps = self
+
+        class _Step:
+            def __enter__(self):
+                reset_peak()
+                return self
+
+            def __exit__(self, *exc):
+                steps.figures[name] = facts | {"peak_rss_mb": round(peak() / MB, 1)}
+                return False
+
+        return _Step()
+
+    def report(self) -> dict[str, Any]:
+        return {"budget_mb": round(self.budget / MB), "steps": self.figures}
+
+
+def fit_batch(call: Callable[[int], Any], most: int, budget: int, step: str
+              ) -> tuple[int, int]:
+    """The largest batch <= ``most`` that ``call(batch)`` runs in while the process stays
+    within ``budget`` bytes — measured at 1 and 2 rows, extrapolated, and checked (halved
+    while over) — and the bytes one more row costs. One line naming the step, its need
+    and the budget if even one row does not fit."""
+    need = {}
+    for b in (1, 2)[:most]:
+        reset_peak()
+        before = rss()
+        call(b)
+        need[b] = max(peak(), before)
+    if need[1] > budget:
+        raise VaefastError(f"{step} needs {need[1] / MB:,.0f} MB at batch 1, over the memory "
+                           f"budget of {budget / MB:,.0f} MB; raise it with --memory-budget")
+    if most == 1:
+        return 1, need[1]
+    per_row = max(need[2] - need[1], 1 << 16)
+    batch = int(min(most, 2 + (budget - need[2]) // per_row)) if budget > need[2] else 1
+    while batch > 2:
+        reset_peak()
+        call(batch)
+        if peak() <= budget:
+            break
+        batch //= 2
+    return max(1, batch), per_row
+
+
+def trim() -> None:
+    """Hand the free pages of the C heap back to the system (glibc's ``malloc_trim``;
+    elsewhere nothing), garbage in reference cycles first, so one step's garbage does not
+    count against the next."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
