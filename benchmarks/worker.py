@@ -43,10 +43,10 @@ def _runner(kind: str, folder: Path, threads: int, module: str | None):
     ``finish`` (untimed) put inputs into and outputs out of what that runtime's users hold
     — tensors in the model's own range for eager PyTorch and bare sessions, [0, 1] arrays
     for vaefast.runtime — and ``run`` is the call users make (timed)."""
-    from vaefast import runtime
+    from vaefast import engines, manifest, runtime
 
-    meta = runtime.read_model_json(folder)
-    shape, z = runtime.input_shape(meta), runtime.latent_shape(meta)
+    meta = manifest.read_model_json(folder)
+    shape, z = manifest.input_shape(meta), manifest.latent_shape(meta)
     lo, hi = meta.get("input_range") or (0.0, 1.0)
     olo, ohi = meta.get("output_range") or (0.0, 1.0)
     logits = meta.get("decoder_output") == "logits"
@@ -102,7 +102,7 @@ def _runner(kind: str, folder: Path, threads: int, module: str | None):
 
         from vaefast.variants import model_files
 
-        options = runtime.session_options(threads, spin=True)
+        options = engines.session_options(threads, spin=True)
         sessions = {part: ort.InferenceSession(str(folder / name), options,
                                                providers=["CPUExecutionProvider"])
                     for part, name in zip(("encoder", "decoder"), model_files(variant))}

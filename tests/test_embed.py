@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import EXPORTED, ROOT, embed_killed_midway, run_cli, write_idx
-from vaefast import runtime
+from vaefast import manifest, runtime
 from vaefast.embedding import embed
 from vaefast.store import open_embeddings
 from vaefast.errors import VaefastError
@@ -46,7 +46,7 @@ def test_embed_streams_a_large_npy_into_zarr(big_npy, reference_mu, tmp_path):
     np.testing.assert_array_equal(group["mu"][:], reference_mu)
     assert group["logvar"].shape == (200_000, 20) and group["mu"].chunks == (50_000, 20)
     attrs = dict(group.attrs)["vaefast"]
-    meta = runtime.read_model_json(MODEL)
+    meta = manifest.read_model_json(MODEL)
     assert attrs["complete"] and attrs["model_sha256"] == meta["weights_sha256"]
     assert attrs["input"]["rows"] == 200_000 and attrs["params"]["chunk_rows"] == 50_000
     assert stats["rows"] == 200_000 and stats["rows_per_s"] > 0

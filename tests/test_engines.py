@@ -98,3 +98,48 @@ def test_bench_recommend_names_the_fastest_candidate_that_agrees():
     lines = result.stdout.splitlines()
     assert any(line.startswith("| onnxruntime | int8-static |") for line in lines)
     assert lines[-1].startswith("recommended: runtime.load(MODEL, providers=")
+
+
+def test_a_new_engine_is_one_entry(monkeypatch, capsys):
+    """An engine added to ``ENGINES`` (here ONNX Runtime again under another name, with a
+    precision of its own) reaches runtime.load, bench recommend's candidates and the CLI's
+    help with no other edit."""
+    from dataclasses import replace
+
+    from vaefast import engines, recommend
+    from vaefast.cli import build_parser
+
+    ort = engines.ENGINES["onnxruntime"]
+    fake = replace(ort, name="shadow", providers=("shadow",),
+                   describe="the shadow engine, for this test", cpu="",
+                   chain=lambda p: engines.ENGINES["onnxruntime"].chain("cpu"),
+                   precisions=lambda: ("s8",), all_variants=False, report_key="shadow",
+                   label="Shadow")
+    monkeypatch.setitem(engines.ENGINES, "shadow", fake)
+    vae = runtime.load(CONV, providers="shadow")
+    assert vae.engine == "shadow"
+    assert vae.encode(np.zeros((2, 1, 28, 28), np.uint8))[0].shape == (2, 16)
+    rows = [c for c in recommend.candidates(CONV) if c["engine"] == "shadow"]
+    assert rows == [{"engine": "shadow", "variant": "fp32", "providers": "shadow",
+                     "precision": "s8"}]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["embed", "--help"])
+    assert "shadow: the shadow engine, for this test" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_resume_with_another_engine_is_refused_naming_both(tmp_path):
+    """The engine and its precision are part of a store's identity: rows from two engines
+    never share a store."""
+    pytest.importorskip("openvino")
+    from tests.helpers import embed_killed_midway
+
+    X = np.random.default_rng(0).integers(0, 256, (60_000, 28, 28), np.uint8)
+    np.save(tmp_path / "x.npy", X)
+    out = tmp_path / "e.zarr"
+    args = [str(CONV), str(tmp_path / "x.npy"), "--out", str(out), "--chunk-rows", "2048",
+            "--quiet", "--threads", "1"]
+    embed_killed_midway(args, out)
+    result = run_cli("embed", *args, "--providers", "openvino")
+    error = result.stderr.strip().splitlines()[-1]  # after OpenVINO's agreement note
+    assert result.returncode == 2 and error.startswith("vaefast embed: error:")
+    assert "engine onnxruntime -> openvino" in error, result.stderr

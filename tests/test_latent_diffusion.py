@@ -157,6 +157,27 @@ def test_bad_diffusers_folders_fail_in_one_line(kl_folder, tmp_path, spoil, mess
     assert not (tmp_path / "e").exists()
 
 
+def test_a_step_over_the_memory_budget_fails_in_one_line(kl_folder, tmp_path):
+    """A budget below what one row needs: one line naming the step, its need and the
+    budget, exit 2, nothing left behind — never a kernel kill."""
+    import re
+
+    result = run_cli("export", "--diffusers", str(kl_folder), "--out", str(tmp_path / "e"),
+                     "--memory-budget", "200M")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert re.search(r"verification needs [\d,]+ MB at batch 1, over the memory budget of "
+                     r"200 MB", result.stderr), result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_report_gives_each_steps_batch_and_peak_memory(kl_export):
+    report = json.loads((kl_export[0] / "export_report.json").read_text())
+    steps = report["memory"]["steps"]
+    assert report["memory"]["budget_mb"] == 4096
+    assert {"eager verify", "onnx verify"} <= set(steps)
+    assert all(s["batch"] >= 1 and 0 < s["peak_rss_mb"] <= 4096 for s in steps.values())
+
+
 @pytest.fixture(scope="module")
 def photos_npy(photos, tmp_path_factory):
     path = tmp_path_factory.mktemp("photos") / "photos.npy"

@@ -192,3 +192,43 @@ def test_tsne_cli_maps_ten_points_with_the_small_n_perplexity(tmp_path):
                      "--quiet")
     assert result.returncode == 0, result.stderr
     assert np.load(tmp_path / "y.npy").shape == (10, 2)
+
+
+# --- one owner per concept ----------------------------------------------------------------
+
+
+def _compared_names(path: Path, names: set[str]) -> list[str]:
+    """``x == "name"`` / ``x in ("name", ...)`` tests of a table entry's name in a module,
+    and ONNX Runtime provider names spelled out."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            consts = [c for side in sides for c in (side.elts if isinstance(
+                side, (ast.Tuple, ast.List, ast.Set)) else [side])
+                if isinstance(c, ast.Constant) and c.value in names]
+            if consts:
+                found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                "ExecutionProvider" in node.value:
+            found.append(f"{path.name}:{node.lineno}: {node.value}")
+    return found
+
+
+def test_engines_and_variants_are_tested_by_name_only_by_their_owners():
+    """Callers read an engine's or a variant's properties; only ``engines.py`` names ONNX
+    Runtime providers or tests an engine by name, only ``variants.py`` a variant."""
+    from vaefast.engines import ENGINES, provider_names
+    from vaefast.variants import VARIANTS
+
+    names = set(ENGINES) | set(provider_names()) | set(VARIANTS)
+    owners = {"engines.py", "variants.py"}
+    found = [hit for path in PACKAGE.rglob("*.py") if path.name not in owners
+             and "tsne" not in path.parts for hit in _compared_names(path, names)]
+    assert not found, found
+
+
+def test_data_readers_do_not_import_the_store():
+    for path in (PACKAGE / "data").glob("*.py"):
+        assert not {m for m in imports(module_name(path)) if m.startswith("vaefast.store")}, path
+

@@ -92,7 +92,7 @@ def _tsne(args: argparse.Namespace) -> None:
     import numpy as np
 
     from vaefast.atomic import atomic_file
-    from vaefast.data import read_points
+    from vaefast.points import read_points
     from vaefast.tsne import TSNE
 
     from vaefast.tsne.mapping import perplexity_for
@@ -114,8 +114,7 @@ def _tsne(args: argparse.Namespace) -> None:
 def _embed(args: argparse.Namespace) -> None:
     from vaefast.embedding import embed
 
-    if args.variant not in (None, "fp32") or args.providers == "openvino":
-        _print_agreement(args.model, args.variant or "fp32", args.providers)
+    _print_agreement(args.model, args.variant or "fp32", args.providers)
     stats = embed(args.model, args.input, args.out, tsne=args.tsne, force=args.force,
                   skip_bad=args.skip_bad, progress=not args.quiet, **_given(
                       args, "batch_size", "chunk_rows", "dtype", "tsne_max", "tsne_transform",
@@ -159,20 +158,23 @@ def _embeddings(args: argparse.Namespace) -> None:
 
 
 def _print_agreement(model: str, variant: str, providers: str | None = None) -> None:
-    """The variant's (or OpenVINO's) agreement with fp32, from the export report, before
-    using it."""
-    from pathlib import Path
+    """How the variant, or the engine, agrees with ONNX Runtime fp32 (from the export
+    report), printed before using it; nothing for the reference itself."""
+    from vaefast import engines, manifest
+    from vaefast.variants import REFERENCE
+    from vaefast.variants import variant as variant_entry
 
-    from vaefast.atomic import read_json
-    from vaefast.runtime import load
-
-    load(model, providers="cpu", variant=variant, spin=False)  # a missing variant: refused
-    path = Path(model) / "export_report.json"
-    report = read_json(path) if path.is_file() else {}
-    name = "openvino" if providers == "openvino" and variant == "fp32" else variant
-    r = report.get(name)
+    variant_entry(variant)  # an unknown name: refused with the table's names
+    key = engines.engine_for(providers or engines.DEFAULT_PROVIDERS).report_key
+    if variant == REFERENCE and key is None:
+        return
+    meta = manifest.read_model_json(model)
+    if "variants" in meta and variant not in meta["variants"]:
+        return  # runtime.load refuses it next, naming the variants the model has
+    name, r = manifest.agreement(manifest.read_report(model), variant, key)
     if r is None:
-        print(f"note: {path} has no {name} figures", file=sys.stderr)
+        print(f"note: {model}'s {manifest.REPORT_JSON} has no {name} figures",
+              file=sys.stderr)
         return
     print(f"{name} against fp32 (export report): kNN@10 overlap "
           f"{r['knn10_overlap_vs_fp32']:.3f}, μ rel error {r['mu_rel_error']:.2e}, "
@@ -231,12 +233,12 @@ class _RegistryHelp(argparse.HelpFormatter):
             return lead + "; ".join(f"{name}: {what}" for name, what in table.items()) + \
                 f" (default {next(iter(table))})"
         if action.dest in ("variants", "variant"):
-            from vaefast.variants import VARIANTS
+            from vaefast.variants import REFERENCE, VARIANTS
 
             lead = "variants to write beside fp32, comma-separated: " if action.dest == \
                 "variants" else "exported model variant to run (default fp32): "
             return lead + "; ".join(f"{name}: {v.purpose}" for name, v in VARIANTS.items()
-                                    if action.dest == "variant" or name != "fp32")
+                                    if action.dest == "variant" or name != REFERENCE)
         if action.dest == "providers":
             from vaefast.engines import ENGINES
 

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from vaefast import runtime, store
+from vaefast import manifest, runtime, store
 from vaefast.memory import trim
 from vaefast.data import Source, preprocess_for, reopen
+from vaefast.engines import DEFAULT_PROVIDERS
 from vaefast.errors import BadFile, BadRows, VaefastError
 
 CHUNK_BYTES = 1 << 28  # default rows per chunk: at most this many bytes of float32 input
@@ -29,7 +30,8 @@ _SOURCES: dict[tuple, Source] = {}  # and one opened input (built-in specs load 
 
 
 def _model(model_dir: str, threads: int | None, variant: str = "fp32",
-           providers: str = "auto", precision: str | None = None) -> runtime.ExportedVAE:
+           providers: str = DEFAULT_PROVIDERS, precision: str | None = None
+           ) -> runtime.ExportedVAE:
     key = (str(model_dir), threads, variant, providers, precision)
     if key not in _SESSIONS:
         _SESSIONS[key] = runtime.load(model_dir, providers=providers, threads=threads,
@@ -105,7 +107,7 @@ def _worker_threads() -> int | None:
 
 def encode_chunk(model_dir: str, reading: dict, out: str, chunk: int, chunk_rows: int,
                  batch_size: int, threads: int | None = None, variant: str = "fp32",
-                 providers: str = "auto", skip_bad: bool = False,
+                 providers: str = DEFAULT_PROVIDERS, skip_bad: bool = False,
                  precision: str | None = None) -> int:
     """Encode rows of chunk ``chunk`` and write them and their marker; return the row count.
 
@@ -154,7 +156,8 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
           dtype: str = "float32", tsne: bool = False,
           tsne_max: int = 10_000, tsne_transform: str = "exact", seed: int = 0,
           scheduler: str | None = None, workers: int = 2, threads: int | None = None,
-          variant: str = "fp32", providers: str = "auto", precision: str | None = None,
+          variant: str = "fp32", providers: str = DEFAULT_PROVIDERS,
+          precision: str | None = None,
           resize: str = "crop", exif: str = "transpose", allow_empty_classes: bool = False,
           decode_workers: int | None = None, skip_bad: bool = False, force: bool = False,
           progress: bool = True) -> dict[str, Any]:
@@ -192,8 +195,8 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
     if dtype not in store.DTYPES:
         raise VaefastError(f"unknown dtype {dtype!r}; use {' or '.join(store.DTYPES)}")
     out = Path(out)
-    prep = preprocess_for(input, runtime.image_display_shape(runtime.read_model_json(model_dir)),
-                          resize, exif)
+    prep = preprocess_for(input, manifest.image_display_shape(
+        manifest.read_model_json(model_dir)), resize, exif)
     reading = {"spec": input, "preprocess": None if prep is None else prep.to_dict()} | (
         {"allow_empty_classes": True} if allow_empty_classes else {})
     for key in [k for k in _SOURCES if k[0] == input]:  # the input may have changed
@@ -223,7 +226,8 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
     attrs = {"model": str(vae.folder), "model_sha256": vae.meta["weights_sha256"],
              "input": source.fingerprint(),
              "params": {"chunk_rows": chunk_rows, "tsne": tsne, "tsne_max": tsne_max,
-                        "seed": seed, "variant": variant, "dtype": dtype} |
+                        "seed": seed, "variant": variant, "dtype": dtype,
+                        "engine": vae.engine, "precision": vae.precision} |
                        ({"tsne_transform": tsne_transform} if tsne else {}),
              "latent_shape": list(latent_shape), "providers": vae.providers,
              "label_names": source.label_names}

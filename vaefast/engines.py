@@ -2,6 +2,12 @@
 name to the engine that opens a model file as a session (``run(output_names, feeds)``,
 ``get_inputs``, ``get_outputs``, ``get_providers``, ``get_modelmeta``).
 
+This module is the one owner of ``providers``: each engine resolves its own values
+(ONNX Runtime's auto and fallback chains, the check that a GPU was not silently dropped),
+says whether it is installed, which precisions and variants it runs, and where its
+agreement with ONNX Runtime fp32 is recorded at export. The runtime, export's report,
+``bench recommend`` and the CLI's choices iterate the table; adding an engine is one entry.
+
 - ``onnxruntime`` (``auto``, ``cpu``, ``cuda``, ``tensorrt``): ONNX Runtime sessions.
 - ``openvino``: Intel's OpenVINO runtime reading the same ONNX files (``pip install
   'vaefast[openvino]'``), in bf16 where the CPU has AMX or AVX512_BF16 (asked of OpenVINO
@@ -13,6 +19,7 @@ hardware; ONNX Runtime wins on tiny MLPs at batch 1): ``vaefast bench recommend`
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +27,11 @@ from typing import Any, Callable
 
 from vaefast.errors import VaefastError, first_line
 
-PRECISIONS = ("bf16", "f32")
+PRECISIONS = ("bf16", "f32")  # OpenVINO's
+DEFAULT_PROVIDERS = "auto"  # the one default of every command and function
+ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                 "tensorrt": "TensorrtExecutionProvider"}
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 def session_options(threads: int | None = None, spin: bool = True):
@@ -47,6 +58,38 @@ def open_session(path: Path, providers: list[str], options):
     except Exception as e:  # ORT raises its own types for truncated or invalid protobufs
         raise VaefastError(f"{path}: not a loadable ONNX model ({first_line(e, 200)})"
                            ) from None
+
+
+def _onnxruntime_chain(providers: str | list[str]) -> list[str]:
+    """ONNX Runtime providers to try, in order, for a ``providers`` value; a named GPU
+    provider this build lacks is an error naming what it has."""
+    import onnxruntime as ort
+
+    if not isinstance(providers, str):
+        return list(providers)
+    available = ort.get_available_providers()
+    if providers == "auto":
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    wanted = ORT_PROVIDERS[providers]
+    if wanted not in available:
+        raise VaefastError(f"{wanted} is not available in this onnxruntime build "
+                           f"(available: {', '.join(available)}); install onnxruntime-gpu")
+    chain = {"cpu": [wanted], "cuda": [wanted, "CPUExecutionProvider"],
+             "tensorrt": [wanted, "CUDAExecutionProvider", "CPUExecutionProvider"]}
+    return [p for p in chain[providers] if p in available]
+
+
+def _onnxruntime_check(session, providers: str | list[str]) -> None:
+    """Asking for a GPU provider and getting the CPU is an error, never a fallback."""
+    if isinstance(providers, str) and providers in ("cuda", "tensorrt") and \
+            session.get_providers()[0] != ORT_PROVIDERS[providers]:
+        raise VaefastError(f"asked for {providers} but ONNX Runtime fell back to "
+                           f"{session.get_providers()[0]} (no usable GPU?)")
+
+
+def on_gpu(session) -> bool:
+    """Whether a session runs on a GPU (its inputs are then bound to device buffers)."""
+    return session.get_providers()[0] in GPU_PROVIDERS
 
 
 def _open_onnxruntime(path: Path, chain: list[str], threads: int | None, spin: bool,
@@ -121,6 +164,10 @@ class OpenVINOSession:
     def get_providers(self) -> list[str]:
         return [f"OpenVINO CPU {self.precision}"]
 
+    @property
+    def engine_precision(self) -> str:
+        return self.precision
+
     def get_modelmeta(self):
         return SimpleNamespace(custom_metadata_map=self._meta)
 
@@ -130,32 +177,71 @@ def _open_openvino(path: Path, chain: list[str], threads: int | None, spin: bool
     return OpenVINOSession(path, threads, precision)
 
 
+def _installed(module: str) -> Callable[[], bool]:
+    return lambda: importlib.util.find_spec(module) is not None
+
+
 @dataclass(frozen=True)
 class Engine:
     """One way of running exported ONNX files: ``open(path, provider chain, threads,
-    spin, precision)`` returns a session."""
+    spin, precision)`` returns a session; ``chain(providers)`` resolves a ``providers``
+    value to what ``open`` takes; ``check(session, providers)`` refuses a silent
+    fallback. ``precisions()``: what it can run on this machine (best first; ``(None,)``
+    where the variant decides). ``all_variants``: runs every exported variant (else fp32
+    only). ``report_key``: where export records its agreement with ONNX Runtime fp32
+    (None for the reference engine, whose variants are recorded by name)."""
 
+    name: str
     open: Callable[..., Any]
     providers: tuple[str, ...]  # the ``providers`` names that select it
     describe: str
+    installed: Callable[[], bool]
+    chain: Callable[[str | list[str]], list[str]] = lambda providers: []
+    check: Callable[[Any, str | list[str]], None] = lambda session, providers: None
+    precisions: Callable[[], tuple[str | None, ...]] = lambda: (None,)
+    all_variants: bool = True
+    report_key: str | None = None
+    label: str = ""  # how reports name it
+    cpu: str = ""  # the ``providers`` value that runs it on the CPU (default: the first)
+
+    @property
+    def on_cpu(self) -> str:
+        return self.cpu or self.providers[0]
+
+
+def _openvino_precisions() -> tuple[str, ...]:
+    return ("bf16", "f32") if openvino_precision() == "bf16" else ("f32",)
 
 
 ENGINES: dict[str, Engine] = {
-    "onnxruntime": Engine(_open_onnxruntime, ("auto", "cpu", "cuda", "tensorrt"),
+    "onnxruntime": Engine("onnxruntime", _open_onnxruntime,
+                          ("auto", "cpu", "cuda", "tensorrt"),
                           "ONNX Runtime (variants fp32, int8, int8-static, fp16; CUDA and "
-                          "TensorRT with onnxruntime-gpu)"),
-    "openvino": Engine(_open_openvino, ("openvino",),
+                          "TensorRT with onnxruntime-gpu)", _installed("onnxruntime"),
+                          chain=_onnxruntime_chain, check=_onnxruntime_check,
+                          label="ONNX Runtime", cpu="cpu"),
+    "openvino": Engine("openvino", _open_openvino, ("openvino",),
                        "OpenVINO on the CPU, bf16 where the CPU has it (AMX, AVX512_BF16), "
-                       "else f32"),
+                       "else f32", _installed("openvino"), precisions=_openvino_precisions,
+                       all_variants=False, report_key="openvino", label="OpenVINO"),
 }
 
 
-def engine_for(providers: str | list[str]) -> Engine:
+def engine_for(providers: str | list[str] = DEFAULT_PROVIDERS) -> Engine:
     """The engine a ``providers`` value selects (a list: ONNX Runtime provider names)."""
     if not isinstance(providers, str):
         return ENGINES["onnxruntime"]
     for engine in ENGINES.values():
         if providers in engine.providers:
             return engine
-    names = [p for e in ENGINES.values() for p in e.providers]
-    raise VaefastError(f"unknown providers {providers!r}; use {', '.join(names)}")
+    raise VaefastError(f"unknown providers {providers!r}; use {', '.join(provider_names())}")
+
+
+def provider_names() -> list[str]:
+    """Every ``providers`` value the table knows (for CLI choices and messages)."""
+    return [p for e in ENGINES.values() for p in e.providers]
+
+
+def session_precision(session) -> str | None:
+    """The precision an engine's session runs at (None: the variant's own)."""
+    return getattr(session, "engine_precision", None)

@@ -32,9 +32,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from vaefast import memory, runtime
+from vaefast import engines, manifest, memory, runtime
 from vaefast import variants as variants_mod
-from vaefast.atomic import atomic_dir, check_new_output, write_json
+from vaefast.atomic import atomic_dir, check_new_output
 from vaefast.errors import VaefastError, first_line
 from vaefast.layout import arrange, check_pixels, describe, display_shape
 from vaefast.metrics import knn_overlap, max_errors
@@ -48,6 +48,7 @@ CHECK_BATCHES = (1, 7, 256, 4096)  # random batches checked (4096 only up to 4 M
 CHECK_VALUES = 1 << 22
 FORMAT = "vaefast-exported/1"
 DECODER_OUTPUTS = ("probs", "logits")
+CPU = engines.ENGINES["onnxruntime"].on_cpu  # the reference: ONNX Runtime on the CPU
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -358,7 +359,7 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
     if decoder_output == "logits" and output_range != (0.0, 1.0):
         raise VaefastError("decoder_output='logits' gets a sigmoid, so its output range is "
                            "(0, 1); drop output_range")
-    names = tuple(dict.fromkeys(n for n in variants if n != "fp32"))
+    names = tuple(dict.fromkeys(n for n in variants if n != variants_mod.REFERENCE))
     for name in names:
         variants_mod.variant(name)  # an unknown name: refused before any work
     x = _example(example, pixel_scale, input_range)
@@ -389,7 +390,7 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
                            names)
         with atomic_dir(out, force=force) as tmp, _quiet():
             _export_onnx(enc, dec, x, tmp, meta, probe.multiple is not None)
-            write_json(tmp / runtime.MODEL_JSON, meta)
+            manifest.write_model_json(tmp, meta)
             report = {"tolerance": tolerance,
                       "fp32": _verify_fp32(enc, dec, tmp, x.numpy(), seed, probe, steps)}
             worst = report["fp32"]["max_abs"]
@@ -398,9 +399,9 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
                                    f"{worst:.3g} exceeds {tolerance:g}")
             rows = report["fp32"]["batch_rows"]  # what ONNX Runtime runs within the budget
             meta["memory"] = {"onnx_bytes_per_row": report["fp32"]["onnx_bytes_per_row"]}
-            write_json(tmp / runtime.MODEL_JSON, meta)
+            manifest.write_model_json(tmp, meta)
             memory.trim()
-            reference = runtime.load(tmp, providers="cpu", spin=False)
+            reference = runtime.load(tmp, providers=CPU, spin=False)
             images = _unit(x.numpy(), input_range)
             calibrate = None if x_cal is None else _calibration(reference, x_cal.numpy(),
                                                                 seed, rows)
@@ -409,7 +410,7 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
                     facts = variants_mod.write(tmp, name, calibrate, min(rows, 8))
                 memory.trim()
                 with steps.measure(f"{name} agreement", batch=rows):
-                    candidate = runtime.load(tmp, providers="cpu", variant=name, spin=False)
+                    candidate = runtime.load(tmp, providers=CPU, variant=name, spin=False)
                     report[name] = variants_mod.agreement(reference, candidate, images, name,
                                                           rows) | facts
                 del candidate
@@ -419,23 +420,19 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
                           f"{report[name]['knn10_overlap_vs_fp32']:.3f} < "
                           f"{variants_mod.variant(name).min_overlap}; prefer the fp32 "
                           "models for this one", file=sys.stderr)
-            if _has_openvino():  # the other engine's agreement, recorded like a variant's
-                with steps.measure("openvino agreement", batch=rows):
-                    candidate = runtime.load(tmp, providers="openvino", spin=False)
-                    report["openvino"] = variants_mod.agreement(reference, candidate, images,
-                                                                "fp32", rows) | {
-                        "precision": candidate.encoder_session.precision}
+            for engine in engines.ENGINES.values():  # the other engines', like a variant's
+                if engine.report_key and engine.installed():
+                    with steps.measure(f"{engine.report_key} agreement", batch=rows):
+                        candidate = runtime.load(tmp, providers=engine.on_cpu,
+                                                 spin=False)
+                        report[engine.report_key] = variants_mod.agreement(
+                            reference, candidate, images, "fp32", rows) | {
+                            "precision": candidate.precision}
             report["memory"] = steps.report()
-            write_json(tmp / "export_report.json", report)
+            manifest.write_report(tmp, report)
     finally:
         model.train(was_training)
     return report
-
-
-def _has_openvino() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("openvino") is not None
 
 
 def _calibration(reference: runtime.ExportedVAE, x: np.ndarray, seed: int, rows: int
@@ -750,7 +747,7 @@ def load_eager(exported_dir: str | os.PathLike):
 
     from vaefast.model import build
 
-    meta = runtime.read_model_json(exported_dir)
+    meta = manifest.read_model_json(exported_dir)
     config = meta.get("architecture") or ({"arch": "mlp", **{k: meta[k] for k in (
         "input_dim", "hidden_dim", "latent_dim")}} if "hidden_dim" in meta else {})
     if "module" in config or not config:
@@ -891,7 +888,7 @@ def _verify_fp32(enc, dec, folder: Path, X: np.ndarray, seed: int, probe: Probe,
     memory budget (``vaefast.memory.fit_batch``), recorded with each one's peak RSS."""
     import torch
 
-    vae = runtime.load(folder, providers="cpu", spin=False)
+    vae = runtime.load(folder, providers=CPU, spin=False)
     rng = np.random.default_rng(seed)
     lo, hi = vae.input_range
 
@@ -963,10 +960,12 @@ def format_report(report: dict[str, Any]) -> str:
             f"| fp32 | eager PyTorch | max abs error {fp32['max_abs']:.2e} "
             f"(tolerance {report['tolerance']:g}), max rel {fp32['max_rel']:.2e}, "
             f"kNN@10 overlap {fp32['test_split']['knn10_overlap']:.3f} |"]
-    for name in [*variants_mod.VARIANTS, "openvino"]:
-        if name != "fp32" and name in report:
+    labels = {n: n for n in variants_mod.VARIANTS if n != variants_mod.REFERENCE} | {
+        e.report_key: e.label for e in engines.ENGINES.values() if e.report_key}
+    for name, label in labels.items():
+        if name in report:
             r = report[name]
-            label = f"OpenVINO {r['precision']}" if name == "openvino" else name
+            label = f"{label} {r['precision']}" if r.get("precision") else label
             rows.append(f"| {label} | ONNX fp32 | μ rel error {r['mu_rel_error']:.2e}, kNN@10 "
                         f"overlap {r['knn10_overlap_vs_fp32']:.3f}, reconstruction PSNR "
                         f"{r['recon_psnr_db_vs_fp32']:.1f} dB |")

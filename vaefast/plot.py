@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vaefast import runtime
+from vaefast.engines import DEFAULT_PROVIDERS
 from vaefast.atomic import atomic_file, write_json
 from vaefast.errors import VaefastError
 from vaefast.images import make_grid
@@ -519,7 +520,8 @@ def figure(kind: str, lat: Latents, **options) -> Any:
 def render(kind: str, model_dir: str | os.PathLike, out: str | os.PathLike, *,
            data: str | None = None, max_points: int = 5000, formats: tuple[str, ...] = ("png",),
            seed: int = 0, embeddings: str | os.PathLike | None = None, variant: str = "fp32",
-           providers: str = "cpu", threads: int | None = None, precision: str | None = None,
+           providers: str = DEFAULT_PROVIDERS, threads: int | None = None,
+           precision: str | None = None,
            **options) -> list[Path]:
     """Write one view (or ``all`` with an index page) for an exported model; return paths.
 

@@ -71,21 +71,23 @@ print(json.dumps(seconds))
 
 def time_in_process(exported: str | os.PathLike, part: str, batches: tuple[int, ...],
                     threads: int, engine: str = "onnxruntime", variant: str = "fp32",
-                    providers: str = "cpu", precision: str | None = None,
+                    providers: str | None = None, precision: str | None = None,
                     min_time: float = 0.3) -> tuple[dict[int, float], np.ndarray]:
     """({batch: median seconds}, outputs on the seeded agreement batch) of one candidate
     run in its own process. ``engine`` "eager" is the vaefast-trained model's own call."""
     import tempfile
 
-    from vaefast import runtime
+    from vaefast import manifest
+    from vaefast.engines import DEFAULT_PROVIDERS
 
-    meta = runtime.read_model_json(exported)
+    meta = manifest.read_model_json(exported)
     with tempfile.TemporaryDirectory() as tmp:
         spec = {"exported": str(exported), "part": part, "threads": threads,
                 "batches": list(batches), "engine": engine, "variant": variant,
-                "providers": providers, "precision": precision, "min_time": min_time,
-                "input_shape": list(runtime.input_shape(meta)),
-                "latent_shape": list(runtime.latent_shape(meta)),
+                "providers": providers or DEFAULT_PROVIDERS, "precision": precision,
+                "min_time": min_time,
+                "input_shape": list(manifest.input_shape(meta)),
+                "latent_shape": list(manifest.latent_shape(meta)),
                 "agreement_rows": AGREEMENT_ROWS, "outputs": os.path.join(tmp, "out.npy")}
         result = subprocess.run([sys.executable, "-c", _TIMER, json.dumps(spec)],
                                 capture_output=True, text=True)
@@ -98,33 +100,36 @@ def time_in_process(exported: str | os.PathLike, part: str, batches: tuple[int, 
 
 
 def candidates(exported: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every way this machine can run the export: ONNX Runtime on each exported variant
-    (fp16 left out on CPUs: it is for GPUs), and OpenVINO in bf16 (where the CPU has it)
-    and f32 when OpenVINO is installed."""
-    import importlib.util
+    """Every way this machine's CPU can run the export: each installed engine of
+    ``vaefast.engines.ENGINES`` on its CPU providers, at each precision it has here, on
+    each exported variant it runs (GPU-only variants left out). ONNX Runtime fp32, the
+    reference, comes first."""
+    from vaefast import manifest
+    from vaefast.engines import ENGINES
+    from vaefast.variants import variant
 
-    from vaefast import runtime
-
-    meta = runtime.read_model_json(exported)
-    out = [{"engine": "onnxruntime", "variant": v, "providers": "cpu", "precision": None}
-           for v in meta.get("variants", {"fp32": None}) if v != "fp16"]
-    if importlib.util.find_spec("openvino") is not None:
-        from vaefast.engines import openvino_precision
-
-        for precision in (["bf16"] if openvino_precision() == "bf16" else []) + ["f32"]:
-            out.append({"engine": "openvino", "variant": "fp32", "providers": "openvino",
-                        "precision": precision})
+    names = list(manifest.read_model_json(exported).get("variants", {"fp32": None}))
+    out = []
+    for engine in ENGINES.values():
+        if not engine.installed():
+            continue
+        for name in (names if engine.all_variants else ["fp32"]):
+            if variant(name).gpu_only:
+                continue
+            out += [{"engine": engine.name, "variant": name, "providers": engine.on_cpu,
+                     "precision": precision} for precision in engine.precisions()]
     return out
 
 
 def recommend(exported: str | os.PathLike, batch: int = 1, part: str = "encoder",
-              threads: int | None = None, min_overlap: float = 0.9,
+              threads: int | None = None, min_overlap: float | None = None,
               min_psnr: float = 30.0) -> dict[str, Any]:
     """Time every candidate (``candidates``) at ``batch`` in its own process, measure its
     agreement with ONNX Runtime fp32, and pick the fastest that agrees (encoder: kNN@10
-    overlap >= ``min_overlap``; decoder: PSNR >= ``min_psnr`` dB). Returns the rows and
-    the choice."""
+    overlap >= ``min_overlap``, default each variant's own target; decoder: PSNR >=
+    ``min_psnr`` dB). Returns the rows and the choice."""
     from vaefast.metrics import knn_overlap, max_errors, psnr
+    from vaefast.variants import variant
 
     if part not in ("encoder", "decoder"):
         raise VaefastError(f"unknown part {part!r}; use encoder or decoder")
@@ -142,7 +147,9 @@ def recommend(exported: str | os.PathLike, batch: int = 1, part: str = "encoder"
             flat = (len(out), -1)
             row["mu_rel_error"] = max_errors(out, reference)["max_rel"]
             row["knn10_overlap"] = knn_overlap(out.reshape(flat), reference.reshape(flat), 10)
-            row["agrees"] = bool(row["knn10_overlap"] >= min_overlap)
+            wanted = min_overlap if min_overlap is not None else \
+                (variant(c["variant"]).min_overlap or 0.0)
+            row["agrees"] = bool(row["knn10_overlap"] >= wanted)
         else:
             row["psnr_db"] = psnr(out, reference)
             row["agrees"] = bool(row["psnr_db"] >= min_psnr)

@@ -25,62 +25,28 @@ from typing import Any
 
 import numpy as np
 
-from vaefast.atomic import read_json
-from vaefast.engines import engine_for, open_session, session_options  # noqa: F401
+from vaefast import engines
 from vaefast.errors import BadRows, VaefastError
-from vaefast.layout import (arrange, check_pixels, describe, display_shape, input_shape_for,
+from vaefast.layout import (arrange, check_pixels, describe, input_shape_for,
                             to_display)
+from vaefast.manifest import (image_display_shape, input_shape, latent_shape, read_model_json,
+                              size_multiple)
 from vaefast.variants import model_files
+from vaefast.variants import variant as variant_entry
 
-MODEL_JSON = "model.json"
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-             "tensorrt": "TensorrtExecutionProvider"}
 SHA_KEY = "vaefast.weights_sha256"
 DEFAULT_BATCH = 4096
 BATCH_BYTES = 256 << 20  # default batches: at most this much memory for what a row creates
 
 
-def read_model_json(folder: str | os.PathLike) -> dict[str, Any]:
-    """Read and check an exported folder's model.json."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise VaefastError(f"exported model folder {folder} not found; create one with "
-                           "`vaefast export`")
-    if not (folder / MODEL_JSON).is_file():
-        raise VaefastError(f"{folder} has no {MODEL_JSON}; is it a vaefast export?")
-    meta = read_json(folder / MODEL_JSON)
-    missing = {"input_dim", "latent_dim", "pixel_scale", "weights_sha256"} - set(meta)
-    if missing:
-        raise VaefastError(f"{folder / MODEL_JSON} lacks {sorted(missing)}; export again")
-    return meta
-
-
-def _resolve_providers(providers: str | list[str]) -> list[str]:
-    if providers == "openvino":
-        return []
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if isinstance(providers, str):
-        if providers == "auto":
-            return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        if providers not in PROVIDERS:
-            engine_for(providers)  # names every engine's providers
-        wanted = PROVIDERS[providers]
-        if wanted not in available:
-            raise VaefastError(f"{wanted} is not available in this onnxruntime build "
-                               f"(available: {', '.join(available)}); install onnxruntime-gpu")
-        chain = {"cpu": [wanted], "cuda": [wanted, "CPUExecutionProvider"],
-                 "tensorrt": [wanted, "CUDAExecutionProvider", "CPUExecutionProvider"]}
-        return [p for p in chain[providers] if p in available]
-    return list(providers)
-
-
 class ExportedVAE:
     """An exported encoder/decoder pair; all methods take and return numpy arrays."""
 
-    def __init__(self, folder: Path, meta: dict[str, Any], encoder, decoder, variant: str):
-        self.folder, self.meta, self.variant = folder, meta, variant
+    def __init__(self, folder: Path, meta: dict[str, Any], encoder, decoder, variant: str,
+                 engine: str = "onnxruntime"):
+        self.folder, self.meta, self.variant, self.engine = folder, meta, variant, engine
+        #: the engine's precision where it chooses one (OpenVINO's bf16/f32), else None
+        self.precision = engines.session_precision(encoder)
         self.encoder_session, self.decoder_session = encoder, decoder
         self.input_shape = input_shape(meta)
         self.input_dim = int(np.prod(self.input_shape))
@@ -98,11 +64,11 @@ class ExportedVAE:
         #: that a row's activations are large (attention over 64x64 latents: ~20 MB)
         self.batch_rows = int(min(DEFAULT_BATCH, max(1, BATCH_BYTES // per_row))) \
             if per_row else DEFAULT_BATCH
-        self.on_gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        self.on_gpu = engines.on_gpu(encoder)
         self._encoder_run, self._decoder_run = encoder.run, decoder.run
         # the fast path of encode/decode: CPU, [0, 1] inputs, outputs already in [0, 1]
         self._straight = not self.on_gpu and self.input_range == (0.0, 1.0)
-        self._may_overflow = variant == "fp16"
+        self._may_overflow = variant_entry(variant).may_overflow
         self._display_is_output = self.output_range == (0.0, 1.0) and \
             not meta.get("output_unbounded")
         self._device_outputs: dict[tuple, Any] = {}
@@ -355,30 +321,6 @@ def _check_batch(batch_size: int) -> int:
     return batch_size
 
 
-def input_shape(meta: dict[str, Any]) -> tuple[int, ...]:
-    """The sample shape an export's encoder takes (model.json ``input_shape``; flat
-    ``[input_dim]`` for exports written before it existed)."""
-    return tuple(int(s) for s in meta.get("input_shape") or [meta["input_dim"]])
-
-
-def image_display_shape(meta: dict[str, Any]) -> tuple[int, ...]:
-    """How one input of the model in ``meta`` displays: (H, W) grey or (H, W, C)."""
-    return display_shape(input_shape(meta), meta.get("image_shape"))
-
-
-def latent_shape(meta: dict[str, Any]) -> tuple[int, ...]:
-    """The latent shape of one input at the export's example size (model.json
-    ``latent_shape``; ``[latent_dim]`` for exports written before it existed)."""
-    return tuple(int(s) for s in meta.get("latent_shape") or [meta["latent_dim"]])
-
-
-def size_multiple(meta: dict[str, Any]) -> int | None:
-    """For a fully convolutional export, the multiple its heights and widths must be
-    (model.json ``size``); None for a fixed-size model."""
-    size = meta.get("size") or {}
-    return int(size["multiple"]) if size.get("dynamic") else None
-
-
 def _check_io(session, path: Path, meta: dict, inputs: dict[str, tuple],
               outputs: dict[str, tuple]) -> None:
     for kind, declared, actual in (("inputs", inputs, session.get_inputs()),
@@ -400,7 +342,7 @@ def _check_io(session, path: Path, meta: dict, inputs: dict[str, tuple],
                            f"{meta['weights_sha256']} in model.json); export again")
 
 
-def load(exported_dir: str | os.PathLike, providers: str | list[str] = "auto",
+def load(exported_dir: str | os.PathLike, providers: str | list[str] = engines.DEFAULT_PROVIDERS,
          threads: int | None = None, variant: str = "fp32", spin: bool = True,
          precision: str | None = None) -> ExportedVAE:
     """Open an exported model folder for inference.
@@ -419,17 +361,14 @@ def load(exported_dir: str | os.PathLike, providers: str | list[str] = "auto",
         raise VaefastError(f"{folder} was exported without the {variant} variant (it has "
                            f"{', '.join(meta['variants'])}); export it again with "
                            f"--variants {variant}")
-    engine = engine_for(providers)
-    chain = _resolve_providers(providers)
+    engine = engines.engine_for(providers)
+    chain = engine.chain(providers)
     D, Z = input_shape(meta), latent_shape(meta)
     sessions = []
     for name, ins, outs in ((enc_file, {"x": D}, {"mu": Z, "logvar": Z}),
                             (dec_file, {"z": Z}, {"x_hat": D})):
         session = engine.open(folder / name, chain, threads, spin, precision)
         _check_io(session, folder / name, meta, ins, outs)
-        if isinstance(providers, str) and providers in ("cuda", "tensorrt"):
-            if session.get_providers()[0] != PROVIDERS[providers]:
-                raise VaefastError(f"asked for {providers} but ONNX Runtime fell back to "
-                                   f"{session.get_providers()[0]} (no usable GPU?)")
+        engine.check(session, providers)
         sessions.append(session)
-    return ExportedVAE(folder, meta, sessions[0], sessions[1], variant)
+    return ExportedVAE(folder, meta, sessions[0], sessions[1], variant, engine.name)

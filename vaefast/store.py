@@ -101,7 +101,11 @@ def open_or_create(out: Path, attrs: dict[str, Any], n: int, latent_shape: tuple
                                "another --out (nothing was touched)")
         differ = [k for k in IDENTITY if existing.get(k) != attrs[k]]
         if differ and not force:
-            raise VaefastError(f"{out} was started with another {' and '.join(differ)}; "
+            was, now = existing.get("params") or {}, attrs["params"]
+            changed = [f"{k} {was.get(k)} -> {now.get(k)}" for k in sorted({*was, *now})
+                       if was.get(k) != now.get(k)]  # e.g. the engine a resume would mix in
+            raise VaefastError(f"{out} was started with another {' and '.join(differ)}"
+                               f"{' (' + ', '.join(changed) + ')' if changed else ''}; "
                                "refusing to resume into it (use another --out, or --force "
                                "to replace)")
         replace = bool(differ)

@@ -4,11 +4,13 @@ check, used by export, the runtime, the report and the CLI.
 Writers take the fp32 ONNX file (and, for a calibrated variant, real inputs of that
 model) and return the variant's ModelProto and facts worth recording (ONNX and ONNX
 Runtime tools only, no torch); checks compare the variant with fp32 on real inputs.
-Adding a variant is one writer plus one entry in ``VARIANTS``.
+Adding a variant is one writer plus one entry in ``VARIANTS``, its properties as fields
+(calibrated, GPU-only, may overflow, agreement target) that callers read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -19,8 +21,26 @@ import numpy as np
 
 from vaefast.errors import VaefastError, first_line
 
+REFERENCE = "fp32"  # the variant every other is measured against
 INT8_MIN_OVERLAP = 0.9  # kNN@10 overlap the int8 encoder must keep against fp32
 TIMING_VALUES = 1_000_000  # static int8 picks its faster format on a batch this large
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The quantizer's advice (root logger) and ONNX Runtime's shape-merge warnings are not
+    the user's business; both restored after."""
+    import onnxruntime as ort
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    ort.set_default_logger_severity(3)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        ort.set_default_logger_severity(2)
 
 
 def _write_int8(src: Path, dst: Path, inputs: np.ndarray | None = None, rows: int = 8
@@ -28,13 +48,13 @@ def _write_int8(src: Path, dst: Path, inputs: np.ndarray | None = None, rows: in
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice
     # 7-bit weights: on x86 without VNNI, MLAS's u8s8 kernels then cannot saturate and
     # run faster (10.6 vs 14.0 ms at batch 4096 on an AVX2 EPYC), same kNN overlap.
     # MatMul/Gemm only: ONNX Runtime's ConvInteger made the conv encoder 2-6x slower than
     # fp32 (Zen 4, batch 64-8192), so convolutions stay fp32.
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, reduce_range=True,
-                     op_types_to_quantize=["MatMul", "Gemm"])
+    with _quiet():
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, reduce_range=True,
+                         op_types_to_quantize=["MatMul", "Gemm"])
     return onnx.load(str(dst)), {}
 
 
@@ -59,7 +79,6 @@ def _write_int8_static(src: Path, dst: Path, inputs: np.ndarray | None = None,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    logging.getLogger().setLevel(logging.ERROR)
     name = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()[0].name
     step = max(1, min(rows, len(inputs)))
 
@@ -94,7 +113,7 @@ def _write_int8_static(src: Path, dst: Path, inputs: np.ndarray | None = None,
         return min(times)
 
     tried: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         for fmt in (QuantFormat.QDQ, QuantFormat.QOperator):
@@ -149,13 +168,16 @@ def _sort_nodes(graph) -> None:
 
 @dataclass(frozen=True)
 class Variant:
-    """A precision an exported model can be written in."""
+    """A precision an exported model can be written in. Callers read these properties,
+    never the variant's name."""
 
     suffix: str  # encoder{suffix}.onnx, decoder{suffix}.onnx
     write: Callable[..., tuple[Any, dict]] | None  # (fp32 file, dst, inputs) -> proto, facts
     min_overlap: float | None  # kNN@10 overlap with fp32 the variant should keep
     purpose: str
     calibrated: bool = False  # the writer needs real inputs of each model
+    gpu_only: bool = False  # made for GPUs: slower than fp32 on CPUs, not offered there
+    may_overflow: bool = False  # finite inputs can give inf (fp16): outputs are checked
 
 
 VARIANTS: dict[str, Variant] = {
@@ -166,7 +188,8 @@ VARIANTS: dict[str, Variant] = {
     "int8-static": Variant(".int8-static", _write_int8_static, INT8_MIN_OVERLAP,
                            "static int8 quantization, calibrated on real inputs, "
                            "convolutions included: fast conv models on CPUs", calibrated=True),
-    "fp16": Variant(".fp16", _write_fp16, 0.95, "fp16 weights, fp32 inputs/outputs, for GPUs"),
+    "fp16": Variant(".fp16", _write_fp16, 0.95, "fp16 weights, fp32 inputs/outputs, for GPUs",
+                    gpu_only=True, may_overflow=True),
 }
 
 

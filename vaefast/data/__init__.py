@@ -35,7 +35,7 @@ import numpy as np
 
 from vaefast.data import arrays, builtin, idx
 from vaefast.data.arrays import (POINT_KEYS, X_KEYS, Y_KEYS, check_features, check_labels,
-                                 open_zarr, read_points)
+                                 open_zarr)
 from vaefast.data.decode import Preprocess
 from vaefast.data.idx import read_idx
 from vaefast.data.sources import RawData, Source
@@ -45,7 +45,7 @@ SPLIT_SEED = 0  # the fixed seed of every built-in train/test split
 
 __all__ = ["KINDS", "Dataset", "POINT_KEYS", "Preprocess", "RawData", "Source", "X_KEYS",
            "Y_KEYS", "check_features", "check_labels", "load", "open_source", "open_zarr",
-           "parse_spec", "preprocess_for", "read", "reopen", "read_idx", "read_points", "spec_usage"]
+           "parse_spec", "preprocess_for", "read", "reopen", "read_idx", "spec_usage"]
 
 
 @dataclass(frozen=True)

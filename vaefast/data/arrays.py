@@ -3,7 +3,6 @@ groups; their validation (pixels, labels); and the points ``vaefast tsne`` maps.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +62,7 @@ def check_labels(y: np.ndarray | None, n: int, name: str) -> np.ndarray | None:
     return y.astype(np.int64, copy=False)
 
 
-def _load_numpy(path: Path, pick, archive: bool):
+def load_numpy(path: Path, pick, archive: bool):
     """``pick`` applied to a loaded .npy array (memory-mapped) or open .npz archive, with
     pickles refused and unreadable files turned into clear errors."""
     try:
@@ -82,15 +81,15 @@ def _load_numpy(path: Path, pick, archive: bool):
 def _read_numpy(path: Path, kind: str) -> RawData:
     if not path.is_file():
         raise VaefastError(f"{path}: file not found")
-    X, y = _load_numpy(path, lambda z: (z, None) if kind == "npy"
-                       else _named_arrays(z, set(z), str(path)), archive=kind == "npz")
+    X, y = load_numpy(path, lambda z: (z, None) if kind == "npy"
+                       else named_arrays(z, set(z), str(path)), archive=kind == "npz")
     X, image_shape, scale = check_features(X, str(path))
     y = check_labels(y, X.shape[0], str(path))
     names = None if y is None else [str(v) for v in np.unique(y)]
     return RawData(X, y, image_shape, names, scale, f"{kind}:{path}")
 
 
-def _named_arrays(container, keys, name: str, x_keys: tuple[str, ...] = X_KEYS):
+def named_arrays(container, keys, name: str, x_keys: tuple[str, ...] = X_KEYS):
     """(X, y or None) from a mapping of named arrays, by ``x_keys`` and Y_KEYS."""
     xkey = next((k for k in x_keys if k in keys), None)
     if xkey is None:
@@ -111,7 +110,7 @@ def open_zarr(path: Path, x_keys: tuple[str, ...] = X_KEYS):
     except Exception as e:
         raise VaefastError(f"{path}: not a readable zarr store ({e})") from None
     if isinstance(node, zarr.Group):
-        return _named_arrays(node, set(node.array_keys()), str(path), x_keys)
+        return named_arrays(node, set(node.array_keys()), str(path), x_keys)
     return node, None
 
 
@@ -122,37 +121,6 @@ def read_zarr(path: Path) -> RawData:
     y = check_labels(y, X.shape[0], str(path))
     names = None if y is None else [str(v) for v in np.unique(y)]
     return RawData(X, y, image_shape, names, scale, f"zarr:{path}")
-
-
-def read_points(path: str | os.PathLike) -> np.ndarray:
-    """An [N, Z] numeric array to map with t-SNE: a .npy, a .npz's ``mu`` (or an
-    X_KEYS array), or a zarr array or group (a finished ``vaefast embed`` store gives
-    its ``mu``, spatial latents flattened; an unfinished one is refused). NaN or inf is
-    an error naming the first bad row."""
-    path = Path(path)
-    if path.suffix == ".zarr":
-        from vaefast import store
-
-        X = store.read_mu(store.open_embeddings(path), slice(None)) if store.is_store(path) \
-            else np.asarray(open_zarr(path, POINT_KEYS)[0][:])
-    elif not path.is_file():
-        raise VaefastError(f"{path}: file not found")
-    elif path.suffix == ".npy":
-        X = _load_numpy(path, np.asarray, archive=False)
-    elif path.suffix == ".npz":
-        X = _load_numpy(path, lambda z: _named_arrays(z, set(z), str(path), POINT_KEYS)[0],
-                        archive=True)
-    else:
-        raise VaefastError(f"{path}: expected a .npy, .npz or .zarr input")
-    if X.dtype.kind not in "iuf" or X.ndim < 2 or (X.ndim > 2 and path.suffix != ".zarr"):
-        raise VaefastError(f"{path}: expected a numeric [N, Z] array, got {X.dtype} {X.shape}")
-    X = X.reshape(len(X), -1)  # spatial latents [N, C, h, w] of a store, flattened
-    if X.dtype.kind == "f":
-        bad = ~np.isfinite(X).all(axis=1)
-        if bad.any():
-            raise VaefastError(f"{path}: NaN or inf at row {int(np.flatnonzero(bad)[0])}; "
-                               "clean the data first")
-    return X
 
 
 def read_npy(path: Path) -> RawData:
