@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # torch==2.13.0 is pinned here: it installs a CPU build offline on these machines.
 PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: install demo test bench export clean
+.PHONY: install demo test lint bench export clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m vaefast.demo --out out/demo
 
-test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --benchmark-disable
+test: lint
+	$(PY) -m pytest -q -p no:cacheprovider --benchmark-disable --durations=15
+
+# ruff: lint (pyflakes + pycodestyle) and the formatter's check; `ruff format` fixes the latter
+lint: $(STAMP)
+	$(BIN)/ruff check vaefast tests benchmarks
+	$(BIN)/ruff format --check vaefast tests benchmarks
 
 bench: $(STAMP)
 	mkdir -p out/bench

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from vaefast.errors import VaefastError
 
+HEADROOM = 0.85  # the share of the budget a fitted batch is planned to use
 DEFAULT_BUDGET = 4 << 30  # leaves room on a 16 GB laptop; --memory-budget changes it
 MB = 1 << 20
 _UNITS = {"": MB, "k": 1 << 10, "m": MB, "g": 1 << 30, "t": 1 << 40}
@@ -128,7 +129,8 @@ def fit_batch(call: Callable[[int], Any], most: int, budget: int, step: str
     if most == 1:
         return 1, need[1]
     per_row = max(need[2] - need[1], 1 << 16)
-    batch = int(min(most, 2 + (budget - need[2]) // per_row)) if budget > need[2] else 1
+    room = int(HEADROOM * budget) - need[2]  # allocators grow in steps: keep some back
+    batch = int(min(most, 2 + room // per_row)) if room > 0 else 1
     while batch > 2:
         reset_peak()
         call(batch)

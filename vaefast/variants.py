@@ -27,6 +27,37 @@ TIMING_VALUES = 1_000_000  # static int8 picks its faster format on a batch this
 
 
 @contextlib.contextmanager
+def _calibration_without_arena():
+    """ONNX Runtime's calibrator runs its augmented graph (every tensor reduced to its
+    min and max, optimizations off) with the default memory arena, whose power-of-two
+    growth held ~6.3 GB per row of an SD-VAE decoder at 256x256; without the arena the
+    same calibration peaked at 3.7 GB for one row (RESULTS.md). The calibrator has no
+    option for it, so its session factory is replaced for the call and restored."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import calibrate
+
+    base = getattr(calibrate, "CalibraterBase", None)
+    original = getattr(base, "create_inference_session", None)
+    if original is None:  # another onnxruntime layout: its default session
+        yield
+        return
+
+    def create_inference_session(self):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
+        self.infer_session = ort.InferenceSession(
+            self.augmented_model_path, sess_options=options, providers=self.execution_providers)
+
+    base.create_inference_session = create_inference_session
+    try:
+        yield
+    finally:
+        base.create_inference_session = original
+
+
+@contextlib.contextmanager
 def _quiet():
     """The quantizer's advice (root logger) and ONNX Runtime's shape-merge warnings are not
     the user's business; both restored after."""
@@ -113,7 +144,7 @@ def _write_int8_static(src: Path, dst: Path, inputs: np.ndarray | None = None,
         return min(times)
 
     tried: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp, _quiet():
+    with tempfile.TemporaryDirectory() as tmp, _quiet(), _calibration_without_arena():
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         for fmt in (QuantFormat.QDQ, QuantFormat.QOperator):
