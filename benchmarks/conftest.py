@@ -37,8 +37,14 @@ def ratio_spread(reference: list[float], mine: list[float]) -> dict[str, float]:
 
     ratios = [r / m for r, m in zip(reference, mine)]
     q1, q2, q3 = np.percentile(ratios, [25, 50, 75])
-    return {"median": float(q2), "q1": float(q1), "q3": float(q3), "min": min(ratios),
-            "max": max(ratios), "rounds": len(ratios)}
+    return {
+        "median": float(q2),
+        "q1": float(q1),
+        "q3": float(q3),
+        "min": min(ratios),
+        "max": max(ratios),
+        "rounds": len(ratios),
+    }
 
 
 def timed_median(benchmark) -> float | None:

@@ -61,8 +61,9 @@ def test_plain_pair_kernel(benchmark, dtype):
     if median:
         benchmark.extra_info["pairs_per_s"] = n * n / median
     d2 = (y[0, :5, None] - y[0]).astype(float) ** 2 + (y[1, :5, None] - y[1]).astype(float) ** 2
-    np.testing.assert_allclose(out[0, :5], (1.0 / (1.0 + d2)).sum(axis=1),
-                               rtol=1e-10 if dtype == "float64" else 1e-5)
+    np.testing.assert_allclose(
+        out[0, :5], (1.0 / (1.0 + d2)).sum(axis=1), rtol=1e-10 if dtype == "float64" else 1e-5
+    )
 
 
 def test_read_bandwidth(benchmark):

@@ -48,8 +48,9 @@ def images(tmp_path_factory, request):
     X = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(rows, 784))
     rng = np.random.default_rng(0)
     for start in range(0, rows, 50_000):
-        X[start:start + 50_000] = rng.integers(0, 256, size=(min(50_000, rows - start), 784),
-                                               dtype=np.uint8)
+        X[start : start + 50_000] = rng.integers(
+            0, 256, size=(min(50_000, rows - start), 784), dtype=np.uint8
+        )
     X.flush()
     del X
     return path, rows
@@ -61,15 +62,18 @@ _RESULTS: dict[tuple, dict] = {}
 
 def _embed_once(path: Path, out: Path, variant: str) -> dict:
     """One `vaefast.embed` of the whole input in a fresh process: its rate and peak RSS."""
-    code = ("import json; from vaefast.embedding import embed;"
-            f"s = embed({str(EXPORTED / 'mnist5k-z20')!r}, {str(path)!r}, {str(out)!r}, "
-            f"threads={THREADS}, variant={variant!r}, progress=False);"
-            "hwm = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) // 1024;"
-            "print(json.dumps({'rows_per_s': s['rows_per_s'], 'seconds': s['seconds'],"
-            " 'peak_rss_mb': hwm}))")
+    code = (
+        "import json; from vaefast.embedding import embed;"
+        f"s = embed({str(EXPORTED / 'mnist5k-z20')!r}, {str(path)!r}, {str(out)!r}, "
+        f"threads={THREADS}, variant={variant!r}, progress=False);"
+        "hwm = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) // 1024;"
+        "print(json.dumps({'rows_per_s': s['rows_per_s'], 'seconds': s['seconds'],"
+        " 'peak_rss_mb': hwm}))"
+    )
     shutil.rmtree(out, ignore_errors=True)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=ROOT, timeout=1800)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=1800
+    )
     assert result.returncode == 0, result.stderr
     shutil.rmtree(out, ignore_errors=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -101,13 +105,20 @@ def test_embed_throughput_and_memory(benchmark, images, tmp_path_factory, varian
     sgemm = _sgemm_gflops()
     rate = float(np.median([r["rows_per_s"] for r in mine]))
     gflops = rate * ENCODER_FLOPS_PER_ROW / 1e9
-    benchmark.extra_info.update(rows=rows, variant=variant, rounds=len(mine), rows_per_s=rate,
-                                peak_rss_mb=max(r["peak_rss_mb"] for r in mine),
-                                sgemm_gflops=sgemm, encoder_gflops=gflops,
-                                percent_of_sgemm=100 * gflops / sgemm)
+    benchmark.extra_info.update(
+        rows=rows,
+        variant=variant,
+        rounds=len(mine),
+        rows_per_s=rate,
+        peak_rss_mb=max(r["peak_rss_mb"] for r in mine),
+        sgemm_gflops=sgemm,
+        encoder_gflops=gflops,
+        percent_of_sgemm=100 * gflops / sgemm,
+    )
     if variant != "fp32":
         benchmark.extra_info["speedup_vs_fp32"] = ratio_spread(
-            [r["seconds"] for r in runs["fp32"]], [r["seconds"] for r in mine])
+            [r["seconds"] for r in runs["fp32"]], [r["seconds"] for r in mine]
+        )
     assert all(r["rows_per_s"] > 0 for r in mine)
     if not benchmark.disabled:  # the goal, measured at full size
         assert max(r["peak_rss_mb"] for r in mine) < 600
@@ -120,17 +131,20 @@ def test_embed_with_a_tsne_map_of_every_row(benchmark, images, tmp_path_factory)
     path, rows = images
     out = tmp_path_factory.mktemp("embed-tsne") / "t.zarr"
     tsne_max = 2000 if benchmark.disabled else 10_000
-    code = ("import json; from vaefast.embedding import embed;"
-            f"s = embed({str(EXPORTED / 'mnist5k-z20')!r}, {str(path)!r}, {str(out)!r}, "
-            f"threads={THREADS}, variant='int8', tsne=True, tsne_max={tsne_max}, "
-            "progress=False);"
-            "hwm = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) // 1024;"
-            "t = s['tsne']; print(json.dumps({'encode_s': s['seconds'], 'fit_s': t['fit_s'],"
-            " 'place_s': t['place_s'], 'points_per_s': t['points_per_s'],"
-            " 'peak_rss_mb': hwm}))")
+    code = (
+        "import json; from vaefast.embedding import embed;"
+        f"s = embed({str(EXPORTED / 'mnist5k-z20')!r}, {str(path)!r}, {str(out)!r}, "
+        f"threads={THREADS}, variant='int8', tsne=True, tsne_max={tsne_max}, "
+        "progress=False);"
+        "hwm = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) // 1024;"
+        "t = s['tsne']; print(json.dumps({'encode_s': s['seconds'], 'fit_s': t['fit_s'],"
+        " 'place_s': t['place_s'], 'points_per_s': t['points_per_s'],"
+        " 'peak_rss_mb': hwm}))"
+    )
     t0 = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=ROOT, timeout=3600)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=3600
+    )
     wall = time.perf_counter() - t0
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])

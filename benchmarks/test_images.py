@@ -26,8 +26,13 @@ import numpy as np
 import pytest
 
 from benchmarks.conftest import EXPORTED, ROOT, SLOW_ROUNDS, THREADS, ratio_spread, record
-from tests.helpers import (encoded, photo_crops, write_image_folder, write_image_parquet,
-                           write_shards)
+from tests.helpers import (
+    encoded,
+    photo_crops,
+    write_image_folder,
+    write_image_parquet,
+    write_shards,
+)
 
 MODEL = EXPORTED / "mnist5k-conv-z16"
 
@@ -82,8 +87,21 @@ def _wall(args: list[str], timeout: float = 1800) -> float:
 
 def _command(spec: str, out: Path) -> float:
     shutil.rmtree(out, ignore_errors=True)
-    seconds = _wall([sys.executable, "-m", "vaefast.cli", "embed", str(MODEL), spec, "--out",
-                     str(out), "--quiet", "--threads", str(THREADS)])
+    seconds = _wall(
+        [
+            sys.executable,
+            "-m",
+            "vaefast.cli",
+            "embed",
+            str(MODEL),
+            spec,
+            "--out",
+            str(out),
+            "--quiet",
+            "--threads",
+            str(THREADS),
+        ]
+    )
     shutil.rmtree(out, ignore_errors=True)
     return seconds
 
@@ -104,11 +122,17 @@ def photo_sets(tmp_path_factory, request):
     for name in ("shards", "ten-shards"):
         (root / name).mkdir()
     pattern = write_shards(root / "shards", photos, labels, per_shard=1000)
-    return {"n": n, "dir": root / "folder", "tmp": root,
-            "folder": (f"images:{root / 'folder'}", f"images:{root / 'ten'}"),
-            "parquet": (f"parquet:{root / 'photos.parquet'}", f"parquet:{root / 'ten.parquet'}"),
-            "wds": (f"wds:{pattern}",
-                    f"wds:{write_shards(root / 'ten-shards', photos[:10], labels[:10])}")}
+    return {
+        "n": n,
+        "dir": root / "folder",
+        "tmp": root,
+        "folder": (f"images:{root / 'folder'}", f"images:{root / 'ten'}"),
+        "parquet": (f"parquet:{root / 'photos.parquet'}", f"parquet:{root / 'ten.parquet'}"),
+        "wds": (
+            f"wds:{pattern}",
+            f"wds:{write_shards(root / 'ten-shards', photos[:10], labels[:10])}",
+        ),
+    }
 
 
 _RESULTS: dict[str, dict] = {}
@@ -117,22 +141,42 @@ _RESULTS: dict[str, dict] = {}
 def _measure(sets: dict, rounds: int) -> dict:
     """Rounds interleaved: plain loop, start-up, folder, parquet and WebDataset commands."""
     if "runs" not in _RESULTS:
-        runs: dict[str, list[float]] = {k: [] for k in ("plain", "folder", "parquet", "wds",
-                                                         "startup")}
+        runs: dict[str, list[float]] = {
+            k: [] for k in ("plain", "folder", "parquet", "wds", "startup")
+        }
         for _ in range(rounds):
-            runs["plain"].append(float(subprocess.run(
-                [sys.executable, "-c", PLAIN_LOOP.format(threads=THREADS), str(MODEL),
-                 str(sets["dir"])], capture_output=True, text=True, cwd=ROOT,
-                check=True).stdout.split()[-1]))
+            runs["plain"].append(
+                float(
+                    subprocess.run(
+                        [
+                            sys.executable,
+                            "-c",
+                            PLAIN_LOOP.format(threads=THREADS),
+                            str(MODEL),
+                            str(sets["dir"]),
+                        ],
+                        capture_output=True,
+                        text=True,
+                        cwd=ROOT,
+                        check=True,
+                    ).stdout.split()[-1]
+                )
+            )
             for kind in ("folder", "parquet", "wds"):
                 full, ten = sets[kind]
                 startup = _command(ten, sets["tmp"] / "s.zarr")
                 runs[kind].append(_command(full, sets["tmp"] / f"{kind}.zarr") - startup)
                 if kind == "folder":
                     runs["startup"].append(startup)
-        bound = json.loads(subprocess.run(
-            [sys.executable, "-c", BOUND.format(threads=THREADS), str(MODEL), str(sets["dir"])],
-            capture_output=True, text=True, cwd=ROOT, check=True).stdout.split("\n")[-2])
+        bound = json.loads(
+            subprocess.run(
+                [sys.executable, "-c", BOUND.format(threads=THREADS), str(MODEL), str(sets["dir"])],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                check=True,
+            ).stdout.split("\n")[-2]
+        )
         _RESULTS["runs"] = {"runs": runs, "bound": bound}
     return _RESULTS["runs"]
 
@@ -151,12 +195,18 @@ def test_embed_photos_against_a_plain_loop_and_the_bound(benchmark, photo_sets, 
     bound_s = n * (bound["decode_s"] / bound["cores"] + bound["encode_s"])
     mine = float(np.median(runs[kind]))
     benchmark.extra_info.update(
-        images=n, kind=kind, rounds=len(runs[kind]), images_per_s=n / mine,
+        images=n,
+        kind=kind,
+        rounds=len(runs[kind]),
+        images_per_s=n / mine,
         startup_s=float(np.median(runs["startup"])),
         plain_loop_images_per_s=n / float(np.median(runs["plain"])),
         speedup_vs_plain_loop=ratio_spread(runs["plain"], runs[kind]),
-        bound_s=bound_s, percent_of_bound=100 * bound_s / mine,
-        decode_ms_per_image=1e3 * bound["decode_s"], encode_ms_per_image=1e3 * bound["encode_s"])
+        bound_s=bound_s,
+        percent_of_bound=100 * bound_s / mine,
+        decode_ms_per_image=1e3 * bound["decode_s"],
+        encode_ms_per_image=1e3 * bound["encode_s"],
+    )
     if kind != "folder":
         benchmark.extra_info["rate_vs_folder"] = ratio_spread(runs["folder"], runs[kind])
     assert all(np.isfinite(runs[kind])) and np.isfinite(bound_s)
@@ -177,15 +227,18 @@ def test_peak_memory_of_a_large_folder(benchmark, tmp_path_factory, request):
             folder.mkdir()
         (folder / f"{i:07d}.jpg").write_bytes(blobs[i % len(blobs)])
     out = root.parent / "many.zarr"
-    code = ("import json, resource; from vaefast.embedding import embed;"
-            f"s = embed({str(MODEL)!r}, 'images:{root}', {str(out)!r}, threads={THREADS},"
-            " progress=False);"
-            "hwm = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) // 1024;"
-            "child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024;"
-            "print(json.dumps({'seconds': s['seconds'], 'rows_per_s': s['rows_per_s'],"
-            " 'main_peak_rss_mb': hwm, 'worker_peak_rss_mb': child}))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=ROOT, timeout=3600)
+    code = (
+        "import json, resource; from vaefast.embedding import embed;"
+        f"s = embed({str(MODEL)!r}, 'images:{root}', {str(out)!r}, threads={THREADS},"
+        " progress=False);"
+        "hwm = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) // 1024;"
+        "child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024;"
+        "print(json.dumps({'seconds': s['seconds'], 'rows_per_s': s['rows_per_s'],"
+        " 'main_peak_rss_mb': hwm, 'worker_peak_rss_mb': child}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=3600
+    )
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     from vaefast.data.decode import default_workers

@@ -25,12 +25,25 @@ from benchmarks.conftest import EXPORTED, THREADS, ratio_spread, record
 from benchmarks.worker import Worker, available
 
 BATCHES = [1, 64, 1024, 4096, 8192]
-KINDS = ["eager", "eager-bf16", "eager-compile", "runtime-fp32", "runtime-int8",
-         "session-fp32", "session-int8", "openvino-bf16", "openvino-f32", "runtime-cuda"]
+KINDS = [
+    "eager",
+    "eager-bf16",
+    "eager-compile",
+    "runtime-fp32",
+    "runtime-int8",
+    "session-fp32",
+    "session-int8",
+    "openvino-bf16",
+    "openvino-f32",
+    "runtime-cuda",
+]
 ROUNDS = int(os.environ.get("VAEFAST_BENCH_ROUNDS", "7"))
 ROUND_SECONDS = 0.05  # target length of one round of one runtime
-MODELS = {"z20": (EXPORTED / "mnist5k-z20", None), "z2": (EXPORTED / "mnist5k-z2", None),
-          "conv-z16": (EXPORTED / "mnist5k-conv-z16", None)}
+MODELS = {
+    "z20": (EXPORTED / "mnist5k-z20", None),
+    "z2": (EXPORTED / "mnist5k-z2", None),
+    "conv-z16": (EXPORTED / "mnist5k-conv-z16", None),
+}
 for _entry in filter(None, os.environ.get("VAEFAST_BENCH_MODELS", "").split(",")):
     _folder, _, _module = _entry.partition("=")
     MODELS[Path(_folder).name] = (Path(_folder), _module or None)
@@ -64,8 +77,7 @@ def measure(workers: dict, part: str, batch: int, timed: bool) -> dict:
         return workers["results"][key]
     pool = workers["pool"]
     first = {k: w.time(part, batch, 1) for k, w in pool.items()}  # warm and calibrate
-    calls = {k: max(1, int(ROUND_SECONDS / max(min(r["times"]), 1e-6))) for k, r in
-             first.items()}
+    calls = {k: max(1, int(ROUND_SECONDS / max(min(r["times"]), 1e-6))) for k, r in first.items()}
     rounds = {k: [] for k in pool}
     heads = {k: r["head"] for k, r in first.items()}
     for _ in range(ROUNDS if timed else 0):
@@ -88,27 +100,41 @@ def test_latency(benchmark, workers, part, batch, kind):
     head, reference = np.array(result["heads"][kind]), np.array(result["heads"]["eager"])
     err = float(np.abs(head - reference).max())
     scale = float(np.abs(reference).max())
-    limit = {"eager": 0.0, "runtime-fp32": 1e-5, "session-fp32": 1e-5,
-             "openvino-f32": 1e-4, "eager-compile": 1e-4}.get(
-        kind, 0.1 * scale if ("int8" in kind or "bf16" in kind) else 1e-4)
+    limit = {
+        "eager": 0.0,
+        "runtime-fp32": 1e-5,
+        "session-fp32": 1e-5,
+        "openvino-f32": 1e-4,
+        "eager-compile": 1e-4,
+    }.get(kind, 0.1 * scale if ("int8" in kind or "bf16" in kind) else 1e-4)
     assert err <= limit, (kind, err, limit)
     benchmark.group = f"{workers['name']} {part} batch={batch}"
-    benchmark.extra_info.update(model=workers["name"], part=part, runtime=kind, batch=batch,
-                                threads=THREADS, process_isolated=True,
-                                max_abs_error_vs_eager=err)
+    benchmark.extra_info.update(
+        model=workers["name"],
+        part=part,
+        runtime=kind,
+        batch=batch,
+        threads=THREADS,
+        process_isolated=True,
+        max_abs_error_vs_eager=err,
+    )
     if not timed:
         benchmark(lambda: None)  # disabled: a correctness run, nothing to time
         return
     samples = [t for r in result["rounds"][kind] for t in r]
     record(benchmark, samples)  # the worker timed each call
     benchmark.extra_info.update(
-        rounds=len(result["rounds"][kind]), calls_per_round=result["calls"][kind],
-        p50_s=float(np.percentile(samples, 50)), p99_s=float(np.percentile(samples, 99)),
-        rows_per_s=batch / float(np.median(samples)))
+        rounds=len(result["rounds"][kind]),
+        calls_per_round=result["calls"][kind],
+        p50_s=float(np.percentile(samples, 50)),
+        p99_s=float(np.percentile(samples, 99)),
+        rows_per_s=batch / float(np.median(samples)),
+    )
     if kind != "eager":
         benchmark.extra_info["speedup_vs_eager"] = ratio_spread(
             [float(np.median(r)) for r in result["rounds"]["eager"]],
-            [float(np.median(r)) for r in result["rounds"][kind]])
+            [float(np.median(r)) for r in result["rounds"][kind]],
+        )
 
 
 @pytest.mark.parametrize("variant", ["fp32", "int8"])

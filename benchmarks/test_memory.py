@@ -27,14 +27,27 @@ import pytest
 from benchmarks.conftest import ROOT, record
 
 GB = 1 << 30
-SD_1X = {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2,
-         "latent_channels": 4, "sample_size": 256}
-FLUX_SHAPED = {"block_out_channels": (32, 64), "layers_per_block": 2, "latent_channels": 16,
-               "sample_size": 64, "norm_num_groups": 32}
-SMALL = {"block_out_channels": (16, 32), "layers_per_block": 1, "norm_num_groups": 8,
-         "latent_channels": 4, "sample_size": 32}
-TARGETS_GB = {"sd-export": 4, "sd-export-int8-static": 6, "flux-export": 2,
-              "flux-plot-all": 1.5}
+SD_1X = {
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "sample_size": 256,
+}
+FLUX_SHAPED = {
+    "block_out_channels": (32, 64),
+    "layers_per_block": 2,
+    "latent_channels": 16,
+    "sample_size": 64,
+    "norm_num_groups": 32,
+}
+SMALL = {
+    "block_out_channels": (16, 32),
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "latent_channels": 4,
+    "sample_size": 32,
+}
+TARGETS_GB = {"sd-export": 4, "sd-export-int8-static": 6, "flux-export": 2, "flux-plot-all": 1.5}
 
 
 def _save(config: dict, folder: Path) -> Path:
@@ -43,17 +56,22 @@ def _save(config: dict, folder: Path) -> Path:
 
     n = len(config["block_out_channels"])
     torch.manual_seed(0)
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
-                  up_block_types=("UpDecoderBlock2D",) * n, **config).save_pretrained(
-        str(folder), safe_serialization=True)
+    AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        **config,
+    ).save_pretrained(str(folder), safe_serialization=True)
     return folder
 
 
 def peak_rss(args: list[str], timeout: float = 3600) -> tuple[float, float, str]:
     """(peak RSS in bytes, seconds, stdout) of one command in its own process."""
     t0 = time.perf_counter()
-    result = subprocess.run(["/usr/bin/time", "-v", *args], capture_output=True, text=True,
-                            cwd=ROOT, timeout=timeout)
+    result = subprocess.run(
+        ["/usr/bin/time", "-v", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+    )
     seconds = time.perf_counter() - t0
     assert result.returncode == 0, result.stderr[-2000:]
     kb = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
@@ -86,10 +104,22 @@ def test_peak_memory_of_latent_diffusion_commands(benchmark, models, case):
     if case == "flux-plot-all":
         exported = root / "flux-plot.model"
         if not exported.exists():
-            subprocess.run([*cli, "export", "--diffusers", str(models["flux"]), "--out",
-                            str(exported)], check=True, capture_output=True, cwd=ROOT)
-        args = [*cli, "plot", "all", str(exported), "--data", f"npy:{models['inputs']}",
-                "--out", str(out)]
+            subprocess.run(
+                [*cli, "export", "--diffusers", str(models["flux"]), "--out", str(exported)],
+                check=True,
+                capture_output=True,
+                cwd=ROOT,
+            )
+        args = [
+            *cli,
+            "plot",
+            "all",
+            str(exported),
+            "--data",
+            f"npy:{models['inputs']}",
+            "--out",
+            str(out),
+        ]
     else:
         model = models["sd" if case.startswith("sd") else "flux"]
         args = [*cli, "export", "--diffusers", str(model), "--out", str(out)]
@@ -101,8 +131,12 @@ def test_peak_memory_of_latent_diffusion_commands(benchmark, models, case):
         benchmark(lambda: None)
     else:
         record(benchmark, [seconds])
-    info = {"case": case, "peak_rss_gb": peak / GB, "target_gb": TARGETS_GB[case],
-            "seconds": seconds}
+    info = {
+        "case": case,
+        "peak_rss_gb": peak / GB,
+        "target_gb": TARGETS_GB[case],
+        "seconds": seconds,
+    }
     if case != "flux-plot-all":
         report = json.loads((out / "export_report.json").read_text())
         # export resets the kernel's peak between steps (to measure each), which leaves
@@ -113,10 +147,11 @@ def test_peak_memory_of_latent_diffusion_commands(benchmark, models, case):
         assert {"eager verify", "onnx verify"} <= set(info["steps"])
         assert all(s["peak_rss_mb"] > 0 for s in info["steps"].values())
         if "int8-static" in report:
-            info["int8_static"] = {k: report["int8-static"][k] for k in (
-                "knn10_overlap_vs_fp32", "recon_psnr_db_vs_fp32", "mu_rel_error")}
+            info["int8_static"] = {
+                k: report["int8-static"][k]
+                for k in ("knn10_overlap_vs_fp32", "recon_psnr_db_vs_fp32", "mu_rel_error")
+            }
     benchmark.extra_info.update(info)
     assert peak > 0
     if not benchmark.disabled:
         assert peak <= TARGETS_GB[case] * GB, info
-

@@ -20,12 +20,22 @@ from benchmarks.conftest import THREADS, ratio_spread, record
 from benchmarks.worker import Worker, available
 
 ROUNDS = int(os.environ.get("VAEFAST_BENCH_SD_ROUNDS", "3"))
-KINDS = ["eager", "eager-bf16", "runtime-fp32", "runtime-int8-static", "runtime-fp16",
-         "openvino-bf16", "openvino-f32"]
-SD_1X = {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2,
-         "sample_size": 256}
-SMALL = {"block_out_channels": (16, 32), "layers_per_block": 1, "norm_num_groups": 8,
-         "sample_size": 32}
+KINDS = [
+    "eager",
+    "eager-bf16",
+    "runtime-fp32",
+    "runtime-int8-static",
+    "runtime-fp16",
+    "openvino-bf16",
+    "openvino-f32",
+]
+SD_1X = {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "sample_size": 256}
+SMALL = {
+    "block_out_channels": (16, 32),
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "sample_size": 32,
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +51,28 @@ def sd_vae(tmp_path_factory, request):
     config = SMALL if disabled else SD_1X
     n = len(config["block_out_channels"])
     torch.manual_seed(0)
-    model = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                          down_block_types=("DownEncoderBlock2D",) * n,
-                          up_block_types=("UpDecoderBlock2D",) * n, **config).eval()
+    model = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        **config,
+    ).eval()
     root = tmp_path_factory.mktemp("sd-vae")
     model.save_pretrained(root / "vae", safe_serialization=True)
     t0 = time.perf_counter()
-    report = export_diffusers(root / "vae", root / "exported", n_examples=4,
-                              variants=("int8-static", "fp16"))
-    return {"dir": root / "vae", "exported": root / "exported", "report": report,
-            "export_s": time.perf_counter() - t0, "side": config["sample_size"],
-            "name": "sd-1.x-shaped" if not disabled else "small-autoencoder-kl"}
+    report = export_diffusers(
+        root / "vae", root / "exported", n_examples=4, variants=("int8-static", "fp16")
+    )
+    return {
+        "dir": root / "vae",
+        "exported": root / "exported",
+        "report": report,
+        "export_s": time.perf_counter() - t0,
+        "side": config["sample_size"],
+        "name": "sd-1.x-shaped" if not disabled else "small-autoencoder-kl",
+    }
 
 
 _RESULTS: dict[str, dict] = {}
@@ -60,8 +81,11 @@ _RESULTS: dict[str, dict] = {}
 def _measure(sd_vae: dict, part: str, rounds: int) -> dict:
     if part in _RESULTS:
         return _RESULTS[part]
-    pool = {k: Worker(k, sd_vae["exported"], f"diffusers:{sd_vae['dir']}", THREADS)
-            for k in KINDS if available(k)}
+    pool = {
+        k: Worker(k, sd_vae["exported"], f"diffusers:{sd_vae['dir']}", THREADS)
+        for k in KINDS
+        if available(k)
+    }
     try:
         heads = {k: w.time(part, 1, 1)["head"] for k, w in pool.items()}  # warm-up
         times: dict[str, list[float]] = {k: [] for k in pool}
@@ -89,9 +113,16 @@ def test_sd_vae_batch1(benchmark, sd_vae, part, kind):
     limit = {"eager": 0.0, "runtime-fp32": 1e-4, "openvino-f32": 1e-3}.get(kind, 0.25 * scale)
     assert err <= limit, (kind, err, limit)
     benchmark.group = f"{sd_vae['name']} {part} {sd_vae['side']}x{sd_vae['side']} batch=1"
-    benchmark.extra_info.update(model=sd_vae["name"], part=part, runtime=kind, batch=1,
-                                threads=THREADS, process_isolated=True,
-                                max_abs_error_vs_eager=err, export_s=sd_vae["export_s"])
+    benchmark.extra_info.update(
+        model=sd_vae["name"],
+        part=part,
+        runtime=kind,
+        batch=1,
+        threads=THREADS,
+        process_isolated=True,
+        max_abs_error_vs_eager=err,
+        export_s=sd_vae["export_s"],
+    )
     if benchmark.disabled:
         benchmark(lambda: None)
         return
@@ -102,12 +133,15 @@ def test_sd_vae_batch1(benchmark, sd_vae, part, kind):
         benchmark.extra_info["speedup_vs_eager"] = ratio_spread(result["times"]["eager"], mine)
     if kind != "runtime-fp32":
         benchmark.extra_info["speedup_vs_runtime_fp32"] = ratio_spread(
-            result["times"]["runtime-fp32"], mine)
+            result["times"]["runtime-fp32"], mine
+        )
     for name in ("int8-static", "fp16", "openvino"):
         if name in kind and name in sd_vae["report"]:
             r = sd_vae["report"][name]
-            benchmark.extra_info.update(mu_rel_error_vs_fp32=r["mu_rel_error"],
-                                        recon_psnr_db_vs_fp32=r["recon_psnr_db_vs_fp32"])
+            benchmark.extra_info.update(
+                mu_rel_error_vs_fp32=r["mu_rel_error"],
+                recon_psnr_db_vs_fp32=r["recon_psnr_db_vs_fp32"],
+            )
 
 
 def test_static_int8_and_openvino_agreement_on_a_briefly_trained_autoencoder_kl(tmp_path):

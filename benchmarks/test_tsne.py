@@ -23,8 +23,11 @@ from benchmarks.conftest import EXPORTED, ROOT, SLOW_ROUNDS, THREADS, record
 
 SIZES = [300, 1000, 2000, 5000]
 SKLEARN_MAX = int(os.environ.get("VAEFAST_BENCH_SKLEARN_MAX", "2000"))
-LARGE = [int(s) for s in os.environ.get("VAEFAST_BENCH_TSNE_LARGE", "20000,50000").split(",")
-         if s.strip()]
+LARGE = [
+    int(s)
+    for s in os.environ.get("VAEFAST_BENCH_TSNE_LARGE", "20000,50000").split(",")
+    if s.strip()
+]
 BH_MAX = int(os.environ.get("VAEFAST_BENCH_BH_MAX", "20000"))
 LARGE_ROUNDS = int(os.environ.get("VAEFAST_BENCH_LARGE_ROUNDS", "1"))
 _COLD: dict[str, float] = {}
@@ -34,8 +37,7 @@ _COLD: dict[str, float] = {}
 def latent_means():
     from vaefast import data, runtime
 
-    return runtime.load(EXPORTED / "mnist5k-z20", providers="cpu").encode(
-        data.read("mnist5k").X)[0]
+    return runtime.load(EXPORTED / "mnist5k-z20", providers="cpu").encode(data.read("mnist5k").X)[0]
 
 
 def _run(impl: str, X: np.ndarray):
@@ -44,10 +46,15 @@ def _run(impl: str, X: np.ndarray):
         from vaefast.tsne import TSNE
 
         tsne = TSNE(random_state=0, n_jobs=THREADS).fit(X)
-        return tsne.embedding_, tsne.kl_divergence_, {
-            "pairs_per_s": tsne.timings_["pairs_per_s"],
-            "affinities_s": tsne.timings_["affinities_s"],
-            "optimize_s": tsne.timings_["optimize_s"]}
+        return (
+            tsne.embedding_,
+            tsne.kl_divergence_,
+            {
+                "pairs_per_s": tsne.timings_["pairs_per_s"],
+                "affinities_s": tsne.timings_["affinities_s"],
+                "optimize_s": tsne.timings_["optimize_s"],
+            },
+        )
     if impl == "sklearn-exact":
         from sklearn.manifold import TSNE
 
@@ -56,8 +63,9 @@ def _run(impl: str, X: np.ndarray):
     import openTSNE
 
     method = impl.split("-")[1]
-    emb = openTSNE.TSNE(negative_gradient_method=method, n_jobs=THREADS, random_state=0,
-                        verbose=False).fit(X)
+    emb = openTSNE.TSNE(
+        negative_gradient_method=method, n_jobs=THREADS, random_state=0, verbose=False
+    ).fit(X)
     return np.asarray(emb), float(emb.kl_divergence), {}
 
 
@@ -83,9 +91,14 @@ def test_tsne(benchmark, latent_means, impl, n):
     benchmark.group = f"tsne N={n}"
     rounds = 1 if benchmark.disabled else SLOW_ROUNDS
     emb, kl, extra = benchmark.pedantic(_run, args=(impl, X), rounds=rounds, iterations=1)
-    benchmark.extra_info.update(impl=impl, n=n, kl=kl, threads=THREADS,
-                                trustworthiness=trustworthiness(X, emb, n_neighbors=10),
-                                **extra)
+    benchmark.extra_info.update(
+        impl=impl,
+        n=n,
+        kl=kl,
+        threads=THREADS,
+        trustworthiness=trustworthiness(X, emb, n_neighbors=10),
+        **extra,
+    )
     if impl == "vaefast":
         benchmark.extra_info["cold_first_call_s"] = _COLD[impl]
     assert emb.shape == (n, 2) and np.isfinite(emb).all()
@@ -117,19 +130,26 @@ def test_tsne_beside_a_busy_onnx_runtime_process(benchmark, latent_means, n_jobs
     X = latent_means[:n]
     TSNE(max_iter=250, random_state=0, n_jobs=1).fit(X[:100])  # kernels loaded
     code = NEIGHBOUR.format(model=str(EXPORTED / "mnist5k-z20"), threads=THREADS)
-    neighbour = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, text=True,
-                                 stdout=subprocess.PIPE)
+    neighbour = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, text=True, stdout=subprocess.PIPE
+    )
     try:
         assert neighbour.stdout.readline().strip() == "ready"
         benchmark.group = f"tsne N={n} beside a busy ONNX Runtime process"
         rounds = 1 if benchmark.disabled else SLOW_ROUNDS
-        tsne = benchmark.pedantic(lambda: TSNE(random_state=0, n_jobs=n_jobs).fit(X),
-                                  rounds=rounds, iterations=1)
+        tsne = benchmark.pedantic(
+            lambda: TSNE(random_state=0, n_jobs=n_jobs).fit(X), rounds=rounds, iterations=1
+        )
     finally:
         neighbour.kill()
         neighbour.wait()
-    benchmark.extra_info.update(impl="vaefast", n=n, n_jobs=str(n_jobs), kl=tsne.kl_divergence_,
-                                iterations_by_threads=str(tsne.timings_["iterations_by_threads"]))
+    benchmark.extra_info.update(
+        impl="vaefast",
+        n=n,
+        n_jobs=str(n_jobs),
+        kl=tsne.kl_divergence_,
+        iterations_by_threads=str(tsne.timings_["iterations_by_threads"]),
+    )
 
 
 @pytest.mark.parametrize("n", LARGE)
@@ -152,9 +172,13 @@ def test_tsne_large(benchmark, impl, n):
     runs = []
 
     def fit_in_a_fresh_process() -> None:
-        done = subprocess.run([sys.executable, "-m", "benchmarks.tsne_large", impl, str(n),
-                               str(THREADS)], cwd=ROOT, capture_output=True, text=True,
-                              check=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.tsne_large", impl, str(n), str(THREADS)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
 
     benchmark.group = f"tsne large N={n}"

@@ -66,15 +66,17 @@ def test_affinities(benchmark, pixels, impl, features):
     benchmark.group = f"tsne P N={n} D={features}"
     with threadpool_limits(limits=THREADS):
         run(X[:200])  # warm-up (Numba's kernels load)
-        P = benchmark.pedantic(run, args=(X,), rounds=1 if benchmark.disabled else
-                               SLOW_ROUNDS, iterations=1)
+        P = benchmark.pedantic(
+            run, args=(X,), rounds=1 if benchmark.disabled else SLOW_ROUNDS, iterations=1
+        )
         key = (n, features)
         if key not in _SKLEARN_P:
             _SKLEARN_P[key] = P if impl == "sklearn" else sklearn_p(X)
     ref = _SKLEARN_P[key]
     rel = float(np.max(np.abs(P - ref) / ref))
-    benchmark.extra_info.update(impl=impl, n=n, features=features, threads=THREADS,
-                                max_rel_error_vs_sklearn=rel)
+    benchmark.extra_info.update(
+        impl=impl, n=n, features=features, threads=THREADS, max_rel_error_vs_sklearn=rel
+    )
     assert rel <= 1e-6
 
 
@@ -92,16 +94,21 @@ def test_fit_on_raw_pixels(benchmark, pixels, impl, data):
         X = read("digits").X[:n].astype(np.float32)
     else:
         X = pixels[:n]
-    make = (lambda: TSNE(random_state=0, n_jobs=THREADS)) if impl == "vaefast" else \
-        (lambda: SklearnTSNE(method="exact", random_state=0, n_jobs=THREADS))
+    make = (
+        (lambda: TSNE(random_state=0, n_jobs=THREADS))
+        if impl == "vaefast"
+        else (lambda: SklearnTSNE(method="exact", random_state=0, n_jobs=THREADS))
+    )
     if impl == "vaefast":
         make().fit(X[:200])  # kernels loaded
     benchmark.group = f"tsne {data} N={len(X)} D={X.shape[1]}"
-    rounds = 1 if benchmark.disabled else (SLOW_ROUNDS if impl == "vaefast" else
-                                           min(SLOW_ROUNDS, 3))
+    rounds = (
+        1 if benchmark.disabled else (SLOW_ROUNDS if impl == "vaefast" else min(SLOW_ROUNDS, 3))
+    )
     tsne = benchmark.pedantic(lambda: make().fit(X), rounds=rounds, iterations=1)
-    benchmark.extra_info.update(impl=impl, n=len(X), features=X.shape[1], threads=THREADS,
-                                kl=float(tsne.kl_divergence_))
+    benchmark.extra_info.update(
+        impl=impl, n=len(X), features=X.shape[1], threads=THREADS, kl=float(tsne.kl_divergence_)
+    )
     assert np.isfinite(tsne.embedding_).all()
 
 
@@ -136,24 +143,34 @@ def test_transform(benchmark, reference_map, impl):
         openTSNE = pytest.importorskip("openTSNE")
         from openTSNE import TSNEEmbedding, affinity
 
-        aff = affinity.PerplexityBasedNN(ref, perplexity=30, n_jobs=THREADS, random_state=0,
-                                         verbose=False)
-        emb = TSNEEmbedding(tsne.embedding_.astype(np.float64), aff, n_jobs=THREADS,
-                            random_state=0, verbose=False)
+        aff = affinity.PerplexityBasedNN(
+            ref, perplexity=30, n_jobs=THREADS, random_state=0, verbose=False
+        )
+        emb = TSNEEmbedding(
+            tsne.embedding_.astype(np.float64), aff, n_jobs=THREADS, random_state=0, verbose=False
+        )
         emb.transform(new[:20])
         place = emb.transform
         assert openTSNE  # the real package, placing into the same reference map
     benchmark.group = f"tsne transform into {len(ref)} reference points"
     t0 = time.perf_counter()
-    Y = benchmark.pedantic(lambda: np.asarray(place(new)), rounds=1 if benchmark.disabled
-                           else 3, iterations=1)
+    Y = benchmark.pedantic(
+        lambda: np.asarray(place(new)), rounds=1 if benchmark.disabled else 3, iterations=1
+    )
     seconds = (time.perf_counter() - t0) / (1 if benchmark.disabled else 3)
-    benchmark.extra_info.update(impl=impl, reference=len(ref), placed=len(new),
-                                threads=THREADS, points_per_s=len(new) / seconds)
+    benchmark.extra_info.update(
+        impl=impl,
+        reference=len(ref),
+        placed=len(new),
+        threads=THREADS,
+        points_per_s=len(new) / seconds,
+    )
     assert Y.shape == (len(new), 2) and np.isfinite(Y).all()
     if exact is not None:  # displacement from the exact placement, as a fraction of the map
         shift = np.linalg.norm(Y - exact, axis=1) / np.ptp(tsne.embedding_, axis=0).max()
-        benchmark.extra_info.update(displacement_median=float(np.median(shift)),
-                                    displacement_p90=float(np.percentile(shift, 90)),
-                                    displacement_max=float(shift.max()))
+        benchmark.extra_info.update(
+            displacement_median=float(np.median(shift)),
+            displacement_p90=float(np.percentile(shift, 90)),
+            displacement_max=float(shift.max()),
+        )
         assert np.median(shift) < 0.01

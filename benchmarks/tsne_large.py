@@ -1,10 +1,11 @@
 """Large-N t-SNE in its own process: one fit, its time, KL and the process's peak RSS.
 
 ``python -m benchmarks.tsne_large IMPL N THREADS`` prints one JSON line. IMPL is
-``vaefast``, ``openTSNE-bh`` or ``openTSNE-fft``. The data are N latent means of the shipped z20 encoder on
-mnist5k digits shifted by up to 2 pixels with Gaussian pixel noise (sigma 0.05), seeded:
-real VAE means at sizes the 5,000 digits alone do not reach. Encoding is not timed; for
-vaefast a fit of 300 points first loads the Numba kernels.
+``vaefast``, ``openTSNE-bh`` or ``openTSNE-fft``. The data are N latent means of the
+shipped z20 encoder on mnist5k digits shifted by up to 2 pixels with Gaussian pixel
+noise (sigma 0.05), seeded: real VAE means at sizes the 5,000 digits alone do not
+reach. Encoding is not timed; for vaefast a fit of 300 points first loads the Numba
+kernels.
 """
 
 from __future__ import annotations
@@ -41,16 +42,24 @@ def fit(impl: str, X: np.ndarray, threads: int) -> dict:
         TSNE(random_state=0, n_jobs=threads).fit(X[:300])
         t0 = time.perf_counter()
         tsne = TSNE(random_state=0, n_jobs=threads).fit(X)
-        return {"seconds": time.perf_counter() - t0, "kl": tsne.kl_divergence_,
-                "affinities_s": tsne.timings_["affinities_s"],
-                "optimize_s": tsne.timings_["optimize_s"], "dense_p": tsne.timings_["dense_p"],
-                "pairs_per_s": tsne.timings_["pairs_per_s"]}
+        return {
+            "seconds": time.perf_counter() - t0,
+            "kl": tsne.kl_divergence_,
+            "affinities_s": tsne.timings_["affinities_s"],
+            "optimize_s": tsne.timings_["optimize_s"],
+            "dense_p": tsne.timings_["dense_p"],
+            "pairs_per_s": tsne.timings_["pairs_per_s"],
+        }
     if impl in ("openTSNE-bh", "openTSNE-fft"):
         import openTSNE
 
         t0 = time.perf_counter()
-        emb = openTSNE.TSNE(negative_gradient_method=impl.split("-")[1], n_jobs=threads,
-                            random_state=0, verbose=False).fit(X)
+        emb = openTSNE.TSNE(
+            negative_gradient_method=impl.split("-")[1],
+            n_jobs=threads,
+            random_state=0,
+            verbose=False,
+        ).fit(X)
         return {"seconds": time.perf_counter() - t0, "kl": float(emb.kl_divergence)}
     raise SystemExit(f"unknown implementation {impl!r}")
 

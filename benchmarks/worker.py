@@ -74,22 +74,34 @@ def _runner(kind: str, folder: Path, threads: int, module: str | None):
             calls = {k: torch.compile(f) for k, f in calls.items()}
 
         def autocast():
-            return torch.autocast("cpu", dtype=torch.bfloat16) if variant == "bf16" \
+            return (
+                torch.autocast("cpu", dtype=torch.bfloat16)
+                if variant == "bf16"
                 else contextlib.nullcontext()
+            )
 
         def run(part: str, x):
             with torch.inference_mode(), autocast():
                 return calls[part](x)
 
-        return (lambda part, x: torch.from_numpy(np.ascontiguousarray(to_model(part, x)))), \
-            run, (lambda part, out: to_unit(part, out.float().numpy())), shape, z
+        return (
+            (lambda part, x: torch.from_numpy(np.ascontiguousarray(to_model(part, x)))),
+            run,
+            (lambda part, out: to_unit(part, out.float().numpy())),
+            shape,
+            z,
+        )
     if family in ("runtime", "openvino"):
         providers = {"runtime": "cpu", "openvino": "openvino"}[family]
         if variant in ("cuda", "tensorrt"):
             providers, variant = variant, "fp32"
-        vae = runtime.load(folder, providers=providers, threads=threads,
-                           variant=variant if family == "runtime" else "fp32",
-                           precision=variant if family == "openvino" else None)
+        vae = runtime.load(
+            folder,
+            providers=providers,
+            threads=threads,
+            variant=variant if family == "runtime" else "fp32",
+            precision=variant if family == "openvino" else None,
+        )
 
         def run(part: str, x: np.ndarray):
             if part == "encoder":
@@ -103,15 +115,23 @@ def _runner(kind: str, folder: Path, threads: int, module: str | None):
         from vaefast.variants import model_files
 
         options = engines.session_options(threads, spin=True)
-        sessions = {part: ort.InferenceSession(str(folder / name), options,
-                                               providers=["CPUExecutionProvider"])
-                    for part, name in zip(("encoder", "decoder"), model_files(variant))}
+        sessions = {
+            part: ort.InferenceSession(
+                str(folder / name), options, providers=["CPUExecutionProvider"]
+            )
+            for part, name in zip(("encoder", "decoder"), model_files(variant))
+        }
 
         def run(part: str, x: np.ndarray):
             return sessions[part].run(None, {"x" if part == "encoder" else "z": x})[0]
 
-        return (lambda part, x: np.ascontiguousarray(to_model(part, x), np.float32)), run, \
-            to_unit, shape, z
+        return (
+            (lambda part, x: np.ascontiguousarray(to_model(part, x), np.float32)),
+            run,
+            to_unit,
+            shape,
+            z,
+        )
     raise SystemExit(f"unknown worker kind {kind!r}")
 
 
@@ -121,10 +141,14 @@ class Worker:
     def __init__(self, kind: str, folder: Path, module: str | None, threads: int):
         args = [sys.executable, "-m", "benchmarks.worker", kind, str(folder), str(threads)]
         self.kind = kind
-        self.proc = subprocess.Popen(args + ([module] if module else []),
-                                     cwd=Path(__file__).resolve().parents[1],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            args + ([module] if module else []),
+            cwd=Path(__file__).resolve().parents[1],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(self.proc.stderr.read()[-500:])
@@ -144,7 +168,6 @@ class Worker:
         except (BrokenPipeError, ValueError):
             pass
         self.proc.wait(timeout=30)
-
 
 
 def available(kind: str) -> bool:
@@ -168,8 +191,9 @@ def available(kind: str) -> bool:
 
 def main(argv: list[str]) -> None:
     kind, folder, threads = argv[0], Path(argv[1]), int(argv[2])
-    prepare, run, finish, shape, z = _runner(kind, folder, threads,
-                                             argv[3] if len(argv) > 3 else None)
+    prepare, run, finish, shape, z = _runner(
+        kind, folder, threads, argv[3] if len(argv) > 3 else None
+    )
     print(json.dumps({"ready": kind}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)

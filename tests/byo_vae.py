@@ -11,20 +11,35 @@ from torch import nn
 
 
 class ConvBNVAE(nn.Module):
-    def __init__(self, channels: int = 3, side: int = 32, latent: int = 8,
-                 posterior: str = "tuple", logits: bool = False):
+    def __init__(
+        self,
+        channels: int = 3,
+        side: int = 32,
+        latent: int = 8,
+        posterior: str = "tuple",
+        logits: bool = False,
+    ):
         super().__init__()
         self.posterior, self.logits, self.side = posterior, logits, side
         flat = 32 * (side // 4) ** 2
         self.features = nn.Sequential(
-            nn.Conv2d(channels, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.Flatten())
+            nn.Conv2d(channels, 16, 3, 2, 1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, 2, 1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
         self.to_mu = nn.Linear(flat, latent)
         self.to_logvar = nn.Linear(flat, latent)
         self.expand = nn.Sequential(nn.Linear(latent, flat), nn.ReLU())
         self.pixels = nn.Sequential(
-            nn.ConvTranspose2d(32, 16, 4, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.ConvTranspose2d(16, channels, 4, 2, 1))
+            nn.ConvTranspose2d(32, 16, 4, 2, 1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.ConvTranspose2d(16, channels, 4, 2, 1),
+        )
 
     def encode(self, x):
         h = self.features(x)
@@ -92,7 +107,7 @@ def colour_patches(n: int = 600, side: int = 32, seed: int = 0):
         photo = photos[k % len(photos)]
         r = rng.integers(0, photo.shape[0] - side)
         c = rng.integers(0, photo.shape[1] - side)
-        out[k] = photo[r:r + side, c:c + side]
+        out[k] = photo[r : r + side, c : c + side]
     return out, (np.arange(n) % len(photos)).astype(np.int64)
 
 
@@ -105,14 +120,16 @@ def train_briefly(model: ConvBNVAE, images, steps: int = 30, seed: int = 0) -> C
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     for step in range(steps):
-        x = x_all[(step * 64) % len(x_all):][:64]
+        x = x_all[(step * 64) % len(x_all) :][:64]
         out = ConvBNVAE.encode(model, x)
         mu, logvar = (out.loc, 2 * torch.log(out.scale)) if model.posterior == "normal" else out
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         x_hat = ConvBNVAE.decode(model, z)
-        recon = (nn.functional.binary_cross_entropy_with_logits(x_hat, x, reduction="sum")
-                 if model.logits else
-                 nn.functional.binary_cross_entropy(x_hat, x, reduction="sum"))
+        recon = (
+            nn.functional.binary_cross_entropy_with_logits(x_hat, x, reduction="sum")
+            if model.logits
+            else nn.functional.binary_cross_entropy(x_hat, x, reduction="sum")
+        )
         loss = recon - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
         optimizer.zero_grad()
         loss.backward()
@@ -139,13 +156,19 @@ class TanhVAE(nn.Module):
         up = []
         back = list(reversed(hidden))
         for a, b in zip(back, back[1:]):
-            up += [nn.ConvTranspose2d(a, b, 3, 2, 1, output_padding=1), nn.BatchNorm2d(b),
-                   nn.LeakyReLU()]
+            up += [
+                nn.ConvTranspose2d(a, b, 3, 2, 1, output_padding=1),
+                nn.BatchNorm2d(b),
+                nn.LeakyReLU(),
+            ]
         self.decoder = nn.Sequential(*up)
         self.final_layer = nn.Sequential(
             nn.ConvTranspose2d(back[-1], back[-1], 3, 2, 1, output_padding=1),
-            nn.BatchNorm2d(back[-1]), nn.LeakyReLU(), nn.Conv2d(back[-1], 3, 3, padding=1),
-            nn.Tanh())
+            nn.BatchNorm2d(back[-1]),
+            nn.LeakyReLU(),
+            nn.Conv2d(back[-1], 3, 3, padding=1),
+            nn.Tanh(),
+        )
         self.last = hidden[-1]
 
     def encode(self, x):
@@ -168,7 +191,7 @@ def _train_on_signed_images(model, images, loss_of, steps: int, seed: int):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     for step in range(steps):
-        loss = loss_of(model, x_all[(step * 32) % len(x_all):][:32])
+        loss = loss_of(model, x_all[(step * 32) % len(x_all) :][:32])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -177,11 +200,13 @@ def _train_on_signed_images(model, images, loss_of, steps: int, seed: int):
 
 def train_tanh_briefly(model: TanhVAE, images, steps: int = 20, seed: int = 0) -> TanhVAE:
     """A few Adam steps on [-1, 1] images (MSE + KL, as that collection trains it)."""
+
     def loss_of(model, x):
         mu, logvar = model.encode(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         return nn.functional.mse_loss(model.decode(z), x) - 1e-4 * torch.mean(
-            torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1))
+            torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+        )
 
     return _train_on_signed_images(model, images, loss_of, steps, seed)
 
@@ -192,19 +217,27 @@ def small_autoencoder_kl(channels: int = 3, side: int = 32, seed: int = 0):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(in_channels=channels, out_channels=channels,
-                         down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2,
-                         block_out_channels=(16, 32), layers_per_block=1, latent_channels=4,
-                         norm_num_groups=8, sample_size=side).eval()
+    return AutoencoderKL(
+        in_channels=channels,
+        out_channels=channels,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=side,
+    ).eval()
 
 
 def train_kl_briefly(model, images, steps: int = 60, seed: int = 0):
     """A few Adam steps of a diffusers AutoencoderKL on [-1, 1] images [N, H, W, C] uint8
     (MSE of the decoded sample + a small KL, as latent-diffusion autoencoders train)."""
+
     def loss_of(model, x):
         dist = model.encode(x).latent_dist
-        return nn.functional.mse_loss(model.decode(dist.sample()).sample, x) + \
-            1e-6 * dist.kl().mean()
+        return (
+            nn.functional.mse_loss(model.decode(dist.sample()).sample, x) + 1e-6 * dist.kl().mean()
+        )
 
     return _train_on_signed_images(model, images, loss_of, steps, seed)

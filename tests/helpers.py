@@ -29,8 +29,9 @@ def write_idx(path: Path, array: np.ndarray, gz: bool = False, magic: int | None
     return path
 
 
-def write_mnist_folder(folder: Path, n_train: int = 60, n_test: int = 20, gz: bool = False,
-                       seed: int = 0) -> tuple[np.ndarray, ...]:
+def write_mnist_folder(
+    folder: Path, n_train: int = 60, n_test: int = 20, gz: bool = False, seed: int = 0
+) -> tuple[np.ndarray, ...]:
     """Write train/t10k image and label IDX files of random 28x28 digits into ``folder``."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -46,12 +47,18 @@ def write_mnist_folder(folder: Path, n_train: int = 60, n_test: int = 20, gz: bo
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real ``vaefast`` CLI in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "vaefast.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "vaefast.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
-def embed_killed_midway(args: list[str], store: Path, timeout: float = 120,
-                        sig: int | None = None) -> tuple[int, list]:
+def embed_killed_midway(
+    args: list[str], store: Path, timeout: float = 120, sig: int | None = None
+) -> tuple[int, list]:
     """Start `vaefast embed ARGS`, and once some, but not all, chunks of ``store`` are done
     send it ``sig`` (default SIGKILL). Returns its exit status and the processes it had
     started (psutil, taken just before the signal), to check that none is left."""
@@ -62,8 +69,12 @@ def embed_killed_midway(args: list[str], store: Path, timeout: float = 120,
     import psutil
     import zarr
 
-    proc = subprocess.Popen([sys.executable, "-m", "vaefast.cli", "embed", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaefast.cli", "embed", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -94,7 +105,7 @@ def photo_crops(n: int, height: int = 160, width: int = 200, seed: int = 0) -> n
     for i in range(n):
         p = photos[i % len(photos)]
         y, x = rng.integers(0, p.shape[0] - height), rng.integers(0, p.shape[1] - width)
-        out[i] = p[y:y + height, x:x + width]
+        out[i] = p[y : y + height, x : x + width]
     return out
 
 
@@ -105,8 +116,9 @@ def encoded(image: np.ndarray, fmt: str = "JPEG", **options) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {})
-                                | options)
+    Image.fromarray(image).save(
+        buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}) | options
+    )
     return buf.getvalue()
 
 
@@ -122,23 +134,24 @@ def write_image_folder(folder: Path, images: np.ndarray, classes: int = 2) -> li
     return sorted(names)
 
 
-def write_image_parquet(path: Path, images: np.ndarray, labels: np.ndarray | None = None,
-                        row_group_size: int = 64) -> None:
+def write_image_parquet(
+    path: Path, images: np.ndarray, labels: np.ndarray | None = None, row_group_size: int = 64
+) -> None:
     """A parquet file as Hugging Face datasets writes one: an ``image`` column of
     {bytes, path} structs and an integer ``label`` column."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     cells = [{"bytes": encoded(im), "path": f"{i:06d}.jpg"} for i, im in enumerate(images)]
-    columns = {"image": pa.array(cells, pa.struct([("bytes", pa.binary()),
-                                                   ("path", pa.string())]))}
+    columns = {"image": pa.array(cells, pa.struct([("bytes", pa.binary()), ("path", pa.string())]))}
     if labels is not None:
         columns["label"] = pa.array(np.asarray(labels, np.int64))
     pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
 
 
-def write_shards(folder: Path, images: np.ndarray, labels: np.ndarray | None = None,
-                 per_shard: int = 100) -> str:
+def write_shards(
+    folder: Path, images: np.ndarray, labels: np.ndarray | None = None, per_shard: int = 100
+) -> str:
     """WebDataset tar shards ``shard-000.tar`` ... (``KEY.jpg`` and ``KEY.cls`` members);
     returns the brace pattern naming them all."""
     import io

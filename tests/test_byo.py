@@ -38,9 +38,13 @@ def trained(images):
 @pytest.fixture(scope="module")
 def exported(trained, images, tmp_path_factory):
     out = tmp_path_factory.mktemp("byo") / "mine"
-    report = vaefast.export_vae(trained, out, example=nchw(images[0][:256]),
-                                variants=("int8", "int8-static"),
-                                label_names=["china", "flower"])
+    report = vaefast.export_vae(
+        trained,
+        out,
+        example=nchw(images[0][:256]),
+        variants=("int8", "int8-static"),
+        label_names=["china", "flower"],
+    )
     return out, report
 
 
@@ -85,8 +89,11 @@ def test_runtime_matches_eager_in_either_channel_layout(exported, trained, image
     assert x_hat.shape == (64, 3, 32, 32)
     np.testing.assert_allclose(x_hat, x_hat_eager, atol=1e-5)
     assert vae.images(x_hat).shape == (64, 32, 32, 3) and vae.sample(4).shape == (4, 3, 32, 32)
-    with pytest.raises(VaefastError, match=r"shape \[N, 28, 28\]; this model expects "
-                                           r"\[N, 3, 32, 32\] \(or channels-last"):
+    with pytest.raises(
+        VaefastError,
+        match=r"shape \[N, 28, 28\]; this model expects "
+        r"\[N, 3, 32, 32\] \(or channels-last",
+    ):
         vae.encode(np.zeros((2, 28, 28), np.uint8))
 
 
@@ -100,9 +107,19 @@ def test_cli_exports_a_model_from_the_users_file(trained, images, tmp_path, suff
 
         save_file(trained.state_dict(), str(weights))
     np.save(tmp_path / "x.npy", images[0])
-    result = run_cli("export", "--module", "tests/byo_vae.py:build_model", "--weights",
-                     str(weights), "--input-shape", "3,32,32", "--data",
-                     str(tmp_path / "x.npy"), "--out", str(tmp_path / "cli"))
+    result = run_cli(
+        "export",
+        "--module",
+        "tests/byo_vae.py:build_model",
+        "--weights",
+        str(weights),
+        "--input-shape",
+        "3,32,32",
+        "--data",
+        str(tmp_path / "x.npy"),
+        "--out",
+        str(tmp_path / "cli"),
+    )
     assert result.returncode == 0, result.stderr
     vae = runtime.load(tmp_path / "cli", providers="cpu")
     with torch.no_grad():
@@ -117,9 +134,13 @@ def test_posterior_normal_logit_decoders_and_renamed_methods_export(images, tmp_
     model = (byo_vae.RenamedVAE if kind == "renamed" else byo_vae.ConvBNVAE)(**options).eval()
     x = nchw(images[0][:32])
     calls = dict(encode=model.inference, decode=model.generate) if kind == "renamed" else {}
-    report = vaefast.export_vae(model, tmp_path / kind, example=x,
-                                decoder_output="logits" if kind == "logits" else "probs",
-                                **calls)
+    report = vaefast.export_vae(
+        model,
+        tmp_path / kind,
+        example=x,
+        decoder_output="logits" if kind == "logits" else "probs",
+        **calls,
+    )
     assert report["fp32"]["max_abs"] <= 1e-5
     vae = runtime.load(tmp_path / kind, providers="cpu")
     with torch.no_grad():
@@ -136,15 +157,17 @@ def test_posterior_normal_logit_decoders_and_renamed_methods_export(images, tmp_
 
 
 def test_a_model_in_training_mode_is_exported_in_eval_mode_and_left_as_it_was(
-        trained, images, tmp_path, capsys):
+    trained, images, tmp_path, capsys
+):
     trained.train()
     vaefast.export_vae(trained, tmp_path / "t", example=nchw(images[0][:32]))
     assert trained.training and "training mode" in capsys.readouterr().err
     trained.eval()
     meta_mu = runtime.load(tmp_path / "t", providers="cpu").encode(images[0][:8])[0]
     with torch.no_grad():  # BatchNorm used its running statistics, not the batch's
-        np.testing.assert_allclose(meta_mu, trained.encode(torch.from_numpy(
-            nchw(images[0][:8])))[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            meta_mu, trained.encode(torch.from_numpy(nchw(images[0][:8])))[0].numpy(), atol=1e-5
+        )
 
 
 class _SingleTensor(byo_vae.ConvBNVAE):
@@ -157,15 +180,28 @@ class _FlatDecoder(byo_vae.ConvBNVAE):
         return super().decode(z)[:, :, :16]
 
 
-@pytest.mark.parametrize("model_class, message", [
-    (byo_vae.RandomEncoderVAE, "encode is random.*reparameterization .sampling z. must stay out of encode"),
-    (_SingleTensor, "encode must return .mu, logvar. tensors, a torch.distributions.Normal, or an object with .mean and .logvar.*got Tensor"),
-    (_FlatDecoder, r"decode returned shape \[32, 3, 16, 32\]; expected \[32, 3, 32, 32\]"),
-    (byo_vae.UnexportableVAE,
-     r"the ONNX exporter cannot handle op aten.special_zeta \(prims.zeta\) in encode"),
-])
-def test_models_that_cannot_work_fail_in_one_line_leaving_nothing(images, tmp_path,
-                                                                 model_class, message):
+@pytest.mark.parametrize(
+    "model_class, message",
+    [
+        (
+            byo_vae.RandomEncoderVAE,
+            "encode is random.*reparameterization .sampling z. must stay out of encode",
+        ),
+        (
+            _SingleTensor,
+            "encode must return .mu, logvar. tensors, a torch.distributions.Normal, or an "
+            "object with .mean and .logvar.*got Tensor",
+        ),
+        (_FlatDecoder, r"decode returned shape \[32, 3, 16, 32\]; expected \[32, 3, 32, 32\]"),
+        (
+            byo_vae.UnexportableVAE,
+            r"the ONNX exporter cannot handle op aten.special_zeta \(prims.zeta\) in encode",
+        ),
+    ],
+)
+def test_models_that_cannot_work_fail_in_one_line_leaving_nothing(
+    images, tmp_path, model_class, message
+):
     torch.manual_seed(0)
     with pytest.raises(VaefastError, match=message) as info:
         vaefast.export_vae(model_class().eval(), tmp_path / "bad", example=nchw(images[0][:32]))
@@ -188,20 +224,33 @@ def colour_npy(images, tmp_path_factory):
     X = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(40_000, 32, 32, 3))
     for start in range(0, len(X), 5000):
         pick = images[0][rng.integers(0, len(images[0]), 5000)].astype(np.int16)
-        X[start:start + 5000] = np.clip(pick + rng.integers(-10, 11, pick.shape), 0, 255)
+        X[start : start + 5000] = np.clip(pick + rng.integers(-10, 11, pick.shape), 0, 255)
     X.flush()
     return path
 
 
-def test_embed_of_image_shaped_npy_resumes_after_sigkill_identically(exported, colour_npy,
-                                                                      tmp_path):
+def test_embed_of_image_shaped_npy_resumes_after_sigkill_identically(
+    exported, colour_npy, tmp_path
+):
     from vaefast.store import open_embeddings
 
     reference = runtime.load(exported[0], providers="cpu").encode(
-        np.load(colour_npy, mmap_mode="r"))[0]
+        np.load(colour_npy, mmap_mode="r")
+    )[0]
     out = tmp_path / "k.zarr"
-    args = [str(exported[0]), str(colour_npy), "--out", str(out), "--chunk-rows", "500",
-            "--batch-size", "64", "--threads", "1", "--quiet"]
+    args = [
+        str(exported[0]),
+        str(colour_npy),
+        "--out",
+        str(out),
+        "--chunk-rows",
+        "500",
+        "--batch-size",
+        "64",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     embed_killed_midway(args, out)
     result = run_cli("embed", *args)
     assert result.returncode == 0, result.stderr
@@ -211,12 +260,15 @@ def test_embed_of_image_shaped_npy_resumes_after_sigkill_identically(exported, c
 
 def test_plot_all_draws_rgb_views_without_torch(exported, images, tmp_path):
     np.savez(tmp_path / "x.npz", X=images[0][:300], y=images[1][:300])
-    code = ("import sys, matplotlib; matplotlib.use('Agg'); from vaefast.plot import render; "
-            f"w = render('all', {str(exported[0])!r}, {str(tmp_path / 'p')!r}, "
-            f"data={str(tmp_path / 'x.npz')!r}, thumbnails=10); "
-            "print(len(w), 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, timeout=300)
+    code = (
+        "import sys, matplotlib; matplotlib.use('Agg'); from vaefast.plot import render; "
+        f"w = render('all', {str(exported[0])!r}, {str(tmp_path / 'p')!r}, "
+        f"data={str(tmp_path / 'x.npz')!r}, thumbnails=10); "
+        "print(len(w), 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["8", "False"]
 

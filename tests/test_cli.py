@@ -16,8 +16,10 @@ def test_help_lists_subcommands():
 
 
 def test_help_imports_nothing_heavy():
-    code = ("import sys; from vaefast.cli import build_parser; build_parser(); "
-            "heavy = {'torch', 'numpy', 'onnxruntime', 'numba', 'matplotlib'} & set(sys.modules);"
-            "print(sorted(heavy))")
+    code = (
+        "import sys; from vaefast.cli import build_parser; build_parser(); "
+        "heavy = {'torch', 'numpy', 'onnxruntime', 'numba', 'matplotlib'} & set(sys.modules);"
+        "print(sorted(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

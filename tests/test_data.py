@@ -103,16 +103,21 @@ def test_npz_with_labels(tmp_path):
     assert np.bincount(ds.y_test).tolist() == [2, 2, 2, 2]
 
 
-@pytest.mark.parametrize("array, message", [
-    (np.array([["a", "b"]]), "not numeric"),
-    (np.zeros((2, 7, 4, 5), np.float32), "cannot tell the channel axis"),
-    (np.zeros(5, np.float32), r"expected \[N, D\]"),
-    (np.array([[0.0, np.nan]], np.float32), "NaN or inf at row 0"),
-    (np.array([[0.0, 1.0], [np.inf, 0.0]], np.float32), "NaN or inf at row 1"),
-    (np.array([[0.0, 1.0], [0.0, 2.0]], np.float32),
-     r"values span \[0.0, 2.0\], first out of range at row 1; expected floats in \[0, 1\]"),
-    (np.zeros((0, 4), np.float32), "empty"),
-])
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.array([["a", "b"]]), "not numeric"),
+        (np.zeros((2, 7, 4, 5), np.float32), "cannot tell the channel axis"),
+        (np.zeros(5, np.float32), r"expected \[N, D\]"),
+        (np.array([[0.0, np.nan]], np.float32), "NaN or inf at row 0"),
+        (np.array([[0.0, 1.0], [np.inf, 0.0]], np.float32), "NaN or inf at row 1"),
+        (
+            np.array([[0.0, 1.0], [0.0, 2.0]], np.float32),
+            r"values span \[0.0, 2.0\], first out of range at row 1; expected floats in \[0, 1\]",
+        ),
+        (np.zeros((0, 4), np.float32), "empty"),
+    ],
+)
 def test_bad_npy_is_refused(tmp_path, array, message):
     np.save(tmp_path / "bad.npy", array)
     with pytest.raises(VaefastError, match=message):
@@ -125,12 +130,15 @@ def test_object_npy_is_never_unpickled(tmp_path):
         data.read(f"npy:{tmp_path / 'obj.npy'}")
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("mnist", "unknown data spec"),
-    ("idx:", "has no path"),
-    ("npy:/no/such/file.npy", "file not found"),
-    ("idx:/no/such/folder", "no such IDX"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("mnist", "unknown data spec"),
+        ("idx:", "has no path"),
+        ("npy:/no/such/file.npy", "file not found"),
+        ("idx:/no/such/folder", "no such IDX"),
+    ],
+)
 def test_bad_specs_are_refused(spec, message):
     with pytest.raises(VaefastError, match=message):
         data.load(spec)

@@ -39,33 +39,40 @@ def saved(folder) -> dict[str, Path]:
     source = data.open_source(f"images:{folder}", Preprocess(28, 28, 1), decode_workers=1)
     features = Features({"image": Image(), "label": ClassLabel(names=source.label_names)})
     paths = [str(folder / i) for i in source.ids]
-    by_path = datasets.Dataset.from_dict({"image": paths, "label": source.labels.tolist()},
-                                         features=features)
+    by_path = datasets.Dataset.from_dict(
+        {"image": paths, "label": source.labels.tolist()}, features=features
+    )
     cells = [{"bytes": (folder / i).read_bytes(), "path": None} for i in source.ids]
-    with_bytes = datasets.Dataset.from_dict({"image": cells,
-                                             "label": source.labels.tolist()},
-                                            features=features)
+    with_bytes = datasets.Dataset.from_dict(
+        {"image": cells, "label": source.labels.tolist()}, features=features
+    )
     out = folder.parent
     by_path.to_parquet(str(out / "paths.parquet"))
     with_bytes.to_parquet(str(out / "bytes.parquet"))
     by_path.save_to_disk(str(out / "saved"))
-    return {"paths": out / "paths.parquet", "bytes": out / "bytes.parquet",
-            "saved": out / "saved"}
+    return {"paths": out / "paths.parquet", "bytes": out / "bytes.parquet", "saved": out / "saved"}
 
 
 def _store(spec: str, out: Path) -> dict:
     embed(MODEL, spec, out, progress=False, decode_workers=1)
     stored = store.load(out)
-    return {"mu": stored["mu"], "logvar": stored["logvar"], "labels": stored["labels"],
-            "label_names": stored["attrs"]["label_names"]}
+    return {
+        "mu": stored["mu"],
+        "logvar": stored["logvar"],
+        "labels": stored["labels"],
+        "label_names": stored["attrs"]["label_names"],
+    }
 
 
 def test_datasets_files_give_the_folders_store_bit_for_bit(folder, saved, tmp_path):
     reference = _store(f"images:{folder}", tmp_path / "folder.zarr")
     assert reference["label_names"] == ["class_0", "class_1", "class_2"]
-    for name, spec in (("paths", f"parquet:{saved['paths']}"),
-                       ("bytes", f"parquet:{saved['bytes']}"),
-                       ("saved", f"hf:{saved['saved']}"), ("bare", str(saved["saved"]))):
+    for name, spec in (
+        ("paths", f"parquet:{saved['paths']}"),
+        ("bytes", f"parquet:{saved['bytes']}"),
+        ("saved", f"hf:{saved['saved']}"),
+        ("bare", str(saved["saved"])),
+    ):
         got = _store(spec, tmp_path / f"{name}.zarr")
         for key in ("mu", "logvar", "labels"):
             np.testing.assert_array_equal(got[key], reference[key], err_msg=f"{name} {key}")
@@ -78,8 +85,10 @@ def test_a_relative_path_cell_is_read_beside_its_parquet_file(folder, tmp_path):
 
     shutil.copytree(folder, tmp_path / "images")
     files = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "images").rglob("*.jpg"))
-    cells = pa.array([{"bytes": None, "path": f} for f in files],
-                     pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    cells = pa.array(
+        [{"bytes": None, "path": f} for f in files],
+        pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+    )
     pq.write_table(pa.table({"image": cells}), tmp_path / "rel.parquet")
     source = data.open_source(f"parquet:{tmp_path / 'rel.parquet'}", Preprocess(28, 28, 1))
     assert source.rows(0, source.n).shape == (len(files), 28, 28)
@@ -95,28 +104,34 @@ def test_missing_path_cells_are_named_or_skipped(saved, tmp_path):
     import pyarrow as pa
 
     broken = table.set_column(0, "image", pa.array(cells, table.schema.field("image").type))
-    pq.write_table(broken.replace_schema_metadata(table.schema.metadata),
-                   tmp_path / "broken.parquet")
+    pq.write_table(
+        broken.replace_schema_metadata(table.schema.metadata), tmp_path / "broken.parquet"
+    )
     spec = f"parquet:{tmp_path / 'broken.parquet'}"
     result = run_cli("embed", str(MODEL), spec, "--out", str(tmp_path / "b.zarr"), "--quiet")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert missing in result.stderr and "broken.parquet:5" in result.stderr
-    result = run_cli("embed", str(MODEL), spec, "--out", str(tmp_path / "s.zarr"), "--quiet",
-                     "--skip-bad")
+    result = run_cli(
+        "embed", str(MODEL), spec, "--out", str(tmp_path / "s.zarr"), "--quiet", "--skip-bad"
+    )
     assert result.returncode == 0, result.stderr
     skipped = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["skipped"][:]
-    assert missing in str(skipped[5]) and np.isnan(
-        zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["mu"][5]).all()
+    assert (
+        missing in str(skipped[5])
+        and np.isnan(zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["mu"][5]).all()
+    )
 
 
 def test_saved_dataset_errors_name_the_format(saved, folder, tmp_path):
     datasets = pytest.importorskip("datasets")
     no_image = tmp_path / "numbers"
     datasets.Dataset.from_dict({"x": [1, 2, 3]}).save_to_disk(str(no_image))
-    for spec, words in ((f"hf:{no_image}", "no image column"),
-                        (f"images:{saved['saved']}", f"write hf:{saved['saved']}"),
-                        (f"parquet:{saved['saved']}", f"write hf:{saved['saved']}"),
-                        (f"hf:{folder}", "not a Hugging Face save_to_disk folder")):
+    for spec, words in (
+        (f"hf:{no_image}", "no image column"),
+        (f"images:{saved['saved']}", f"write hf:{saved['saved']}"),
+        (f"parquet:{saved['saved']}", f"write hf:{saved['saved']}"),
+        (f"hf:{folder}", "not a Hugging Face save_to_disk folder"),
+    ):
         result = run_cli("embed", str(MODEL), spec, "--out", str(tmp_path / "x.zarr"))
         assert result.returncode == 2 and words in result.stderr, (spec, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
@@ -138,8 +153,7 @@ def test_empty_class_folder_is_refused_or_keeps_its_index(folder, tmp_path):
     result = run_cli("embed", str(MODEL), f"images:{root}", "--out", str(tmp_path / "e.zarr"))
     assert result.returncode == 2 and "'class_1a' holds no image files" in result.stderr
     assert "--allow-empty-classes" in result.stderr and not (tmp_path / "e.zarr").exists()
-    source = data.open_source(f"images:{root}", Preprocess(28, 28, 1),
-                              allow_empty_classes=True)
+    source = data.open_source(f"images:{root}", Preprocess(28, 28, 1), allow_empty_classes=True)
     assert source.label_names == _torchvision_classes(root)
     assert set(source.labels) == {0, 1, 3}  # class_2 keeps index 3, as torchvision gives it
 
@@ -154,8 +168,9 @@ def test_hidden_files_and_folders_are_skipped_and_counted(folder, tmp_path):
     (root / "class_0" / ".DS_Store").write_bytes(b"Bud1")
     source = data.open_source(f"images:{root}", Preprocess(28, 28, 1))
     assert source.label_names == ["class_0", "class_1", "class_2"] and source.n == N
-    result = run_cli("embed", str(MODEL), f"images:{root}", "--out", str(tmp_path / "h.zarr"),
-                     "--quiet")
+    result = run_cli(
+        "embed", str(MODEL), f"images:{root}", "--out", str(tmp_path / "h.zarr"), "--quiet"
+    )
     assert result.returncode == 0, result.stderr
     assert "3 hidden file(s) or folder(s)" in result.stdout
 
@@ -164,8 +179,7 @@ def test_exif_rule_is_part_of_the_stores_identity(folder, tmp_path):
     out = tmp_path / "x.zarr"
     embed(MODEL, f"images:{folder}", out, progress=False, decode_workers=1)
     assert store.load(out)["attrs"]["input"]["preprocess"]["exif"] == "transpose"
-    result = run_cli("embed", str(MODEL), f"images:{folder}", "--out", str(out), "--exif",
-                     "ignore")
+    result = run_cli("embed", str(MODEL), f"images:{folder}", "--out", str(out), "--exif", "ignore")
     assert result.returncode == 2 and "--force" in result.stderr
 
 
@@ -174,12 +188,21 @@ def test_webdataset_shardwriter_shards_give_the_folders_labels(folder, tmp_path)
     wds = pytest.importorskip("webdataset")
     source = data.open_source(f"images:{folder}", Preprocess(28, 28, 1), decode_workers=1)
     (tmp_path / "shards").mkdir()
-    with wds.ShardWriter(str(tmp_path / "shards" / "train-%04d.tar"), maxcount=10,
-                         verbose=0) as sink:
+    with wds.ShardWriter(
+        str(tmp_path / "shards" / "train-%04d.tar"), maxcount=10, verbose=0
+    ) as sink:
         for i, name in enumerate(source.ids):
-            sink.write({"__key__": f"s{i:05d}", "jpg": (folder / name).read_bytes(),
-                        "cls": int(source.labels[i])})
-    shards = data.open_source(f"wds:{tmp_path / 'shards' / 'train-{0000..0003}.tar'}",
-                              Preprocess(28, 28, 1), decode_workers=1)
+            sink.write(
+                {
+                    "__key__": f"s{i:05d}",
+                    "jpg": (folder / name).read_bytes(),
+                    "cls": int(source.labels[i]),
+                }
+            )
+    shards = data.open_source(
+        f"wds:{tmp_path / 'shards' / 'train-{0000..0003}.tar'}",
+        Preprocess(28, 28, 1),
+        decode_workers=1,
+    )
     np.testing.assert_array_equal(shards.labels, source.labels)
     np.testing.assert_array_equal(shards.rows(0, N), source.rows(0, N))

@@ -21,16 +21,25 @@ def _image(w: int, h: int, channels: int, seed: int) -> np.ndarray:
     """A smooth image (so resampling differences stay small) with some detail."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w]
-    base = 127 + 100 * np.sin(x / max(w, 1) * 6.3 + rng.uniform(0, 6)) * \
-        np.cos(y / max(h, 1) * 4.1 + rng.uniform(0, 6))
+    base = 127 + 100 * np.sin(x / max(w, 1) * 6.3 + rng.uniform(0, 6)) * np.cos(
+        y / max(h, 1) * 4.1 + rng.uniform(0, 6)
+    )
     image = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
-    return image if channels == 1 else np.stack([image, image[::-1, ::-1] if h > 1
-                                                 else image, 255 - image], axis=-1)
+    return (
+        image
+        if channels == 1
+        else np.stack([image, image[::-1, ::-1] if h > 1 else image, 255 - image], axis=-1)
+    )
 
 
 @settings(max_examples=5000, deadline=None)
-@given(w=st.integers(1, 100_000), h=st.integers(1, 100_000), tw=st.integers(1, 1024),
-       th=st.integers(1, 1024), draft=st.sampled_from([1, 2, 4, 8]))
+@given(
+    w=st.integers(1, 100_000),
+    h=st.integers(1, 100_000),
+    tw=st.integers(1, 1024),
+    th=st.integers(1, 1024),
+    draft=st.sampled_from([1, 2, 4, 8]),
+)
 def test_crop_box_lies_inside_every_image(w, h, tw, th, draft):
     """Any size up to PIL's limit, any target, the full image or a draft-reduced one: the
     box PIL is handed is never outside the image and never empty."""
@@ -42,9 +51,15 @@ def test_crop_box_lies_inside_every_image(w, h, tw, th, draft):
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(w=st.integers(1, 700), h=st.integers(1, 700), tw=st.integers(1, 96),
-       th=st.integers(1, 96), rule=st.sampled_from(sorted(RESIZES)),
-       fmt=st.sampled_from(["PNG", "JPEG", "WEBP"]), channels=st.sampled_from([1, 3]))
+@given(
+    w=st.integers(1, 700),
+    h=st.integers(1, 700),
+    tw=st.integers(1, 96),
+    th=st.integers(1, 96),
+    rule=st.sampled_from(sorted(RESIZES)),
+    fmt=st.sampled_from(["PNG", "JPEG", "WEBP"]),
+    channels=st.sampled_from([1, 3]),
+)
 def test_every_valid_image_is_read_at_the_models_size(w, h, tw, th, rule, fmt, channels):
     """Real encoded files of random sizes and formats (JPEGs take the draft path whenever
     the target is at most half their size) are read by every rule, never refused."""

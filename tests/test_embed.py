@@ -29,7 +29,7 @@ def big_npy(tmp_path_factory):
     for start in range(0, len(X), 10_000):
         pick = base[rng.integers(0, len(base), 10_000)].astype(np.int16)
         noise = rng.integers(-20, 21, size=pick.shape, dtype=np.int16)
-        X[start:start + 10_000] = np.clip(pick + noise, 0, 255).astype(np.uint8)
+        X[start : start + 10_000] = np.clip(pick + noise, 0, 255).astype(np.uint8)
     X.flush()
     del X
     return path
@@ -54,8 +54,17 @@ def test_embed_streams_a_large_npy_into_zarr(big_npy, reference_mu, tmp_path):
 
 def test_resume_after_sigkill_gives_identical_store(big_npy, reference_mu, tmp_path):
     out = tmp_path / "k.zarr"
-    args = [str(MODEL), str(big_npy), "--out", str(out), "--chunk-rows", "10000",
-            "--batch-size", "2048", "--quiet"]
+    args = [
+        str(MODEL),
+        str(big_npy),
+        "--out",
+        str(out),
+        "--chunk-rows",
+        "10000",
+        "--batch-size",
+        "2048",
+        "--quiet",
+    ]
     embed_killed_midway(args, out)
     with pytest.raises(VaefastError, match="incomplete"):
         open_embeddings(out)
@@ -71,10 +80,16 @@ def test_dask_local_cluster_equals_serial(tmp_path):
 
     X = data.read("mnist5k").X
     np.save(tmp_path / "x.npy", X)
-    embed(MODEL, str(tmp_path / "x.npy"), tmp_path / "serial.zarr", chunk_rows=1000,
-          progress=False)
-    embed(MODEL, str(tmp_path / "x.npy"), tmp_path / "dask.zarr", chunk_rows=1000,
-          scheduler="local", workers=2, progress=False)
+    embed(MODEL, str(tmp_path / "x.npy"), tmp_path / "serial.zarr", chunk_rows=1000, progress=False)
+    embed(
+        MODEL,
+        str(tmp_path / "x.npy"),
+        tmp_path / "dask.zarr",
+        chunk_rows=1000,
+        scheduler="local",
+        workers=2,
+        progress=False,
+    )
     a, b = open_embeddings(tmp_path / "serial.zarr"), open_embeddings(tmp_path / "dask.zarr")
     np.testing.assert_array_equal(a["mu"][:], b["mu"][:])
     np.testing.assert_array_equal(a["logvar"][:], b["logvar"][:])
@@ -82,12 +97,15 @@ def test_dask_local_cluster_equals_serial(tmp_path):
 
 def test_peak_memory_does_not_hold_the_input(big_npy, tmp_path):
     # VmHWM, not ru_maxrss: the latter carries the forking parent's peak across exec
-    code = ("from vaefast.embedding import embed;"
-            f"embed({str(MODEL)!r}, {str(big_npy)!r}, {str(tmp_path / 'm.zarr')!r}, "
-            "chunk_rows=20000, progress=False);"
-            "print(int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) // 1024)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, timeout=300)
+    code = (
+        "from vaefast.embedding import embed;"
+        f"embed({str(MODEL)!r}, {str(big_npy)!r}, {str(tmp_path / 'm.zarr')!r}, "
+        "chunk_rows=20000, progress=False);"
+        "print(int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) // 1024)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     peak_mb = int(out.stdout.strip())
     assert peak_mb < 300, f"peak RSS {peak_mb} MB for a 157 MB input"
@@ -98,8 +116,15 @@ def test_tsne_exact_and_reference_plus_transform(tmp_path):
 
     raw = data.read("mnist5k")
     np.savez(tmp_path / "x.npz", X=raw.X[:1500], y=raw.y[:1500])
-    stats = embed(MODEL, str(tmp_path / "x.npz"), tmp_path / "t.zarr", chunk_rows=500,
-                  tsne=True, tsne_max=600, progress=False)
+    stats = embed(
+        MODEL,
+        str(tmp_path / "x.npz"),
+        tmp_path / "t.zarr",
+        chunk_rows=500,
+        tsne=True,
+        tsne_max=600,
+        progress=False,
+    )
     group = open_embeddings(tmp_path / "t.zarr")
     assert stats["tsne"]["method"] == "reference+transform"
     Y = group["tsne"][:]
@@ -120,13 +145,16 @@ def test_zarr_and_idx_inputs(tmp_path):
     from vaefast import data
 
     X = data.read("mnist5k").X[:300]
-    zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=X.shape, chunks=(100, 784),
-                    dtype="uint8")[:] = X
+    zarr.open_array(
+        str(tmp_path / "in.zarr"), mode="w", shape=X.shape, chunks=(100, 784), dtype="uint8"
+    )[:] = X
     write_idx(tmp_path / "t10k-images-idx3-ubyte", X.reshape(300, 28, 28))
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(300) % 10)
     mu = runtime.load(MODEL, providers="cpu").encode(X)[0]
-    for name, spec in (("z", str(tmp_path / "in.zarr")),
-                       ("i", str(tmp_path / "t10k-images-idx3-ubyte"))):
+    for name, spec in (
+        ("z", str(tmp_path / "in.zarr")),
+        ("i", str(tmp_path / "t10k-images-idx3-ubyte")),
+    ):
         embed(MODEL, spec, tmp_path / f"{name}.zarr", chunk_rows=128, progress=False)
         np.testing.assert_array_equal(open_embeddings(tmp_path / f"{name}.zarr")["mu"][:], mu)
     assert (open_embeddings(tmp_path / "i.zarr")["labels"][:] == np.arange(300) % 10).all()
@@ -134,7 +162,9 @@ def test_zarr_and_idx_inputs(tmp_path):
 
 def test_wrong_feature_count_is_refused(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((10, 100), np.uint8))
-    with pytest.raises(VaefastError, match=r"inputs have shape \[N, 100\]; this model expects \[N, 784\]"):
+    with pytest.raises(
+        VaefastError, match=r"inputs have shape \[N, 100\]; this model expects \[N, 784\]"
+    ):
         embed(MODEL, str(tmp_path / "x.npy"), tmp_path / "o.zarr", progress=False)
     assert not (tmp_path / "o.zarr").exists()
 
@@ -173,9 +203,18 @@ def test_embed_tsne_summary_gives_encode_fit_and_placement_apart(tmp_path):
     from vaefast import data
 
     np.save(tmp_path / "x.npy", data.read("mnist5k").X[:1500])
-    result = run_cli("embed", str(MODEL), str(tmp_path / "x.npy"), "--out",
-                     str(tmp_path / "e.zarr"), "--tsne", "--tsne-max", "500",
-                     "--chunk-rows", "400")
+    result = run_cli(
+        "embed",
+        str(MODEL),
+        str(tmp_path / "x.npy"),
+        "--out",
+        str(tmp_path / "e.zarr"),
+        "--tsne",
+        "--tsne-max",
+        "500",
+        "--chunk-rows",
+        "400",
+    )
     assert result.returncode == 0, result.stderr
     line = result.stdout.strip().splitlines()[-1]
     assert "; encode " in line and "t-SNE reference fit" in line and "(500 rows)" in line

@@ -54,22 +54,32 @@ def test_engine_options_are_checked_by_name():
 
 
 def test_a_variant_not_exported_is_refused_by_name(short_export):
-    result = run_cli("embed", str(short_export), "mnist5k", "--out", "unused.zarr",
-                     "--variant", "int8-static")
+    result = run_cli(
+        "embed", str(short_export), "mnist5k", "--out", "unused.zarr", "--variant", "int8-static"
+    )
     assert result.returncode == 2
-    assert "exported without the int8-static variant (it has fp32, int8, fp16)" in \
-        result.stderr
-    result = run_cli("embed", str(short_export), "mnist5k", "--out", "unused.zarr",
-                     "--variant", "int4")
+    assert "exported without the int8-static variant (it has fp32, int8, fp16)" in result.stderr
+    result = run_cli(
+        "embed", str(short_export), "mnist5k", "--out", "unused.zarr", "--variant", "int4"
+    )
     assert result.returncode == 2 and "fp32, int8, int8-static, fp16" in result.stderr
 
 
 def test_export_variant_names_and_calibration_are_checked(short_run, tmp_path):
-    result = run_cli("export", str(short_run), "--out", str(tmp_path / "e"),
-                     "--variants", "int8,int4")
+    result = run_cli(
+        "export", str(short_run), "--out", str(tmp_path / "e"), "--variants", "int8,int4"
+    )
     assert result.returncode == 2 and "unknown variant 'int4'" in result.stderr
-    result = run_cli("export", str(short_run), "--out", str(tmp_path / "e"),
-                     "--variants", "int8-static", "--calibration", "digits")
+    result = run_cli(
+        "export",
+        str(short_run),
+        "--out",
+        str(tmp_path / "e"),
+        "--variants",
+        "int8-static",
+        "--calibration",
+        "digits",
+    )
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "--calibration digits" in result.stderr
     assert not (tmp_path / "e").exists()
@@ -78,8 +88,17 @@ def test_export_variant_names_and_calibration_are_checked(short_run, tmp_path):
 def test_static_int8_calibrated_on_a_data_spec(short_run, tmp_path):
     from vaefast.atomic import read_json
 
-    result = run_cli("export", str(short_run), "--out", str(tmp_path / "e"), "--int8",
-                     "--variants", "int8-static", "--calibration", "mnist5k")
+    result = run_cli(
+        "export",
+        str(short_run),
+        "--out",
+        str(tmp_path / "e"),
+        "--int8",
+        "--variants",
+        "int8-static",
+        "--calibration",
+        "mnist5k",
+    )
     assert result.returncode == 0, result.stderr
     report = read_json(tmp_path / "e" / "export_report.json")
     static = report["int8-static"]
@@ -89,7 +108,10 @@ def test_static_int8_calibrated_on_a_data_spec(short_run, tmp_path):
     assert static["meets_target"] == (static["knn10_overlap_vs_fp32"] >= 0.9)
     assert ("prefer the fp32" in result.stderr) != static["meets_target"]
     assert set(read_json(tmp_path / "e" / "model.json")["variants"]) == {
-        "fp32", "int8", "int8-static"}
+        "fp32",
+        "int8",
+        "int8-static",
+    }
 
 
 def test_bench_recommend_names_the_fastest_candidate_that_agrees():
@@ -110,18 +132,26 @@ def test_a_new_engine_is_one_entry(monkeypatch, capsys):
     from vaefast.cli import build_parser
 
     ort = engines.ENGINES["onnxruntime"]
-    fake = replace(ort, name="shadow", providers=("shadow",),
-                   describe="the shadow engine, for this test", cpu="",
-                   chain=lambda p: engines.ENGINES["onnxruntime"].chain("cpu"),
-                   precisions=lambda: ("s8",), all_variants=False, report_key="shadow",
-                   label="Shadow")
+    fake = replace(
+        ort,
+        name="shadow",
+        providers=("shadow",),
+        describe="the shadow engine, for this test",
+        cpu="",
+        chain=lambda p: engines.ENGINES["onnxruntime"].chain("cpu"),
+        precisions=lambda: ("s8",),
+        all_variants=False,
+        report_key="shadow",
+        label="Shadow",
+    )
     monkeypatch.setitem(engines.ENGINES, "shadow", fake)
     vae = runtime.load(CONV, providers="shadow")
     assert vae.engine == "shadow"
     assert vae.encode(np.zeros((2, 1, 28, 28), np.uint8))[0].shape == (2, 16)
     rows = [c for c in recommend.candidates(CONV) if c["engine"] == "shadow"]
-    assert rows == [{"engine": "shadow", "variant": "fp32", "providers": "shadow",
-                     "precision": "s8"}]
+    assert rows == [
+        {"engine": "shadow", "variant": "fp32", "providers": "shadow", "precision": "s8"}
+    ]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["embed", "--help"])
     assert "shadow: the shadow engine, for this test" in " ".join(capsys.readouterr().out.split())
@@ -136,8 +166,17 @@ def test_a_resume_with_another_engine_is_refused_naming_both(tmp_path):
     X = np.random.default_rng(0).integers(0, 256, (60_000, 28, 28), np.uint8)
     np.save(tmp_path / "x.npy", X)
     out = tmp_path / "e.zarr"
-    args = [str(CONV), str(tmp_path / "x.npy"), "--out", str(out), "--chunk-rows", "2048",
-            "--quiet", "--threads", "1"]
+    args = [
+        str(CONV),
+        str(tmp_path / "x.npy"),
+        "--out",
+        str(out),
+        "--chunk-rows",
+        "2048",
+        "--quiet",
+        "--threads",
+        "1",
+    ]
     embed_killed_midway(args, out)
     result = run_cli("embed", *args, "--providers", "openvino")
     error = result.stderr.strip().splitlines()[-1]  # after OpenVINO's agreement note

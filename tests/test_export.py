@@ -11,8 +11,16 @@ import pytest
 from vaefast.errors import VaefastError
 from vaefast.export import export
 
-FILES = {"encoder.onnx", "decoder.onnx", "encoder.int8.onnx", "decoder.int8.onnx",
-         "encoder.fp16.onnx", "decoder.fp16.onnx", "model.json", "export_report.json"}
+FILES = {
+    "encoder.onnx",
+    "decoder.onnx",
+    "encoder.int8.onnx",
+    "decoder.int8.onnx",
+    "encoder.fp16.onnx",
+    "decoder.fp16.onnx",
+    "model.json",
+    "export_report.json",
+}
 
 
 def test_export_writes_self_contained_checked_models(short_export):

@@ -12,8 +12,16 @@ import numpy as np
 import pytest
 import zarr
 
-from tests.helpers import (EXPORTED, embed_killed_midway, encoded, photo_crops, run_cli,
-                           write_image_folder, write_image_parquet, write_shards)
+from tests.helpers import (
+    EXPORTED,
+    embed_killed_midway,
+    encoded,
+    photo_crops,
+    run_cli,
+    write_image_folder,
+    write_image_parquet,
+    write_shards,
+)
 from vaefast import data, store
 from vaefast.data.decode import Preprocess, decode
 from vaefast.embedding import embed
@@ -61,9 +69,11 @@ def test_folder_parquet_and_shards_give_the_same_embeddings(folder, photos, tmp_
     pattern = write_shards(shards, photos, labels, per_shard=100)
     order = np.argsort([f"class_{i % 3}/{i:06d}.jpg" for i in range(len(photos))])
     stores = {}
-    for name, spec in (("folder", f"images:{folder}"),
-                       ("parquet", f"parquet:{tmp_path / 'photos.parquet'}"),
-                       ("wds", f"wds:{pattern}")):
+    for name, spec in (
+        ("folder", f"images:{folder}"),
+        ("parquet", f"parquet:{tmp_path / 'photos.parquet'}"),
+        ("wds", f"wds:{pattern}"),
+    ):
         out = tmp_path / f"{name}.zarr"
         embed(MODEL, spec, out, chunk_rows=64, progress=False)
         stores[name] = store.load(out)
@@ -101,8 +111,9 @@ def _png(array: np.ndarray, mode: str | None = None) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(array, mode).save(buf, format="PNG") if mode else \
-        Image.fromarray(array).save(buf, format="PNG")
+    Image.fromarray(array, mode).save(buf, format="PNG") if mode else Image.fromarray(array).save(
+        buf, format="PNG"
+    )
     return buf.getvalue()
 
 
@@ -158,10 +169,15 @@ def test_reduced_scale_jpeg_decode_matches_a_full_decode(photos):
 def test_small_images_are_upscaled_and_counted(tmp_path):
     (tmp_path / "small").mkdir()
     for i in range(3):
-        (tmp_path / "small" / f"{i}.png").write_bytes(_png(np.full((10, 12), 50 * i,
-                                                                   np.uint8)))
-    result = run_cli("embed", str(MODEL), f"images:{tmp_path / 'small'}", "--out",
-                     str(tmp_path / "s.zarr"), "--quiet")
+        (tmp_path / "small" / f"{i}.png").write_bytes(_png(np.full((10, 12), 50 * i, np.uint8)))
+    result = run_cli(
+        "embed",
+        str(MODEL),
+        f"images:{tmp_path / 'small'}",
+        "--out",
+        str(tmp_path / "s.zarr"),
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     assert "3 image(s) smaller than the model's input were upscaled" in result.stdout
 
@@ -174,16 +190,25 @@ def _folder_with_a_bad_file(folder: Path, tmp_path: Path) -> tuple[Path, str]:
     shutil.copytree(folder, root)
     bad = "class_2/000200.jpg"  # a late row: earlier chunks finish first
     data_ = (root / bad).read_bytes()
-    (root / bad).write_bytes(data_[:len(data_) // 3])  # truncated
+    (root / bad).write_bytes(data_[: len(data_) // 3])  # truncated
     return root, bad
 
 
-def test_a_bad_file_stops_the_run_naming_it_and_the_finished_chunks_are_kept(folder,
-                                                                              tmp_path):
+def test_a_bad_file_stops_the_run_naming_it_and_the_finished_chunks_are_kept(folder, tmp_path):
     root, bad = _folder_with_a_bad_file(folder, tmp_path)
     out = tmp_path / "e.zarr"
-    args = ["embed", str(MODEL), f"images:{root}", "--out", str(out), "--chunk-rows", "32",
-            "--quiet", "--decode-workers", "1"]
+    args = [
+        "embed",
+        str(MODEL),
+        f"images:{root}",
+        "--out",
+        str(out),
+        "--chunk-rows",
+        "32",
+        "--quiet",
+        "--decode-workers",
+        "1",
+    ]
     result = run_cli(*args)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and bad in result.stderr and "truncated" in result.stderr
@@ -193,7 +218,8 @@ def test_a_bad_file_stops_the_run_naming_it_and_the_finished_chunks_are_kept(fol
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert "chunks resumed" in result.stdout and not result.stdout.startswith(
-        f"wrote {out}: 240 rows (0 chunks")
+        f"wrote {out}: 240 rows (0 chunks"
+    )
     embed(MODEL, f"images:{folder}", tmp_path / "clean.zarr", chunk_rows=32, progress=False)
     np.testing.assert_array_equal(_mu(out), _mu(tmp_path / "clean.zarr"))
 
@@ -202,8 +228,18 @@ def test_skip_bad_records_each_skipped_file_and_never_writes_a_zero_row(folder, 
     root, bad = _folder_with_a_bad_file(folder, tmp_path)
     (root / "class_0" / "000003.jpg").write_text("not a jpeg")
     out = tmp_path / "e.zarr"
-    result = run_cli("embed", str(MODEL), f"images:{root}", "--out", str(out), "--tsne",
-                     "--skip-bad", "--quiet", "--chunk-rows", "64")
+    result = run_cli(
+        "embed",
+        str(MODEL),
+        f"images:{root}",
+        "--out",
+        str(out),
+        "--tsne",
+        "--skip-bad",
+        "--quiet",
+        "--chunk-rows",
+        "64",
+    )
     assert result.returncode == 0, result.stderr
     assert "skipped 2 file(s)" in result.stdout
     stored = store.load(out)
@@ -214,15 +250,15 @@ def test_skip_bad_records_each_skipped_file_and_never_writes_a_zero_row(folder, 
     assert np.isnan(stored["mu"][skipped]).all() and np.isnan(stored["tsne"][skipped]).all()
     others = np.setdiff1d(np.arange(len(stored["mu"])), skipped)
     assert np.isfinite(stored["mu"][others]).all() and np.isfinite(stored["tsne"][others]).all()
-    plots = run_cli("plot", "latent", str(MODEL), "--embeddings", str(out), "--out",
-                    str(tmp_path / "plots"))
+    plots = run_cli(
+        "plot", "latent", str(MODEL), "--embeddings", str(out), "--out", str(tmp_path / "plots")
+    )
     assert plots.returncode == 0, plots.stderr
 
 
 def test_resume_after_sigkill_gives_the_identical_store(folder, tmp_path):
     out = tmp_path / "e.zarr"
-    args = [str(MODEL), f"images:{folder}", "--out", str(out), "--chunk-rows", "16",
-            "--quiet"]
+    args = [str(MODEL), f"images:{folder}", "--out", str(out), "--chunk-rows", "16", "--quiet"]
     embed_killed_midway(args, out)
     assert run_cli("embed", *args).returncode == 0
     embed(MODEL, f"images:{folder}", tmp_path / "clean.zarr", chunk_rows=16, progress=False)
@@ -232,11 +268,19 @@ def test_resume_after_sigkill_gives_the_identical_store(folder, tmp_path):
 def test_dask_splits_the_file_list_with_the_same_result(folder, tmp_path):
     pytest.importorskip("distributed")
     embed(MODEL, f"images:{folder}", tmp_path / "one.zarr", chunk_rows=64, progress=False)
-    embed(MODEL, f"images:{folder}", tmp_path / "dask.zarr", chunk_rows=64,
-          scheduler="local", workers=2, progress=False)
+    embed(
+        MODEL,
+        f"images:{folder}",
+        tmp_path / "dask.zarr",
+        chunk_rows=64,
+        scheduler="local",
+        workers=2,
+        progress=False,
+    )
     np.testing.assert_array_equal(_mu(tmp_path / "one.zarr"), _mu(tmp_path / "dask.zarr"))
-    assert list(store.load(tmp_path / "dask.zarr")["ids"]) == \
-        list(store.load(tmp_path / "one.zarr")["ids"])
+    assert list(store.load(tmp_path / "dask.zarr")["ids"]) == list(
+        store.load(tmp_path / "one.zarr")["ids"]
+    )
 
 
 def test_a_changed_folder_is_not_resumed_into(folder, tmp_path):
@@ -258,13 +302,14 @@ def test_embeddings_export_to_parquet_and_npy(folder, tmp_path):
     out = tmp_path / "e.zarr"
     embed(MODEL, f"images:{folder}", out, tsne=True, chunk_rows=64, progress=False)
     stored = store.load(out)
-    assert run_cli("embeddings", str(out), "--to", "parquet",
-                   str(tmp_path / "e.parquet")).returncode == 0
+    assert (
+        run_cli("embeddings", str(out), "--to", "parquet", str(tmp_path / "e.parquet")).returncode
+        == 0
+    )
     table = pq.read_table(tmp_path / "e.parquet").to_pydict()
     assert table["id"] == list(stored["ids"])
     np.testing.assert_array_equal(np.array(table["mu"], np.float32), stored["mu"])
-    np.testing.assert_allclose(np.array(table["sigma"]), np.exp(0.5 * stored["logvar"]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(np.array(table["sigma"]), np.exp(0.5 * stored["logvar"]), rtol=1e-6)
     np.testing.assert_array_equal(table["tsne_x"], stored["tsne"][:, 0])
     meta = json.loads(pq.read_schema(tmp_path / "e.parquet").metadata[b"vaefast"])
     assert meta["latent_shape"] == [16] and meta["label_names"] == stored["attrs"]["label_names"]
@@ -280,8 +325,9 @@ def test_embeddings_export_to_parquet_and_npy(folder, tmp_path):
 def test_plot_reads_thumbnails_back_through_the_ids(folder, tmp_path):
     out = tmp_path / "e.zarr"
     embed(MODEL, f"images:{folder}", out, tsne=True, progress=False)
-    result = run_cli("plot", "all", str(MODEL), "--embeddings", str(out), "--out",
-                     str(tmp_path / "plots"))
+    result = run_cli(
+        "plot", "all", str(MODEL), "--embeddings", str(out), "--out", str(tmp_path / "plots")
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "plots" / "uncertainty.png").stat().st_size > 0
     from vaefast import runtime
@@ -295,8 +341,7 @@ def test_plot_reads_thumbnails_back_through_the_ids(folder, tmp_path):
 def test_image_specs_work_for_every_command_that_reads_data(folder):
     split = data.load(f"images:{folder}", Preprocess(28, 28, 1))
     assert split.X_train.shape == (192, 28, 28) and split.X_test.shape == (48, 28, 28)
-    assert split.X_train.max() <= 1.0 and split.label_names == ["class_0", "class_1",
-                                                                "class_2"]
+    assert split.X_train.max() <= 1.0 and split.label_names == ["class_0", "class_1", "class_2"]
     raw = data.read(f"images:{folder}")  # no model: the first image's size and colour
     assert raw.X.shape == (240, 160, 200, 3)
 
@@ -321,8 +366,7 @@ def _bad_inputs(tmp_path: Path, photos: np.ndarray) -> dict[str, tuple[str, str]
         "empty folder": (f"images:{tmp_path / 'empty'}", "no image files"),
         "no images": (f"images:{tmp_path / 'text'}", "no image files"),
         "missing folder": (f"images:{tmp_path / 'nope'}", "no such folder"),
-        "parquet without images": (f"parquet:{tmp_path / 'noimage.parquet'}",
-                                   "no image column"),
+        "parquet without images": (f"parquet:{tmp_path / 'noimage.parquet'}", "no image column"),
         "tar without images": (f"wds:{tmp_path / 'noimage.tar'}", "no samples with an image"),
         "no shard": (f"wds:{tmp_path / 'shard-{000..003}.tar'}", "do not exist"),
     }
@@ -339,8 +383,15 @@ def test_bad_datasets_give_one_line_and_exit_2(photos, tmp_path):
 
 
 def test_unknown_resize_rule_lists_the_rules(folder, tmp_path):
-    result = run_cli("embed", str(MODEL), f"images:{folder}", "--out",
-                     str(tmp_path / "e.zarr"), "--resize", "stretch")
+    result = run_cli(
+        "embed",
+        str(MODEL),
+        f"images:{folder}",
+        "--out",
+        str(tmp_path / "e.zarr"),
+        "--resize",
+        "stretch",
+    )
     assert result.returncode == 2 and "crop, squash, pad" in result.stderr
 
 
@@ -350,12 +401,15 @@ def test_a_script_without_a_main_guard_can_embed_in_parallel(folder, tmp_path):
     import sys
 
     script = tmp_path / "run.py"
-    script.write_text("import vaefast\n"
-                      f"s = vaefast.embed({str(MODEL)!r}, 'images:{folder}', "
-                      f"{str(tmp_path / 'e.zarr')!r}, decode_workers=2, progress=False)\n"
-                      "print('rows', s['rows'])\n")
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            timeout=300)
+    script.write_text(
+        "import vaefast\n"
+        f"s = vaefast.embed({str(MODEL)!r}, 'images:{folder}', "
+        f"{str(tmp_path / 'e.zarr')!r}, decode_workers=2, progress=False)\n"
+        "print('rows', s['rows'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("rows 240") == 1  # the script ran once
 
@@ -378,12 +432,22 @@ def test_train_export_embed_and_plot_all_read_an_image_folder(tmp_path):
     pytest.importorskip("torch")
     write_image_folder(tmp_path / "small", photo_crops(80, 32, 32), classes=2)
     spec = f"images:{tmp_path / 'small'}"
-    steps = [("train", "--data", spec, "--arch", "conv", "--epochs", "1", "--out",
-              str(tmp_path / "run")),
-             ("export", str(tmp_path / "run"), "--out", str(tmp_path / "exp")),
-             ("embed", str(tmp_path / "exp"), spec, "--out", str(tmp_path / "e.zarr"),
-              "--quiet"),
-             ("plot", "latent", str(tmp_path / "exp"), "--out", str(tmp_path / "plots"))]
+    steps = [
+        (
+            "train",
+            "--data",
+            spec,
+            "--arch",
+            "conv",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+        ),
+        ("export", str(tmp_path / "run"), "--out", str(tmp_path / "exp")),
+        ("embed", str(tmp_path / "exp"), spec, "--out", str(tmp_path / "e.zarr"), "--quiet"),
+        ("plot", "latent", str(tmp_path / "exp"), "--out", str(tmp_path / "plots")),
+    ]
     for args in steps:
         result = run_cli(*args)
         assert result.returncode == 0, (args[0], result.stderr[-2000:])

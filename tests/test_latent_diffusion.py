@@ -93,8 +93,11 @@ def test_runtime_matches_diffusers_at_any_allowed_size(kl_export, kl_vae, photos
     decoded = vae.decode(mu_big)
     assert decoded.shape == (4, 3, 48, 40) and vae.images(decoded).shape == (4, 48, 40, 3)
     np.testing.assert_allclose(decoded, eager_decode01(kl_vae, mu_big), atol=1e-4)
-    with pytest.raises(VaefastError, match=r"inputs are 33x32 images; this model takes "
-                                           r"heights and widths that are multiples of 2"):
+    with pytest.raises(
+        VaefastError,
+        match=r"inputs are 33x32 images; this model takes "
+        r"heights and widths that are multiples of 2",
+    ):
         vae.encode(np.zeros((1, 33, 32, 3), np.uint8))
 
 
@@ -132,18 +135,28 @@ def _tiny_autoencoder(folder):
     from diffusers import AutoencoderTiny
 
     shutil.rmtree(folder)
-    AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
-                    num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1),
-                    latent_channels=2).save_pretrained(str(folder))
+    AutoencoderTiny(
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=2,
+    ).save_pretrained(str(folder))
 
 
-@pytest.mark.parametrize("spoil, message", [
-    (_no_config, "no config.json"),
-    (_pickled_weights, r"no diffusion_pytorch_model.safetensors \(diffusion_pytorch_model.bin "
-                       r"is a pickle, which vaefast never loads\)"),
-    (_another_class, "config.json describes UNet2DModel, not an AutoencoderKL"),
-    (_tiny_autoencoder, "no posterior, so sigma is undefined"),
-])
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (_no_config, "no config.json"),
+        (
+            _pickled_weights,
+            r"no diffusion_pytorch_model.safetensors \(diffusion_pytorch_model.bin "
+            r"is a pickle, which vaefast never loads\)",
+        ),
+        (_another_class, "config.json describes UNet2DModel, not an AutoencoderKL"),
+        (_tiny_autoencoder, "no posterior, so sigma is undefined"),
+    ],
+)
 def test_bad_diffusers_folders_fail_in_one_line(kl_folder, tmp_path, spoil, message):
     import shutil
 
@@ -162,11 +175,21 @@ def test_a_step_over_the_memory_budget_fails_in_one_line(kl_folder, tmp_path):
     budget, exit 2, nothing left behind — never a kernel kill."""
     import re
 
-    result = run_cli("export", "--diffusers", str(kl_folder), "--out", str(tmp_path / "e"),
-                     "--memory-budget", "200M")
+    result = run_cli(
+        "export",
+        "--diffusers",
+        str(kl_folder),
+        "--out",
+        str(tmp_path / "e"),
+        "--memory-budget",
+        "200M",
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert re.search(r"verification needs [\d,]+ MB at batch 1, over the memory budget of "
-                     r"200 MB", result.stderr), result.stderr
+    assert re.search(
+        r"verification needs [\d,]+ MB at batch 1, over the memory budget of "
+        r"200 MB",
+        result.stderr,
+    ), result.stderr
     assert list(tmp_path.iterdir()) == []
 
 
@@ -186,12 +209,22 @@ def photos_npy(photos, tmp_path_factory):
 
 
 def test_embed_stores_spatial_latents_in_float16_and_plots_without_torch(
-        kl_export, photos, photos_npy, tmp_path):
+    kl_export, photos, photos_npy, tmp_path
+):
     import zarr
 
     store = tmp_path / "kl.zarr"
-    result = run_cli("embed", str(kl_export[0]), str(photos_npy), "--out", str(store),
-                     "--dtype", "float16", "--tsne", "--quiet")
+    result = run_cli(
+        "embed",
+        str(kl_export[0]),
+        str(photos_npy),
+        "--out",
+        str(store),
+        "--dtype",
+        "float16",
+        "--tsne",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     group = zarr.open_group(str(store), mode="r")
     mu = group["mu"]
@@ -201,11 +234,14 @@ def test_embed_stores_spatial_latents_in_float16_and_plots_without_torch(
     reference = runtime.load(kl_export[0], providers="cpu").encode(photos[0])[0]
     np.testing.assert_allclose(mu[:].astype(np.float32), reference, rtol=1e-3, atol=1e-3)
 
-    code = ("import sys, matplotlib; matplotlib.use('Agg'); from vaefast.plot import render; "
-            f"w = render('all', {str(kl_export[0])!r}, {str(tmp_path / 'p')!r}, "
-            f"embeddings={str(store)!r}); print(len(w), 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, timeout=300)
+    code = (
+        "import sys, matplotlib; matplotlib.use('Agg'); from vaefast.plot import render; "
+        f"w = render('all', {str(kl_export[0])!r}, {str(tmp_path / 'p')!r}, "
+        f"embeddings={str(store)!r}); print(len(w), 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["8", "False"]
 
@@ -232,22 +268,29 @@ def test_spatial_views_draw_sigma_maps_channels_and_the_scaling_factor(kl_export
     assert plot.unit_variance_scale(lat) == pytest.approx(expected)
 
 
-def test_embed_of_spatial_latents_resumes_after_sigkill_identically(kl_export, photos,
-                                                                     tmp_path):
+def test_embed_of_spatial_latents_resumes_after_sigkill_identically(kl_export, photos, tmp_path):
     rng = np.random.default_rng(0)
     X = photos[0][rng.integers(0, 400, 3000)]
     np.save(tmp_path / "x.npy", X)
     out = tmp_path / "k.zarr"
-    args = [str(kl_export[0]), str(tmp_path / "x.npy"), "--out", str(out), "--chunk-rows",
-            "100", "--threads", "1", "--quiet"]
+    args = [
+        str(kl_export[0]),
+        str(tmp_path / "x.npy"),
+        "--out",
+        str(out),
+        "--chunk-rows",
+        "100",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     embed_killed_midway(args, out)
     result = run_cli("embed", *args)
     assert result.returncode == 0, result.stderr
     assert "(0 chunks resumed)" not in result.stdout
     from vaefast.store import open_embeddings
 
-    reference = runtime.load(kl_export[0], providers="cpu", threads=1).encode(X,
-                                                                              batch_size=64)[0]
+    reference = runtime.load(kl_export[0], providers="cpu", threads=1).encode(X, batch_size=64)[0]
     np.testing.assert_allclose(open_embeddings(out)["mu"][:], reference, atol=1e-5)
 
 
@@ -266,8 +309,13 @@ def tanh_vae(faces):
 
 
 def test_tanh_vae_exports_with_its_ranges_and_stays_fixed_size(tanh_vae, faces, tmp_path):
-    report = vaefast.export_vae(tanh_vae, tmp_path / "t", example=nchw(faces[:64]),
-                                input_range=(-1, 1), output_range=(-1, 1))
+    report = vaefast.export_vae(
+        tanh_vae,
+        tmp_path / "t",
+        example=nchw(faces[:64]),
+        input_range=(-1, 1),
+        output_range=(-1, 1),
+    )
     assert report["fp32"]["max_abs"] <= 1e-5
     meta = json.loads((tmp_path / "t" / "model.json").read_text())
     assert meta["latent_shape"] == [16] and not meta["size"]["dynamic"]
@@ -281,17 +329,21 @@ def test_tanh_vae_exports_with_its_ranges_and_stays_fixed_size(tanh_vae, faces, 
     np.testing.assert_allclose(mu, mu_eager.numpy(), atol=1e-5)
     np.testing.assert_allclose(logvar, logvar_eager.numpy(), atol=1e-5)
     np.testing.assert_allclose(vae.decode(mu), decoded_eager, atol=1e-5)
-    with pytest.raises(VaefastError, match=r"shape \[N, 32, 32, 3\]; this model expects "
-                                           r"\[N, 3, 64, 64\]"):
+    with pytest.raises(
+        VaefastError,
+        match=r"shape \[N, 32, 32, 3\]; this model expects "
+        r"\[N, 3, 64, 64\]",
+    ):
         vae.encode(np.zeros((1, 32, 32, 3), np.uint8))
 
 
-def test_a_tanh_decoder_without_its_range_is_refused_naming_the_options(tanh_vae, faces,
-                                                                        tmp_path):
-    with pytest.raises(VaefastError, match=r"outside output_range \(0, 1\); pass "
-                                           r"output_range=\(lo, hi\).*decoder_output='logits'"):
-        vaefast.export_vae(tanh_vae, tmp_path / "t", example=nchw(faces[:16]),
-                           input_range=(-1, 1))
+def test_a_tanh_decoder_without_its_range_is_refused_naming_the_options(tanh_vae, faces, tmp_path):
+    with pytest.raises(
+        VaefastError,
+        match=r"outside output_range \(0, 1\); pass "
+        r"output_range=\(lo, hi\).*decoder_output='logits'",
+    ):
+        vaefast.export_vae(tanh_vae, tmp_path / "t", example=nchw(faces[:16]), input_range=(-1, 1))
     assert not (tmp_path / "t").exists()
 
 
@@ -306,18 +358,36 @@ class _DictDecoder(byo_vae.ConvBNVAE):
         return {"image": super().decode(z)}
 
 
-@pytest.mark.parametrize("model_class, options, message", [
-    (_MismatchedLogvar, {}, r"encode returned mu of shape \[16, 8\] and logvar of shape "
-                            r"\[16, 4\]; they must have the same shape"),
-    (_DictDecoder, {}, "decode must return a tensor or an object with a .sample tensor, "
-                       "got dict"),
-    (byo_vae.ConvBNVAE, {"output_range": (1, -1)}, r"output_range \(1, -1\): lo must be "
-                                                   "below hi"),
-    (byo_vae.ConvBNVAE, {"example": np.full((4, 3, 32, 32), 2.0, np.float32)},
-     r"example: values span \[2.0, 2.0\]"),
-])
-def test_what_cannot_work_fails_in_one_line_leaving_nothing(photos, tmp_path, model_class,
-                                                            options, message):
+@pytest.mark.parametrize(
+    "model_class, options, message",
+    [
+        (
+            _MismatchedLogvar,
+            {},
+            r"encode returned mu of shape \[16, 8\] and logvar of shape "
+            r"\[16, 4\]; they must have the same shape",
+        ),
+        (
+            _DictDecoder,
+            {},
+            "decode must return a tensor or an object with a .sample tensor, got dict",
+        ),
+        (
+            byo_vae.ConvBNVAE,
+            {"output_range": (1, -1)},
+            r"output_range \(1, -1\): lo must be "
+            "below hi",
+        ),
+        (
+            byo_vae.ConvBNVAE,
+            {"example": np.full((4, 3, 32, 32), 2.0, np.float32)},
+            r"example: values span \[2.0, 2.0\]",
+        ),
+    ],
+)
+def test_what_cannot_work_fails_in_one_line_leaving_nothing(
+    photos, tmp_path, model_class, options, message
+):
     torch.manual_seed(0)
     options = {"example": nchw(photos[0][:16])} | options
     with pytest.raises(VaefastError, match=message) as info:
@@ -327,10 +397,22 @@ def test_what_cannot_work_fails_in_one_line_leaving_nothing(photos, tmp_path, mo
 
 
 def test_cli_output_range_must_rise(tmp_path):
-    result = run_cli("export", "--module", "tests/byo_vae.py:build_model", "--input-shape",
-                     "3,32,32", "--output-range", "1,-1", "--out", str(tmp_path / "e"))
-    assert result.returncode == 2 and "--output-range (1, -1): lo must be below hi" in \
-        result.stderr and len(result.stderr.strip().splitlines()) == 1
+    result = run_cli(
+        "export",
+        "--module",
+        "tests/byo_vae.py:build_model",
+        "--input-shape",
+        "3,32,32",
+        "--output-range",
+        "1,-1",
+        "--out",
+        str(tmp_path / "e"),
+    )
+    assert (
+        result.returncode == 2
+        and "--output-range (1, -1): lo must be below hi" in result.stderr
+        and len(result.stderr.strip().splitlines()) == 1
+    )
     assert not (tmp_path / "e").exists()
 
 
@@ -340,23 +422,39 @@ def test_embed_names_the_bad_row_and_leaves_no_store(tmp_path, bad, reason):
     X[4321, 17] = bad
     np.save(tmp_path / "x.npy", X)
     out = tmp_path / "e.zarr"
-    result = run_cli("embed", str(ROOT / "exported/mnist5k-z20"), str(tmp_path / "x.npy"),
-                     "--out", str(out), "--chunk-rows", "1000", "--quiet")
+    result = run_cli(
+        "embed",
+        str(ROOT / "exported/mnist5k-z20"),
+        str(tmp_path / "x.npy"),
+        "--out",
+        str(out),
+        "--chunk-rows",
+        "1000",
+        "--quiet",
+    )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"{reason}" in result.stderr and "at row 4321" in result.stderr
     assert not out.exists()
 
 
-def test_dask_embed_of_spatial_latents_equals_the_single_process_path(kl_export, photos_npy,
-                                                                     tmp_path):
+def test_dask_embed_of_spatial_latents_equals_the_single_process_path(
+    kl_export, photos_npy, tmp_path
+):
     pytest.importorskip("distributed")
     from vaefast.embedding import embed
     from vaefast.store import open_embeddings
 
     for name, options in (("serial", {}), ("dask", {"scheduler": "local", "workers": 2})):
-        embed(kl_export[0], str(photos_npy), tmp_path / f"{name}.zarr", chunk_rows=100,
-              dtype="float16", progress=False, **options)
+        embed(
+            kl_export[0],
+            str(photos_npy),
+            tmp_path / f"{name}.zarr",
+            chunk_rows=100,
+            dtype="float16",
+            progress=False,
+            **options,
+        )
     a, b = open_embeddings(tmp_path / "serial.zarr"), open_embeddings(tmp_path / "dask.zarr")
     assert a["mu"].shape == (400, 4, 16, 16) and a["mu"].dtype == np.float16
     np.testing.assert_array_equal(a["mu"][:], b["mu"][:])

@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 import zarr
 
-from tests.helpers import (EXPORTED, embed_killed_midway, photo_crops, run_cli,
-                           write_image_folder, write_image_parquet, write_shards)
+from tests.helpers import (
+    EXPORTED,
+    embed_killed_midway,
+    photo_crops,
+    run_cli,
+    write_image_folder,
+    write_image_parquet,
+    write_shards,
+)
 from vaefast.embedding import embed
 
 MODEL = EXPORTED / "mnist5k-conv-z16"
@@ -27,9 +34,11 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     write_image_folder(root / "folder", photos, classes=3)
     write_image_parquet(root / "photos.parquet", photos, labels, row_group_size=32)
     (root / "shards").mkdir()
-    return {"images": f"images:{root / 'folder'}",
-            "parquet": f"parquet:{root / 'photos.parquet'}",
-            "wds": f"wds:{write_shards(root / 'shards', photos, labels, per_shard=100)}"}
+    return {
+        "images": f"images:{root / 'folder'}",
+        "parquet": f"parquet:{root / 'photos.parquet'}",
+        "wds": f"wds:{write_shards(root / 'shards', photos, labels, per_shard=100)}",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -60,23 +69,30 @@ def _left(children: list, within: float = 1.0) -> list:
     return left
 
 
-CASES = [("images", signal.SIGTERM, []), ("images", signal.SIGKILL, []),
-         ("parquet", signal.SIGTERM, []), ("parquet", signal.SIGKILL, []),
-         ("wds", signal.SIGTERM, []), ("wds", signal.SIGKILL, []),
-         ("images", signal.SIGKILL, ["--decode-workers", "2"]),
-         ("images", signal.SIGINT, []),
-         ("images", signal.SIGTERM, ["--scheduler", "local"]),
-         ("images", signal.SIGKILL, ["--scheduler", "local"])]
+CASES = [
+    ("images", signal.SIGTERM, []),
+    ("images", signal.SIGKILL, []),
+    ("parquet", signal.SIGTERM, []),
+    ("parquet", signal.SIGKILL, []),
+    ("wds", signal.SIGTERM, []),
+    ("wds", signal.SIGKILL, []),
+    ("images", signal.SIGKILL, ["--decode-workers", "2"]),
+    ("images", signal.SIGINT, []),
+    ("images", signal.SIGTERM, ["--scheduler", "local"]),
+    ("images", signal.SIGKILL, ["--scheduler", "local"]),
+]
 
 
-@pytest.mark.parametrize("kind, sig, extra", CASES,
-                         ids=[f"{k}-{s.name}{'-' + '-'.join(e) if e else ''}"
-                              for k, s, e in CASES])
-def test_no_process_of_a_stopped_run_is_left_and_it_resumes(inputs, clean, tmp_path, kind,
-                                                            sig, extra):
+@pytest.mark.parametrize(
+    "kind, sig, extra",
+    CASES,
+    ids=[f"{k}-{s.name}{'-' + '-'.join(e) if e else ''}" for k, s, e in CASES],
+)
+def test_no_process_of_a_stopped_run_is_left_and_it_resumes(
+    inputs, clean, tmp_path, kind, sig, extra
+):
     out = tmp_path / "e.zarr"
-    args = [str(MODEL), inputs[kind], "--out", str(out), "--chunk-rows", "16", "--quiet",
-            *extra]
+    args = [str(MODEL), inputs[kind], "--out", str(out), "--chunk-rows", "16", "--quiet", *extra]
     status, children = embed_killed_midway(args, out, sig=sig)
     assert children, "the run had started no process to check"
     assert not _left(children), "processes outlived the run"

@@ -18,9 +18,10 @@ Z20, Z2 = EXPORTED / "mnist5k-z20", EXPORTED / "mnist5k-z2"
 def latents():
     raw = data.read("mnist5k")
     rows = np.random.default_rng(0).choice(len(raw.X), 400, replace=False)
-    return {z: plot.Latents.from_data(runtime.load(folder, providers="cpu"), raw.X[rows],
-                                      raw.y[rows])
-            for z, folder in ((20, Z20), (2, Z2))}
+    return {
+        z: plot.Latents.from_data(runtime.load(folder, providers="cpu"), raw.X[rows], raw.y[rows])
+        for z, folder in ((20, Z20), (2, Z2))
+    }
 
 
 def _pixels(fig) -> np.ndarray:
@@ -43,10 +44,18 @@ def test_every_kind_renders_a_titled_non_blank_image(latents, kind, z):
 def test_titles_say_exactly_what_is_plotted(latents):
     import matplotlib.pyplot as plt
 
-    assert plot.latent(latents[20]).axes[0].get_title().startswith(
-        "exact t-SNE of 20-D posterior means μ (σ not used)")
-    assert plot.latent(latents[2]).axes[0].get_title().startswith(
-        "2-D posterior means μ, plotted directly (σ not used)")
+    assert (
+        plot.latent(latents[20])
+        .axes[0]
+        .get_title()
+        .startswith("exact t-SNE of 20-D posterior means μ (σ not used)")
+    )
+    assert (
+        plot.latent(latents[2])
+        .axes[0]
+        .get_title()
+        .startswith("2-D posterior means μ, plotted directly (σ not used)")
+    )
     assert "μ and σ bypassed" in plot.samples(latents[2].vae).axes[0].get_title()
     plt.close("all")
 
@@ -73,7 +82,8 @@ def test_thumbnail_and_ellipse_counts_match_the_request(latents):
     for e in ellipses:  # centred on a μ, axes 2σ of that input
         r = int(np.argmin(np.abs(mu - np.asarray(e.center)).sum(1)))
         assert e.width == pytest.approx(2 * sigma[r, 0]) and e.height == pytest.approx(
-            2 * sigma[r, 1])
+            2 * sigma[r, 1]
+        )
     plt.close("all")
 
 
@@ -105,8 +115,9 @@ def test_plots_from_an_embedding_store_reuse_its_tsne(tmp_path):
     import zarr
 
     stored = zarr.open_group(str(tmp_path / "e.zarr"), mode="r")["tsne"][:]
-    np.testing.assert_array_equal(np.asarray(fig.axes[0].collections[0].get_offsets()),
-                                  stored.astype(np.float64))
+    np.testing.assert_array_equal(
+        np.asarray(fig.axes[0].collections[0].get_offsets()), stored.astype(np.float64)
+    )
     np.testing.assert_allclose(lat.images(np.array([3]))[0].ravel(), raw.X[3] / 255.0, atol=1e-7)
     plt.close(fig)
     with pytest.raises(VaefastError, match="another model"):

@@ -15,8 +15,10 @@ from tests.helpers import ROOT
 def readme_examples() -> dict[str, str]:
     """The code blocks marked ``<!-- example: NAME -->`` in the README, by NAME."""
     text = (ROOT / "README.md").read_text()
-    return {name: body for name, body in
-            re.findall(r"<!-- example: (\S+) -->\n```\w*\n(.*?)```", text, re.S)}
+    return {
+        name: body
+        for name, body in re.findall(r"<!-- example: (\S+) -->\n```\w*\n(.*?)```", text, re.S)
+    }
 
 
 def run_example(tmp_path, files: tuple[str, ...], shell: str) -> None:
@@ -37,9 +39,15 @@ def run_example(tmp_path, files: tuple[str, ...], shell: str) -> None:
 
 
 def test_readme_examples_are_all_run():
-    assert set(readme_examples()) == {"my_vae.py", "train_my_vae.py", "shell",
-                                      "make_kl_vae.py", "diffusers-shell", "tanh_vae.py",
-                                      "tanh-shell"}
+    assert set(readme_examples()) == {
+        "my_vae.py",
+        "train_my_vae.py",
+        "shell",
+        "make_kl_vae.py",
+        "diffusers-shell",
+        "tanh_vae.py",
+        "tanh-shell",
+    }
 
 
 def test_readme_byo_example_runs_as_written(tmp_path):
@@ -48,8 +56,7 @@ def test_readme_byo_example_runs_as_written(tmp_path):
     report = (tmp_path / "exported/mine/export_report.json").read_text()
     assert '"max_abs"' in report
     assert (tmp_path / "mine.zarr").is_dir() and (tmp_path / "plots-mine/index.md").is_file()
-    for view in ("latent", "uncertainty", "samples", "manifold", "reconstructions",
-                 "diagnostics"):
+    for view in ("latent", "uncertainty", "samples", "manifold", "reconstructions", "diagnostics"):
         assert (tmp_path / f"plots-mine/{view}.png").stat().st_size > 1000
 
 
@@ -64,8 +71,15 @@ def test_readme_diffusers_example_runs_as_written(tmp_path):
     assert meta["latent_shape"] == [4, 14, 14] and meta["input_range"] == [-1.0, 1.0]
     mu = zarr.open_group(str(tmp_path / "kl.zarr"), mode="r")["mu"]
     assert mu.shape == (5000, 4, 14, 14) and str(mu.dtype) == "float16"
-    for view in ("latent", "uncertainty", "samples", "manifold", "reconstructions",
-                 "channels", "diagnostics"):
+    for view in (
+        "latent",
+        "uncertainty",
+        "samples",
+        "manifold",
+        "reconstructions",
+        "channels",
+        "diagnostics",
+    ):
         assert (tmp_path / f"plots-kl/{view}.png").stat().st_size > 1000
 
 

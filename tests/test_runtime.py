@@ -61,14 +61,22 @@ def test_decode_sample_reconstruct(mnist):
     assert recon.shape == (50, 784) and err < 0.1
 
 
-@pytest.mark.parametrize("X, message", [
-    (np.zeros((3, 500), np.float32), r"shape \[N, 500\]; this model expects \[N, 784\]"),
-    (np.full((2, 784), np.nan, np.float32), "inputs: NaN or inf at row 0"),
-    (np.pad(np.full((1, 784), np.inf, np.float32), ((5000, 0), (0, 0))),
-     "inputs: NaN or inf at row 5000"),
-    (np.full((2, 784), 3.0, np.float32), r"values span \[3.0, 3.0\].*expected floats in \[0, 1\]"),
-    (np.array([["a"] * 784]), "dtype"),
-])
+@pytest.mark.parametrize(
+    "X, message",
+    [
+        (np.zeros((3, 500), np.float32), r"shape \[N, 500\]; this model expects \[N, 784\]"),
+        (np.full((2, 784), np.nan, np.float32), "inputs: NaN or inf at row 0"),
+        (
+            np.pad(np.full((1, 784), np.inf, np.float32), ((5000, 0), (0, 0))),
+            "inputs: NaN or inf at row 5000",
+        ),
+        (
+            np.full((2, 784), 3.0, np.float32),
+            r"values span \[3.0, 3.0\].*expected floats in \[0, 1\]",
+        ),
+        (np.array([["a"] * 784]), "dtype"),
+    ],
+)
 def test_bad_inputs_are_refused(X, message):
     vae = runtime.load(Z20, providers="cpu")
     with pytest.raises(VaefastError, match=message):
@@ -132,6 +140,7 @@ def test_cuda_matches_cpu_with_io_binding(mnist):
     except VaefastError as e:
         pytest.skip(f"no usable GPU: {e}")
     cpu = runtime.load(Z20, providers="cpu")
-    np.testing.assert_allclose(gpu.encode(mnist.X[:1000])[0], cpu.encode(mnist.X[:1000])[0],
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        gpu.encode(mnist.X[:1000])[0], cpu.encode(mnist.X[:1000])[0], atol=1e-4
+    )
     np.testing.assert_allclose(gpu.sample(64), cpu.sample(64), atol=1e-4)

@@ -49,8 +49,8 @@ NOT_APPLICABLE = {
     "test_sparse_precomputed_distance": "compares Barnes-Hut with exact on sparse distances",
     "test_verbose": "expects the Barnes-Hut default's 'nearest neighbors...' line",
     "test_tsne_with_mahalanobis_distance": "expects the Barnes-Hut default's neighbour search "
-                                           "to refuse mahalanobis without V; the exact method "
-                                           "(scikit-learn's too) computes V from X",
+    "to refuse mahalanobis without V; the exact method "
+    "(scikit-learn's too) computes V from X",
 }
 
 for _name in dir(sklearn_tests):

@@ -15,13 +15,22 @@ import pytest
 from tests.helpers import EXPORTED, ROOT, run_cli
 
 PACKAGE = ROOT / "vaefast"
-RUNTIME_PATH = ("vaefast.runtime", "vaefast.embedding", "vaefast.plot", "vaefast.bench",
-                "vaefast.store", "vaefast.data", "vaefast.data.files", "vaefast.data.decode",
-                "vaefast.engines", "vaefast.recommend",
-                "vaefast.tsne",
-                "vaefast.variants", "vaefast.layout")
-TORCH_SIDE = {"vaefast.model", "vaefast.train", "vaefast.export", "vaefast.shipped",
-              "vaefast.demo"}
+RUNTIME_PATH = (
+    "vaefast.runtime",
+    "vaefast.embedding",
+    "vaefast.plot",
+    "vaefast.bench",
+    "vaefast.store",
+    "vaefast.data",
+    "vaefast.data.files",
+    "vaefast.data.decode",
+    "vaefast.engines",
+    "vaefast.recommend",
+    "vaefast.tsne",
+    "vaefast.variants",
+    "vaefast.layout",
+)
+TORCH_SIDE = {"vaefast.model", "vaefast.train", "vaefast.export", "vaefast.shipped", "vaefast.demo"}
 
 
 def module_name(path: Path) -> str:
@@ -64,8 +73,11 @@ def reachable(root: str) -> set[str]:
 
 def test_tsne_imports_nothing_from_vaefast_but_errors():
     for path in (PACKAGE / "tsne").glob("*.py"):
-        outside = {m for m in imports(module_name(path))
-                   if m.startswith("vaefast") and not m.startswith("vaefast.tsne")}
+        outside = {
+            m
+            for m in imports(module_name(path))
+            if m.startswith("vaefast") and not m.startswith("vaefast.tsne")
+        }
         assert outside <= {"vaefast.errors", "vaefast.errors.VaefastError"}, (path, outside)
 
 
@@ -75,21 +87,32 @@ def test_runtime_path_never_reaches_torch(root):
     assert "torch" not in graph and not graph & TORCH_SIDE, sorted(graph & (TORCH_SIDE | {"torch"}))
 
 
-@pytest.mark.parametrize("code", [
-    "from vaefast import runtime; vae = runtime.load(Z20, variant='int8');"
-    "mu, lv = vae.encode(np.zeros((5, 784), np.uint8)); vae.decode(mu); vae.sample(3)",
-    "from vaefast.tsne import TSNE; "
-    "TSNE(max_iter=250, perplexity=5).fit(np.random.default_rng(0).random((40, 4)))",
-    "import matplotlib; matplotlib.use('Agg'); from vaefast.plot import render; "
-    "render('all', Z20, OUT, max_points=200); render('samples', Z2, OUT, embed=True)",
-    "from vaefast.embedding import embed; embed(Z20, 'mnist5k', "
-    "OUT + '/e.zarr', tsne=True, tsne_max=300, progress=False)",
-], ids=["runtime", "tsne", "plot", "embed"])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "from vaefast import runtime; vae = runtime.load(Z20, variant='int8');"
+        "mu, lv = vae.encode(np.zeros((5, 784), np.uint8)); vae.decode(mu); vae.sample(3)",
+        "from vaefast.tsne import TSNE; "
+        "TSNE(max_iter=250, perplexity=5).fit(np.random.default_rng(0).random((40, 4)))",
+        "import matplotlib; matplotlib.use('Agg'); from vaefast.plot import render; "
+        "render('all', Z20, OUT, max_points=200); render('samples', Z2, OUT, embed=True)",
+        "from vaefast.embedding import embed; embed(Z20, 'mnist5k', "
+        "OUT + '/e.zarr', tsne=True, tsne_max=300, progress=False)",
+    ],
+    ids=["runtime", "tsne", "plot", "embed"],
+)
 def test_running_never_imports_torch(tmp_path, code):
-    setup = (f"import sys, numpy as np; Z20 = {str(EXPORTED / 'mnist5k-z20')!r}; "
-             f"Z2 = {str(EXPORTED / 'mnist5k-z2')!r}; OUT = {str(tmp_path)!r}; ")
-    out = subprocess.run([sys.executable, "-c", setup + code + "; print('torch' in sys.modules)"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    setup = (
+        f"import sys, numpy as np; Z20 = {str(EXPORTED / 'mnist5k-z20')!r}; "
+        f"Z2 = {str(EXPORTED / 'mnist5k-z2')!r}; OUT = {str(tmp_path)!r}; "
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", setup + code + "; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
 
@@ -97,14 +120,17 @@ def test_running_never_imports_torch(tmp_path, code):
 def test_maps_never_import_scikit_learn(tmp_path):
     """embed --tsne and map_points fit and place without scikit-learn, which would bring
     pandas and pyarrow with it (~65 MB of embed's 600 MB budget)."""
-    code = (f"import sys, numpy as np; from vaefast.embedding import embed; "
-            f"from vaefast.tsne import map_points; "
-            f"embed({str(EXPORTED / 'mnist5k-z20')!r}, 'mnist5k', {str(tmp_path / 'e.zarr')!r}, "
-            "tsne=True, tsne_max=300, progress=False); "
-            "map_points(np.random.default_rng(0).random((400, 5)), max_exact=300); "
-            "print(sorted(m for m in ('sklearn', 'pandas', 'pyarrow') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, timeout=300)
+    code = (
+        f"import sys, numpy as np; from vaefast.embedding import embed; "
+        f"from vaefast.tsne import map_points; "
+        f"embed({str(EXPORTED / 'mnist5k-z20')!r}, 'mnist5k', {str(tmp_path / 'e.zarr')!r}, "
+        "tsne=True, tsne_max=300, progress=False); "
+        "map_points(np.random.default_rng(0).random((400, 5)), max_exact=300); "
+        "print(sorted(m for m in ('sklearn', 'pandas', 'pyarrow') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
@@ -112,31 +138,64 @@ def test_maps_never_import_scikit_learn(tmp_path):
 Z2 = str(EXPORTED / "mnist5k-z2")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--data", "nope", "--out", "OUT"], "unknown data spec"),
-    (["train", "--latent-dim", "0", "--out", "OUT"], "latent size must be >= 1"),
-    (["train", "--data", "idx:/no/where", "--out", "OUT"], "no such IDX"),
-    (["train", "--data", "ODD", "--arch", "conv", "--out", "OUT"], "divisible by 4"),
-    (["export", "NOWHERE", "--out", "OUT"], "not found"),
-    (["export", "--module", "tests/byo_vae.py:no_such", "--input-shape", "3,32,32", "--out",
-      "OUT"], "has no function"),
-    (["export", "--module", "tests/byo_vae.py:build_model", "--input-shape", "3,32,32",
-      "--weights", "WEIGHTS", "--out", "OUT"], "weights do not fit the model"),
-    (["export", "--module", "tests/byo_vae.py", "--input-shape", "3,32,32", "--out", "OUT"],
-     "path/to/file.py:function"),
-    (["export", "--module", "tests/byo_vae.py:build_model", "--out", "OUT"],
-     "needs --input-shape"),
-    (["plot", "scatter", Z2, "--out", "OUT"], "unknown plot kind 'scatter'"),
-    (["plot", "latent", "NOWHERE", "--out", "OUT"], "not found"),
-    (["plot", "latent", Z2, "--data", "digits", "--out", "OUT"],
-     "inputs have shape [N, 64]; this model expects [N, 784]"),
-    (["plot", "latent", "EMPTY", "--out", "OUT"], "has no model.json"),
-    (["embed", Z2, "IMAGES", "--out", "OUT"],
-     "inputs have shape [N, 32, 32, 3]; this model expects [N, 784]"),
-    (["embed", Z2, "TINY", "--tsne", "--out", "OUT"], "needs at least 2 points"),
-    (["tsne", "NOWHERE", "--out", "OUT"], "file not found"),
-    (["tsne", "NANS", "--out", "OUT"], "nans.npy: NaN or inf at row 3; clean the data first"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data", "nope", "--out", "OUT"], "unknown data spec"),
+        (["train", "--latent-dim", "0", "--out", "OUT"], "latent size must be >= 1"),
+        (["train", "--data", "idx:/no/where", "--out", "OUT"], "no such IDX"),
+        (["train", "--data", "ODD", "--arch", "conv", "--out", "OUT"], "divisible by 4"),
+        (["export", "NOWHERE", "--out", "OUT"], "not found"),
+        (
+            [
+                "export",
+                "--module",
+                "tests/byo_vae.py:no_such",
+                "--input-shape",
+                "3,32,32",
+                "--out",
+                "OUT",
+            ],
+            "has no function",
+        ),
+        (
+            [
+                "export",
+                "--module",
+                "tests/byo_vae.py:build_model",
+                "--input-shape",
+                "3,32,32",
+                "--weights",
+                "WEIGHTS",
+                "--out",
+                "OUT",
+            ],
+            "weights do not fit the model",
+        ),
+        (
+            ["export", "--module", "tests/byo_vae.py", "--input-shape", "3,32,32", "--out", "OUT"],
+            "path/to/file.py:function",
+        ),
+        (
+            ["export", "--module", "tests/byo_vae.py:build_model", "--out", "OUT"],
+            "needs --input-shape",
+        ),
+        (["plot", "scatter", Z2, "--out", "OUT"], "unknown plot kind 'scatter'"),
+        (["plot", "latent", "NOWHERE", "--out", "OUT"], "not found"),
+        (
+            ["plot", "latent", Z2, "--data", "digits", "--out", "OUT"],
+            "inputs have shape [N, 64]; this model expects [N, 784]",
+        ),
+        (["plot", "latent", "EMPTY", "--out", "OUT"], "has no model.json"),
+        (
+            ["embed", Z2, "IMAGES", "--out", "OUT"],
+            "inputs have shape [N, 32, 32, 3]; this model expects [N, 784]",
+        ),
+        (["embed", Z2, "TINY", "--tsne", "--out", "OUT"], "needs at least 2 points"),
+        (["tsne", "NOWHERE", "--out", "OUT"], "file not found"),
+        (["tsne", "NANS", "--out", "OUT"], "nans.npy: NaN or inf at row 3; clean the data first"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
     pytest.importorskip("torch")
     from safetensors.torch import save_file
@@ -150,10 +209,16 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, mes
     nans[3, 2] = np.nan
     np.save(tmp_path / "nans.npy", nans)
     (tmp_path / "EMPTY").mkdir()
-    names = {"OUT": tmp_path / "out", "NOWHERE": tmp_path / "nowhere", "EMPTY": tmp_path / "EMPTY",
-             "WEIGHTS": tmp_path / "w.safetensors", "IMAGES": tmp_path / "images.npy",
-             "TINY": tmp_path / "tiny.npy", "ODD": tmp_path / "odd.npy",
-             "NANS": tmp_path / "nans.npy"}
+    names = {
+        "OUT": tmp_path / "out",
+        "NOWHERE": tmp_path / "nowhere",
+        "EMPTY": tmp_path / "EMPTY",
+        "WEIGHTS": tmp_path / "w.safetensors",
+        "IMAGES": tmp_path / "images.npy",
+        "TINY": tmp_path / "tiny.npy",
+        "ODD": tmp_path / "odd.npy",
+        "NANS": tmp_path / "nans.npy",
+    }
     result = run_cli(*[str(names.get(a, a)) for a in args])
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -166,8 +231,7 @@ def test_embedding_stores_get_the_users_umask(tmp_path):
 
     old = os.umask(0o027)
     try:
-        embed(EXPORTED / "mnist5k-z2", "mnist5k", tmp_path / "e.zarr",
-              progress=False)
+        embed(EXPORTED / "mnist5k-z2", "mnist5k", tmp_path / "e.zarr", progress=False)
     finally:
         os.umask(old)
     mode = (tmp_path / "e.zarr").stat().st_mode & 0o777
@@ -179,8 +243,13 @@ def test_embed_tsne_of_ten_rows_finishes(tmp_path):
     from vaefast.store import open_embeddings
 
     np.save(tmp_path / "ten.npy", np.random.default_rng(0).integers(0, 256, (10, 784), np.uint8))
-    stats = embed(EXPORTED / "mnist5k-z20", str(tmp_path / "ten.npy"), tmp_path / "t.zarr",
-                  tsne=True, progress=False)
+    stats = embed(
+        EXPORTED / "mnist5k-z20",
+        str(tmp_path / "ten.npy"),
+        tmp_path / "t.zarr",
+        tsne=True,
+        progress=False,
+    )
     group = open_embeddings(tmp_path / "t.zarr")
     assert stats["tsne"]["n"] == 10 and np.isfinite(group["tsne"][:]).all()
     assert np.ptp(group["tsne"][:], axis=0).min() > 0
@@ -188,8 +257,7 @@ def test_embed_tsne_of_ten_rows_finishes(tmp_path):
 
 def test_tsne_cli_maps_ten_points_with_the_small_n_perplexity(tmp_path):
     np.save(tmp_path / "ten.npy", np.random.default_rng(0).normal(size=(10, 20)))
-    result = run_cli("tsne", str(tmp_path / "ten.npy"), "--out", str(tmp_path / "y.npy"),
-                     "--quiet")
+    result = run_cli("tsne", str(tmp_path / "ten.npy"), "--out", str(tmp_path / "y.npy"), "--quiet")
     assert result.returncode == 0, result.stderr
     assert np.load(tmp_path / "y.npy").shape == (10, 2)
 
@@ -204,13 +272,19 @@ def _compared_names(path: Path, names: set[str]) -> list[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Compare):
             sides = [node.left, *node.comparators]
-            consts = [c for side in sides for c in (side.elts if isinstance(
-                side, (ast.Tuple, ast.List, ast.Set)) else [side])
-                if isinstance(c, ast.Constant) and c.value in names]
+            consts = [
+                c
+                for side in sides
+                for c in (side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side])
+                if isinstance(c, ast.Constant) and c.value in names
+            ]
             if consts:
                 found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
-                "ExecutionProvider" in node.value:
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and "ExecutionProvider" in node.value
+        ):
             found.append(f"{path.name}:{node.lineno}: {node.value}")
     return found
 
@@ -223,12 +297,15 @@ def test_engines_and_variants_are_tested_by_name_only_by_their_owners():
 
     names = set(ENGINES) | set(provider_names()) | set(VARIANTS)
     owners = {"engines.py", "variants.py"}
-    found = [hit for path in PACKAGE.rglob("*.py") if path.name not in owners
-             and "tsne" not in path.parts for hit in _compared_names(path, names)]
+    found = [
+        hit
+        for path in PACKAGE.rglob("*.py")
+        if path.name not in owners and "tsne" not in path.parts
+        for hit in _compared_names(path, names)
+    ]
     assert not found, found
 
 
 def test_data_readers_do_not_import_the_store():
     for path in (PACKAGE / "data").glob("*.py"):
         assert not {m for m in imports(module_name(path)) if m.startswith("vaefast.store")}, path
-

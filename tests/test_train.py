@@ -15,8 +15,12 @@ def test_short_run_writes_a_complete_run_folder(short_run):
     names = {p.name for p in short_run.iterdir()}
     assert names == {"model.safetensors", "config.json", "reconstruction.png", "samples.png"}
     config = json.loads((short_run / "config.json").read_text())
-    assert config["model"] == {"arch": "mlp", "input_shape": [784], "hidden_dim": 400,
-                               "latent_dim": 20}
+    assert config["model"] == {
+        "arch": "mlp",
+        "input_shape": [784],
+        "hidden_dim": 400,
+        "latent_dim": 20,
+    }
     assert config["data"] == "mnist5k" and config["seed"] == 1
     assert "torch" in config["versions"]
     losses = [h["test_loss"] for h in config["history"]]
@@ -49,11 +53,12 @@ def test_same_seed_gives_identical_weights(tmp_path):
 
     for name in ("a", "b"):
         train("digits", tmp_path / name, epochs=1, latent_dim=2, hidden_dim=32, progress=False)
-    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" /
-                                                                       "model.safetensors")
+    a, b = (
+        load_file(tmp_path / "a" / "model.safetensors"),
+        load_file(tmp_path / "b" / "model.safetensors"),
+    )
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    train("digits", tmp_path / "c", epochs=1, latent_dim=2, hidden_dim=32, seed=2,
-          progress=False)
+    train("digits", tmp_path / "c", epochs=1, latent_dim=2, hidden_dim=32, seed=2, progress=False)
     c = load_file(tmp_path / "c" / "model.safetensors")
     assert not np.array_equal(a["fc1.weight"], c["fc1.weight"])
 

@@ -24,7 +24,8 @@ def latent_means():
     from vaefast import data, runtime
 
     return runtime.load(EXPORTED / "mnist5k-z20", providers="cpu").encode(
-        data.load("mnist5k").X_test[:600])[0]
+        data.load("mnist5k").X_test[:600]
+    )[0]
 
 
 def clusters(n_per: int = 60, k: int = 4, d: int = 10, seed: int = 0):
@@ -84,7 +85,7 @@ def test_transform_of_many_features_places_like_the_direct_path():
     gemm = transform.place(X[200:], X[:200], Y)
     threshold = transform.GEMM_MIN_FEATURES
     try:
-        transform.GEMM_MIN_FEATURES = 10 ** 9
+        transform.GEMM_MIN_FEATURES = 10**9
         direct = transform.place(X[200:], X[:200], Y)
     finally:
         transform.GEMM_MIN_FEATURES = threshold
@@ -93,8 +94,14 @@ def test_transform_of_many_features_places_like_the_direct_path():
 
 
 def test_vectorizable_exp_and_log_match_numpy():
-    from vaefast.tsne._vecmath import (EXP_COARSE_ERROR, LOG32_ERROR, exp_nonpositive,
-                                       exp_nonpositive_coarse, log_positive, log_positive32)
+    from vaefast.tsne._vecmath import (
+        EXP_COARSE_ERROR,
+        LOG32_ERROR,
+        exp_nonpositive,
+        exp_nonpositive_coarse,
+        log_positive,
+        log_positive32,
+    )
 
     xs = -np.linspace(0.0, 720.0, 200001)
     kept = xs >= -708.0
@@ -103,13 +110,20 @@ def test_vectorizable_exp_and_log_match_numpy():
         np.testing.assert_allclose(ours[kept], np.exp(xs[kept]), rtol=rtol)
         assert (ours[~kept] == 0.0).all()
     ys = np.concatenate([np.geomspace(1e-300, 1e300, 20001), 1.0 + np.linspace(0, 1e3, 2001)])
-    np.testing.assert_allclose([log_positive(y) for y in ys], np.log(ys), rtol=1e-14,
-                               atol=1e-15)
-    ys32 = np.concatenate([np.geomspace(1e-37, 1e37, 20001), 1.0 + np.linspace(0, 1e3, 2001),
-                           np.nextafter(np.float32(1.0), np.float32(2.0), dtype=np.float32)
-                           * np.ones(1)]).astype(np.float32)
-    np.testing.assert_allclose([log_positive32(y) for y in ys32],
-                               np.log(ys32.astype(np.float64)), rtol=LOG32_ERROR, atol=1e-7)
+    np.testing.assert_allclose([log_positive(y) for y in ys], np.log(ys), rtol=1e-14, atol=1e-15)
+    ys32 = np.concatenate(
+        [
+            np.geomspace(1e-37, 1e37, 20001),
+            1.0 + np.linspace(0, 1e3, 2001),
+            np.nextafter(np.float32(1.0), np.float32(2.0), dtype=np.float32) * np.ones(1),
+        ]
+    ).astype(np.float32)
+    np.testing.assert_allclose(
+        [log_positive32(y) for y in ys32],
+        np.log(ys32.astype(np.float64)),
+        rtol=LOG32_ERROR,
+        atol=1e-7,
+    )
 
 
 def test_implicit_p_equals_dense_p(latent_means):
@@ -156,17 +170,23 @@ def test_three_components_match_sklearn_in_distribution(latent_means):
     implementation (medians over 15 seeds: 0.643 vs 0.636 when written), so the bound is
     loose; the gradient test above is the exact check."""
     X = latent_means[:200]
-    ours = [TSNE(n_components=3, init="random", random_state=s, max_iter=500).fit(X)
-            for s in range(15)]
-    theirs = [SklearnTSNE(n_components=3, method="exact", init="random", random_state=s,
-                          max_iter=500).fit(X) for s in range(15)]
+    ours = [
+        TSNE(n_components=3, init="random", random_state=s, max_iter=500).fit(X) for s in range(15)
+    ]
+    theirs = [
+        SklearnTSNE(
+            n_components=3, method="exact", init="random", random_state=s, max_iter=500
+        ).fit(X)
+        for s in range(15)
+    ]
     assert ours[0].embedding_.shape == (200, 3) and ours[0].embedding_.dtype == np.float32
     kl_ours = np.median([t.kl_divergence_ for t in ours])
     kl_theirs = np.median([t.kl_divergence_ for t in theirs])
     assert abs(kl_ours - kl_theirs) <= 0.1 * kl_theirs, (kl_ours, kl_theirs)
     threes = TSNE(n_components=3, random_state=0, max_iter=300, n_jobs=1).fit_transform(X)
     np.testing.assert_array_equal(
-        threes, TSNE(n_components=3, random_state=0, max_iter=300, n_jobs=2).fit_transform(X))
+        threes, TSNE(n_components=3, random_state=0, max_iter=300, n_jobs=2).fit_transform(X)
+    )
 
 
 @pytest.mark.parametrize("data", ["latent", "clusters"])
@@ -204,8 +224,16 @@ def test_maps_start_from_sklearns_pca_init(latent_means, dtype):
 
 def test_defaults_follow_sklearn():
     ours, ref = TSNE(), SklearnTSNE(method="exact")
-    for name in ("n_components", "perplexity", "early_exaggeration", "learning_rate",
-                 "max_iter", "n_iter_without_progress", "min_grad_norm", "init"):
+    for name in (
+        "n_components",
+        "perplexity",
+        "early_exaggeration",
+        "learning_rate",
+        "max_iter",
+        "n_iter_without_progress",
+        "min_grad_norm",
+        "init",
+    ):
         assert getattr(ours, name) == getattr(ref, name), name
     X = clusters()[0]
     assert TSNE(max_iter=250).fit(X).learning_rate_ == 50  # max(240 / 12 / 4, 50)
@@ -213,12 +241,15 @@ def test_defaults_follow_sklearn():
 
 def test_same_seed_is_bit_identical_across_threads_and_runs(latent_means):
     X = latent_means[:300]
-    runs = [TSNE(random_state=3, init="random", n_jobs=t, max_iter=300).fit_transform(X)
-            for t in (1, 2, 2)]
+    runs = [
+        TSNE(random_state=3, init="random", n_jobs=t, max_iter=300).fit_transform(X)
+        for t in (1, 2, 2)
+    ]
     np.testing.assert_array_equal(runs[0], runs[1])
     np.testing.assert_array_equal(runs[1], runs[2])
-    implicit = TSNE(random_state=3, init="random", n_jobs=2, max_iter=300,
-                    max_dense_bytes=0).fit_transform(X)
+    implicit = TSNE(
+        random_state=3, init="random", n_jobs=2, max_iter=300, max_dense_bytes=0
+    ).fit_transform(X)
     np.testing.assert_array_equal(runs[0], implicit)
 
 
@@ -280,18 +311,24 @@ def test_duplicates_and_constant_columns_work():
     assert np.isfinite(Y).all()
 
 
-@pytest.mark.parametrize("kwargs, X, message", [
-    ({}, np.array([[0.0, np.nan], [1.0, 2.0]]), "Input X contains NaN"),
-    ({}, np.zeros((1, 3)), "minimum of 2 is required"),
-    ({"perplexity": 10}, np.random.default_rng(0).random((10, 3)), "less than n_samples"),
-    ({"n_components": 4}, np.random.default_rng(0).random((10, 3)), "n_components=4"),
-    ({"init": np.zeros((5, 2)), "perplexity": 3}, np.random.default_rng(0).random((10, 3)),
-     r"init array has shape \(5, 2\)"),
-    ({}, np.zeros(10), "Expected 2D array"),
-    ({"method": "barnes_hut"}, np.zeros((10, 2)), "exact method only.*openTSNE"),
-    ({"max_iter": 100}, np.zeros((10, 2)), "'max_iter' parameter of TSNE must be an int in"),
-    ({"metric": "nope"}, np.zeros((10, 2)), "'metric' parameter of TSNE must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, X, message",
+    [
+        ({}, np.array([[0.0, np.nan], [1.0, 2.0]]), "Input X contains NaN"),
+        ({}, np.zeros((1, 3)), "minimum of 2 is required"),
+        ({"perplexity": 10}, np.random.default_rng(0).random((10, 3)), "less than n_samples"),
+        ({"n_components": 4}, np.random.default_rng(0).random((10, 3)), "n_components=4"),
+        (
+            {"init": np.zeros((5, 2)), "perplexity": 3},
+            np.random.default_rng(0).random((10, 3)),
+            r"init array has shape \(5, 2\)",
+        ),
+        ({}, np.zeros(10), "Expected 2D array"),
+        ({"method": "barnes_hut"}, np.zeros((10, 2)), "exact method only.*openTSNE"),
+        ({"max_iter": 100}, np.zeros((10, 2)), "'max_iter' parameter of TSNE must be an int in"),
+        ({"metric": "nope"}, np.zeros((10, 2)), "'metric' parameter of TSNE must be"),
+    ],
+)
 def test_bad_input_is_a_clear_value_error(kwargs, X, message):
     """scikit-learn's own messages and error types (ValueError subclasses) where it has
     them; vaefast's where the exact-only method needs its own."""
@@ -311,10 +348,16 @@ def test_cli_maps_an_embedding_store(tmp_path):
     from tests.helpers import run_cli
     from vaefast.embedding import embed
 
-    embed(EXPORTED / "mnist5k-z20", "mnist5k", tmp_path / "e.zarr",
-          progress=False)
-    result = run_cli("tsne", str(tmp_path / "e.zarr"), "--out", str(tmp_path / "t.npy"),
-                     "--max-iter", "250", "--quiet")
+    embed(EXPORTED / "mnist5k-z20", "mnist5k", tmp_path / "e.zarr", progress=False)
+    result = run_cli(
+        "tsne",
+        str(tmp_path / "e.zarr"),
+        "--out",
+        str(tmp_path / "t.npy"),
+        "--max-iter",
+        "250",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     assert np.load(tmp_path / "t.npy").shape == (5000, 2)
     bad = run_cli("tsne", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "u.npy"))
@@ -337,6 +380,7 @@ class _Clock:
 
         def run():
             self.now += seconds_by_threads[numba.get_num_threads()]
+
         return run
 
 
@@ -390,8 +434,9 @@ def test_final_kl_matches_sklearn_as_a_distribution_over_seeds(latent_means):
     ours, theirs = [], []
     for seed in range(30):
         ours.append(TSNE(init="random", random_state=seed).fit(X).kl_divergence_)
-        theirs.append(SklearnTSNE(method="exact", init="random",
-                                  random_state=seed).fit(X).kl_divergence_)
+        theirs.append(
+            SklearnTSNE(method="exact", init="random", random_state=seed).fit(X).kl_divergence_
+        )
     assert abs(np.median(ours) - np.median(theirs)) <= 0.03 * np.median(theirs), (ours, theirs)
 
 
@@ -409,8 +454,9 @@ def test_is_a_scikit_learn_estimator():
     assert Y.shape == (len(X), 2) and Y.dtype == np.float32
     assert list(tsne.get_feature_names_out()) == ["tsne0", "tsne1"]
     sparse = TSNE(perplexity=5, max_iter=250, random_state=0).fit_transform(csr_matrix(X))
-    dense = TSNE(perplexity=5, max_iter=250, random_state=0, metric="euclidean",
-                 init="random").fit_transform(X)
+    dense = TSNE(
+        perplexity=5, max_iter=250, random_state=0, metric="euclidean", init="random"
+    ).fit_transform(X)
     assert sparse.shape == dense.shape
     cosine = TSNE(perplexity=5, max_iter=250, metric="cosine", random_state=0).fit(X)
     assert np.isfinite(cosine.embedding_).all() and cosine.kl_divergence_ > 0
@@ -439,6 +485,7 @@ def test_interpolated_placement_lands_near_the_exact_one():
     displacement = np.linalg.norm(fast - exact, axis=1) / spread
     assert np.median(displacement) < 0.01 and not np.array_equal(fast, exact)
     assert set(PLACEMENTS) == {"exact", "interpolated"}
-    with pytest.raises(VaefastError, match="unknown transform method 'fft'; use one of "
-                                           "exact, interpolated"):
+    with pytest.raises(
+        VaefastError, match="unknown transform method 'fft'; use one of exact, interpolated"
+    ):
         tsne.transform(X[test], method="fft")

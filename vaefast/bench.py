@@ -31,8 +31,10 @@ def format_seconds(seconds: float) -> str:
 
 def _figure(key: str, value: Any) -> str:
     if isinstance(value, dict) and "median" in value:  # a ratio with its spread over rounds
-        return (f"{key}={value['median']:.2f}× (IQR {value['q1']:.2f}–{value['q3']:.2f}, "
-                f"range {value['min']:.2f}–{value['max']:.2f})")
+        return (
+            f"{key}={value['median']:.2f}× (IQR {value['q1']:.2f}–{value['q3']:.2f}, "
+            f"range {value['min']:.2f}–{value['max']:.2f})"
+        )
     return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
 
 
@@ -47,18 +49,26 @@ def markdown(benches: list[dict[str, Any]]) -> str:
     for group in sorted(groups):
         rows = sorted(groups[group], key=lambda b: b["stats"]["median"])
         best = rows[0]["stats"]
-        out += [f"### {group}", "",
-                "| benchmark | median | rounds | × fastest (quartile spread) | figures |",
-                "|---|---|---|---|---|"]
+        out += [
+            f"### {group}",
+            "",
+            "| benchmark | median | rounds | × fastest (quartile spread) | figures |",
+            "|---|---|---|---|---|",
+        ]
         for b in rows:
             st = b["stats"]
             ratio = f"{st['median'] / best['median']:.2f}"
             if best["q3"] > 0 and best["q1"] > 0:
                 ratio += f" ({st['q1'] / best['q3']:.2f}–{st['q3'] / best['q1']:.2f})"
-            extra = ", ".join(_figure(k, v) for k, v in b.get("extra_info", {}).items()
-                              if k not in ("model", "part", "batch", "n", "threads"))
-            out.append(f"| {b['name']} | {format_seconds(st['median'])} | {st['rounds']} | "
-                       f"{ratio} | {extra} |")
+            extra = ", ".join(
+                _figure(k, v)
+                for k, v in b.get("extra_info", {}).items()
+                if k not in ("model", "part", "batch", "n", "threads")
+            )
+            out.append(
+                f"| {b['name']} | {format_seconds(st['median'])} | {st['rounds']} | "
+                f"{ratio} | {extra} |"
+            )
         out.append("")
     return "\n".join(out)
 
@@ -69,8 +79,10 @@ def machine_header(path: str | os.PathLike) -> str:
 
     info = json.loads(Path(path).read_text()).get("machine_info", {})
     if "vaefast" not in info:
-        return (f"Measured on {info.get('cpu', {}).get('brand_raw', 'an unrecorded CPU')} "
-                "(no vaefast machine card in this file).")
+        return (
+            f"Measured on {info.get('cpu', {}).get('brand_raw', 'an unrecorded CPU')} "
+            "(no vaefast machine card in this file)."
+        )
     return f"Measured on {describe(info['vaefast'])}."
 
 
@@ -87,31 +99,43 @@ def plots(benches: list[dict[str, Any]], out: Path) -> list[Path]:
         info = b.get("extra_info", {})
         if "batch" in info:
             series[("latency", f"{info['model']} {info['part']}", info["runtime"])][
-                info["batch"]] = b["stats"]["median"]
+                info["batch"]
+            ] = b["stats"]["median"]
         elif "impl" in info and "beside" not in (b.get("group") or ""):  # not contention
             series[("tsne", "t-SNE", info["impl"])][info["n"]] = b["stats"]["median"]
     for kind, title in sorted({(k[0], k[1]) for k in series}):
-        curves = {label: points for (k, t, label), points in sorted(series.items())
-                  if (k, t) == (kind, title)}
+        curves = {
+            label: points
+            for (k, t, label), points in sorted(series.items())
+            if (k, t) == (kind, title)
+        }
         baseline = curves.get("eager" if kind == "latency" else "sklearn-exact")
-        fig, axes = plt.subplots(1, 2 if baseline else 1, figsize=(10 if baseline else 5, 3.5),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            1, 2 if baseline else 1, figsize=(10 if baseline else 5, 3.5), squeeze=False
+        )
         for label, points in curves.items():
             xs = sorted(points)
             axes[0, 0].loglog(xs, [points[x] for x in xs], marker="o", label=label)
             if baseline:
                 shared = [x for x in xs if x in baseline]
-                axes[0, 1].semilogx(shared, [baseline[x] / points[x] for x in shared],
-                                    marker="o", label=label)
+                axes[0, 1].semilogx(
+                    shared, [baseline[x] / points[x] for x in shared], marker="o", label=label
+                )
         xlabel = "batch size" if kind == "latency" else "N points"
-        axes[0, 0].set(xlabel=xlabel, ylabel="median seconds",
-                       title=f"{title}: {'latency' if kind == 'latency' else 'time'}")
+        axes[0, 0].set(
+            xlabel=xlabel,
+            ylabel="median seconds",
+            title=f"{title}: {'latency' if kind == 'latency' else 'time'}",
+        )
         axes[0, 0].legend(fontsize=8)
         if baseline:
             name = "eager PyTorch" if kind == "latency" else "scikit-learn exact"
             axes[0, 1].axhline(1.0, color="gray", lw=0.8)
-            axes[0, 1].set(xlabel=xlabel, ylabel=f"speed-up over {name}",
-                           title=f"{title}: speed-up over {name}")
+            axes[0, 1].set(
+                xlabel=xlabel,
+                ylabel=f"speed-up over {name}",
+                title=f"{title}: speed-up over {name}",
+            )
             axes[0, 1].legend(fontsize=8)
         fig.tight_layout()
         path = out / f"{kind}-{title.replace(' ', '-')}.png"
@@ -131,8 +155,7 @@ def report(results: str | os.PathLike, out: str | os.PathLike) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     images = plots(benches, out)
     figures = "\n".join(f"![{p.stem}]({p.name})" for p in images)
-    text = (f"# Benchmark report\n\n{machine_header(results)}\n\n{markdown(benches)}\n"
-            f"{figures}\n")
+    text = f"# Benchmark report\n\n{machine_header(results)}\n\n{markdown(benches)}\n{figures}\n"
     with atomic_file(out / "report.md") as tmp:
         tmp.write_text(text)
     return out / "report.md"

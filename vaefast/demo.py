@@ -23,11 +23,14 @@ def run(out: Path, epochs: int = 10, conv_epochs: int = 5) -> None:
     embed_and_map(out, exported)
     train_run(out / "conv-run", epochs=conv_epochs, arch="conv", latent_dim=16, hidden_dim=256)
     conv = export_and_encode(out, "conv-run", "conv-exported")
-    plot_views(out, {"z20": Path("exported/mnist5k-z20"), "z2": Path("exported/mnist5k-z2"),
-                     "conv": conv})
-    print("[bench] quick side-by-side summary: each runtime in its own process, as deployed "
-          "(eager: the model's own encode under torch.inference_mode; ONNX Runtime with its "
-          "threads spinning); make bench measures with rounds and spreads:")
+    plot_views(
+        out, {"z20": Path("exported/mnist5k-z20"), "z2": Path("exported/mnist5k-z2"), "conv": conv}
+    )
+    print(
+        "[bench] quick side-by-side summary: each runtime in its own process, as deployed "
+        "(eager: the model's own encode under torch.inference_mode; ONNX Runtime with its "
+        "threads spinning); make bench measures with rounds and spreads:"
+    )
     print(quick_summary())
 
 
@@ -39,9 +42,11 @@ def train_run(folder: Path, **options) -> None:
     config = train("mnist5k", folder, force=True, **options)
     last = config["history"][-1]
     sizes = config["model"]
-    print(f"[train] {sizes['arch']} VAE on mnist5k, Z={sizes['latent_dim']}, {last['epoch']} "
-          f"epochs in {time.perf_counter() - t0:.1f} s: test loss {last['test_loss']:.2f} per "
-          f"sample -> {folder}")
+    print(
+        f"[train] {sizes['arch']} VAE on mnist5k, Z={sizes['latent_dim']}, {last['epoch']} "
+        f"epochs in {time.perf_counter() - t0:.1f} s: test loss {last['test_loss']:.2f} per "
+        f"sample -> {folder}"
+    )
 
 
 def export_and_encode(out: Path, run: str = "run", name: str = "exported") -> Path:
@@ -57,9 +62,11 @@ def export_and_encode(out: Path, run: str = "run", name: str = "exported") -> Pa
     X = data.load("mnist5k").X_test
     t0 = time.perf_counter()
     mu, logvar = vae.encode(X)
-    print(f"[runtime] encoded {len(X)} test images through ONNX Runtime "
-          f"({', '.join(vae.providers)}) in {1e3 * (time.perf_counter() - t0):.1f} ms: "
-          f"mu {mu.shape}, mean sigma {float(np.exp(0.5 * logvar).mean()):.3f}")
+    print(
+        f"[runtime] encoded {len(X)} test images through ONNX Runtime "
+        f"({', '.join(vae.providers)}) in {1e3 * (time.perf_counter() - t0):.1f} ms: "
+        f"mu {mu.shape}, mean sigma {float(np.exp(0.5 * logvar).mean()):.3f}"
+    )
     return out / name
 
 
@@ -72,8 +79,10 @@ def embed_and_map(out: Path, exported: Path) -> Path:
     stats = embed(exported, "mnist5k", store, tsne=True, progress=False)
     t = stats["tsne"]
     print(f"[embed] {stats['rows']} rows -> {store} at {stats['rows_per_s']:.0f} rows/s")
-    print(f"[t-SNE] exact, N={t['n']}, Z=20: KL {t['kl']:.4f} after {t['iterations']} "
-          f"iterations in {t['seconds']:.2f} s ({t['pairs_per_s']:.2e} pairs/s)")
+    print(
+        f"[t-SNE] exact, N={t['n']}, Z=20: KL {t['kl']:.4f} after {t['iterations']} "
+        f"iterations in {t['seconds']:.2f} s ({t['pairs_per_s']:.2e} pairs/s)"
+    )
     return store
 
 
@@ -88,12 +97,15 @@ def plot_views(out: Path, models: dict[str, Path]) -> None:
         t0 = time.perf_counter()
         folder = out / f"plots-{name}"
         written = render("all", model, folder, thumbnails=40)
-        print(f"[plot] {len(written) - 1} views of {model} -> {folder}/index.md "
-              f"in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"[plot] {len(written) - 1} views of {model} -> {folder}/index.md "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
 
 
-def quick_summary(exported: str | os.PathLike = "exported/mnist5k-z20", threads: int = 2,
-                  tsne_n: int = 500) -> str:
+def quick_summary(
+    exported: str | os.PathLike = "exported/mnist5k-z20", threads: int = 2, tsne_n: int = 500
+) -> str:
     """A few-seconds side-by-side table: eager PyTorch (the model's own ``encode``) vs
     ONNX Runtime (fp32, int8) for the encoder at batch 1 and 4096, each in its own
     process, and vaefast's exact t-SNE vs scikit-learn's at N=tsne_n."""
@@ -108,17 +120,28 @@ def quick_summary(exported: str | os.PathLike = "exported/mnist5k-z20", threads:
     from vaefast.recommend import time_in_process
 
     batches = (1, 4096)
-    t = {kind: time_in_process(exported, "encoder", batches, threads,
-                               "eager" if kind == "eager" else "onnxruntime",
-                               "fp32" if kind == "eager" else kind)[0]
-         for kind in ("eager", "fp32", "int8")}
-    rows = ["| task | eager PyTorch | ORT fp32 | ORT int8 | speed-up fp32 / int8 |",
-            "|---|---|---|---|---|"]
+    t = {
+        kind: time_in_process(
+            exported,
+            "encoder",
+            batches,
+            threads,
+            "eager" if kind == "eager" else "onnxruntime",
+            "fp32" if kind == "eager" else kind,
+        )[0]
+        for kind in ("eager", "fp32", "int8")
+    }
+    rows = [
+        "| task | eager PyTorch | ORT fp32 | ORT int8 | speed-up fp32 / int8 |",
+        "|---|---|---|---|---|",
+    ]
     for batch in batches:
         e = t["eager"][batch]
-        rows.append(f"| encoder, batch {batch} | {format_seconds(e)} | "
-                    f"{format_seconds(t['fp32'][batch])} | {format_seconds(t['int8'][batch])} | "
-                    f"{e / t['fp32'][batch]:.2f}× / {e / t['int8'][batch]:.2f}× |")
+        rows.append(
+            f"| encoder, batch {batch} | {format_seconds(e)} | "
+            f"{format_seconds(t['fp32'][batch])} | {format_seconds(t['int8'][batch])} | "
+            f"{e / t['fp32'][batch]:.2f}× / {e / t['int8'][batch]:.2f}× |"
+        )
     vae = runtime.load(exported, providers="cpu", threads=threads, spin=False)
     mu = vae.encode(data.read("mnist5k").X[:tsne_n])[0]
     TSNE(max_iter=250, random_state=0, n_jobs=threads).fit(mu[:100])  # load the kernels
@@ -128,10 +151,13 @@ def quick_summary(exported: str | os.PathLike = "exported/mnist5k-z20", threads:
     t0 = time.perf_counter()
     ref = SklearnTSNE(method="exact", random_state=0, n_jobs=threads).fit(mu)
     t_ref = time.perf_counter() - t0
-    rows += ["", "| t-SNE, N=%d | scikit-learn exact | vaefast exact | speed-up |" % tsne_n,
-             "|---|---|---|---|",
-             f"| time | {format_seconds(t_ref)} | {format_seconds(t_ours)} | {t_ref / t_ours:.0f}× |",
-             f"| KL | {ref.kl_divergence_:.4f} | {ours.kl_divergence_:.4f} | |"]
+    rows += [
+        "",
+        "| t-SNE, N=%d | scikit-learn exact | vaefast exact | speed-up |" % tsne_n,
+        "|---|---|---|---|",
+        f"| time | {format_seconds(t_ref)} | {format_seconds(t_ours)} | {t_ref / t_ours:.0f}× |",
+        f"| KL | {ref.kl_divergence_:.4f} | {ours.kl_divergence_:.4f} | |",
+    ]
     return "\n".join(rows)
 
 

@@ -29,14 +29,23 @@ _SESSIONS: dict[tuple, runtime.ExportedVAE] = {}  # one ONNX Runtime session per
 _SOURCES: dict[tuple, Source] = {}  # and one opened input (built-in specs load once)
 
 
-def _model(model_dir: str, threads: int | None, variant: str = "fp32",
-           providers: str = DEFAULT_PROVIDERS, precision: str | None = None
-           ) -> runtime.ExportedVAE:
+def _model(
+    model_dir: str,
+    threads: int | None,
+    variant: str = "fp32",
+    providers: str = DEFAULT_PROVIDERS,
+    precision: str | None = None,
+) -> runtime.ExportedVAE:
     key = (str(model_dir), threads, variant, providers, precision)
     if key not in _SESSIONS:
-        _SESSIONS[key] = runtime.load(model_dir, providers=providers, threads=threads,
-                                      precision=precision,
-                                      variant=variant, spin=False)
+        _SESSIONS[key] = runtime.load(
+            model_dir,
+            providers=providers,
+            threads=threads,
+            precision=precision,
+            variant=variant,
+            spin=False,
+        )
     return _SESSIONS[key]
 
 
@@ -52,7 +61,6 @@ def _source(reading: dict, decode_workers: int | None = None) -> Source:
     return _SOURCES[key]
 
 
-
 def _chunk_bounds(chunk: int, chunk_rows: int, n: int) -> tuple[int, int]:
     return chunk * chunk_rows, min((chunk + 1) * chunk_rows, n)
 
@@ -64,19 +72,27 @@ def default_rows(sample_values: int, budget: int, cap: int) -> int:
     return min(cap, 1 << (rows.bit_length() - 1))
 
 
-def _encode_rows(vae: runtime.ExportedVAE, rows: np.ndarray, start: int, spec: str,
-                 batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _encode_rows(
+    vae: runtime.ExportedVAE, rows: np.ndarray, start: int, spec: str, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Encode rows read from ``start``; a bad value is named by its row in the input."""
     try:
         return vae.encode(rows, batch_size=batch_size)
     except BadRows as e:
-        raise BadRows(f"{spec}: {e.reason} at row {start + e.row}", start + e.row,
-                      e.reason) from None
+        raise BadRows(
+            f"{spec}: {e.reason} at row {start + e.row}", start + e.row, e.reason
+        ) from None
 
 
-def _encode_chunk_rows(vae: runtime.ExportedVAE, source: Source, chunk: int,
-                       chunk_rows: int, batch_size: int, skip_bad: bool,
-                       rows: tuple | None = None):
+def _encode_chunk_rows(
+    vae: runtime.ExportedVAE,
+    source: Source,
+    chunk: int,
+    chunk_rows: int,
+    batch_size: int,
+    skip_bad: bool,
+    rows: tuple | None = None,
+):
     """(start, mu, logvar, skipped) of one chunk: rows read (or given, already read),
     encoded; rows whose file could not be decoded are NaN when ``skip_bad``."""
     start, stop = _chunk_bounds(chunk, chunk_rows, source.n)
@@ -105,10 +121,19 @@ def _worker_threads() -> int | None:
     return int(getattr(state, "nthreads", 0)) or None
 
 
-def encode_chunk(model_dir: str, reading: dict, out: str, chunk: int, chunk_rows: int,
-                 batch_size: int, threads: int | None = None, variant: str = "fp32",
-                 providers: str = DEFAULT_PROVIDERS, skip_bad: bool = False,
-                 precision: str | None = None) -> int:
+def encode_chunk(
+    model_dir: str,
+    reading: dict,
+    out: str,
+    chunk: int,
+    chunk_rows: int,
+    batch_size: int,
+    threads: int | None = None,
+    variant: str = "fp32",
+    providers: str = DEFAULT_PROVIDERS,
+    skip_bad: bool = False,
+    precision: str | None = None,
+) -> int:
     """Encode rows of chunk ``chunk`` and write them and their marker; return the row count.
 
     A plain function of plain arguments, so Dask can run it on any worker: the ONNX
@@ -119,19 +144,29 @@ def encode_chunk(model_dir: str, reading: dict, out: str, chunk: int, chunk_rows
     """
     vae = _model(model_dir, threads or _worker_threads(), variant, providers, precision)
     source = _source(reading, 1)
-    start, mu, logvar, bad = _encode_chunk_rows(vae, source, chunk, chunk_rows, batch_size,
-                                                skip_bad)
+    start, mu, logvar, bad = _encode_chunk_rows(
+        vae, source, chunk, chunk_rows, batch_size, skip_bad
+    )
     return store.write_chunk(out, chunk, start, mu, logvar, bad)
 
 
-def _encode_pipelined(vae: runtime.ExportedVAE, source: Source, out: str, todo: list[int],
-                      chunk_rows: int, batch_size: int, skip_bad: bool, bar) -> None:
+def _encode_pipelined(
+    vae: runtime.ExportedVAE,
+    source: Source,
+    out: str,
+    todo: list[int],
+    chunk_rows: int,
+    batch_size: int,
+    skip_bad: bool,
+    bar,
+) -> None:
     """The single-process path: while ONNX Runtime encodes chunk k (it releases the GIL),
     one thread reads chunk k+1 (encoded images: decoded by the source's worker
     processes) and another writes chunk k-1."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+
         def read(chunk: int):
             return _read_rows(source, *_chunk_bounds(chunk, chunk_rows, source.n), skip_bad)
 
@@ -141,8 +176,7 @@ def _encode_pipelined(vae: runtime.ExportedVAE, source: Source, out: str, todo: 
             rows = pending_read.result()
             if k + 1 < len(todo):
                 pending_read = reader.submit(read, todo[k + 1])
-            encoded = _encode_chunk_rows(vae, source, chunk, chunk_rows, batch_size,
-                                         skip_bad, rows)
+            encoded = _encode_chunk_rows(vae, source, chunk, chunk_rows, batch_size, skip_bad, rows)
             del rows
             if pending_write is not None:
                 bar.update(pending_write.result())
@@ -151,16 +185,32 @@ def _encode_pipelined(vae: runtime.ExportedVAE, source: Source, out: str, todo: 
             bar.update(pending_write.result())
 
 
-def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
-          batch_size: int | None = None, chunk_rows: int | None = None,
-          dtype: str = "float32", tsne: bool = False,
-          tsne_max: int = 10_000, tsne_transform: str = "exact", seed: int = 0,
-          scheduler: str | None = None, workers: int = 2, threads: int | None = None,
-          variant: str = "fp32", providers: str = DEFAULT_PROVIDERS,
-          precision: str | None = None,
-          resize: str = "crop", exif: str = "transpose", allow_empty_classes: bool = False,
-          decode_workers: int | None = None, skip_bad: bool = False, force: bool = False,
-          progress: bool = True) -> dict[str, Any]:
+def embed(
+    model_dir: str | os.PathLike,
+    input: str,
+    out: str | os.PathLike,
+    *,
+    batch_size: int | None = None,
+    chunk_rows: int | None = None,
+    dtype: str = "float32",
+    tsne: bool = False,
+    tsne_max: int = 10_000,
+    tsne_transform: str = "exact",
+    seed: int = 0,
+    scheduler: str | None = None,
+    workers: int = 2,
+    threads: int | None = None,
+    variant: str = "fp32",
+    providers: str = DEFAULT_PROVIDERS,
+    precision: str | None = None,
+    resize: str = "crop",
+    exif: str = "transpose",
+    allow_empty_classes: bool = False,
+    decode_workers: int | None = None,
+    skip_bad: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Embed every row of ``input`` through the exported encoder into the zarr store ``out``.
 
     Runs again after an interruption continue from the finished chunks and give the
@@ -185,9 +235,10 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
     turned by their EXIF orientation (``exif``: transpose) or not (ignore), converted to
     the model's channels and resized by ``resize`` (crop, squash, pad); the store keeps
     each row's id. An image folder's empty class folder is refused unless
-    ``allow_empty_classes``; hidden files and folders are skipped and counted. A file that cannot be decoded stops the run with one line
-    naming it, the finished chunks kept (fix it and run again to resume); with
-    ``skip_bad`` its row is NaN and its id and reason are recorded (``skipped``).
+    ``allow_empty_classes``; hidden files and folders are skipped and counted. A file
+    that cannot be decoded stops the run with one line naming it, the finished chunks
+    kept (fix it and run again to resume); with ``skip_bad`` its row is NaN and its id
+    and reason are recorded (``skipped``).
     Returns figures of the run (rows, seconds, rows/s, chunks resumed, skipped files).
     """
     from tqdm.auto import tqdm
@@ -195,10 +246,12 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
     if dtype not in store.DTYPES:
         raise VaefastError(f"unknown dtype {dtype!r}; use {' or '.join(store.DTYPES)}")
     out = Path(out)
-    prep = preprocess_for(input, manifest.image_display_shape(
-        manifest.read_model_json(model_dir)), resize, exif)
+    prep = preprocess_for(
+        input, manifest.image_display_shape(manifest.read_model_json(model_dir)), resize, exif
+    )
     reading = {"spec": input, "preprocess": None if prep is None else prep.to_dict()} | (
-        {"allow_empty_classes": True} if allow_empty_classes else {})
+        {"allow_empty_classes": True} if allow_empty_classes else {}
+    )
     for key in [k for k in _SOURCES if k[0] == input]:  # the input may have changed
         _SOURCES.pop(key).close()
     source = _source(reading, decode_workers)
@@ -213,8 +266,11 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
     batch_size = default_rows(values, BATCH_BYTES, 8192) if batch_size is None else batch_size
     if chunk_rows is None:  # encoded images: smaller chunks, so decode and encode overlap
         chunk_rows = default_rows(values, CHUNK_BYTES, 65536 if prep is None else 1024)
-    for name, value in (("batch size", batch_size), ("chunk rows", chunk_rows),
-                        ("tsne_max", tsne_max)):
+    for name, value in (
+        ("batch size", batch_size),
+        ("chunk rows", chunk_rows),
+        ("tsne_max", tsne_max),
+    ):
         if value < 1:
             raise VaefastError(f"{name} must be >= 1, got {value}")
     if tsne:  # too few rows: refused before encoding (t-SNE imports only when asked for)
@@ -223,66 +279,124 @@ def embed(model_dir: str | os.PathLike, input: str, out: str | os.PathLike, *,
 
         reference_rows(source.n, tsne_max, seed)
         placement(tsne_transform)
-    attrs = {"model": str(vae.folder), "model_sha256": vae.meta["weights_sha256"],
-             "input": source.fingerprint(),
-             "params": {"chunk_rows": chunk_rows, "tsne": tsne, "tsne_max": tsne_max,
-                        "seed": seed, "variant": variant, "dtype": dtype,
-                        "engine": vae.engine, "precision": vae.precision} |
-                       ({"tsne_transform": tsne_transform} if tsne else {}),
-             "latent_shape": list(latent_shape), "providers": vae.providers,
-             "label_names": source.label_names}
-    group = store.open_or_create(out, attrs, source.n, latent_shape, chunk_rows,
-                                 source.labels, tsne, force, dtype, source.ids)
+    attrs = {
+        "model": str(vae.folder),
+        "model_sha256": vae.meta["weights_sha256"],
+        "input": source.fingerprint(),
+        "params": {
+            "chunk_rows": chunk_rows,
+            "tsne": tsne,
+            "tsne_max": tsne_max,
+            "seed": seed,
+            "variant": variant,
+            "dtype": dtype,
+            "engine": vae.engine,
+            "precision": vae.precision,
+        }
+        | ({"tsne_transform": tsne_transform} if tsne else {}),
+        "latent_shape": list(latent_shape),
+        "providers": vae.providers,
+        "label_names": source.label_names,
+    }
+    group = store.open_or_create(
+        out,
+        attrs,
+        source.n,
+        latent_shape,
+        chunk_rows,
+        source.labels,
+        tsne,
+        force,
+        dtype,
+        source.ids,
+    )
     if store.info(group).get("complete"):
         return {"rows": source.n, "seconds": 0.0, "rows_per_s": None, "already_complete": True}
     todo = store.pending(group, "encoded")
     n_chunks = -(-source.n // chunk_rows)
-    skipped_rows = source.n - sum(np.diff(_chunk_bounds(c, chunk_rows, source.n))[0]
-                                  for c in todo)
-    bar = tqdm(total=source.n, initial=skipped_rows, unit="rows", unit_scale=True,
-               desc="embed", disable=not progress, smoothing=0.1)
+    skipped_rows = source.n - sum(np.diff(_chunk_bounds(c, chunk_rows, source.n))[0] for c in todo)
+    bar = tqdm(
+        total=source.n,
+        initial=skipped_rows,
+        unit="rows",
+        unit_scale=True,
+        desc="embed",
+        disable=not progress,
+        smoothing=0.1,
+    )
     upscaled = getattr(source, "upscaled", 0)  # images counted from here (not the probe)
     t0 = time.perf_counter()
     try:
         if scheduler is None:
-            _encode_pipelined(vae, source, str(out), todo, chunk_rows, batch_size, skip_bad,
-                              bar)
+            _encode_pipelined(vae, source, str(out), todo, chunk_rows, batch_size, skip_bad, bar)
         else:
-            _run_dask(scheduler, workers, (str(model_dir), reading, str(out)), todo,
-                      chunk_rows, batch_size, threads, variant, providers, skip_bad,
-                      precision, bar)
+            _run_dask(
+                scheduler,
+                workers,
+                (str(model_dir), reading, str(out)),
+                todo,
+                chunk_rows,
+                batch_size,
+                threads,
+                variant,
+                providers,
+                skip_bad,
+                precision,
+                bar,
+            )
     except BadRows as e:
         store.remove(out)
-        raise VaefastError(f"{e}; clean the input first ({out} was removed: it could "
-                           "never finish)") from None
+        raise VaefastError(
+            f"{e}; clean the input first ({out} was removed: it could never finish)"
+        ) from None
     except BadFile as e:
         done = n_chunks - len(store.pending(group, "encoded"))
-        raise VaefastError(f"{e}; replace the file and run the same command to "
-                           f"resume ({out} keeps its {done} finished chunk(s)), or add "
-                           "--skip-bad to skip files that cannot be decoded") from None
+        raise VaefastError(
+            f"{e}; replace the file and run the same command to "
+            f"resume ({out} keeps its {done} finished chunk(s)), or add "
+            "--skip-bad to skip files that cannot be decoded"
+        ) from None
     finally:
         bar.close()
         source.close()  # the decode processes, if any
     seconds = time.perf_counter() - t0
     skipped = store.skipped_rows(group)
-    stats = {"rows": source.n, "rows_encoded": source.n - skipped_rows, "seconds": seconds,
-             "rows_per_s": (source.n - skipped_rows) / seconds if seconds > 0 else None,
-             "chunks_resumed": n_chunks - len(todo), "variant": variant,
-             "providers": vae.providers, "skipped": len(skipped),
-             "upscaled": getattr(source, "upscaled", 0) - upscaled,
-             "hidden": getattr(source, "hidden", 0)}
+    stats = {
+        "rows": source.n,
+        "rows_encoded": source.n - skipped_rows,
+        "seconds": seconds,
+        "rows_per_s": (source.n - skipped_rows) / seconds if seconds > 0 else None,
+        "chunks_resumed": n_chunks - len(todo),
+        "variant": variant,
+        "providers": vae.providers,
+        "skipped": len(skipped),
+        "upscaled": getattr(source, "upscaled", 0) - upscaled,
+        "hidden": getattr(source, "hidden", 0),
+    }
     if tsne:  # the map needs no model: its session and buffers go first (peak memory)
         del vae
         _SESSIONS.clear()
-        stats["tsne"] = _map(group, tsne_max, seed, chunk_rows, threads, progress,
-                             tsne_transform, sorted(skipped))
+        stats["tsne"] = _map(
+            group, tsne_max, seed, chunk_rows, threads, progress, tsne_transform, sorted(skipped)
+        )
     store.mark_complete(group)
     return stats
 
 
-def _run_dask(scheduler: str, workers: int, args: tuple, todo: list[int], chunk_rows: int,
-              batch_size: int, threads: int | None, variant: str, providers: str,
-              skip_bad: bool, precision: str | None, bar) -> None:
+def _run_dask(
+    scheduler: str,
+    workers: int,
+    args: tuple,
+    todo: list[int],
+    chunk_rows: int,
+    batch_size: int,
+    threads: int | None,
+    variant: str,
+    providers: str,
+    skip_bad: bool,
+    precision: str | None,
+    bar,
+) -> None:
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -292,18 +406,36 @@ def _run_dask(scheduler: str, workers: int, args: tuple, todo: list[int], chunk_
 
         # silence_logs: the workers' warnings when an interrupt cancels their tasks are
         # not the user's business (the CLI says what happened in one line)
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
         client = Client(cluster)
     elif scheduler.startswith("tcp://"):
         cluster, client = None, Client(scheduler)
     else:
         raise VaefastError(f"unknown scheduler {scheduler!r}; use local or tcp://HOST:PORT")
     try:
-        futures = [client.submit(encode_chunk, *args, c, chunk_rows, batch_size, threads,
-                                 variant, providers, skip_bad, precision,
-                                 key=f"vaefast-encode-{c}-{args[2]}", pure=False)
-                   for c in todo]
+        futures = [
+            client.submit(
+                encode_chunk,
+                *args,
+                c,
+                chunk_rows,
+                batch_size,
+                threads,
+                variant,
+                providers,
+                skip_bad,
+                precision,
+                key=f"vaefast-encode-{c}-{args[2]}",
+                pure=False,
+            )
+            for c in todo
+        ]
         for future in as_completed(futures):
             bar.update(future.result())
     finally:
@@ -312,8 +444,16 @@ def _run_dask(scheduler: str, workers: int, args: tuple, todo: list[int], chunk_
             cluster.close()
 
 
-def _map(group, tsne_max: int, seed: int, chunk_rows: int, threads: int | None,
-         progress: bool, method: str = "exact", skipped: list[int] = ()) -> dict[str, Any]:
+def _map(
+    group,
+    tsne_max: int,
+    seed: int,
+    chunk_rows: int,
+    threads: int | None,
+    progress: bool,
+    method: str = "exact",
+    skipped: list[int] = (),
+) -> dict[str, Any]:
     """The t-SNE map of ``mu`` by ``vaefast.tsne.mapping``'s rule, stored resumably: the
     reference map first (its index written last), then placed rows chunk by chunk.
     Skipped rows (no μ) get no position (NaN) and are never in the reference."""
@@ -325,8 +465,10 @@ def _map(group, tsne_max: int, seed: int, chunk_rows: int, threads: int | None,
     n = store.n_rows(group)
     valid = np.setdiff1d(np.arange(n), np.asarray(skipped, np.int64))
     t0 = time.perf_counter()
-    stats: dict[str, Any] = {"method": "exact" if len(valid) <= tsne_max
-                             else "reference+transform", "n": len(valid)}
+    stats: dict[str, Any] = {
+        "method": "exact" if len(valid) <= tsne_max else "reference+transform",
+        "n": len(valid),
+    }
     found = store.reference(group)
     if found is None:
         index = valid[reference_rows(len(valid), tsne_max, seed)]
@@ -334,8 +476,12 @@ def _map(group, tsne_max: int, seed: int, chunk_rows: int, threads: int | None,
         trim()  # ~60 MB free in malloc's arenas at 1M rows; P, next, is the peak
         reference = fit_reference(X_ref, seed, threads, progress)
         store.save_reference(group, index, reference.embedding)
-        stats |= {"kl": reference.kl, "iterations": reference.n_iter + 1,
-                  "pairs_per_s": reference.timings["pairs_per_s"], "reference_rows": len(index)}
+        stats |= {
+            "kl": reference.kl,
+            "iterations": reference.n_iter + 1,
+            "pairs_per_s": reference.timings["pairs_per_s"],
+            "reference_rows": len(index),
+        }
         found = index, reference.embedding
     else:
         X_ref = store.read_mu(group, found[0])
@@ -344,22 +490,40 @@ def _map(group, tsne_max: int, seed: int, chunk_rows: int, threads: int | None,
     todo = store.pending(group, "placed")
 
     def new_rows(start: int, stop: int) -> int:  # rows of [start, stop) to place
-        return int(np.count_nonzero((valid >= start) & (valid < stop))) - \
-            int(np.count_nonzero((index >= start) & (index < stop)))
+        return int(np.count_nonzero((valid >= start) & (valid < stop))) - int(
+            np.count_nonzero((index >= start) & (index < stop))
+        )
 
     to_place = sum(new_rows(c * chunk_rows, min((c + 1) * chunk_rows, n)) for c in todo)
-    bar = tqdm(total=to_place, desc="t-SNE placement", unit="points", unit_scale=True,
-               disable=not progress or not to_place, smoothing=0.1)
+    bar = tqdm(
+        total=to_place,
+        desc="t-SNE placement",
+        unit="points",
+        unit_scale=True,
+        disable=not progress or not to_place,
+        smoothing=0.1,
+    )
     with numba_threads(threads):
-        for chunk, start, stop, Y in place_chunks(lambda a, b: store.read_mu(group, slice(a, b)),
-                                                  n, index, X_ref, Y_ref, chunk_rows, todo,
-                                                  method):
+        for chunk, start, stop, Y in place_chunks(
+            lambda a, b: store.read_mu(group, slice(a, b)),
+            n,
+            index,
+            X_ref,
+            Y_ref,
+            chunk_rows,
+            todo,
+            method,
+        ):
             store.write_positions(group, chunk, start, Y)
             bar.update(new_rows(start, stop))
     bar.close()
     t2 = time.perf_counter()
     if len(valid) > tsne_max:
         stats["reference"] = tsne_max
-    stats |= {"fit_s": t1 - t0, "place_s": t2 - t1, "placed_rows": to_place,
-              "points_per_s": to_place / (t2 - t1) if to_place and t2 > t1 else None}
+    stats |= {
+        "fit_s": t1 - t0,
+        "place_s": t2 - t1,
+        "placed_rows": to_place,
+        "points_per_s": to_place / (t2 - t1) if to_place and t2 > t1 else None,
+    }
     return stats | {"seconds": time.perf_counter() - t0}

@@ -29,8 +29,11 @@ from vaefast.errors import VaefastError, first_line
 
 PRECISIONS = ("bf16", "f32")  # OpenVINO's
 DEFAULT_PROVIDERS = "auto"  # the one default of every command and function
-ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                 "tensorrt": "TensorrtExecutionProvider"}
+ORT_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
@@ -56,8 +59,7 @@ def open_session(path: Path, providers: list[str], options):
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:  # ORT raises its own types for truncated or invalid protobufs
-        raise VaefastError(f"{path}: not a loadable ONNX model ({first_line(e, 200)})"
-                           ) from None
+        raise VaefastError(f"{path}: not a loadable ONNX model ({first_line(e, 200)})") from None
 
 
 def _onnxruntime_chain(providers: str | list[str]) -> list[str]:
@@ -72,19 +74,29 @@ def _onnxruntime_chain(providers: str | list[str]) -> list[str]:
         return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     wanted = ORT_PROVIDERS[providers]
     if wanted not in available:
-        raise VaefastError(f"{wanted} is not available in this onnxruntime build "
-                           f"(available: {', '.join(available)}); install onnxruntime-gpu")
-    chain = {"cpu": [wanted], "cuda": [wanted, "CPUExecutionProvider"],
-             "tensorrt": [wanted, "CUDAExecutionProvider", "CPUExecutionProvider"]}
+        raise VaefastError(
+            f"{wanted} is not available in this onnxruntime build "
+            f"(available: {', '.join(available)}); install onnxruntime-gpu"
+        )
+    chain = {
+        "cpu": [wanted],
+        "cuda": [wanted, "CPUExecutionProvider"],
+        "tensorrt": [wanted, "CUDAExecutionProvider", "CPUExecutionProvider"],
+    }
     return [p for p in chain[providers] if p in available]
 
 
 def _onnxruntime_check(session, providers: str | list[str]) -> None:
     """Asking for a GPU provider and getting the CPU is an error, never a fallback."""
-    if isinstance(providers, str) and providers in ("cuda", "tensorrt") and \
-            session.get_providers()[0] != ORT_PROVIDERS[providers]:
-        raise VaefastError(f"asked for {providers} but ONNX Runtime fell back to "
-                           f"{session.get_providers()[0]} (no usable GPU?)")
+    if (
+        isinstance(providers, str)
+        and providers in ("cuda", "tensorrt")
+        and session.get_providers()[0] != ORT_PROVIDERS[providers]
+    ):
+        raise VaefastError(
+            f"asked for {providers} but ONNX Runtime fell back to "
+            f"{session.get_providers()[0]} (no usable GPU?)"
+        )
 
 
 def on_gpu(session) -> bool:
@@ -92,26 +104,29 @@ def on_gpu(session) -> bool:
     return session.get_providers()[0] in GPU_PROVIDERS
 
 
-def _open_onnxruntime(path: Path, chain: list[str], threads: int | None, spin: bool,
-                      precision: str | None):
+def _open_onnxruntime(
+    path: Path, chain: list[str], threads: int | None, spin: bool, precision: str | None
+):
     if precision is not None:
-        raise VaefastError("precision applies to providers='openvino'; for ONNX Runtime "
-                           "pick a variant (fp32, int8, int8-static, fp16)")
+        raise VaefastError(
+            "precision applies to providers='openvino'; for ONNX Runtime "
+            "pick a variant (fp32, int8, int8-static, fp16)"
+        )
     return open_session(path, chain, session_options(threads, spin))
 
 
 def openvino_precision() -> str:
     """bf16 where OpenVINO's CPU plugin reports BF16 (AMX or AVX512_BF16), else f32."""
-    return "bf16" if "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") \
-        else "f32"
+    return "bf16" if "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
 
 
 def _core():
     try:
         import openvino as ov
     except ImportError:
-        raise VaefastError("providers 'openvino' needs OpenVINO: pip install "
-                           "'vaefast[openvino]'") from None
+        raise VaefastError(
+            "providers 'openvino' needs OpenVINO: pip install 'vaefast[openvino]'"
+        ) from None
     return ov.Core()
 
 
@@ -126,8 +141,7 @@ class OpenVINOSession:
             raise VaefastError(f"{path} not found; export the model again")
         precision = precision or openvino_precision()
         if precision not in PRECISIONS:
-            raise VaefastError(f"unknown precision {precision!r}; use "
-                               f"{' or '.join(PRECISIONS)}")
+            raise VaefastError(f"unknown precision {precision!r}; use {' or '.join(PRECISIONS)}")
         try:
             model = core.read_model(str(path))
             config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
@@ -135,8 +149,7 @@ class OpenVINOSession:
                 config["INFERENCE_NUM_THREADS"] = int(threads)
             self._compiled = core.compile_model(model, "CPU", config)
         except Exception as e:
-            raise VaefastError(f"{path}: OpenVINO cannot load it ({first_line(e, 200)})"
-                               ) from None
+            raise VaefastError(f"{path}: OpenVINO cannot load it ({first_line(e, 200)})") from None
         self._request = self._compiled.create_infer_request()
         self.precision = precision
         info = model.get_rt_info()  # the ONNX file's metadata_props, under "framework"
@@ -172,8 +185,9 @@ class OpenVINOSession:
         return SimpleNamespace(custom_metadata_map=self._meta)
 
 
-def _open_openvino(path: Path, chain: list[str], threads: int | None, spin: bool,
-                   precision: str | None):
+def _open_openvino(
+    path: Path, chain: list[str], threads: int | None, spin: bool, precision: str | None
+):
     return OpenVINOSession(path, threads, precision)
 
 
@@ -214,16 +228,29 @@ def _openvino_precisions() -> tuple[str, ...]:
 
 
 ENGINES: dict[str, Engine] = {
-    "onnxruntime": Engine("onnxruntime", _open_onnxruntime,
-                          ("auto", "cpu", "cuda", "tensorrt"),
-                          "ONNX Runtime (variants fp32, int8, int8-static, fp16; CUDA and "
-                          "TensorRT with onnxruntime-gpu)", _installed("onnxruntime"),
-                          chain=_onnxruntime_chain, check=_onnxruntime_check,
-                          label="ONNX Runtime", cpu="cpu"),
-    "openvino": Engine("openvino", _open_openvino, ("openvino",),
-                       "OpenVINO on the CPU, bf16 where the CPU has it (AMX, AVX512_BF16), "
-                       "else f32", _installed("openvino"), precisions=_openvino_precisions,
-                       all_variants=False, report_key="openvino", label="OpenVINO"),
+    "onnxruntime": Engine(
+        "onnxruntime",
+        _open_onnxruntime,
+        ("auto", "cpu", "cuda", "tensorrt"),
+        "ONNX Runtime (variants fp32, int8, int8-static, fp16; CUDA and "
+        "TensorRT with onnxruntime-gpu)",
+        _installed("onnxruntime"),
+        chain=_onnxruntime_chain,
+        check=_onnxruntime_check,
+        label="ONNX Runtime",
+        cpu="cpu",
+    ),
+    "openvino": Engine(
+        "openvino",
+        _open_openvino,
+        ("openvino",),
+        "OpenVINO on the CPU, bf16 where the CPU has it (AMX, AVX512_BF16), else f32",
+        _installed("openvino"),
+        precisions=_openvino_precisions,
+        all_variants=False,
+        report_key="openvino",
+        label="OpenVINO",
+    ),
 }
 
 

@@ -92,12 +92,16 @@ def posterior(out) -> tuple:
     if isinstance(out, torch.distributions.Normal):
         return out.loc, 2.0 * torch.log(out.scale)
     if isinstance(out, (tuple, list)):
-        return tuple(out) if len(out) == 2 and all(isinstance(t, torch.Tensor)
-                                                   for t in out) else None
+        return (
+            tuple(out) if len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out) else None
+        )
     mean = getattr(out, "mean", None)
     if isinstance(mean, torch.Tensor):
-        for name, to_logvar in (("logvar", lambda t: t), ("std", lambda t: 2.0 * torch.log(t)),
-                                ("var", torch.log)):
+        for name, to_logvar in (
+            ("logvar", lambda t: t),
+            ("std", lambda t: 2.0 * torch.log(t)),
+            ("var", torch.log),
+        ):
             value = getattr(out, name, None)
             if isinstance(value, torch.Tensor):
                 return mean, to_logvar(value)
@@ -122,13 +126,16 @@ def _methods(model, encode: Callable | None, decode: Callable | None):
     decode = decode or getattr(model, "decode", None)
     for name, fn in (("encode", encode), ("decode", decode)):
         if not callable(fn):
-            raise VaefastError(f"the model has no {name} method; pass {name}=a function "
-                               f"(e.g. {name}=model.my_{name})")
+            raise VaefastError(
+                f"the model has no {name} method; pass {name}=a function "
+                f"(e.g. {name}=model.my_{name})"
+            )
     return encode, decode
 
 
-def halves(model, encode: Callable | None, decode: Callable | None, input_shape,
-           decoder_output: str):
+def halves(
+    model, encode: Callable | None, decode: Callable | None, input_shape, decoder_output: str
+):
     """(Encoder, Decoder) modules wrapping the user's model: the encoder returns
     (mu, logvar) whatever ``encode`` returns; the decoder returns [batch, *input_shape]
     images (flat decoder outputs reshaped; logits through a sigmoid)."""
@@ -174,8 +181,15 @@ class Probe:
     second_size: tuple[int, int] | None = None
 
 
-def _probe(encode, decode, x, input_shape, decoder_output: str,
-           output_range: tuple[float, float], bounded: bool) -> Probe:
+def _probe(
+    encode,
+    decode,
+    x,
+    input_shape,
+    decoder_output: str,
+    output_range: tuple[float, float],
+    bounded: bool,
+) -> Probe:
     """Run the eager halves on the example (and at a second size for spatial latents);
     return what they showed, or raise a one-line error."""
     import torch
@@ -190,7 +204,8 @@ def _probe(encode, decode, x, input_shape, decoder_output: str,
                 f"decode returned values in [{float(x_hat.min()):.3g}, "
                 f"{float(x_hat.max()):.3g}], outside output_range ({lo:g}, {hi:g}); pass "
                 "output_range=(lo, hi) for a decoder with another range (e.g. (-1, 1) "
-                "after a Tanh), or decoder_output='logits' if it returns logits")
+                "after a Tanh), or decoder_output='logits' if it returns logits"
+            )
         return _size_probe(encode, decode, x, input_shape, tuple(mu.shape[1:]))
 
 
@@ -200,26 +215,35 @@ def _encode_checked(encode, x):
     try:
         first, second = encode(x), encode(x)
     except Exception as e:
-        raise VaefastError(f"encode failed on the example batch {list(x.shape)}: "
-                           f"{type(e).__name__}: {first_line(e)}") from None
+        raise VaefastError(
+            f"encode failed on the example batch {list(x.shape)}: "
+            f"{type(e).__name__}: {first_line(e)}"
+        ) from None
     pair = posterior(first)
     if pair is None:
         raise VaefastError(
             f"encode must return (mu, logvar) tensors, a torch.distributions.Normal, or an "
             f"object with .mean and .logvar (or .std / .var) or .latent_dist; got "
-            f"{_kind(first)}")
+            f"{_kind(first)}"
+        )
     mu, logvar = pair
     b = x.shape[0]
     if mu.ndim < 2 or mu.shape[0] != b:
-        raise VaefastError(f"encode must return mu of shape [batch, *latent_shape]; got "
-                           f"{list(mu.shape)} for a batch of {b}")
+        raise VaefastError(
+            f"encode must return mu of shape [batch, *latent_shape]; got "
+            f"{list(mu.shape)} for a batch of {b}"
+        )
     if tuple(logvar.shape) != tuple(mu.shape):
-        raise VaefastError(f"encode returned mu of shape {list(mu.shape)} and logvar of shape "
-                           f"{list(logvar.shape)}; they must have the same shape")
+        raise VaefastError(
+            f"encode returned mu of shape {list(mu.shape)} and logvar of shape "
+            f"{list(logvar.shape)}; they must have the same shape"
+        )
     if any(not torch.equal(a, c) for a, c in zip(pair, posterior(second))):
-        raise VaefastError("encode is random: two calls on the same batch differ; the "
-                           "reparameterization (sampling z) must stay out of encode, "
-                           "which should return the posterior's mean and log-variance")
+        raise VaefastError(
+            "encode is random: two calls on the same batch differ; the "
+            "reparameterization (sampling z) must stay out of encode, "
+            "which should return the posterior's mean and log-variance"
+        )
     return mu, logvar
 
 
@@ -227,15 +251,19 @@ def _decode_checked(decode, z, b: int, input_shape):
     try:
         out = decode(z)
     except Exception as e:
-        raise VaefastError(f"decode failed on z of shape {list(z.shape)}: "
-                           f"{type(e).__name__}: {first_line(e)}") from None
+        raise VaefastError(
+            f"decode failed on z of shape {list(z.shape)}: {type(e).__name__}: {first_line(e)}"
+        ) from None
     x_hat = decoded(out)
     if x_hat is None:
-        raise VaefastError(f"decode must return a tensor or an object with a .sample tensor, "
-                           f"got {_kind(out)}")
+        raise VaefastError(
+            f"decode must return a tensor or an object with a .sample tensor, got {_kind(out)}"
+        )
     if x_hat.shape[0] != b or x_hat[0].numel() != int(np.prod(input_shape)):
-        raise VaefastError(f"decode returned shape {list(x_hat.shape)}; expected "
-                           f"[{b}, {', '.join(map(str, input_shape))}] like the input")
+        raise VaefastError(
+            f"decode returned shape {list(x_hat.shape)}; expected "
+            f"[{b}, {', '.join(map(str, input_shape))}] like the input"
+        )
     return x_hat
 
 
@@ -249,23 +277,34 @@ def _size_probe(encode, decode, x, input_shape, latent_shape) -> Probe:
     (c, h, w), (cz, lh, lw) = input_shape, latent_shape
     m = h // lh
     if m < 1 or lh * m != h or lw * m != w:
-        return Probe(latent_shape, None, f"latent {lh}x{lw} does not divide the input "
-                                         f"{h}x{w} evenly")
+        return Probe(
+            latent_shape, None, f"latent {lh}x{lw} does not divide the input {h}x{w} evenly"
+        )
     size = (h + m, w + 2 * m)
-    x2 = torch.nn.functional.interpolate(x[:2], size=size, mode="bilinear",
-                                         align_corners=False)
+    x2 = torch.nn.functional.interpolate(x[:2], size=size, mode="bilinear", align_corners=False)
     try:
         pair = posterior(encode(x2))
         x_hat = decoded(decode(pair[0])) if pair is not None else None
     except Exception as e:
-        return Probe(latent_shape, None, f"fixed size: encode or decode fails at "
-                                         f"{size[0]}x{size[1]} ({type(e).__name__})")
-    if pair is None or tuple(pair[0].shape[1:]) != (cz, size[0] // m, size[1] // m) or \
-            x_hat is None or tuple(x_hat.shape[1:]) != (c, *size):
-        return Probe(latent_shape, None, f"fixed size: at {size[0]}x{size[1]} the shapes do "
-                                         "not follow the input")
-    return Probe(latent_shape, m, f"fully convolutional: heights and widths that are "
-                                  f"multiples of {m}", size)
+        return Probe(
+            latent_shape,
+            None,
+            f"fixed size: encode or decode fails at {size[0]}x{size[1]} ({type(e).__name__})",
+        )
+    if (
+        pair is None
+        or tuple(pair[0].shape[1:]) != (cz, size[0] // m, size[1] // m)
+        or x_hat is None
+        or tuple(x_hat.shape[1:]) != (c, *size)
+    ):
+        return Probe(
+            latent_shape,
+            None,
+            f"fixed size: at {size[0]}x{size[1]} the shapes do not follow the input",
+        )
+    return Probe(
+        latent_shape, m, f"fully convolutional: heights and widths that are multiples of {m}", size
+    )
 
 
 def _kind(value) -> str:
@@ -280,14 +319,18 @@ def _exporter_error(e: BaseException, module, example, dynamic_shapes) -> Vaefas
     import torch
 
     text = "\n".join(str(x) for x in (e, e.__cause__, e.__context__) if x)
-    found = re.search(r"target=torch\.ops\.(\w+)\.(\w+)", text) or \
-        re.search(r"OpOverload\(op='(\w+)\.(\w+)'", text)
+    found = re.search(r"target=torch\.ops\.(\w+)\.(\w+)", text) or re.search(
+        r"OpOverload\(op='(\w+)\.(\w+)'", text
+    )
     if found is None:
         lines = [ln for ln in text.splitlines() if "Error" in ln or "error" in ln]
         return VaefastError(f"the ONNX exporter failed: {(lines or [first_line(e)])[-1][:300]}")
     op = f"{found.group(1)}.{found.group(2)}"
-    half = "encode" if isinstance(module, torch.nn.Module) and \
-        type(module).__name__ == "Encoder" else "decode"
+    half = (
+        "encode"
+        if isinstance(module, torch.nn.Module) and type(module).__name__ == "Encoder"
+        else "decode"
+    )
     where = f" in {half}"
     try:  # torch.export succeeded (the failure is in ONNX translation): find the node
         program = torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes)
@@ -295,32 +338,46 @@ def _exporter_error(e: BaseException, module, example, dynamic_shapes) -> Vaefas
         for node in program.graph.nodes:
             if node.op == "call_function" and base in str(node.target):
                 op = f"{str(node.target).rsplit('.', 1)[0]} ({op})"
-                stack = [v for k, v in (node.meta.get("nn_module_stack") or {}).items()
-                         if v[0]]  # the wrapper itself has path ''
+                stack = [
+                    v for k, v in (node.meta.get("nn_module_stack") or {}).items() if v[0]
+                ]  # the wrapper itself has path ''
                 if stack:
                     path, cls = stack[-1]
                     where += f", module {path} ({str(cls).rsplit('.', 1)[-1]})"
                 break
     except Exception:
         pass
-    return VaefastError(f"the ONNX exporter cannot handle op {op}{where}; replace it with "
-                        "ONNX-exportable torch ops")
+    return VaefastError(
+        f"the ONNX exporter cannot handle op {op}{where}; replace it with ONNX-exportable torch ops"
+    )
 
 
 # --- export ------------------------------------------------------------------------------
 
 
-def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | None = None,
-               decode: Callable | None = None, decoder_output: str = "probs",
-               input_range: tuple[float, float] | None = None,
-               output_range: tuple[float, float] | None = None,
-               label_names: list[str] | None = None, variants: Sequence[str] = (),
-               calibration=None, force: bool = False, tolerance: float | None = None,
-               seed: int = 0,
-               pixel_scale: float = 255.0, image_shape=None,
-               training: dict[str, Any] | None = None, architecture: dict | None = None,
-               weights_sha256: str | None = None,
-               memory_budget: int | str | None = None) -> dict[str, Any]:
+def export_vae(
+    model,
+    out: str | os.PathLike,
+    *,
+    example,
+    encode: Callable | None = None,
+    decode: Callable | None = None,
+    decoder_output: str = "probs",
+    input_range: tuple[float, float] | None = None,
+    output_range: tuple[float, float] | None = None,
+    label_names: list[str] | None = None,
+    variants: Sequence[str] = (),
+    calibration=None,
+    force: bool = False,
+    tolerance: float | None = None,
+    seed: int = 0,
+    pixel_scale: float = 255.0,
+    image_shape=None,
+    training: dict[str, Any] | None = None,
+    architecture: dict | None = None,
+    weights_sha256: str | None = None,
+    memory_budget: int | str | None = None,
+) -> dict[str, Any]:
     """Export any PyTorch VAE to ONNX at ``out``, verify it, and return the report.
 
     ``example`` is a real batch [B, *input_shape] of images as the runtime takes them
@@ -355,14 +412,16 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
     if not isinstance(model, torch.nn.Module):
         raise VaefastError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     known = diffusers_facts(model)
-    input_range = check_range(input_range or known.get("input_range") or (0.0, 1.0),
-                              "input_range")
+    input_range = check_range(input_range or known.get("input_range") or (0.0, 1.0), "input_range")
     bounded = output_range is not None or not known
-    output_range = check_range(output_range or known.get("output_range") or (0.0, 1.0),
-                               "output_range")
+    output_range = check_range(
+        output_range or known.get("output_range") or (0.0, 1.0), "output_range"
+    )
     if decoder_output == "logits" and output_range != (0.0, 1.0):
-        raise VaefastError("decoder_output='logits' gets a sigmoid, so its output range is "
-                           "(0, 1); drop output_range")
+        raise VaefastError(
+            "decoder_output='logits' gets a sigmoid, so its output range is "
+            "(0, 1); drop output_range"
+        )
     names = tuple(dict.fromkeys(n for n in variants if n != variants_mod.REFERENCE))
     for name in names:
         variants_mod.variant(name)  # an unknown name: refused before any work
@@ -372,43 +431,66 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
     if any(variants_mod.variant(n).calibrated for n in names):
         x_cal = x if calibration is None else _example(calibration, pixel_scale, input_range)
         if tuple(x_cal.shape[1:]) != input_shape:
-            raise VaefastError(f"calibration inputs have shape {describe(x_cal.shape[1:])}; "
-                               f"the model takes {describe(input_shape)}")
+            raise VaefastError(
+                f"calibration inputs have shape {describe(x_cal.shape[1:])}; "
+                f"the model takes {describe(input_shape)}"
+            )
     was_training = model.training
     if was_training:
-        print("note: the model was in training mode; exporting it in eval mode (BatchNorm "
-              "running statistics, no dropout), as inference runs it", file=sys.stderr)
+        print(
+            "note: the model was in training mode; exporting it in eval mode (BatchNorm "
+            "running statistics, no dropout), as inference runs it",
+            file=sys.stderr,
+        )
     model.eval()
     try:
         enc, dec, encode, decode = halves(model, encode, decode, input_shape, decoder_output)
         with _quiet():
-            probe = _probe(encode, decode, x, input_shape, decoder_output, output_range,
-                           bounded)
+            probe = _probe(encode, decode, x, input_shape, decoder_output, output_range, bounded)
         latent_values = int(np.prod(probe.latent_shape))
-        tolerance = tolerance if tolerance is not None else \
-            (TOLERANCE if latent_values <= LARGE_LATENT else LARGE_LATENT_TOLERANCE)
-        meta = _model_json(input_shape, probe, image_shape, pixel_scale, label_names,
-                           decoder_output, input_range, output_range, not bounded,
-                           known.get("latent_scaling"), training, architecture or
-                           known.get("architecture"), weights_sha256 or sha256_state(model),
-                           names)
+        tolerance = (
+            tolerance
+            if tolerance is not None
+            else (TOLERANCE if latent_values <= LARGE_LATENT else LARGE_LATENT_TOLERANCE)
+        )
+        meta = _model_json(
+            input_shape,
+            probe,
+            image_shape,
+            pixel_scale,
+            label_names,
+            decoder_output,
+            input_range,
+            output_range,
+            not bounded,
+            known.get("latent_scaling"),
+            training,
+            architecture or known.get("architecture"),
+            weights_sha256 or sha256_state(model),
+            names,
+        )
         with atomic_dir(out, force=force) as tmp, _quiet():
             _export_onnx(enc, dec, x, tmp, meta, probe.multiple is not None)
             manifest.write_model_json(tmp, meta)
-            report = {"tolerance": tolerance,
-                      "fp32": _verify_fp32(enc, dec, tmp, x.numpy(), seed, probe, steps)}
+            report = {
+                "tolerance": tolerance,
+                "fp32": _verify_fp32(enc, dec, tmp, x.numpy(), seed, probe, steps),
+            }
             worst = report["fp32"]["max_abs"]
             if not worst <= tolerance:
-                raise VaefastError(f"export failed verification: fp32 max abs error "
-                                   f"{worst:.3g} exceeds {tolerance:g}")
+                raise VaefastError(
+                    f"export failed verification: fp32 max abs error "
+                    f"{worst:.3g} exceeds {tolerance:g}"
+                )
             rows = report["fp32"]["batch_rows"]  # what ONNX Runtime runs within the budget
             meta["memory"] = {"onnx_bytes_per_row": report["fp32"]["onnx_bytes_per_row"]}
             manifest.write_model_json(tmp, meta)
             memory.trim()
             reference = runtime.load(tmp, providers=CPU, spin=False)
             images = _unit(x.numpy(), input_range)
-            calibrate = None if x_cal is None else _calibration(reference, x_cal.numpy(),
-                                                                seed, rows)
+            calibrate = (
+                None if x_cal is None else _calibration(reference, x_cal.numpy(), seed, rows)
+            )
             calibration_rows = 8 if rows >= CALIBRATE_8_FROM else 1
             for name in names:
                 with steps.measure(f"{name} quantize", batch=calibration_rows):
@@ -416,23 +498,26 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
                 memory.trim()
                 with steps.measure(f"{name} agreement", batch=rows):
                     candidate = runtime.load(tmp, providers=CPU, variant=name, spin=False)
-                    report[name] = variants_mod.agreement(reference, candidate, images, name,
-                                                          rows) | facts
+                    report[name] = (
+                        variants_mod.agreement(reference, candidate, images, name, rows) | facts
+                    )
                 del candidate
                 memory.trim()
                 if not report[name]["meets_target"]:
-                    print(f"warning: the {name} encoder keeps kNN@10 overlap "
-                          f"{report[name]['knn10_overlap_vs_fp32']:.3f} < "
-                          f"{variants_mod.variant(name).min_overlap}; prefer the fp32 "
-                          "models for this one", file=sys.stderr)
+                    print(
+                        f"warning: the {name} encoder keeps kNN@10 overlap "
+                        f"{report[name]['knn10_overlap_vs_fp32']:.3f} < "
+                        f"{variants_mod.variant(name).min_overlap}; prefer the fp32 "
+                        "models for this one",
+                        file=sys.stderr,
+                    )
             for engine in engines.ENGINES.values():  # the other engines', like a variant's
                 if engine.report_key and engine.installed():
                     with steps.measure(f"{engine.report_key} agreement", batch=rows):
-                        candidate = runtime.load(tmp, providers=engine.on_cpu,
-                                                 spin=False)
+                        candidate = runtime.load(tmp, providers=engine.on_cpu, spin=False)
                         report[engine.report_key] = variants_mod.agreement(
-                            reference, candidate, images, "fp32", rows) | {
-                            "precision": candidate.precision}
+                            reference, candidate, images, "fp32", rows
+                        ) | {"precision": candidate.precision}
             report["memory"] = steps.report()
             manifest.write_report(tmp, report)
     finally:
@@ -440,13 +525,16 @@ def export_vae(model, out: str | os.PathLike, *, example, encode: Callable | Non
     return report
 
 
-def _calibration(reference: runtime.ExportedVAE, x: np.ndarray, seed: int, rows: int
-                 ) -> dict[str, np.ndarray]:
+def _calibration(
+    reference: runtime.ExportedVAE, x: np.ndarray, seed: int, rows: int
+) -> dict[str, np.ndarray]:
     """Real inputs of each fp32 model: ``x`` (in the model's range) for the encoder, and
     the latents it gives them — z = μ + σ·ε, seeded, as sampling feeds the decoder —
     encoded ``rows`` at a time."""
-    parts = [reference.encoder_session.run(["mu", "logvar"], {"x": x[s:s + rows]})
-             for s in range(0, len(x), rows)]
+    parts = [
+        reference.encoder_session.run(["mu", "logvar"], {"x": x[s : s + rows]})
+        for s in range(0, len(x), rows)
+    ]
     mu, logvar = (np.concatenate(p) for p in zip(*parts))
     eps = np.random.default_rng(seed).standard_normal(mu.shape).astype(np.float32)
     return {"encoder": x, "decoder": (mu + np.exp(0.5 * logvar) * eps).astype(np.float32)}
@@ -467,11 +555,13 @@ def _example(example, pixel_scale: float, input_range: tuple[float, float]):
     """The example batch as float32 in the model's input range (a torch tensor)."""
     import torch
 
-    array = example.detach().cpu().numpy() if isinstance(example, torch.Tensor) else \
-        np.asarray(example)
+    array = (
+        example.detach().cpu().numpy() if isinstance(example, torch.Tensor) else np.asarray(example)
+    )
     if array.ndim < 2 or array.shape[0] < 2:
-        raise VaefastError(f"example must be a batch [B, *input_shape] with B >= 2, got shape "
-                           f"{list(array.shape)}")
+        raise VaefastError(
+            f"example must be a batch [B, *input_shape] with B >= 2, got shape {list(array.shape)}"
+        )
     if array.dtype.kind not in "uif":
         raise VaefastError(f"example has dtype {array.dtype}; pass uint8 pixels or floats")
     check_pixels(array, pixel_scale, "example")  # images as the runtime takes them
@@ -495,18 +585,29 @@ def diffusers_facts(model) -> dict[str, Any]:
     if not (cls.__module__.startswith("diffusers.") and cls.__name__.startswith("AutoencoderKL")):
         return {}
     config = dict(getattr(model, "config", {}) or {})
-    return {"input_range": (-1.0, 1.0), "output_range": (-1.0, 1.0),
-            "latent_scaling": {"scaling_factor": config.get("scaling_factor"),
-                               "shift_factor": config.get("shift_factor"),
-                               "note": "latents for a diffusion model are (z - shift_factor) "
-                                       "* scaling_factor, z ~ the posterior"},
-            "architecture": {"diffusers": cls.__name__,
-                             "config": {k: v for k, v in config.items()
-                                        if not k.startswith("_")}}}
+    return {
+        "input_range": (-1.0, 1.0),
+        "output_range": (-1.0, 1.0),
+        "latent_scaling": {
+            "scaling_factor": config.get("scaling_factor"),
+            "shift_factor": config.get("shift_factor"),
+            "note": "latents for a diffusion model are (z - shift_factor) "
+            "* scaling_factor, z ~ the posterior",
+        },
+        "architecture": {
+            "diffusers": cls.__name__,
+            "config": {k: v for k, v in config.items() if not k.startswith("_")},
+        },
+    }
 
 
-_TORCH_LOGGERS = ("torch.onnx", "torch._guards", "torch._dynamo", "torch.export",
-                  "torch.fx.experimental.symbolic_shapes")  # chatty while exporting
+_TORCH_LOGGERS = (
+    "torch.onnx",
+    "torch._guards",
+    "torch._dynamo",
+    "torch.export",
+    "torch.fx.experimental.symbolic_shapes",
+)  # chatty while exporting
 
 
 @contextlib.contextmanager
@@ -525,10 +626,17 @@ def _quiet():
                 lg.setLevel(level)
 
 
-def export(run_dir: str | os.PathLike, out: str | os.PathLike, *,
-           variants: Sequence[str] = (), calibration: str | None = None,
-           force: bool = False, tolerance: float = TOLERANCE, seed: int = 0,
-           memory_budget: int | str | None = None) -> dict[str, Any]:
+def export(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    variants: Sequence[str] = (),
+    calibration: str | None = None,
+    force: bool = False,
+    tolerance: float = TOLERANCE,
+    seed: int = 0,
+    memory_budget: int | str | None = None,
+) -> dict[str, Any]:
     """Export a ``vaefast train`` run folder; verified on the run's test split."""
     from vaefast.train import WEIGHTS, load_run
 
@@ -537,21 +645,31 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, *,
     try:
         ds = _load_sized(config["data"], model.input_shape, config.get("image_shape"))
     except VaefastError as e:
-        raise VaefastError(f"cannot load the run's data {config['data']!r} to verify the "
-                           f"export ({e})") from None
+        raise VaefastError(
+            f"cannot load the run's data {config['data']!r} to verify the export ({e})"
+        ) from None
     example = arrange(ds.X_test, model.input_shape, ds.image_shape)
-    training = {k: config.get(k) for k in ("data", "seed", "epochs", "batch_size", "lr",
-                                           "n_train", "n_test")} \
-        | {"final_test_loss": config["history"][-1]["test_loss"]}
-    return export_vae(model, out, example=example, label_names=config.get("label_names"),
-                      variants=variants, calibration=_calibration_images(
-                          calibration, model.input_shape, config.get("image_shape")),
-                      force=force, tolerance=tolerance, seed=seed,
-                      pixel_scale=config.get("pixel_scale", 255.0),
-                      image_shape=config.get("image_shape"), training=training,
-                      architecture=config["model"],
-                      weights_sha256=sha256_file(Path(run_dir) / WEIGHTS),
-                      memory_budget=memory_budget)
+    training = {
+        k: config.get(k)
+        for k in ("data", "seed", "epochs", "batch_size", "lr", "n_train", "n_test")
+    } | {"final_test_loss": config["history"][-1]["test_loss"]}
+    return export_vae(
+        model,
+        out,
+        example=example,
+        label_names=config.get("label_names"),
+        variants=variants,
+        calibration=_calibration_images(calibration, model.input_shape, config.get("image_shape")),
+        force=force,
+        tolerance=tolerance,
+        seed=seed,
+        pixel_scale=config.get("pixel_scale", 255.0),
+        image_shape=config.get("image_shape"),
+        training=training,
+        architecture=config["model"],
+        weights_sha256=sha256_file(Path(run_dir) / WEIGHTS),
+        memory_budget=memory_budget,
+    )
 
 
 def load_module(target: str, weights: str | os.PathLike | None = None):
@@ -570,8 +688,9 @@ def load_module(target: str, weights: str | os.PathLike | None = None):
     try:
         spec.loader.exec_module(module)
     except Exception as e:
-        raise VaefastError(f"{path}: failed to import ({type(e).__name__}: "
-                           f"{first_line(e)})") from None
+        raise VaefastError(
+            f"{path}: failed to import ({type(e).__name__}: {first_line(e)})"
+        ) from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise VaefastError(f"{path} has no function {fn_name}")
@@ -596,10 +715,10 @@ def _read_state(path: Path, model) -> dict:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise VaefastError(f"{path}: not a loadable safetensors file or state dict "
-                           f"({first_line(e)})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
-                                              for v in state.values()):
+        raise VaefastError(
+            f"{path}: not a loadable safetensors file or state dict ({first_line(e)})"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise VaefastError(f"{path}: holds {type(state).__name__}, not a state dict of tensors")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
@@ -607,8 +726,10 @@ def _read_state(path: Path, model) -> dict:
         missing = sorted(set(expected) - set(got))[:3]
         extra = sorted(set(got) - set(expected))[:3]
         shapes = [k for k in set(got) & set(expected) if got[k] != expected[k]][:3]
-        raise VaefastError(f"{path}: weights do not fit the model (missing {missing}, "
-                           f"unexpected {extra}, other shapes {shapes})")
+        raise VaefastError(
+            f"{path}: weights do not fit the model (missing {missing}, "
+            f"unexpected {extra}, other shapes {shapes})"
+        )
     return state
 
 
@@ -619,8 +740,9 @@ def _load_sized(spec: str, input_shape: tuple[int, ...], image_shape=None):
     return data.load(spec, data.preprocess_for(spec, display_shape(input_shape, image_shape)))
 
 
-def _calibration_images(spec: str | None, input_shape: tuple[int, ...], image_shape=None,
-                        n: int = 256) -> np.ndarray | None:
+def _calibration_images(
+    spec: str | None, input_shape: tuple[int, ...], image_shape=None, n: int = 256
+) -> np.ndarray | None:
     """Up to ``n`` images of data spec ``spec`` laid out as ``input_shape`` (a seeded
     sample of its training split), to calibrate static int8; None without a spec."""
     if spec is None:
@@ -633,36 +755,58 @@ def _calibration_images(spec: str | None, input_shape: tuple[int, ...], image_sh
         raise VaefastError(f"--calibration {spec}: {e}") from None
 
 
-def _verification_inputs(data: str | None, input_shape: tuple[int, ...], seed: int,
-                         n: int = 256) -> dict[str, Any]:
+def _verification_inputs(
+    data: str | None, input_shape: tuple[int, ...], seed: int, n: int = 256
+) -> dict[str, Any]:
     """export_vae's example and data facts: ``data``'s test split laid out as
     ``input_shape``, or ``n`` seeded uniform random images in [0, 1]."""
     if data is None:
-        return {"example": np.random.default_rng(seed).random((n, *input_shape),
-                                                               dtype=np.float32)}
+        return {"example": np.random.default_rng(seed).random((n, *input_shape), dtype=np.float32)}
     ds = _load_sized(data, input_shape)
-    return {"example": arrange(ds.X_test, input_shape, ds.image_shape),
-            "label_names": ds.label_names, "pixel_scale": ds.scale,
-            "image_shape": ds.image_shape, "training": {"data": data}}
+    return {
+        "example": arrange(ds.X_test, input_shape, ds.image_shape),
+        "label_names": ds.label_names,
+        "pixel_scale": ds.scale,
+        "image_shape": ds.image_shape,
+        "training": {"data": data},
+    }
 
 
-def export_module(target: str, out: str | os.PathLike, *, input_shape: tuple[int, ...],
-                  weights: str | os.PathLike | None = None, data: str | None = None,
-                  decoder_output: str = "probs", input_range: tuple[float, float] | None = None,
-                  output_range: tuple[float, float] | None = None,
-                  variants: Sequence[str] = (), calibration: str | None = None,
-                  force: bool = False, seed: int = 0,
-                  memory_budget: int | str | None = None) -> dict[str, Any]:
+def export_module(
+    target: str,
+    out: str | os.PathLike,
+    *,
+    input_shape: tuple[int, ...],
+    weights: str | os.PathLike | None = None,
+    data: str | None = None,
+    decoder_output: str = "probs",
+    input_range: tuple[float, float] | None = None,
+    output_range: tuple[float, float] | None = None,
+    variants: Sequence[str] = (),
+    calibration: str | None = None,
+    force: bool = False,
+    seed: int = 0,
+    memory_budget: int | str | None = None,
+) -> dict[str, Any]:
     """Export the model ``file.py:function`` builds, verified on ``data``'s test split
     (laid out as ``input_shape``) or, without data, on seeded uniform random inputs."""
     check_new_output(Path(out), force)
     model = load_module(target, weights)
     inputs = _verification_inputs(data, tuple(int(s) for s in input_shape), seed)
-    return export_vae(model, out, decoder_output=decoder_output, input_range=input_range,
-                      output_range=output_range, variants=variants, force=force,
-                      calibration=_calibration_images(calibration, input_shape),
-                      seed=seed, architecture={"module": target},
-                      memory_budget=memory_budget, **inputs)
+    return export_vae(
+        model,
+        out,
+        decoder_output=decoder_output,
+        input_range=input_range,
+        output_range=output_range,
+        variants=variants,
+        force=force,
+        calibration=_calibration_images(calibration, input_shape),
+        seed=seed,
+        architecture={"module": target},
+        memory_budget=memory_budget,
+        **inputs,
+    )
 
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -679,52 +823,66 @@ def load_diffusers(folder: str | os.PathLike):
         raise VaefastError(f"--diffusers {folder}: no such folder")
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise VaefastError(f"--diffusers {folder}: no config.json; expected a folder written "
-                           "by AutoencoderKL.save_pretrained")
+        raise VaefastError(
+            f"--diffusers {folder}: no config.json; expected a folder written "
+            "by AutoencoderKL.save_pretrained"
+        )
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as e:
         raise VaefastError(f"{config_path}: not readable JSON ({first_line(e)})") from None
     cls = config.get("_class_name") if isinstance(config, dict) else None
     if cls == "AutoencoderTiny":
-        raise VaefastError(f"--diffusers {folder}: an AutoencoderTiny (TAESD) encodes to one "
-                           "latent with no posterior, so sigma is undefined and there is no "
-                           "(mu, logvar) to export; export the AutoencoderKL it distils "
-                           "instead, or wrap it as --module FILE.py:FUNCTION returning "
-                           "(mu, logvar)")
+        raise VaefastError(
+            f"--diffusers {folder}: an AutoencoderTiny (TAESD) encodes to one "
+            "latent with no posterior, so sigma is undefined and there is no "
+            "(mu, logvar) to export; export the AutoencoderKL it distils "
+            "instead, or wrap it as --module FILE.py:FUNCTION returning "
+            "(mu, logvar)"
+        )
     if cls != "AutoencoderKL":
-        raise VaefastError(f"--diffusers {folder}: config.json describes {cls or 'no class'}, "
-                           "not an AutoencoderKL")
+        raise VaefastError(
+            f"--diffusers {folder}: config.json describes {cls or 'no class'}, not an AutoencoderKL"
+        )
     weights = folder / DIFFUSERS_WEIGHTS
     if not weights.is_file():
         pickled = sorted(p.name for p in folder.glob("*.bin"))
-        hint = f" ({', '.join(pickled)} is a pickle, which vaefast never loads)" if pickled \
-            else ""
+        hint = f" ({', '.join(pickled)} is a pickle, which vaefast never loads)" if pickled else ""
         raise VaefastError(f"--diffusers {folder}: no {DIFFUSERS_WEIGHTS}{hint}")
     try:
         from diffusers import AutoencoderKL
     except ImportError:
-        raise VaefastError("--diffusers needs diffusers: pip install 'vaefast[diffusers]'") \
-            from None
+        raise VaefastError(
+            "--diffusers needs diffusers: pip install 'vaefast[diffusers]'"
+        ) from None
     try:
         with _quiet():
             # low_cpu_mem_usage=False: what diffusers falls back to without `accelerate`,
             # said here so it does not print a notice that asks the user for nothing
-            model = AutoencoderKL.from_pretrained(str(folder), local_files_only=True,
-                                                  use_safetensors=True,
-                                                  low_cpu_mem_usage=False)
+            model = AutoencoderKL.from_pretrained(
+                str(folder), local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False
+            )
     except Exception as e:
-        raise VaefastError(f"--diffusers {folder}: cannot load the AutoencoderKL "
-                           f"({type(e).__name__}: {first_line(e)})") from None
+        raise VaefastError(
+            f"--diffusers {folder}: cannot load the AutoencoderKL "
+            f"({type(e).__name__}: {first_line(e)})"
+        ) from None
     return model.eval(), weights
 
 
-def export_diffusers(folder: str | os.PathLike, out: str | os.PathLike, *,
-                     input_shape: tuple[int, ...] | None = None, data: str | None = None,
-                     n_examples: int = 8, variants: Sequence[str] = (),
-                     calibration: str | None = None, force: bool = False,
-                     seed: int = 0, memory_budget: int | str | None = None
-                     ) -> dict[str, Any]:
+def export_diffusers(
+    folder: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    data: str | None = None,
+    n_examples: int = 8,
+    variants: Sequence[str] = (),
+    calibration: str | None = None,
+    force: bool = False,
+    seed: int = 0,
+    memory_budget: int | str | None = None,
+) -> dict[str, Any]:
     """Export a local diffusers ``AutoencoderKL`` folder: pixel ranges (-1, 1), the
     example size from its config's ``sample_size`` (``input_shape`` overrides), its
     ``scaling_factor`` / ``shift_factor`` recorded; verified on ``data``'s test split or
@@ -736,10 +894,17 @@ def export_diffusers(folder: str | os.PathLike, out: str | os.PathLike, *,
         h, w = (side, side) if isinstance(side, int) else tuple(side)
         input_shape = (int(model.config.in_channels), int(h), int(w))
     inputs = _verification_inputs(data, tuple(int(s) for s in input_shape), seed, n_examples)
-    return export_vae(model, out, variants=variants, force=force, seed=seed,
-                      calibration=_calibration_images(calibration, input_shape),
-                      weights_sha256=sha256_file(weights), memory_budget=memory_budget,
-                      **inputs)
+    return export_vae(
+        model,
+        out,
+        variants=variants,
+        force=force,
+        seed=seed,
+        calibration=_calibration_images(calibration, input_shape),
+        weights_sha256=sha256_file(weights),
+        memory_budget=memory_budget,
+        **inputs,
+    )
 
 
 def load_eager(exported_dir: str | os.PathLike):
@@ -753,11 +918,16 @@ def load_eager(exported_dir: str | os.PathLike):
     from vaefast.model import build
 
     meta = manifest.read_model_json(exported_dir)
-    config = meta.get("architecture") or ({"arch": "mlp", **{k: meta[k] for k in (
-        "input_dim", "hidden_dim", "latent_dim")}} if "hidden_dim" in meta else {})
+    config = meta.get("architecture") or (
+        {"arch": "mlp", **{k: meta[k] for k in ("input_dim", "hidden_dim", "latent_dim")}}
+        if "hidden_dim" in meta
+        else {}
+    )
     if "module" in config or not config:
-        raise VaefastError(f"{exported_dir}: not a vaefast-trained model; rebuild the eager "
-                           "model from your own module")
+        raise VaefastError(
+            f"{exported_dir}: not a vaefast-trained model; rebuild the eager "
+            "model from your own module"
+        )
     model = build(config)
     state = {}
     for name in variants_mod.model_files("fp32"):
@@ -772,17 +942,32 @@ def load_eager(exported_dir: str | os.PathLike):
     return model.eval()
 
 
-def _model_json(input_shape, probe: Probe, image_shape, pixel_scale: float, label_names,
-                decoder_output: str, input_range, output_range, unbounded: bool,
-                latent_scaling, training, architecture, weights_sha: str,
-                variant_names: Sequence[str]) -> dict[str, Any]:
+def _model_json(
+    input_shape,
+    probe: Probe,
+    image_shape,
+    pixel_scale: float,
+    label_names,
+    decoder_output: str,
+    input_range,
+    output_range,
+    unbounded: bool,
+    latent_scaling,
+    training,
+    architecture,
+    weights_sha: str,
+    variant_names: Sequence[str],
+) -> dict[str, Any]:
     shape, latent = list(input_shape), list(probe.latent_shape)
     names = ["fp32", *variant_names]
     display = display_shape(input_shape, image_shape)
     dynamic = probe.multiple is not None
     x_dims = ["batch", shape[0], "height", "width"] if dynamic else ["batch", *shape]
-    z_dims = ["batch", latent[0], "height / multiple", "width / multiple"] if dynamic \
+    z_dims = (
+        ["batch", latent[0], "height / multiple", "width / multiple"]
+        if dynamic
         else ["batch", *latent]
+    )
     meta = {
         "format": FORMAT,
         "input_shape": shape,
@@ -791,27 +976,35 @@ def _model_json(input_shape, probe: Probe, image_shape, pixel_scale: float, labe
         "latent_dim": int(np.prod(latent)),
         "input_layout": "NCHW" if len(shape) == 3 else "flat",
         "image_shape": list(display) if display else None,
-        "size": {"dynamic": dynamic, "multiple": probe.multiple, "note": probe.why,
-                 "example": shape[1:] if len(shape) == 3 else None},
+        "size": {
+            "dynamic": dynamic,
+            "multiple": probe.multiple,
+            "note": probe.why,
+            "example": shape[1:] if len(shape) == 3 else None,
+        },
         "pixel_scale": float(pixel_scale),
         "input_range": list(input_range),
         "output_range": list(output_range),
         "output_unbounded": unbounded,
         "pixel_scaling": "the ONNX encoder takes x in input_range and the decoder returns "
-                         "x_hat in output_range, as the model does; vaefast.runtime maps "
-                         "uint8 pixels (divided by pixel_scale) or floats in [0, 1] into "
-                         "input_range, and decoded images back to [0, 1]"
-                         + (" (clipped: the decoder is not bounded)" if unbounded else ""),
+        "x_hat in output_range, as the model does; vaefast.runtime maps "
+        "uint8 pixels (divided by pixel_scale) or floats in [0, 1] into "
+        "input_range, and decoded images back to [0, 1]"
+        + (" (clipped: the decoder is not bounded)" if unbounded else ""),
         "decoder_output": decoder_output,
-        "decoder_note": "x_hat is in output_range" + (" (a sigmoid of the decoder's logits, "
-                                                      "added in the graph)"
-                                                      if decoder_output == "logits" else ""),
+        "decoder_note": "x_hat is in output_range"
+        + (
+            " (a sigmoid of the decoder's logits, added in the graph)"
+            if decoder_output == "logits"
+            else ""
+        ),
         "latent_scaling": latent_scaling,
         "label_names": label_names,
         "encoder": {"inputs": {"x": x_dims}, "outputs": {"mu": z_dims, "logvar": z_dims}},
         "decoder": {"inputs": {"z": z_dims}, "outputs": {"x_hat": x_dims}},
-        "variants": {n: dict(zip(("encoder", "decoder"), variants_mod.model_files(n)))
-                     for n in names},
+        "variants": {
+            n: dict(zip(("encoder", "decoder"), variants_mod.model_files(n))) for n in names
+        },
         "opset": OPSET,
         "architecture": architecture,
         "training": training,
@@ -847,8 +1040,10 @@ def _export_halves(enc, dec, x, folder: Path, meta: dict, dynamic_size: bool) ->
         axes |= {2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
     with torch.no_grad():
         z = enc(x)[0]
-    for module, name, ins, outs, example in ((enc, "encoder", ["x"], ["mu", "logvar"], x),
-                                             (dec, "decoder", ["z"], ["x_hat"], z)):
+    for module, name, ins, outs, example in (
+        (enc, "encoder", ["x"], ["mu", "logvar"], x),
+        (dec, "decoder", ["z"], ["x_hat"], z),
+    ):
         dynamic_shapes = {ins[0]: axes if example.ndim == 4 else {0: axes[0]}}
         try:
             program = _to_onnx(module, example, ins, outs, dynamic_shapes)
@@ -872,9 +1067,17 @@ def _to_onnx(module, example, ins, outs, dynamic_shapes):
     from torch.export import Dim
 
     def run(shapes):
-        return torch.onnx.export(module, (example,), input_names=ins, output_names=outs,
-                                 dynamic_shapes=shapes, dynamo=True, opset_version=OPSET,
-                                 external_data=False, verbose=False)
+        return torch.onnx.export(
+            module,
+            (example,),
+            input_names=ins,
+            output_names=outs,
+            dynamic_shapes=shapes,
+            dynamo=True,
+            opset_version=OPSET,
+            external_data=False,
+            verbose=False,
+        )
 
     try:
         return run(dynamic_shapes)
@@ -885,8 +1088,9 @@ def _to_onnx(module, example, ins, outs, dynamic_shapes):
     return run({k: v | {0: Dim.DYNAMIC} for k, v in dynamic_shapes.items()})
 
 
-def _verify_fp32(enc, dec, folder: Path, X: np.ndarray, seed: int, probe: Probe,
-                 steps: memory.Steps) -> dict[str, Any]:
+def _verify_fp32(
+    enc, dec, folder: Path, X: np.ndarray, seed: int, probe: Probe, steps: memory.Steps
+) -> dict[str, Any]:
     """ONNX Runtime against eager on the example, on random batches, and (fully
     convolutional models) at a second image size; inputs in the model's own range, fed
     to the bare sessions. Eager and ONNX Runtime each run in batches fitted to the
@@ -898,17 +1102,18 @@ def _verify_fp32(enc, dec, folder: Path, X: np.ndarray, seed: int, probe: Probe,
     lo, hi = vae.input_range
 
     def inputs(b: int, shape=None) -> np.ndarray:
-        return (rng.random((b, *(shape or vae.input_shape)), dtype=np.float32)
-                * np.float32(hi - lo) + np.float32(lo))
+        return rng.random((b, *(shape or vae.input_shape)), dtype=np.float32) * np.float32(
+            hi - lo
+        ) + np.float32(lo)
 
     cases = [("test_split", np.ascontiguousarray(X, np.float32), None)]
     for b in CHECK_BATCHES:
         if b <= 7 or b * vae.input_dim <= CHECK_VALUES:
-            cases.append((str(b), inputs(b),
-                          rng.standard_normal((b, *vae.latent_shape), dtype=np.float32)))
+            cases.append(
+                (str(b), inputs(b), rng.standard_normal((b, *vae.latent_shape), dtype=np.float32))
+            )
     if probe.second_size is not None:
-        cases.append(("second_size", inputs(2, (vae.input_shape[0], *probe.second_size)),
-                      None))
+        cases.append(("second_size", inputs(2, (vae.input_shape[0], *probe.second_size)), None))
     most = max(len(x) for _, x, _ in cases)
 
     def eager(x: np.ndarray, z: np.ndarray | None):
@@ -921,57 +1126,81 @@ def _verify_fp32(enc, dec, folder: Path, X: np.ndarray, seed: int, probe: Probe,
         return mu, logvar, vae.decoder_session.run(None, {"z": z})[0]
 
     def sliced(run, x, z, batch):  # (mu, logvar, x_hat) of x (and z) in slices
-        parts = [run(x[s:s + batch], None if z is None else z[s:s + batch])
-                 for s in range(0, len(x), batch)]
+        parts = [
+            run(x[s : s + batch], None if z is None else z[s : s + batch])
+            for s in range(0, len(x), batch)
+        ]
         return [np.concatenate(p) for p in zip(*parts)]
 
-    batch, _ = memory.fit_batch(lambda b: eager(inputs(b), None), most, steps.budget,
-                                "eager verification")
+    batch, _ = memory.fit_batch(
+        lambda b: eager(inputs(b), None), most, steps.budget, "eager verification"
+    )
     with steps.measure("eager verify", batch=batch):
         theirs = [sliced(eager, x, z, batch) for _, x, z in cases]
     memory.trim()
     batch_onnx, per_row = memory.fit_batch(
         lambda b: onnx(inputs(b), rng.standard_normal((b, *vae.latent_shape), np.float32)),
-        most, steps.budget, "ONNX Runtime verification")
+        most,
+        steps.budget,
+        "ONNX Runtime verification",
+    )
     with steps.measure("onnx verify", batch=batch_onnx):
-        ours = [sliced(onnx, x, theirs[k][0] if z is None else z, batch_onnx)
-                for k, (_, x, z) in enumerate(cases)]
+        ours = [
+            sliced(onnx, x, theirs[k][0] if z is None else z, batch_onnx)
+            for k, (_, x, z) in enumerate(cases)
+        ]
     result: dict[str, Any] = {"random": {}}
-    for (name, x, _), (mu, logvar, x_hat), (o_mu, o_logvar, o_x_hat) in zip(cases, theirs,
-                                                                             ours):
-        errors = {"n": len(x), "mu": max_errors(o_mu, mu), "logvar": max_errors(o_logvar, logvar),
-                  "x_hat": max_errors(o_x_hat, x_hat)}
+    for (name, x, _), (mu, logvar, x_hat), (o_mu, o_logvar, o_x_hat) in zip(cases, theirs, ours):
+        errors = {
+            "n": len(x),
+            "mu": max_errors(o_mu, mu),
+            "logvar": max_errors(o_logvar, logvar),
+            "x_hat": max_errors(o_x_hat, x_hat),
+        }
         if name == "test_split":
             flat = (len(x), -1)
-            errors["knn10_overlap"] = knn_overlap(o_mu.reshape(flat), mu.reshape(flat),
-                                                  min(10, len(x) - 1))
+            errors["knn10_overlap"] = knn_overlap(
+                o_mu.reshape(flat), mu.reshape(flat), min(10, len(x) - 1)
+            )
             result["test_split"] = errors
         elif name == "second_size":
             result["second_size"] = errors | {"size": list(probe.second_size)}
         else:
             result["random"][name] = errors
     parts = [result["test_split"], *result["random"].values()] + (
-        [result["second_size"]] if "second_size" in result else [])
+        [result["second_size"]] if "second_size" in result else []
+    )
     worst = max(p[k]["max_abs"] for p in parts for k in ("mu", "logvar", "x_hat"))
     worst_rel = max(p[k]["max_rel"] for p in parts for k in ("mu", "logvar", "x_hat"))
-    return result | {"max_abs": worst, "max_rel": worst_rel, "providers": vae.providers,
-                     "batch_rows": batch_onnx, "onnx_bytes_per_row": per_row}
+    return result | {
+        "max_abs": worst,
+        "max_rel": worst_rel,
+        "providers": vae.providers,
+        "batch_rows": batch_onnx,
+        "onnx_bytes_per_row": per_row,
+    }
 
 
 def format_report(report: dict[str, Any]) -> str:
     """A short Markdown table of an export report's agreement figures."""
     fp32 = report["fp32"]
-    rows = ["| variant | agreement against | figures |", "|---|---|---|",
-            f"| fp32 | eager PyTorch | max abs error {fp32['max_abs']:.2e} "
-            f"(tolerance {report['tolerance']:g}), max rel {fp32['max_rel']:.2e}, "
-            f"kNN@10 overlap {fp32['test_split']['knn10_overlap']:.3f} |"]
+    rows = [
+        "| variant | agreement against | figures |",
+        "|---|---|---|",
+        f"| fp32 | eager PyTorch | max abs error {fp32['max_abs']:.2e} "
+        f"(tolerance {report['tolerance']:g}), max rel {fp32['max_rel']:.2e}, "
+        f"kNN@10 overlap {fp32['test_split']['knn10_overlap']:.3f} |",
+    ]
     labels = {n: n for n in variants_mod.VARIANTS if n != variants_mod.REFERENCE} | {
-        e.report_key: e.label for e in engines.ENGINES.values() if e.report_key}
+        e.report_key: e.label for e in engines.ENGINES.values() if e.report_key
+    }
     for name, label in labels.items():
         if name in report:
             r = report[name]
             label = f"{label} {r['precision']}" if r.get("precision") else label
-            rows.append(f"| {label} | ONNX fp32 | μ rel error {r['mu_rel_error']:.2e}, kNN@10 "
-                        f"overlap {r['knn10_overlap_vs_fp32']:.3f}, reconstruction PSNR "
-                        f"{r['recon_psnr_db_vs_fp32']:.1f} dB |")
+            rows.append(
+                f"| {label} | ONNX fp32 | μ rel error {r['mu_rel_error']:.2e}, kNN@10 "
+                f"overlap {r['knn10_overlap_vs_fp32']:.3f}, reconstruction PSNR "
+                f"{r['recon_psnr_db_vs_fp32']:.1f} dB |"
+            )
     return "\n".join(rows)

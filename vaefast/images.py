@@ -13,12 +13,14 @@ def make_grid(images: np.ndarray, nrow: int = 8, padding: int = 2) -> np.ndarray
     n, h, w = images.shape[:3]
     ncol = min(nrow, n)
     nrows = -(-n // ncol)
-    grid = np.zeros((nrows * (h + padding) + padding, ncol * (w + padding) + padding,
-                     *images.shape[3:]), dtype=np.float32)
+    grid = np.zeros(
+        (nrows * (h + padding) + padding, ncol * (w + padding) + padding, *images.shape[3:]),
+        dtype=np.float32,
+    )
     for k in range(n):
         r, c = divmod(k, ncol)
         top, left = padding + r * (h + padding), padding + c * (w + padding)
-        grid[top:top + h, left:left + w] = images[k]
+        grid[top : top + h, left : left + w] = images[k]
     return grid
 
 

@@ -63,8 +63,9 @@ def channels_first(image_shape: Sequence[int]) -> tuple[int, int, int]:
     return (1, *s) if len(s) == 2 else (s[2], s[0], s[1])
 
 
-def display_shape(input_shape: Sequence[int], image_shape: Sequence[int] | None = None
-                  ) -> tuple[int, ...] | None:
+def display_shape(
+    input_shape: Sequence[int], image_shape: Sequence[int] | None = None
+) -> tuple[int, ...] | None:
     """Display shape of a model's inputs: from ``input_shape`` [C, H, W], else
     ``image_shape`` (flat models), else a square guess."""
     s = _shape(input_shape)
@@ -79,8 +80,9 @@ def describe(shape: Sequence[int]) -> str:
     return "[N, " + ", ".join(str(s) for s in shape) + "]"
 
 
-def arrange(X: np.ndarray, input_shape: Sequence[int],
-            image_shape: Sequence[int] | None = None) -> np.ndarray:
+def arrange(
+    X: np.ndarray, input_shape: Sequence[int], image_shape: Sequence[int] | None = None
+) -> np.ndarray:
     """Lay samples out as the model takes them: [N, *input_shape] (a view when possible).
 
     Accepted: exactly [N, *input_shape]; any shape of the same size for a flat model
@@ -105,12 +107,14 @@ def arrange(X: np.ndarray, input_shape: Sequence[int],
         if got == (size,) and _shape(image_shape) == (h, w, c):
             return X.reshape(X.shape[0], h, w, c).transpose(0, 3, 1, 2)
     hint = f" (or channels-last {describe(target[1:] + target[:1])})" if len(target) == 3 else ""
-    raise VaefastError(f"inputs have shape {describe(got)}; this model expects "
-                       f"{describe(target)}{hint}")
+    raise VaefastError(
+        f"inputs have shape {describe(got)}; this model expects {describe(target)}{hint}"
+    )
 
 
-def to_display(X: np.ndarray, input_shape: Sequence[int],
-               image_shape: Sequence[int] | None) -> np.ndarray:
+def to_display(
+    X: np.ndarray, input_shape: Sequence[int], image_shape: Sequence[int] | None
+) -> np.ndarray:
     """[N, *input_shape] values -> [N, H, W] or [N, H, W, C] images (a 1-row strip when
     the samples are not images)."""
     shape = display_shape(input_shape, image_shape)
@@ -122,8 +126,9 @@ def to_display(X: np.ndarray, input_shape: Sequence[int],
     return X.reshape(X.shape[0], *shape)
 
 
-def input_shape_for(sample_shape: Sequence[int], input_shape: Sequence[int],
-                    multiple: int | None) -> tuple[int, ...]:
+def input_shape_for(
+    sample_shape: Sequence[int], input_shape: Sequence[int], multiple: int | None
+) -> tuple[int, ...]:
     """The [C, H', W'] a model of ``input_shape`` [C, H, W] takes for samples stored as
     ``sample_shape`` ([C, H', W'], [H', W', C], or [H', W'] when grey) when it accepts
     any size that is a multiple of ``multiple``; ``input_shape`` itself when the model
@@ -142,9 +147,11 @@ def input_shape_for(sample_shape: Sequence[int], input_shape: Sequence[int],
     else:
         return target  # not images of this model's channels: arrange() names the shapes
     if any(s < multiple or s % multiple for s in size):
-        raise VaefastError(f"inputs are {size[0]}x{size[1]} images; this model takes heights "
-                           f"and widths that are multiples of {multiple} (e.g. "
-                           f"{target[1]}x{target[2]})")
+        raise VaefastError(
+            f"inputs are {size[0]}x{size[1]} images; this model takes heights "
+            f"and widths that are multiples of {multiple} (e.g. "
+            f"{target[1]}x{target[2]})"
+        )
     return (c, *size)
 
 
@@ -166,10 +173,15 @@ def check_pixels(X: np.ndarray, scale: float = 255.0, name: str = "inputs") -> N
     flat = X.reshape(X.shape[0], -1)
     if kind == "f" and not np.isfinite(hi + lo):
         row = int(np.flatnonzero(~np.isfinite(flat).all(axis=1))[0])
-        raise BadRows(f"{name}: NaN or inf at row {row}; clean the data first", row,
-                      "NaN or inf")
+        raise BadRows(f"{name}: NaN or inf at row {row}; clean the data first", row, "NaN or inf")
     row = int(np.flatnonzero(((flat < 0) | (flat > hi_ok)).any(axis=1))[0])
-    expected = f"integer pixels in [0, {scale:g}]" if kind in "ui" else \
-        "floats in [0, 1] (or uint8 pixels)"
-    raise BadRows(f"{name}: values span [{lo}, {hi}], first out of range at row {row}; "
-                  f"expected {expected}", row, f"values outside [0, {hi_ok:g}]")
+    expected = (
+        f"integer pixels in [0, {scale:g}]"
+        if kind in "ui"
+        else "floats in [0, 1] (or uint8 pixels)"
+    )
+    raise BadRows(
+        f"{name}: values span [{lo}, {hi}], first out of range at row {row}; expected {expected}",
+        row,
+        f"values outside [0, {hi_ok:g}]",
+    )

@@ -11,11 +11,29 @@ from importlib import metadata
 from typing import Any
 
 # ISA flags (as /proc/cpuinfo names them) that decide which kernels ORT, BLAS and Numba use
-ISA_FLAGS = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512F", "avx512bw": "AVX-512BW",
-             "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI", "avx512_bf16": "AVX-512 BF16",
-             "amx_tile": "AMX", "amx_int8": "AMX-INT8", "amx_bf16": "AMX-BF16"}
-PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "numba", "torch", "scikit-learn",
-            "openTSNE", "zarr", "dask")
+ISA_FLAGS = {
+    "avx2": "AVX2",
+    "fma": "FMA",
+    "avx512f": "AVX-512F",
+    "avx512bw": "AVX-512BW",
+    "avx512_vnni": "AVX-512 VNNI",
+    "avx_vnni": "AVX-VNNI",
+    "avx512_bf16": "AVX-512 BF16",
+    "amx_tile": "AMX",
+    "amx_int8": "AMX-INT8",
+    "amx_bf16": "AMX-BF16",
+}
+PACKAGES = (
+    "numpy",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "numba",
+    "torch",
+    "scikit-learn",
+    "openTSNE",
+    "zarr",
+    "dask",
+)
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -34,9 +52,14 @@ def _blas() -> list[dict[str, Any]]:
         from threadpoolctl import threadpool_info
     except ImportError:
         return []
-    return [{k: lib.get(k) for k in ("internal_api", "version", "architecture", "num_threads",
-                                     "threading_layer")}
-            for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    return [
+        {
+            k: lib.get(k)
+            for k in ("internal_api", "version", "architecture", "num_threads", "threading_layer")
+        }
+        for lib in threadpool_info()
+        if lib.get("user_api") == "blas"
+    ]
 
 
 def _versions() -> dict[str, str]:
@@ -60,8 +83,9 @@ def card(threads: int | None = None) -> dict[str, Any]:
         usable = os.cpu_count()
     return {
         "cpu": (info.get("model name") or platform.processor() or platform.machine())
-        + (f" (family {info['cpu family']}, model {info['model']})" if "cpu family" in info
-           else ""),
+        + (
+            f" (family {info['cpu family']}, model {info['model']})" if "cpu family" in info else ""
+        ),
         "vendor": info.get("vendor_id"),
         "cores_online": os.cpu_count(),
         "cores_usable": usable,
@@ -75,9 +99,12 @@ def card(threads: int | None = None) -> dict[str, Any]:
 
 def describe(card: dict[str, Any]) -> str:
     """One line for report headers, e.g. 'AMD EPYC, 2/2 cores (2 used), AVX2 AVX-512F ...'."""
-    blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['architecture']})"
-                     for b in card.get("blas") or [])
+    blas = ", ".join(
+        f"{b['internal_api']} {b['version']} ({b['architecture']})" for b in card.get("blas") or []
+    )
     versions = ", ".join(f"{k} {v}" for k, v in card.get("versions", {}).items())
-    return (f"{card.get('cpu')}; {card.get('cores_usable')}/{card.get('cores_online')} cores "
-            f"({card.get('threads_used')} used); ISA: {' '.join(card.get('isa') or ['-'])}; "
-            f"BLAS: {blas or '-'}; {versions}")
+    return (
+        f"{card.get('cpu')}; {card.get('cores_usable')}/{card.get('cores_online')} cores "
+        f"({card.get('threads_used')} used); ISA: {' '.join(card.get('isa') or ['-'])}; "
+        f"BLAS: {blas or '-'}; {versions}"
+    )

@@ -23,8 +23,9 @@ def read_model_json(folder: str | os.PathLike) -> dict[str, Any]:
     """Read and check an exported folder's model.json."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise VaefastError(f"exported model folder {folder} not found; create one with "
-                           "`vaefast export`")
+        raise VaefastError(
+            f"exported model folder {folder} not found; create one with `vaefast export`"
+        )
     if not (folder / MODEL_JSON).is_file():
         raise VaefastError(f"{folder} has no {MODEL_JSON}; is it a vaefast export?")
     meta = read_json(folder / MODEL_JSON)
@@ -48,8 +49,9 @@ def write_report(folder: Path, report: dict[str, Any]) -> None:
     write_json(folder / REPORT_JSON, report)
 
 
-def agreement(report: dict[str, Any], variant: str = "fp32",
-              engine_key: str | None = None) -> tuple[str, dict[str, Any] | None]:
+def agreement(
+    report: dict[str, Any], variant: str = "fp32", engine_key: str | None = None
+) -> tuple[str, dict[str, Any] | None]:
     """(name, figures) of how ``variant`` run by an engine recorded under ``engine_key``
     (None: ONNX Runtime) agrees with ONNX Runtime fp32; figures None where the report
     has none. An engine's own key holds its fp32 run."""

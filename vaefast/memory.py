@@ -107,12 +107,14 @@ class Steps:
         return _Step()
 
     def report(self) -> dict[str, Any]:
-        return {"budget_mb": round(self.budget / MB), "steps": self.figures,
-                "process_peak_rss_mb": round(process_peak() / MB, 1)}
+        return {
+            "budget_mb": round(self.budget / MB),
+            "steps": self.figures,
+            "process_peak_rss_mb": round(process_peak() / MB, 1),
+        }
 
 
-def fit_batch(call: Callable[[int], Any], most: int, budget: int, step: str
-              ) -> tuple[int, int]:
+def fit_batch(call: Callable[[int], Any], most: int, budget: int, step: str) -> tuple[int, int]:
     """The largest batch <= ``most`` that ``call(batch)`` runs in while the process stays
     within ``budget`` bytes — measured at 1 and 2 rows, extrapolated, and checked (halved
     while over) — and the bytes one more row costs. One line naming the step, its need
@@ -124,8 +126,10 @@ def fit_batch(call: Callable[[int], Any], most: int, budget: int, step: str
         call(b)
         need[b] = max(peak(), before)
     if need[1] > budget:
-        raise VaefastError(f"{step} needs {need[1] / MB:,.0f} MB at batch 1, over the memory "
-                           f"budget of {budget / MB:,.0f} MB; raise it with --memory-budget")
+        raise VaefastError(
+            f"{step} needs {need[1] / MB:,.0f} MB at batch 1, over the memory "
+            f"budget of {budget / MB:,.0f} MB; raise it with --memory-budget"
+        )
     if most == 1:
         return 1, need[1]
     per_row = max(need[2] - need[1], 1 << 16)

@@ -26,8 +26,9 @@ class _VAE(nn.Module):
     input_shape: tuple[int, ...]
     latent_dim: int
 
-    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+    def reparameterize(
+        self, mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         std = torch.exp(0.5 * logvar)
         eps = torch.randn(std.shape, generator=generator, dtype=std.dtype, device=std.device)
         return mu + eps * std
@@ -67,8 +68,12 @@ class ConvVAE(_VAE):
     fc layer down to mu and log sigma^2, the mirror image up with transposed convs;
     ReLU, sigmoid output, no normalization layers (so train and eval agree)."""
 
-    def __init__(self, input_shape: tuple[int, int, int] = (1, 28, 28), hidden_dim: int = 256,
-                 latent_dim: int = 16):
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
+        hidden_dim: int = 256,
+        latent_dim: int = 16,
+    ):
         super().__init__()
         c, h, w = (int(s) for s in input_shape)
         if h % 4 or w % 4:
@@ -76,15 +81,23 @@ class ConvVAE(_VAE):
         self.input_shape, self.hidden_dim, self.latent_dim = (c, h, w), hidden_dim, latent_dim
         self.feature_shape = (64, h // 4, w // 4)
         flat = 64 * (h // 4) * (w // 4)
-        self.enc = nn.Sequential(nn.Conv2d(c, 32, 4, 2, 1), nn.ReLU(),
-                                 nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(), nn.Flatten(),
-                                 nn.Linear(flat, hidden_dim), nn.ReLU())
+        self.enc = nn.Sequential(
+            nn.Conv2d(c, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, 2, 1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(flat, hidden_dim),
+            nn.ReLU(),
+        )
         self.fc_mu = nn.Linear(hidden_dim, latent_dim)
         self.fc_logvar = nn.Linear(hidden_dim, latent_dim)
-        self.dec_fc = nn.Sequential(nn.Linear(latent_dim, hidden_dim), nn.ReLU(),
-                                    nn.Linear(hidden_dim, flat), nn.ReLU())
-        self.dec = nn.Sequential(nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),
-                                 nn.ConvTranspose2d(32, c, 4, 2, 1))
+        self.dec_fc = nn.Sequential(
+            nn.Linear(latent_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, flat), nn.ReLU()
+        )
+        self.dec = nn.Sequential(
+            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(32, c, 4, 2, 1)
+        )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.enc(x)
@@ -96,20 +109,24 @@ class ConvVAE(_VAE):
 
 
 def _mlp(sizes: dict[str, Any]) -> VAE:
-    input_dim = int(sizes["input_dim"]) if "input_dim" in sizes else \
-        int(torch.tensor(sizes["input_shape"]).prod())
+    input_dim = (
+        int(sizes["input_dim"])
+        if "input_dim" in sizes
+        else int(torch.tensor(sizes["input_shape"]).prod())
+    )
     return VAE(input_dim, int(sizes["hidden_dim"]), int(sizes["latent_dim"]))
 
 
 def _conv(sizes: dict[str, Any]) -> ConvVAE:
-    return ConvVAE(tuple(sizes["input_shape"]), int(sizes["hidden_dim"]),
-                   int(sizes["latent_dim"]))
+    return ConvVAE(tuple(sizes["input_shape"]), int(sizes["hidden_dim"]), int(sizes["latent_dim"]))
 
 
 def _conv_input(n_features: int, image_shape) -> tuple[int, ...]:
     if image_shape is None:
-        raise VaefastError(f"the conv VAE needs image data; these samples are {n_features} "
-                           "features with no image shape")
+        raise VaefastError(
+            f"the conv VAE needs image data; these samples are {n_features} "
+            "features with no image shape"
+        )
     return channels_first(image_shape)
 
 
@@ -131,8 +148,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 def architecture(name: str) -> Architecture:
     """The registry entry of an architecture, or a clear error."""
     if name not in ARCHITECTURES:
-        raise VaefastError(f"unknown architecture {name!r}; use one of "
-                           f"{', '.join(ARCHITECTURES)}")
+        raise VaefastError(f"unknown architecture {name!r}; use one of {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[name]
 
 
@@ -144,14 +160,15 @@ def build(sizes: dict[str, Any]) -> _VAE:
     try:
         return entry.build(sizes)
     except (KeyError, TypeError, ValueError) as e:
-        raise VaefastError(f"model config {sizes} does not describe a {arch} VAE ({e})") \
-            from None
+        raise VaefastError(f"model config {sizes} does not describe a {arch} VAE ({e})") from None
 
 
-def loss_function(recon_x: torch.Tensor, x: torch.Tensor, mu: torch.Tensor,
-                  logvar: torch.Tensor) -> torch.Tensor:
+def loss_function(
+    recon_x: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+) -> torch.Tensor:
     """Reconstruction + KL divergence, summed over the batch (Kingma & Welling, appendix B)."""
-    bce = F.binary_cross_entropy(recon_x.reshape(len(recon_x), -1),
-                                 x.reshape(len(recon_x), -1), reduction="sum")
+    bce = F.binary_cross_entropy(
+        recon_x.reshape(len(recon_x), -1), x.reshape(len(recon_x), -1), reduction="sum"
+    )
     kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
     return bce + kld

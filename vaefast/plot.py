@@ -44,15 +44,21 @@ class Latents:
         return self.label_names or self.vae.label_names
 
     @classmethod
-    def from_data(cls, vae: runtime.ExportedVAE, X: np.ndarray,
-                  labels: np.ndarray | None = None, seed: int = 0) -> "Latents":
+    def from_data(
+        cls,
+        vae: runtime.ExportedVAE,
+        X: np.ndarray,
+        labels: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> "Latents":
         """Encode X (uint8 pixels or floats in [0, 1]); labels must match X's rows."""
         X = vae.check_inputs(X)
         if labels is not None:
             labels = np.asarray(labels)
             if labels.shape != (X.shape[0],):
-                raise VaefastError(f"labels have shape {labels.shape}; expected "
-                                   f"({X.shape[0]},), one per input row")
+                raise VaefastError(
+                    f"labels have shape {labels.shape}; expected ({X.shape[0]},), one per input row"
+                )
         mu, logvar = vae.encode(X)
         return cls(vae, X, labels, mu, logvar, seed)
 
@@ -83,8 +89,9 @@ class Latents:
         return "×".join(map(str, self.mu.shape[1:])) + f" = {self.z}-D (flattened)"
 
     @classmethod
-    def from_store(cls, vae: runtime.ExportedVAE, path: str | os.PathLike,
-                   seed: int = 0) -> "Latents":
+    def from_store(
+        cls, vae: runtime.ExportedVAE, path: str | os.PathLike, seed: int = 0
+    ) -> "Latents":
         """Latents of a finished ``vaefast embed`` store (its t-SNE reused); input images
         are read on demand from the store's recorded input, only for the rows shown."""
         from vaefast import store
@@ -97,12 +104,21 @@ class Latents:
         recorded = attrs["input"]
         source = reopen(recorded, 1)
         if source.fingerprint() != recorded:
-            raise VaefastError(f"{path}: its input {recorded['spec']} has changed since it "
-                               "was embedded; its images cannot be matched to its rows")
+            raise VaefastError(
+                f"{path}: its input {recorded['spec']} has changed since it "
+                "was embedded; its images cannot be matched to its rows"
+            )
         keep = np.setdiff1d(np.arange(len(stored["mu"])), list(stored["skipped"]))
         labels = None if stored["labels"] is None else stored["labels"][keep]
-        lat = cls(vae, _RowReader(source, keep), labels, stored["mu"][keep],
-                  stored["logvar"][keep], seed, label_names=attrs.get("label_names"))
+        lat = cls(
+            vae,
+            _RowReader(source, keep),
+            labels,
+            stored["mu"][keep],
+            stored["logvar"][keep],
+            seed,
+            label_names=attrs.get("label_names"),
+        )
         if stored["tsne"] is not None:
             lat._positions["tsne"] = stored["tsne"][keep].astype(np.float64)
         return lat
@@ -143,8 +159,9 @@ class _RowReader:
         return len(self.index)
 
     def __getitem__(self, rows) -> np.ndarray:
-        return np.concatenate([self.source.rows(int(r), int(r) + 1)
-                               for r in np.atleast_1d(self.index[rows])])
+        return np.concatenate(
+            [self.source.rows(int(r), int(r) + 1) for r in np.atleast_1d(self.index[rows])]
+        )
 
 
 def _figure(*args, **kwargs):
@@ -166,14 +183,22 @@ def _label_name(label, names: list[str] | None) -> str:
     return names[c] if names and c < len(names) else str(c)
 
 
-def _scatter(ax, pos: np.ndarray, labels: np.ndarray | None, names: list[str] | None,
-             **kwargs) -> None:
+def _scatter(
+    ax, pos: np.ndarray, labels: np.ndarray | None, names: list[str] | None, **kwargs
+) -> None:
     """One scatter of all points colored by label (a density image for huge N)."""
     import matplotlib.pyplot as plt
 
     if len(pos) > DENSITY_ABOVE:
-        ax.hexbin(pos[:, 0], pos[:, 1], gridsize=300, bins="log", cmap="viridis",
-                  mincnt=1, rasterized=True)
+        ax.hexbin(
+            pos[:, 0],
+            pos[:, 1],
+            gridsize=300,
+            bins="log",
+            cmap="viridis",
+            mincnt=1,
+            rasterized=True,
+        )
         return
     size = max(1.0, min(12.0, 20000 / max(len(pos), 1)))
     if labels is None:
@@ -182,13 +207,21 @@ def _scatter(ax, pos: np.ndarray, labels: np.ndarray | None, names: list[str] | 
     classes = np.unique(labels)
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     color_of = {c: cmap(k % cmap.N) for k, c in enumerate(classes)}
-    ax.scatter(pos[:, 0], pos[:, 1], s=size, c=[color_of[c] for c in labels], lw=0,
-               rasterized=True, **kwargs)
+    ax.scatter(
+        pos[:, 0],
+        pos[:, 1],
+        s=size,
+        c=[color_of[c] for c in labels],
+        lw=0,
+        rasterized=True,
+        **kwargs,
+    )
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], ls="", marker="o", color=color_of[c],
-                      label=_label_name(c, names))
-               for c in classes]
+    handles = [
+        Line2D([], [], ls="", marker="o", color=color_of[c], label=_label_name(c, names))
+        for c in classes
+    ]
     ax.legend(handles=handles, fontsize=7, markerscale=1, loc="best", title="label")
 
 
@@ -196,9 +229,12 @@ def _thumbnails(ax, pos: np.ndarray, images: np.ndarray, zoom: float = 0.6) -> N
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     for (x, y), image in zip(pos, images):
-        box = AnnotationBbox(OffsetImage(image, cmap="gray_r" if image.ndim == 2 else None,
-                                         zoom=zoom), (x, y),
-                             frameon=False, pad=0.0)
+        box = AnnotationBbox(
+            OffsetImage(image, cmap="gray_r" if image.ndim == 2 else None, zoom=zoom),
+            (x, y),
+            frameon=False,
+            pad=0.0,
+        )
         box.set_gid("thumbnail")
         ax.add_artist(box)
 
@@ -237,41 +273,67 @@ def uncertainty(lat: Latents, method: str = "tsne", ellipses: int = 200, example
     if lat.z == 2:
         _scatter(ax, pos, lat.labels, lat.names, zorder=2)
         for r in _subsample(len(pos), ellipses, lat.seed):
-            patch = Ellipse(tuple(pos[r]), 2 * sigma[r, 0], 2 * sigma[r, 1], fill=False,
-                            lw=0.5, alpha=0.6, color="k", gid="sigma-ellipse")
+            patch = Ellipse(
+                tuple(pos[r]),
+                2 * sigma[r, 0],
+                2 * sigma[r, 1],
+                fill=False,
+                lw=0.5,
+                alpha=0.6,
+                color="k",
+                gid="sigma-ellipse",
+            )
             ax.add_patch(patch)
-        ax.set_title(f"{what} with ±σ ellipses for {min(ellipses, len(pos))} inputs "
-                     "(σ = exp(½ log σ²))", fontsize=10)
+        ax.set_title(
+            f"{what} with ±σ ellipses for {min(ellipses, len(pos))} inputs (σ = exp(½ log σ²))",
+            fontsize=10,
+        )
     else:
-        points = ax.scatter(pos[:, 0], pos[:, 1], c=mean_sigma, s=4, cmap="magma_r", lw=0,
-                            rasterized=True)
+        points = ax.scatter(
+            pos[:, 0], pos[:, 1], c=mean_sigma, s=4, cmap="magma_r", lw=0, rasterized=True
+        )
         fig.colorbar(points, ax=ax, label=f"mean σ over the {lat.z} latent values")
-        ax.set_title(f"{what}, colored by mean posterior σ (position from μ only)",
-                     fontsize=10)
+        ax.set_title(f"{what}, colored by mean posterior σ (position from μ only)", fontsize=10)
     order = np.argsort(mean_sigma)
     maps = sigma.mean(axis=1) if lat.spatial else None  # [N, h, w]
-    shown = maps[np.concatenate([order[:examples], order[-examples:]])] if lat.spatial \
-        else None
+    shown = maps[np.concatenate([order[:examples], order[-examples:]])] if lat.spatial else None
     low, top = (float(shown.min()), float(shown.max())) if lat.spatial else (None, None)
-    for row, (rows, label) in enumerate(((order[:examples], "most certain (smallest σ)"),
-                                         (order[::-1][:examples], "least certain (largest σ)"))):
+    for row, (rows, label) in enumerate(
+        (
+            (order[:examples], "most certain (smallest σ)"),
+            (order[::-1][:examples], "least certain (largest σ)"),
+        )
+    ):
         for k, r in enumerate(rows):
             axi = fig.add_subplot(grid[row + 1, k])
             image = lat.images(np.array([r]))[0]
             _imshow(axi, image, "gray_r")
             if maps is not None:  # σ map upsampled over the image (nearest, as h×w cells)
-                axi.imshow(maps[r], cmap="magma_r", alpha=0.55, vmin=low, vmax=top,
-                           extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5),
-                           interpolation="nearest", gid="sigma-map")
+                axi.imshow(
+                    maps[r],
+                    cmap="magma_r",
+                    alpha=0.55,
+                    vmin=low,
+                    vmax=top,
+                    extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5),
+                    interpolation="nearest",
+                    gid="sigma-map",
+                )
             axi.set_xticks([])
             axi.set_yticks([])
             axi.set_xlabel(f"σ̄={mean_sigma[r]:.2f}", fontsize=7)
             if k == 0:
                 axi.set_ylabel(label.split(" (")[0], fontsize=7)
     if maps is not None:
-        fig.text(0.5, 0.005, "overlay: σ map of each input (mean σ over the "
-                 f"{lat.mu.shape[1]} latent channels per latent pixel, upsampled over the "
-                 f"image; shared colour scale {low:.3g}–{top:.3g})", ha="center", fontsize=8)
+        fig.text(
+            0.5,
+            0.005,
+            "overlay: σ map of each input (mean σ over the "
+            f"{lat.mu.shape[1]} latent channels per latent pixel, upsampled over the "
+            f"image; shared colour scale {low:.3g}–{top:.3g})",
+            ha="center",
+            fontsize=8,
+        )
     return fig
 
 
@@ -280,8 +342,9 @@ def channels(lat: Latents, examples: int = 4):
     each input's μ as a strip of its Z values."""
     rows = _subsample(len(lat.mu), examples, lat.seed)
     n_cols = 1 + (lat.mu.shape[1] if lat.spatial else 1)
-    fig, axes = _figure(len(rows), n_cols, figsize=(1.8 * n_cols + 1, 1.9 * len(rows)),
-                        squeeze=False)
+    fig, axes = _figure(
+        len(rows), n_cols, figsize=(1.8 * n_cols + 1, 1.9 * len(rows)), squeeze=False
+    )
     limit = float(np.abs(lat.mu[rows]).max()) or 1.0
     images = lat.images(rows)
     for i, r in enumerate(rows):
@@ -289,19 +352,30 @@ def channels(lat: Latents, examples: int = 4):
         axes[i, 0].set_ylabel(f"input {r}", fontsize=8)
         maps = lat.mu[r] if lat.spatial else lat.mu[r][None, None, :]
         for c, m in enumerate(maps):
-            shown = axes[i, c + 1].imshow(m, cmap="RdBu_r", vmin=-limit, vmax=limit,
-                                          interpolation="nearest", aspect="auto"
-                                          if not lat.spatial else "equal")
+            shown = axes[i, c + 1].imshow(
+                m,
+                cmap="RdBu_r",
+                vmin=-limit,
+                vmax=limit,
+                interpolation="nearest",
+                aspect="auto" if not lat.spatial else "equal",
+            )
             if i == 0:
-                axes[i, c + 1].set_title(f"μ channel {c}" if lat.spatial
-                                         else f"μ (Z={lat.z})", fontsize=8)
+                axes[i, c + 1].set_title(
+                    f"μ channel {c}" if lat.spatial else f"μ (Z={lat.z})", fontsize=8
+                )
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.colorbar(shown, ax=axes[:, 1:].ravel().tolist(), shrink=0.8, label="μ")
-    what = (f"each input beside its {lat.mu.shape[1]} μ channels "
-            f"({lat.mu.shape[2]}×{lat.mu.shape[3]} latent pixels each)") if lat.spatial \
+    what = (
+        (
+            f"each input beside its {lat.mu.shape[1]} μ channels "
+            f"({lat.mu.shape[2]}×{lat.mu.shape[3]} latent pixels each)"
+        )
+        if lat.spatial
         else f"each input beside its μ as a strip of {lat.z} values"
+    )
     fig.suptitle(f"{what}; shared colour scale ±{limit:.2f}", fontsize=9)
     return fig
 
@@ -333,7 +407,7 @@ def samples(vae: runtime.ExportedVAE, n: int = 64, seed: int = 0, embed: bool = 
 def latent_kl(lat: Latents) -> np.ndarray:
     """Mean KL(q(z_d|x) || N(0, 1)) per latent value over the inputs, in nats, shaped
     like one latent."""
-    return 0.5 * np.mean(lat.mu ** 2 + np.exp(lat.logvar) - lat.logvar - 1.0, axis=0)
+    return 0.5 * np.mean(lat.mu**2 + np.exp(lat.logvar) - lat.logvar - 1.0, axis=0)
 
 
 def manifold(lat: Latents, n: int = 20, dims: tuple[int, int] | None = None, index: int = 0):
@@ -359,12 +433,16 @@ def manifold(lat: Latents, n: int = 20, dims: tuple[int, int] | None = None, ind
             raise VaefastError(f"dims {dims} must be two distinct {unit}s in 0..{count - 1}")
         base = lat.mu[index].copy()
         if lat.spatial:
-            what = (f"decoded μ of input {index} with latent channels {dims[0]} and "
-                    f"{dims[1]} shifted as a whole by N(0, 1) quantiles")
+            what = (
+                f"decoded μ of input {index} with latent channels {dims[0]} and "
+                f"{dims[1]} shifted as a whole by N(0, 1) quantiles"
+            )
         else:
-            what = (f"decoded traversal of z[{dims[0]}], z[{dims[1]}] over N(0, 1) "
-                    f"quantiles, the other {vae.latent_dim - 2} dims fixed at μ of input "
-                    f"{index}")
+            what = (
+                f"decoded traversal of z[{dims[0]}], z[{dims[1]}] over N(0, 1) "
+                f"quantiles, the other {vae.latent_dim - 2} dims fixed at μ of input "
+                f"{index}"
+            )
     z = np.repeat(base[None], n * n, axis=0)
     yy, xx = np.meshgrid(grid[::-1], grid, indexing="ij")
     if lat.spatial:
@@ -408,8 +486,11 @@ def diagnostics(lat: Latents, active_threshold: float = 0.01):
     fig, axes = _figure(1, 3, figsize=(15, 4))
     dims = np.arange(lat.z)
     axes[0].bar(dims, kl, color=np.where(active, "tab:blue", "tab:gray"))
-    axes[0].set_title(f"KL(q(z_d|x) ‖ N(0,1)) per dimension; {int(active.sum())} of {lat.z} "
-                      f"active (Var[μ_d] > {active_threshold})", fontsize=9)
+    axes[0].set_title(
+        f"KL(q(z_d|x) ‖ N(0,1)) per dimension; {int(active.sum())} of {lat.z} "
+        f"active (Var[μ_d] > {active_threshold})",
+        fontsize=9,
+    )
     axes[0].set_xlabel("latent dimension d")
     axes[0].set_xticks(dims)
     axes[0].set_ylabel("mean KL (nats)")
@@ -421,8 +502,7 @@ def diagnostics(lat: Latents, active_threshold: float = 0.01):
         classes = np.unique(lat.labels)
         names = lat.names
         means = [lat.sigma[lat.labels == c].mean() for c in classes]
-        axes[2].bar([_label_name(c, names)
-                     for c in classes], means)
+        axes[2].bar([_label_name(c, names) for c in classes], means)
         axes[2].set_title("mean σ per class (higher: the encoder is less sure)", fontsize=9)
         axes[2].tick_params(axis="x", rotation=45)
     else:
@@ -435,8 +515,9 @@ def diagnostics(lat: Latents, active_threshold: float = 0.01):
 def unit_variance_scale(lat: Latents) -> float:
     """The factor that gives z ~ q(z|x) unit variance over these inputs, as latent
     diffusion's ``scaling_factor`` is chosen: 1 / sqrt(Var[μ] + E[σ²]) (total variance)."""
-    return float(1.0 / np.sqrt(lat.mu.var(dtype=np.float64) +
-                               np.mean(np.exp(lat.logvar), dtype=np.float64)))
+    return float(
+        1.0 / np.sqrt(lat.mu.var(dtype=np.float64) + np.mean(np.exp(lat.logvar), dtype=np.float64))
+    )
 
 
 def _spatial_diagnostics(lat: Latents):
@@ -444,11 +525,11 @@ def _spatial_diagnostics(lat: Latents):
     sigma = lat.sigma.transpose(1, 0, 2, 3).reshape(lat.mu.shape[1], -1)
     channels_ = np.arange(len(per_channel))
     fig, axes = _figure(1, 3, figsize=(15, 4))
-    axes[0].errorbar(channels_, per_channel.mean(axis=1), yerr=per_channel.std(axis=1),
-                     fmt="o", capsize=4)
+    axes[0].errorbar(
+        channels_, per_channel.mean(axis=1), yerr=per_channel.std(axis=1), fmt="o", capsize=4
+    )
     axes[0].axhline(0.0, color="gray", lw=0.8)
-    axes[0].set_title("μ per latent channel: mean ± std over inputs and latent pixels",
-                      fontsize=9)
+    axes[0].set_title("μ per latent channel: mean ± std over inputs and latent pixels", fontsize=9)
     axes[0].set_xlabel("latent channel")
     axes[0].set_xticks(channels_)
     axes[1].boxplot(list(sigma), positions=channels_, showfliers=False)
@@ -461,12 +542,14 @@ def _spatial_diagnostics(lat: Latents):
     if recorded is not None:
         names.append("recorded\n(model config)")
         values.append(float(recorded))
-    axes[2].bar(names, values, color=["tab:blue", "tab:gray"][:len(values)])
+    axes[2].bar(names, values, color=["tab:blue", "tab:gray"][: len(values)])
     for k, v in enumerate(values):
         axes[2].text(k, v, f"{v:.4g}", ha="center", va="bottom", fontsize=9)
-    axes[2].set_title("scaling factor: 1/√(Var[μ] + E[σ²]) over these inputs"
-                      + (" vs the recorded one" if recorded is not None else
-                         " (none recorded)"), fontsize=9)
+    axes[2].set_title(
+        "scaling factor: 1/√(Var[μ] + E[σ²]) over these inputs"
+        + (" vs the recorded one" if recorded is not None else " (none recorded)"),
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 
@@ -480,28 +563,37 @@ class View:
 
 
 VIEWS: dict[str, View] = {
-    "latent": View(lambda lat, method="tsne", thumbnails=0, **_: latent(lat, method, thumbnails),
-                   "Where each input's posterior mean μ lands; σ is not used for position."),
-    "uncertainty": View(lambda lat, method="tsne", ellipses=200, **_:
-                        uncertainty(lat, method, ellipses),
-                        "How wide each input's posterior is: σ = exp(½ log σ²) from the "
-                        "encoder."),
-    "samples": View(lambda lat, embed=False, **_: samples(lat.vae, 64, lat.seed, embed),
-                    "Images decoded from z drawn from the prior N(0, I); the encoder, μ and "
-                    "σ play no part."),
-    "manifold": View(lambda lat, dims=None, index=0, **_: manifold(lat, dims=dims, index=index),
-                     "What the decoder draws as two latent coordinates sweep the prior's "
-                     "quantiles."),
-    "reconstructions": View(lambda lat, **_: reconstructions(lat),
-                            "Inputs over decode(μ(input)): what the model keeps of each "
-                            "input."),
-    "channels": View(lambda lat, **_: channels(lat),
-                     "μ's channels as images beside their input (spatial latents); for flat "
-                     "latents, μ as a strip of its values."),
-    "diagnostics": View(lambda lat, **_: diagnostics(lat),
-                        "Per-dimension KL to the prior, active units, σ per dimension and "
-                        "per class; for spatial latents, μ and σ per channel and the scaling "
-                        "factor that gives unit variance beside the recorded one."),
+    "latent": View(
+        lambda lat, method="tsne", thumbnails=0, **_: latent(lat, method, thumbnails),
+        "Where each input's posterior mean μ lands; σ is not used for position.",
+    ),
+    "uncertainty": View(
+        lambda lat, method="tsne", ellipses=200, **_: uncertainty(lat, method, ellipses),
+        "How wide each input's posterior is: σ = exp(½ log σ²) from the encoder.",
+    ),
+    "samples": View(
+        lambda lat, embed=False, **_: samples(lat.vae, 64, lat.seed, embed),
+        "Images decoded from z drawn from the prior N(0, I); the encoder, μ and σ play no part.",
+    ),
+    "manifold": View(
+        lambda lat, dims=None, index=0, **_: manifold(lat, dims=dims, index=index),
+        "What the decoder draws as two latent coordinates sweep the prior's quantiles.",
+    ),
+    "reconstructions": View(
+        lambda lat, **_: reconstructions(lat),
+        "Inputs over decode(μ(input)): what the model keeps of each input.",
+    ),
+    "channels": View(
+        lambda lat, **_: channels(lat),
+        "μ's channels as images beside their input (spatial latents); for flat "
+        "latents, μ as a strip of its values.",
+    ),
+    "diagnostics": View(
+        lambda lat, **_: diagnostics(lat),
+        "Per-dimension KL to the prior, active units, σ per dimension and "
+        "per class; for spatial latents, μ and σ per channel and the scaling "
+        "factor that gives unit variance beside the recorded one.",
+    ),
 }
 
 
@@ -517,12 +609,22 @@ def figure(kind: str, lat: Latents, **options) -> Any:
     return _view(kind).draw(lat, **{k: v for k, v in options.items() if v is not None})
 
 
-def render(kind: str, model_dir: str | os.PathLike, out: str | os.PathLike, *,
-           data: str | None = None, max_points: int = 5000, formats: tuple[str, ...] = ("png",),
-           seed: int = 0, embeddings: str | os.PathLike | None = None, variant: str = "fp32",
-           providers: str = DEFAULT_PROVIDERS, threads: int | None = None,
-           precision: str | None = None,
-           **options) -> list[Path]:
+def render(
+    kind: str,
+    model_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    data: str | None = None,
+    max_points: int = 5000,
+    formats: tuple[str, ...] = ("png",),
+    seed: int = 0,
+    embeddings: str | os.PathLike | None = None,
+    variant: str = "fp32",
+    providers: str = DEFAULT_PROVIDERS,
+    threads: int | None = None,
+    precision: str | None = None,
+    **options,
+) -> list[Path]:
     """Write one view (or ``all`` with an index page) for an exported model; return paths.
 
     With ``embeddings`` (a finished ``vaefast embed`` store) every row of the store is
@@ -537,9 +639,14 @@ def render(kind: str, model_dir: str | os.PathLike, out: str | os.PathLike, *,
     for fmt in formats:
         if fmt not in FORMATS:
             raise VaefastError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
-    vae = runtime.load(model_dir, providers=providers, variant=variant, threads=threads,
-                       precision=precision,
-                       spin=False)
+    vae = runtime.load(
+        model_dir,
+        providers=providers,
+        variant=variant,
+        threads=threads,
+        precision=precision,
+        spin=False,
+    )
     if embeddings is not None:
         lat = Latents.from_store(vae, embeddings, seed)
         spec = str(embeddings)
@@ -553,10 +660,8 @@ def render(kind: str, model_dir: str | os.PathLike, out: str | os.PathLike, *,
             source = data_mod.open_source(spec, prep)
             X, y, names = _RowReader(source), source.labels, source.label_names
         vae.check_inputs(np.asarray(X[:1]))  # a layout mismatch fails before any work
-        rows = _subsample(len(X), max_points, seed) if len(X) > max_points else \
-            np.arange(len(X))
-        lat = Latents.from_data(vae, np.asarray(X[rows]), None if y is None else y[rows],
-                                seed)
+        rows = _subsample(len(X), max_points, seed) if len(X) > max_points else np.arange(len(X))
+        lat = Latents.from_data(vae, np.asarray(X[rows]), None if y is None else y[rows], seed)
         lat.label_names = names
     lat.threads = threads
     out = Path(out)
@@ -577,14 +682,25 @@ def render(kind: str, model_dir: str | os.PathLike, out: str | os.PathLike, *,
 
 
 def _index(out: Path, fmt: str, vae: runtime.ExportedVAE, spec: str, n: int) -> Path:
-    lines = [f"# Latent views of `{vae.folder}` (Z={vae.latent_dim}, {vae.variant} on "
-             f"{vae.providers[0]}) on `{spec}` ({n} inputs)", ""]
+    lines = [
+        f"# Latent views of `{vae.folder}` (Z={vae.latent_dim}, {vae.variant} on "
+        f"{vae.providers[0]}) on `{spec}` ({n} inputs)",
+        "",
+    ]
     for k, view in VIEWS.items():
         lines += [f"## {k}", "", view.caption, "", f"![{k}]({k}.{fmt})", ""]
     path = out / "index.md"
     with atomic_file(path) as tmp:
         tmp.write_text("\n".join(lines))
-    write_json(out / "views.json", {"model": str(vae.folder), "variant": vae.variant,
-                                    "providers": vae.providers, "data": spec, "n": n,
-                                    "captions": {k: v.caption for k, v in VIEWS.items()}})
+    write_json(
+        out / "views.json",
+        {
+            "model": str(vae.folder),
+            "variant": vae.variant,
+            "providers": vae.providers,
+            "data": spec,
+            "n": n,
+            "captions": {k: v.caption for k, v in VIEWS.items()},
+        },
+    )
     return path

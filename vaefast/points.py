@@ -21,15 +21,19 @@ def read_points(path: str | os.PathLike) -> np.ndarray:
     an error naming the first bad row."""
     path = Path(path)
     if path.suffix == ".zarr":
-        X = store.read_mu(store.open_embeddings(path), slice(None)) if store.is_store(path) \
+        X = (
+            store.read_mu(store.open_embeddings(path), slice(None))
+            if store.is_store(path)
             else np.asarray(open_zarr(path, POINT_KEYS)[0][:])
+        )
     elif not path.is_file():
         raise VaefastError(f"{path}: file not found")
     elif path.suffix == ".npy":
         X = load_numpy(path, np.asarray, archive=False)
     elif path.suffix == ".npz":
-        X = load_numpy(path, lambda z: named_arrays(z, set(z), str(path), POINT_KEYS)[0],
-                        archive=True)
+        X = load_numpy(
+            path, lambda z: named_arrays(z, set(z), str(path), POINT_KEYS)[0], archive=True
+        )
     else:
         raise VaefastError(f"{path}: expected a .npy, .npz or .zarr input")
     if X.dtype.kind not in "iuf" or X.ndim < 2 or (X.ndim > 2 and path.suffix != ".zarr"):
@@ -38,6 +42,7 @@ def read_points(path: str | os.PathLike) -> np.ndarray:
     if X.dtype.kind == "f":
         bad = ~np.isfinite(X).all(axis=1)
         if bad.any():
-            raise VaefastError(f"{path}: NaN or inf at row {int(np.flatnonzero(bad)[0])}; "
-                               "clean the data first")
+            raise VaefastError(
+                f"{path}: NaN or inf at row {int(np.flatnonzero(bad)[0])}; clean the data first"
+            )
     return X

@@ -69,10 +69,17 @@ print(json.dumps(seconds))
 """
 
 
-def time_in_process(exported: str | os.PathLike, part: str, batches: tuple[int, ...],
-                    threads: int, engine: str = "onnxruntime", variant: str = "fp32",
-                    providers: str | None = None, precision: str | None = None,
-                    min_time: float = 0.3) -> tuple[dict[int, float], np.ndarray]:
+def time_in_process(
+    exported: str | os.PathLike,
+    part: str,
+    batches: tuple[int, ...],
+    threads: int,
+    engine: str = "onnxruntime",
+    variant: str = "fp32",
+    providers: str | None = None,
+    precision: str | None = None,
+    min_time: float = 0.3,
+) -> tuple[dict[int, float], np.ndarray]:
     """({batch: median seconds}, outputs on the seeded agreement batch) of one candidate
     run in its own process. ``engine`` "eager" is the vaefast-trained model's own call."""
     import tempfile
@@ -82,15 +89,24 @@ def time_in_process(exported: str | os.PathLike, part: str, batches: tuple[int, 
 
     meta = manifest.read_model_json(exported)
     with tempfile.TemporaryDirectory() as tmp:
-        spec = {"exported": str(exported), "part": part, "threads": threads,
-                "batches": list(batches), "engine": engine, "variant": variant,
-                "providers": providers or DEFAULT_PROVIDERS, "precision": precision,
-                "min_time": min_time,
-                "input_shape": list(manifest.input_shape(meta)),
-                "latent_shape": list(manifest.latent_shape(meta)),
-                "agreement_rows": AGREEMENT_ROWS, "outputs": os.path.join(tmp, "out.npy")}
-        result = subprocess.run([sys.executable, "-c", _TIMER, json.dumps(spec)],
-                                capture_output=True, text=True)
+        spec = {
+            "exported": str(exported),
+            "part": part,
+            "threads": threads,
+            "batches": list(batches),
+            "engine": engine,
+            "variant": variant,
+            "providers": providers or DEFAULT_PROVIDERS,
+            "precision": precision,
+            "min_time": min_time,
+            "input_shape": list(manifest.input_shape(meta)),
+            "latent_shape": list(manifest.latent_shape(meta)),
+            "agreement_rows": AGREEMENT_ROWS,
+            "outputs": os.path.join(tmp, "out.npy"),
+        }
+        result = subprocess.run(
+            [sys.executable, "-c", _TIMER, json.dumps(spec)], capture_output=True, text=True
+        )
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["failed"])[-1]
             raise VaefastError(f"{engine} {variant} {precision or ''}: {last[:200]}")
@@ -113,17 +129,29 @@ def candidates(exported: str | os.PathLike) -> list[dict[str, Any]]:
     for engine in ENGINES.values():
         if not engine.installed():
             continue
-        for name in (names if engine.all_variants else ["fp32"]):
+        for name in names if engine.all_variants else ["fp32"]:
             if variant(name).gpu_only:
                 continue
-            out += [{"engine": engine.name, "variant": name, "providers": engine.on_cpu,
-                     "precision": precision} for precision in engine.precisions()]
+            out += [
+                {
+                    "engine": engine.name,
+                    "variant": name,
+                    "providers": engine.on_cpu,
+                    "precision": precision,
+                }
+                for precision in engine.precisions()
+            ]
     return out
 
 
-def recommend(exported: str | os.PathLike, batch: int = 1, part: str = "encoder",
-              threads: int | None = None, min_overlap: float | None = None,
-              min_psnr: float = 30.0) -> dict[str, Any]:
+def recommend(
+    exported: str | os.PathLike,
+    batch: int = 1,
+    part: str = "encoder",
+    threads: int | None = None,
+    min_overlap: float | None = None,
+    min_psnr: float = 30.0,
+) -> dict[str, Any]:
     """Time every candidate (``candidates``) at ``batch`` in its own process, measure its
     agreement with ONNX Runtime fp32, and pick the fastest that agrees (encoder: kNN@10
     overlap >= ``min_overlap``, default each variant's own target; decoder: PSNR >=
@@ -138,8 +166,16 @@ def recommend(exported: str | os.PathLike, batch: int = 1, part: str = "encoder"
     threads = threads or len(os.sched_getaffinity(0))
     rows, reference = [], None
     for c in candidates(exported):
-        seconds, out = time_in_process(exported, part, (batch,), threads, c["engine"],
-                                       c["variant"], c["providers"], c["precision"])
+        seconds, out = time_in_process(
+            exported,
+            part,
+            (batch,),
+            threads,
+            c["engine"],
+            c["variant"],
+            c["providers"],
+            c["precision"],
+        )
         if reference is None:
             reference = out  # ONNX Runtime fp32 comes first
         row = dict(c, seconds=seconds[batch], rows_per_s=batch / seconds[batch])
@@ -147,8 +183,11 @@ def recommend(exported: str | os.PathLike, batch: int = 1, part: str = "encoder"
             flat = (len(out), -1)
             row["mu_rel_error"] = max_errors(out, reference)["max_rel"]
             row["knn10_overlap"] = knn_overlap(out.reshape(flat), reference.reshape(flat), 10)
-            wanted = min_overlap if min_overlap is not None else \
-                (variant(c["variant"]).min_overlap or 0.0)
+            wanted = (
+                min_overlap
+                if min_overlap is not None
+                else (variant(c["variant"]).min_overlap or 0.0)
+            )
             row["agrees"] = bool(row["knn10_overlap"] >= wanted)
         else:
             row["psnr_db"] = psnr(out, reference)
@@ -172,15 +211,23 @@ def format_table(result: dict[str, Any]) -> str:
     from vaefast.bench import format_seconds
 
     agree = "kNN@10 overlap" if result["part"] == "encoder" else "PSNR vs fp32"
-    lines = [f"| engine | variant | precision | {result['part']}, batch {result['batch']} | "
-             f"rows/s | × ONNX Runtime fp32 | {agree} | agrees |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| engine | variant | precision | {result['part']}, batch {result['batch']} | "
+        f"rows/s | × ONNX Runtime fp32 | {agree} | agrees |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
-        figure = f"{r['knn10_overlap']:.3f}" if result["part"] == "encoder" else \
-            f"{r['psnr_db']:.1f} dB"
-        lines.append(f"| {r['engine']} | {r['variant']} | {r['precision'] or '—'} | "
-                     f"{format_seconds(r['seconds'])} | {r['rows_per_s']:,.0f} | "
-                     f"{r['speedup_vs_onnxruntime_fp32']:.2f}× | {figure} | "
-                     f"{'yes' if r['agrees'] else 'no'} |")
-    lines.append(f"\nrecommended: runtime.load(MODEL, {describe(result['choice'])}) "
-                 f"({result['threads']} threads)")
+        figure = (
+            f"{r['knn10_overlap']:.3f}" if result["part"] == "encoder" else f"{r['psnr_db']:.1f} dB"
+        )
+        lines.append(
+            f"| {r['engine']} | {r['variant']} | {r['precision'] or '—'} | "
+            f"{format_seconds(r['seconds'])} | {r['rows_per_s']:,.0f} | "
+            f"{r['speedup_vs_onnxruntime_fp32']:.2f}× | {figure} | "
+            f"{'yes' if r['agrees'] else 'no'} |"
+        )
+    lines.append(
+        f"\nrecommended: runtime.load(MODEL, {describe(result['choice'])}) "
+        f"({result['threads']} threads)"
+    )
     return "\n".join(lines)

@@ -27,10 +27,14 @@ import numpy as np
 
 from vaefast import engines
 from vaefast.errors import BadRows, VaefastError
-from vaefast.layout import (arrange, check_pixels, describe, input_shape_for,
-                            to_display)
-from vaefast.manifest import (image_display_shape, input_shape, latent_shape, read_model_json,
-                              size_multiple)
+from vaefast.layout import arrange, check_pixels, describe, input_shape_for, to_display
+from vaefast.manifest import (
+    image_display_shape,
+    input_shape,
+    latent_shape,
+    read_model_json,
+    size_multiple,
+)
 from vaefast.variants import model_files
 from vaefast.variants import variant as variant_entry
 
@@ -42,8 +46,15 @@ BATCH_BYTES = 256 << 20  # default batches: at most this much memory for what a 
 class ExportedVAE:
     """An exported encoder/decoder pair; all methods take and return numpy arrays."""
 
-    def __init__(self, folder: Path, meta: dict[str, Any], encoder, decoder, variant: str,
-                 engine: str = "onnxruntime"):
+    def __init__(
+        self,
+        folder: Path,
+        meta: dict[str, Any],
+        encoder,
+        decoder,
+        variant: str,
+        engine: str = "onnxruntime",
+    ):
         self.folder, self.meta, self.variant, self.engine = folder, meta, variant, engine
         #: the engine's precision where it chooses one (OpenVINO's bf16/f32), else None
         self.precision = engines.session_precision(encoder)
@@ -62,22 +73,26 @@ class ExportedVAE:
         per_row = (meta.get("memory") or {}).get("onnx_bytes_per_row")
         #: rows per ONNX Runtime call by default: 4,096, fewer where the export measured
         #: that a row's activations are large (attention over 64x64 latents: ~20 MB)
-        self.batch_rows = int(min(DEFAULT_BATCH, max(1, BATCH_BYTES // per_row))) \
-            if per_row else DEFAULT_BATCH
+        self.batch_rows = (
+            int(min(DEFAULT_BATCH, max(1, BATCH_BYTES // per_row))) if per_row else DEFAULT_BATCH
+        )
         self.on_gpu = engines.on_gpu(encoder)
         self._encoder_run, self._decoder_run = encoder.run, decoder.run
         # the fast path of encode/decode: CPU, [0, 1] inputs, outputs already in [0, 1]
         self._straight = not self.on_gpu and self.input_range == (0.0, 1.0)
         self._may_overflow = variant_entry(variant).may_overflow
-        self._display_is_output = self.output_range == (0.0, 1.0) and \
-            not meta.get("output_unbounded")
+        self._display_is_output = self.output_range == (0.0, 1.0) and not meta.get(
+            "output_unbounded"
+        )
         self._device_outputs: dict[tuple, Any] = {}
 
     def __repr__(self) -> str:
         size = f", size_multiple={self.size_multiple}" if self.size_multiple else ""
-        return (f"ExportedVAE({str(self.folder)!r}, variant={self.variant!r}, "
-                f"input_shape={list(self.input_shape)}, latent_shape="
-                f"{list(self.latent_shape)}{size}, providers={self.providers})")
+        return (
+            f"ExportedVAE({str(self.folder)!r}, variant={self.variant!r}, "
+            f"input_shape={list(self.input_shape)}, latent_shape="
+            f"{list(self.latent_shape)}{size}, providers={self.providers})"
+        )
 
     @property
     def providers(self) -> list[str]:
@@ -94,15 +109,16 @@ class ExportedVAE:
     def check_inputs(self, X: np.ndarray) -> np.ndarray:
         """Validate inputs' layout and lay them out as [N, *input_shape] (uint8 pixels or
         floats; for a fully convolutional model, of any size it takes)."""
-        if isinstance(X, np.ndarray) and X.shape[1:] == self.input_shape \
-                and X.dtype.kind in "uif":
+        if isinstance(X, np.ndarray) and X.shape[1:] == self.input_shape and X.dtype.kind in "uif":
             return X  # the common case, kept cheap: batch-1 calls take ~20 µs in all
         X = X if isinstance(X, np.ndarray) else np.asarray(X)
         if X.dtype.kind not in "uif":
             raise VaefastError(f"inputs have dtype {X.dtype}; pass uint8 pixels or floats")
         if X.ndim < 2:
-            raise VaefastError(f"inputs have shape {list(X.shape)}; this model expects "
-                               f"{describe(self.input_shape)}")
+            raise VaefastError(
+                f"inputs have shape {list(X.shape)}; this model expects "
+                f"{describe(self.input_shape)}"
+            )
         target = input_shape_for(X.shape[1:], self.input_shape, self.size_multiple)
         return arrange(X, target, self.image_shape)
 
@@ -129,8 +145,11 @@ class ExportedVAE:
         if X.dtype.kind in "ui":
             X = X / np.float32(self.pixel_scale)
         shape = X.shape[1:]
-        return to_display(np.asarray(X, np.float32), shape,
-                          self.image_shape if shape == self.input_shape else None)
+        return to_display(
+            np.asarray(X, np.float32),
+            shape,
+            self.image_shape if shape == self.input_shape else None,
+        )
 
     def _to_model(self, chunk: np.ndarray) -> np.ndarray:
         """uint8 pixels or [0, 1] floats (checked by the one pixel rule) -> float32 in the
@@ -171,18 +190,21 @@ class ExportedVAE:
         binding = session.io_binding()
         binding.bind_cpu_input(name, x)
         for out in outputs:
-            shape = self.latent_shape_for(x.shape[1:]) if out != "x_hat" else \
-                self.output_shape_for(x.shape[1:])
+            shape = (
+                self.latent_shape_for(x.shape[1:])
+                if out != "x_hat"
+                else self.output_shape_for(x.shape[1:])
+            )
             key = (id(session), out, x.shape)
             if key not in self._device_outputs:
                 self._device_outputs[key] = ort.OrtValue.ortvalue_from_shape_and_type(
-                    [x.shape[0], *shape], np.float32, "cuda", 0)
+                    [x.shape[0], *shape], np.float32, "cuda", 0
+                )
             binding.bind_ortvalue_output(out, self._device_outputs[key])
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
-    def encode(self, X: np.ndarray, batch_size: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, X: np.ndarray, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Posterior means and log-variances, each [N, *latent_shape] float32, in batches
         of ``batch_size`` (default ``batch_rows``).
 
@@ -196,9 +218,14 @@ class ExportedVAE:
         any numpy call costs ~3 µs here (measured in RESULTS.md).
         """
         batch_size = self.batch_rows if batch_size is None else batch_size
-        if self._straight and type(X) is np.ndarray and X.dtype == np.float32 \
-                and X.shape[1:] == self.input_shape and X.flags.c_contiguous \
-                and 0 < len(X) <= batch_size:
+        if (
+            self._straight
+            and type(X) is np.ndarray
+            and X.dtype == np.float32
+            and X.shape[1:] == self.input_shape
+            and X.flags.c_contiguous
+            and 0 < len(X) <= batch_size
+        ):
             if not X.view(np.uint32).max() <= _ONE_BITS:  # NaN, inf, < 0 or > 1 (or -0.0)
                 check_pixels(X, self.pixel_scale)  # names the row (and lets -0.0 pass)
             mu, logvar = self._encoder_run(self._ENCODER_OUT, {"x": X})
@@ -221,8 +248,9 @@ class ExportedVAE:
             try:
                 x = self._to_model(X[start:stop])
             except BadRows as e:  # the row counted from the start of X
-                raise BadRows(str(e).replace(f"row {e.row}", f"row {start + e.row}"),
-                              start + e.row, e.reason) from None
+                raise BadRows(
+                    str(e).replace(f"row {e.row}", f"row {start + e.row}"), start + e.row, e.reason
+                ) from None
             m, lv = self._run(self.encoder_session, "x", x, self._ENCODER_OUT)
             if not math.isfinite(m.sum() + lv.sum()):
                 _check_finite((m, lv))
@@ -240,12 +268,18 @@ class ExportedVAE:
         if ok and shape != self.latent_shape:
             if shape == (self.latent_dim,):
                 Z = Z.reshape(Z.shape[0], *self.latent_shape)
-            elif not (self.size_multiple and len(shape) == 3 and
-                      shape[0] == self.latent_shape[0] and min(shape[1:]) >= 1):
+            elif not (
+                self.size_multiple
+                and len(shape) == 3
+                and shape[0] == self.latent_shape[0]
+                and min(shape[1:]) >= 1
+            ):
                 ok = False
         if not ok:
-            raise VaefastError(f"latents have shape {list(Z.shape)} and dtype {Z.dtype}; "
-                               f"this model expects float {describe(self.latent_shape)}")
+            raise VaefastError(
+                f"latents have shape {list(Z.shape)} and dtype {Z.dtype}; "
+                f"this model expects float {describe(self.latent_shape)}"
+            )
         return Z
 
     def decode(self, Z: np.ndarray, batch_size: int | None = None) -> np.ndarray:
@@ -253,9 +287,15 @@ class ExportedVAE:
         output range) from latents [N, *latent_shape], in batches of ``batch_size``
         (default ``batch_rows``)."""
         batch_size = self.batch_rows if batch_size is None else batch_size
-        if self._straight and type(Z) is np.ndarray and Z.dtype == np.float32 \
-                and Z.shape[1:] == self.latent_shape and Z.flags.c_contiguous \
-                and 0 < len(Z) <= batch_size and self._display_is_output:
+        if (
+            self._straight
+            and type(Z) is np.ndarray
+            and Z.dtype == np.float32
+            and Z.shape[1:] == self.latent_shape
+            and Z.flags.c_contiguous
+            and 0 < len(Z) <= batch_size
+            and self._display_is_output
+        ):
             if not _finite_dots(Z):
                 raise VaefastError("latents contain NaN or inf")
             return self._decoder_run(["x_hat"], {"z": Z})[0]  # straight through, as encode
@@ -268,7 +308,8 @@ class ExportedVAE:
             if not _all_finite(z):  # N x Z values: cheap
                 raise VaefastError("latents contain NaN or inf")
             out[start:stop] = self._to_display(
-                self._run(self.decoder_session, "z", z, ["x_hat"])[0])
+                self._run(self.decoder_session, "z", z, ["x_hat"])[0]
+            )
         return out
 
     def sample_z(self, n: int, seed: int = 0) -> np.ndarray:
@@ -276,8 +317,7 @@ class ExportedVAE:
         generator."""
         if n < 1:
             raise VaefastError(f"number of samples must be >= 1, got {n}")
-        return np.random.default_rng(seed).standard_normal((n, *self.latent_shape),
-                                                           np.float32)
+        return np.random.default_rng(seed).standard_normal((n, *self.latent_shape), np.float32)
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
         """Decoded z ~ N(0, I): [n, *input_shape]; mu and sigma are bypassed entirely."""
@@ -321,30 +361,45 @@ def _check_batch(batch_size: int) -> int:
     return batch_size
 
 
-def _check_io(session, path: Path, meta: dict, inputs: dict[str, tuple],
-              outputs: dict[str, tuple]) -> None:
-    for kind, declared, actual in (("inputs", inputs, session.get_inputs()),
-                                   ("outputs", outputs, session.get_outputs())):
+def _check_io(
+    session, path: Path, meta: dict, inputs: dict[str, tuple], outputs: dict[str, tuple]
+) -> None:
+    for kind, declared, actual in (
+        ("inputs", inputs, session.get_inputs()),
+        ("outputs", outputs, session.get_outputs()),
+    ):
         got = {a.name: a.shape for a in actual}
         if set(got) != set(declared):
-            raise VaefastError(f"{path}: {kind} {sorted(got)} do not match model.json "
-                               f"{sorted(declared)}; wrong model file?")
+            raise VaefastError(
+                f"{path}: {kind} {sorted(got)} do not match model.json "
+                f"{sorted(declared)}; wrong model file?"
+            )
         for name, shape in declared.items():
             dims = got[name][1:]  # a dynamic height or width is a name, not a number
-            if len(dims) != len(shape) or any(isinstance(g, int) and g != d
-                                              for g, d in zip(dims, shape)):
-                raise VaefastError(f"{path}: {name} has shape {got[name]}, model.json "
-                                   f"declares [batch, {', '.join(map(str, shape))}]; wrong "
-                                   "model file?")
+            if len(dims) != len(shape) or any(
+                isinstance(g, int) and g != d for g, d in zip(dims, shape)
+            ):
+                raise VaefastError(
+                    f"{path}: {name} has shape {got[name]}, model.json "
+                    f"declares [batch, {', '.join(map(str, shape))}]; wrong "
+                    "model file?"
+                )
     sha = session.get_modelmeta().custom_metadata_map.get(SHA_KEY)
     if sha != meta["weights_sha256"]:
-        raise VaefastError(f"{path}: belongs to another model (weights sha256 {sha} vs "
-                           f"{meta['weights_sha256']} in model.json); export again")
+        raise VaefastError(
+            f"{path}: belongs to another model (weights sha256 {sha} vs "
+            f"{meta['weights_sha256']} in model.json); export again"
+        )
 
 
-def load(exported_dir: str | os.PathLike, providers: str | list[str] = engines.DEFAULT_PROVIDERS,
-         threads: int | None = None, variant: str = "fp32", spin: bool = True,
-         precision: str | None = None) -> ExportedVAE:
+def load(
+    exported_dir: str | os.PathLike,
+    providers: str | list[str] = engines.DEFAULT_PROVIDERS,
+    threads: int | None = None,
+    variant: str = "fp32",
+    spin: bool = True,
+    precision: str | None = None,
+) -> ExportedVAE:
     """Open an exported model folder for inference.
 
     ``providers``: ``auto`` (CUDA when onnxruntime-gpu sees a GPU, else CPU), ``cpu``,
@@ -358,15 +413,19 @@ def load(exported_dir: str | os.PathLike, providers: str | list[str] = engines.D
     meta = read_model_json(folder)
     enc_file, dec_file = model_files(variant)  # an unknown name: the table's names listed
     if "variants" in meta and variant not in meta["variants"]:
-        raise VaefastError(f"{folder} was exported without the {variant} variant (it has "
-                           f"{', '.join(meta['variants'])}); export it again with "
-                           f"--variants {variant}")
+        raise VaefastError(
+            f"{folder} was exported without the {variant} variant (it has "
+            f"{', '.join(meta['variants'])}); export it again with "
+            f"--variants {variant}"
+        )
     engine = engines.engine_for(providers)
     chain = engine.chain(providers)
     D, Z = input_shape(meta), latent_shape(meta)
     sessions = []
-    for name, ins, outs in ((enc_file, {"x": D}, {"mu": Z, "logvar": Z}),
-                            (dec_file, {"z": Z}, {"x_hat": D})):
+    for name, ins, outs in (
+        (enc_file, {"x": D}, {"mu": Z, "logvar": Z}),
+        (dec_file, {"z": Z}, {"x_hat": D}),
+    ):
         session = engine.open(folder / name, chain, threads, spin, precision)
         _check_io(session, folder / name, meta, ins, outs)
         engine.check(session, providers)

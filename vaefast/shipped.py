@@ -32,11 +32,18 @@ def build(root: Path, names: list[str] | None = None) -> None:
             config = train("mnist5k", Path(runs) / name, epochs=10, seed=1, **SHIPPED[name])
             chosen = VARIANTS.get(name, ("int8",))
             calibrated = any(variant(v).calibrated for v in chosen)
-            report = export(Path(runs) / name, root / name, variants=chosen, force=True,
-                            calibration="mnist5k" if calibrated else None)
-            print(f"{root / name}: test loss {config['history'][-1]['test_loss']:.2f}, fp32 "
-                  f"max abs error {report['fp32']['max_abs']:.2e}, int8 kNN@10 overlap "
-                  f"{report['int8']['knn10_overlap_vs_fp32']:.3f}")
+            report = export(
+                Path(runs) / name,
+                root / name,
+                variants=chosen,
+                force=True,
+                calibration="mnist5k" if calibrated else None,
+            )
+            print(
+                f"{root / name}: test loss {config['history'][-1]['test_loss']:.2f}, fp32 "
+                f"max abs error {report['fp32']['max_abs']:.2e}, int8 kNN@10 overlap "
+                f"{report['int8']['knn10_overlap_vs_fp32']:.3f}"
+            )
 
 
 if __name__ == "__main__":

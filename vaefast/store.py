@@ -52,9 +52,18 @@ def is_store(path: str | os.PathLike) -> bool:
 DTYPES = ("float32", "float16")  # what mu and logvar may be stored as
 
 
-def create(out: Path, attrs: dict[str, Any], n: int, latent_shape: tuple[int, ...],
-           chunk_rows: int, labels=None, tsne: bool = False, force: bool = False,
-           dtype: str = "float32", ids: list[str] | None = None) -> None:
+def create(
+    out: Path,
+    attrs: dict[str, Any],
+    n: int,
+    latent_shape: tuple[int, ...],
+    chunk_rows: int,
+    labels=None,
+    tsne: bool = False,
+    force: bool = False,
+    dtype: str = "float32",
+    ids: list[str] | None = None,
+) -> None:
     """Write an empty store at ``out`` (atomically; replacing ``out`` only with force)."""
     import zarr
 
@@ -64,28 +73,44 @@ def create(out: Path, attrs: dict[str, Any], n: int, latent_shape: tuple[int, ..
     with atomic_dir(out, force=force) as tmp:
         group = zarr.open_group(str(tmp), mode="a")
         for name in ("mu", "logvar"):
-            group.create_array(name, shape=(n, *latent_shape), chunks=(rows, *latent_shape),
-                               dtype=dtype, fill_value=0.0)
+            group.create_array(
+                name,
+                shape=(n, *latent_shape),
+                chunks=(rows, *latent_shape),
+                dtype=dtype,
+                fill_value=0.0,
+            )
         if labels is not None:
-            group.create_array("labels", shape=(n,), chunks=(rows,), dtype="int64",
-                               fill_value=0)[:] = labels
+            group.create_array("labels", shape=(n,), chunks=(rows,), dtype="int64", fill_value=0)[
+                :
+            ] = labels
         if ids is not None:
-            group.create_array("ids", shape=(n,), chunks=(rows,), dtype=str)[:] = \
-                np.asarray(ids, dtype=object)
+            group.create_array("ids", shape=(n,), chunks=(rows,), dtype=str)[:] = np.asarray(
+                ids, dtype=object
+            )
             group.create_array("skipped", shape=(n,), chunks=(rows,), dtype=str)
         if tsne:
-            group.create_array("tsne", shape=(n, 2), chunks=(rows, 2), dtype="float32",
-                               fill_value=0.0)
+            group.create_array(
+                "tsne", shape=(n, 2), chunks=(rows, 2), dtype="float32", fill_value=0.0
+            )
         progress = group.create_group("_progress")
         for name in ("encoded", "placed"):
-            progress.create_array(name, shape=(n_chunks,), chunks=(1,), dtype="uint8",
-                                  fill_value=0)
+            progress.create_array(name, shape=(n_chunks,), chunks=(1,), dtype="uint8", fill_value=0)
         group.attrs["vaefast"] = {"format": FORMAT, **attrs, "complete": False}
 
 
-def open_or_create(out: Path, attrs: dict[str, Any], n: int, latent_shape: tuple[int, ...],
-                   chunk_rows: int, labels=None, tsne: bool = False, force: bool = False,
-                   dtype: str = "float32", ids: list[str] | None = None):
+def open_or_create(
+    out: Path,
+    attrs: dict[str, Any],
+    n: int,
+    latent_shape: tuple[int, ...],
+    chunk_rows: int,
+    labels=None,
+    tsne: bool = False,
+    force: bool = False,
+    dtype: str = "float32",
+    ids: list[str] | None = None,
+):
     """Reopen the store at ``out`` to resume it, or create it; return the zarr group.
 
     A path holding anything but a vaefast store is never touched; a store started with
@@ -97,21 +122,38 @@ def open_or_create(out: Path, attrs: dict[str, Any], n: int, latent_shape: tuple
     if out.exists():
         existing = _attrs(out)
         if not existing or existing.get("format") != FORMAT:
-            raise VaefastError(f"{out} exists and is not a vaefast embedding store; choose "
-                               "another --out (nothing was touched)")
+            raise VaefastError(
+                f"{out} exists and is not a vaefast embedding store; choose "
+                "another --out (nothing was touched)"
+            )
         differ = [k for k in IDENTITY if existing.get(k) != attrs[k]]
         if differ and not force:
             was, now = existing.get("params") or {}, attrs["params"]
-            changed = [f"{k} {was.get(k)} -> {now.get(k)}" for k in sorted({*was, *now})
-                       if was.get(k) != now.get(k)]  # e.g. the engine a resume would mix in
-            raise VaefastError(f"{out} was started with another {' and '.join(differ)}"
-                               f"{' (' + ', '.join(changed) + ')' if changed else ''}; "
-                               "refusing to resume into it (use another --out, or --force "
-                               "to replace)")
+            changed = [
+                f"{k} {was.get(k)} -> {now.get(k)}"
+                for k in sorted({*was, *now})
+                if was.get(k) != now.get(k)
+            ]  # e.g. the engine a resume would mix in
+            raise VaefastError(
+                f"{out} was started with another {' and '.join(differ)}"
+                f"{' (' + ', '.join(changed) + ')' if changed else ''}; "
+                "refusing to resume into it (use another --out, or --force "
+                "to replace)"
+            )
         replace = bool(differ)
     if replace or not out.exists():
-        create(out, attrs, n, latent_shape, chunk_rows, labels, tsne, force=replace,
-               dtype=dtype, ids=ids)
+        create(
+            out,
+            attrs,
+            n,
+            latent_shape,
+            chunk_rows,
+            labels,
+            tsne,
+            force=replace,
+            dtype=dtype,
+            ids=ids,
+        )
     return zarr.open_group(str(out), mode="r+")
 
 
@@ -139,8 +181,9 @@ def open_embeddings(path: str | os.PathLike):
     if attrs.get("format") != FORMAT:
         raise VaefastError(f"{path}: not a vaefast embedding store")
     if not attrs.get("complete"):
-        raise VaefastError(f"{path}: incomplete (interrupted?); run the same embed command "
-                           "again to finish it")
+        raise VaefastError(
+            f"{path}: incomplete (interrupted?); run the same embed command again to finish it"
+        )
     import zarr
 
     return zarr.open_group(str(path), mode="r")
@@ -156,8 +199,14 @@ def pending(group, stage: str) -> list[int]:
     return [int(c) for c in np.flatnonzero(np.asarray(group[f"_progress/{stage}"][:]) == 0)]
 
 
-def write_chunk(out: str, chunk: int, start: int, mu: np.ndarray, logvar: np.ndarray,
-                skipped: dict[int, str] | None = None) -> int:
+def write_chunk(
+    out: str,
+    chunk: int,
+    start: int,
+    mu: np.ndarray,
+    logvar: np.ndarray,
+    skipped: dict[int, str] | None = None,
+) -> int:
     """Write one chunk's encodings (and why rows were skipped), then its marker (the
     marker only after the data); return the row count."""
     import zarr
@@ -183,7 +232,7 @@ def skipped_rows(group) -> dict[int, str]:
     arr, out = group["skipped"], {}
     step = arr.chunks[0]
     for c in range(0, arr.shape[0], step):
-        why = np.asarray(arr[c:c + step], dtype=object)
+        why = np.asarray(arr[c : c + step], dtype=object)
         out |= {c + int(k): str(why[k]) for k in np.flatnonzero(why != "")}
     return out
 
@@ -196,8 +245,11 @@ def read_mu(group, rows) -> np.ndarray:
         out = np.asarray(mu[rows], np.float32)
         return out.reshape(len(out), -1)
     step, n = mu.chunks[0], mu.shape[0]
-    parts = [np.asarray(mu[c:c + step][rows[(rows >= c) & (rows < c + step)] - c], np.float32)
-             for c in range(0, n, step) if ((rows >= c) & (rows < c + step)).any()]
+    parts = [
+        np.asarray(mu[c : c + step][rows[(rows >= c) & (rows < c + step)] - c], np.float32)
+        for c in range(0, n, step)
+        if ((rows >= c) & (rows < c + step)).any()
+    ]
     return np.concatenate(parts).reshape(len(rows), -1)
 
 
@@ -213,15 +265,25 @@ def reference(group) -> tuple[np.ndarray, np.ndarray] | None:
 
 def save_reference(group, index: np.ndarray, Y: np.ndarray) -> None:
     """Store the reference map: positions first, then the index that marks it done."""
-    group.create_array("tsne_reference", shape=(len(index), 2), dtype="float64",
-                       chunks=(len(index), 2), fill_value=0.0)[:] = Y
-    group.create_array("tsne_reference_index", shape=(len(index),), dtype="int64",
-                       chunks=(len(index),), fill_value=0)[:] = index
+    group.create_array(
+        "tsne_reference",
+        shape=(len(index), 2),
+        dtype="float64",
+        chunks=(len(index), 2),
+        fill_value=0.0,
+    )[:] = Y
+    group.create_array(
+        "tsne_reference_index",
+        shape=(len(index),),
+        dtype="int64",
+        chunks=(len(index),),
+        fill_value=0,
+    )[:] = index
 
 
 def write_positions(group, chunk: int, start: int, Y: np.ndarray) -> None:
     """Write one chunk's t-SNE positions, then its marker."""
-    group["tsne"][start:start + len(Y)] = Y.astype(np.float32)
+    group["tsne"][start : start + len(Y)] = Y.astype(np.float32)
     group["_progress/placed"][chunk] = 1
 
 
@@ -238,17 +300,23 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     def get(name, dtype=None):
         return np.asarray(group[name][:], dtype) if name in keys else None
 
-    return {"mu": get("mu", np.float32), "logvar": get("logvar", np.float32),
-            "labels": get("labels"), "tsne": get("tsne"),
-            "ids": None if "ids" not in keys else np.asarray(group["ids"][:], dtype=object),
-            "skipped": skipped_rows(group), "attrs": info(group)}
+    return {
+        "mu": get("mu", np.float32),
+        "logvar": get("logvar", np.float32),
+        "labels": get("labels"),
+        "tsne": get("tsne"),
+        "ids": None if "ids" not in keys else np.asarray(group["ids"][:], dtype=object),
+        "skipped": skipped_rows(group),
+        "attrs": info(group),
+    }
 
 
 EXPORT_FORMATS = ("parquet", "npy")
 
 
-def export(path: str | os.PathLike, to: str, out: str | os.PathLike,
-           force: bool = False) -> dict[str, Any]:
+def export(
+    path: str | os.PathLike, to: str, out: str | os.PathLike, force: bool = False
+) -> dict[str, Any]:
     """Write a finished store's rows for the tools downstream, a zarr chunk at a time:
     ``parquet`` (one file: ``id`` or ``row``, ``label``, ``mu`` and ``sigma`` as float32
     lists, ``tsne_x``/``tsne_y``, ``skipped``; its schema's ``vaefast`` metadata: latent
@@ -265,7 +333,7 @@ def export(path: str | os.PathLike, to: str, out: str | os.PathLike,
 
     def chunks():
         for c in range(0, n, step):
-            part = {k: np.asarray(group[k][c:c + step]) for k in columns}
+            part = {k: np.asarray(group[k][c : c + step]) for k in columns}
             mu = part["mu"].astype(np.float32).reshape(len(part["mu"]), -1)
             sigma = np.exp(0.5 * part.pop("logvar").astype(np.float32)).reshape(len(mu), -1)
             yield c, part | {"mu": mu, "sigma": sigma}
@@ -276,14 +344,31 @@ def export(path: str | os.PathLike, to: str, out: str | os.PathLike,
         check_new_output(Path(out), force)
         with atomic_file(out) as tmp:
             attrs = info(group)
-            _write_parquet(tmp, chunks(), group["mu"].shape, {
-                "format": attrs.get("format"), "latent_shape": list(group["mu"].shape[1:]),
-                "label_names": attrs.get("label_names"),
-                "model_sha256": attrs.get("model_sha256"), "input": attrs.get("input")})
+            _write_parquet(
+                tmp,
+                chunks(),
+                group["mu"].shape,
+                {
+                    "format": attrs.get("format"),
+                    "latent_shape": list(group["mu"].shape[1:]),
+                    "label_names": attrs.get("label_names"),
+                    "model_sha256": attrs.get("model_sha256"),
+                    "input": attrs.get("input"),
+                },
+            )
     else:
-        widths = {k: max([1] + [len(str(v)) for c in range(0, n, step)
-                                for v in np.asarray(group[k][c:c + step], dtype=object)])
-                  for k in ("ids", "skipped") if k in keys}  # fixed-width strings in .npy
+        widths = {
+            k: max(
+                [1]
+                + [
+                    len(str(v))
+                    for c in range(0, n, step)
+                    for v in np.asarray(group[k][c : c + step], dtype=object)
+                ]
+            )
+            for k in ("ids", "skipped")
+            if k in keys
+        }  # fixed-width strings in .npy
         with atomic_dir(out, force=force) as tmp:
             _write_npy(tmp, chunks(), n, widths)
     return {"rows": n, "columns": [c for c in columns if c != "logvar"] + ["sigma"]}
@@ -294,26 +379,26 @@ def _write_parquet(path: Path, chunks, mu_shape, meta: dict) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise VaefastError("--to parquet needs pyarrow: pip install 'vaefast[parquet]'") \
-            from None
+        raise VaefastError("--to parquet needs pyarrow: pip install 'vaefast[parquet]'") from None
     d = int(np.prod(mu_shape[1:]))
     writer = None
     try:
         for c, part in chunks:
-            cols = {"id": pa.array(part["ids"].astype(object), pa.string())} if "ids" in part \
+            cols = (
+                {"id": pa.array(part["ids"].astype(object), pa.string())}
+                if "ids" in part
                 else {"row": pa.array(np.arange(c, c + len(part["mu"])))}
+            )
             if "labels" in part:
                 cols["label"] = pa.array(part["labels"])
             for name in ("mu", "sigma"):
-                cols[name] = pa.FixedSizeListArray.from_arrays(
-                    pa.array(part[name].ravel()), d)
+                cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(part[name].ravel()), d)
             if "tsne" in part:
                 cols["tsne_x"] = pa.array(part["tsne"][:, 0])
                 cols["tsne_y"] = pa.array(part["tsne"][:, 1])
             if "skipped" in part:
                 cols["skipped"] = pa.array(part["skipped"].astype(object), pa.string())
-            table = pa.table(cols).replace_schema_metadata(
-                {"vaefast": json.dumps(meta)})
+            table = pa.table(cols).replace_schema_metadata({"vaefast": json.dumps(meta)})
             if writer is None:
                 writer = pq.ParquetWriter(str(path), table.schema)
             writer.write_table(table)
@@ -331,8 +416,9 @@ def _write_npy(folder: Path, chunks, n: int, widths: dict[str, int]) -> None:
             if name in widths:
                 arr = arr.astype(f"<U{widths[name]}")
             if name not in files:
-                files[name] = open_memmap(folder / f"{name}.npy", "w+", arr.dtype,
-                                          (n, *arr.shape[1:]))
-            files[name][c:c + len(arr)] = arr
+                files[name] = open_memmap(
+                    folder / f"{name}.npy", "w+", arr.dtype, (n, *arr.shape[1:])
+                )
+            files[name][c : c + len(arr)] = arr
     for m in files.values():
         m.flush()

@@ -23,11 +23,21 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
-def train(data: str = "mnist5k", out: str | os.PathLike = "runs/default", *,
-          arch: str = "mlp", latent_dim: int = 20, hidden_dim: int = 400, epochs: int = 10,
-          seed: int = 1,
-          batch_size: int = 128, lr: float = 1e-3, force: bool = False,
-          progress: bool = True, max_train: int | None = None) -> dict[str, Any]:
+def train(
+    data: str = "mnist5k",
+    out: str | os.PathLike = "runs/default",
+    *,
+    arch: str = "mlp",
+    latent_dim: int = 20,
+    hidden_dim: int = 400,
+    epochs: int = 10,
+    seed: int = 1,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    force: bool = False,
+    progress: bool = True,
+    max_train: int | None = None,
+) -> dict[str, Any]:
     """Train a VAE on a data spec and write a run folder at ``out``; return its config.
 
     The folder is built in a temporary sibling and renamed on success, so a failed or
@@ -37,8 +47,12 @@ def train(data: str = "mnist5k", out: str | os.PathLike = "runs/default", *,
     convolutional VAE for image data). Deterministic on CPU for a given seed and
     thread count.
     """
-    for name, value in (("latent size", latent_dim), ("hidden size", hidden_dim),
-                        ("epochs", epochs), ("batch size", batch_size)):
+    for name, value in (
+        ("latent size", latent_dim),
+        ("hidden size", hidden_dim),
+        ("epochs", epochs),
+        ("batch size", batch_size),
+    ):
         if value < 1:
             raise VaefastError(f"{name} must be >= 1, got {value}")
     if not lr > 0:
@@ -62,8 +76,12 @@ def train(data: str = "mnist5k", out: str | os.PathLike = "runs/default", *,
     from vaefast.model import architecture, build, loss_function
 
     input_shape = architecture(arch).input_shape(ds.n_features, ds.image_shape)
-    sizes = {"arch": arch, "input_shape": list(input_shape), "hidden_dim": hidden_dim,
-             "latent_dim": latent_dim}
+    sizes = {
+        "arch": arch,
+        "input_shape": list(input_shape),
+        "hidden_dim": hidden_dim,
+        "latent_dim": latent_dim,
+    }
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = build(sizes)
@@ -76,10 +94,15 @@ def train(data: str = "mnist5k", out: str | os.PathLike = "runs/default", *,
         model.train()
         perm = torch.randperm(len(xtr), generator=gen)
         total = 0.0
-        bar = tqdm(range(0, len(xtr), batch_size), desc=f"epoch {epoch}/{epochs}",
-                   unit="batch", disable=not progress, leave=True)
+        bar = tqdm(
+            range(0, len(xtr), batch_size),
+            desc=f"epoch {epoch}/{epochs}",
+            unit="batch",
+            disable=not progress,
+            leave=True,
+        )
         for done, start in enumerate(bar, 1):
-            batch = xtr[perm[start:start + batch_size]]
+            batch = xtr[perm[start : start + batch_size]]
             optimizer.zero_grad()
             recon, mu, logvar = model(batch, gen)
             loss = loss_function(recon, batch, mu, logvar)
@@ -90,8 +113,10 @@ def train(data: str = "mnist5k", out: str | os.PathLike = "runs/default", *,
         test_loss = evaluate(model, xte, batch_size, gen)
         history.append({"epoch": epoch, "train_loss": total / len(xtr), "test_loss": test_loss})
         if progress:
-            bar.write(f"epoch {epoch}: train loss {total / len(xtr):.4f}, "
-                      f"test loss {test_loss:.4f} per sample")
+            bar.write(
+                f"epoch {epoch}: train loss {total / len(xtr):.4f}, "
+                f"test loss {test_loss:.4f} per sample"
+            )
 
     config = {
         "model": sizes,
@@ -125,7 +150,7 @@ def evaluate(model, x, batch_size: int, generator) -> float:
     total = 0.0
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            batch = x[start:start + batch_size]
+            batch = x[start : start + batch_size]
             recon, mu, logvar = model(batch, generator)
             total += loss_function(recon, batch, mu, logvar).item()
     return total / len(x)
@@ -140,11 +165,11 @@ def _write_pngs(model, x_test, image_shape, latent_dim: int, folder: Path, gener
         x = x_test[:8]
         recon, _, _ = model(x, generator)
         pair = np.concatenate([x.numpy(), recon.numpy().reshape(x.shape)])
-        save_grid(folder / "reconstruction.png", to_display(pair, shape, image_shape),
-                  nrow=len(x))
+        save_grid(folder / "reconstruction.png", to_display(pair, shape, image_shape), nrow=len(x))
         z = torch.randn(64, latent_dim, generator=generator)
-        save_grid(folder / "samples.png", to_display(model.decode(z).numpy(), shape,
-                                                     image_shape), 8)
+        save_grid(
+            folder / "samples.png", to_display(model.decode(z).numpy(), shape, image_shape), 8
+        )
 
 
 def load_run(path: str | os.PathLike):
@@ -171,8 +196,9 @@ def load_run(path: str | os.PathLike):
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if got != expected:
-        raise VaefastError(f"{weights}: tensors {got} do not match the config's model "
-                           f"{config['model']}")
+        raise VaefastError(
+            f"{weights}: tensors {got} do not match the config's model {config['model']}"
+        )
     model.load_state_dict(state)
     model.eval()
     return model, config

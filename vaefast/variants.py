@@ -48,7 +48,8 @@ def _calibration_without_arena():
         options.enable_cpu_mem_arena = False
         options.enable_mem_pattern = False
         self.infer_session = ort.InferenceSession(
-            self.augmented_model_path, sess_options=options, providers=self.execution_providers)
+            self.augmented_model_path, sess_options=options, providers=self.execution_providers
+        )
 
     base.create_inference_session = create_inference_session
     try:
@@ -74,8 +75,9 @@ def _quiet():
         ort.set_default_logger_severity(2)
 
 
-def _write_int8(src: Path, dst: Path, inputs: np.ndarray | None = None, rows: int = 8
-                ) -> tuple[Any, dict]:
+def _write_int8(
+    src: Path, dst: Path, inputs: np.ndarray | None = None, rows: int = 8
+) -> tuple[Any, dict]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -84,13 +86,19 @@ def _write_int8(src: Path, dst: Path, inputs: np.ndarray | None = None, rows: in
     # MatMul/Gemm only: ONNX Runtime's ConvInteger made the conv encoder 2-6x slower than
     # fp32 (Zen 4, batch 64-8192), so convolutions stay fp32.
     with _quiet():
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, reduce_range=True,
-                         op_types_to_quantize=["MatMul", "Gemm"])
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            reduce_range=True,
+            op_types_to_quantize=["MatMul", "Gemm"],
+        )
     return onnx.load(str(dst)), {}
 
 
-def _write_int8_static(src: Path, dst: Path, inputs: np.ndarray | None = None,
-                       rows: int = 8) -> tuple[Any, dict]:
+def _write_int8_static(
+    src: Path, dst: Path, inputs: np.ndarray | None = None, rows: int = 8
+) -> tuple[Any, dict]:
     """Static int8 (ONNX Runtime's ``quantize_static``): per-channel int8 weights, uint8
     activations whose ranges are calibrated on ``inputs`` (real inputs of this model, in
     its own range), convolutions included. Both formats are tried — QDQ (quantize /
@@ -106,8 +114,12 @@ def _write_int8_static(src: Path, dst: Path, inputs: np.ndarray | None = None,
 
     import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     name = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()[0].name
@@ -125,16 +137,16 @@ def _write_int8_static(src: Path, dst: Path, inputs: np.ndarray | None = None,
             return len(self.starts)
 
         def set_range(self, start_index: int, end_index: int):
-            self.batches = iter([{name: inputs[i:i + step]}
-                                 for i in self.starts[start_index:end_index]])
+            self.batches = iter(
+                [{name: inputs[i : i + step]} for i in self.starts[start_index:end_index]]
+            )
 
         def get_next(self):
             return next(self.batches, None)
 
     def seconds(path: Path) -> float:  # on a batch of about a million input values
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        feed = {name: inputs[:max(1, min(rows, TIMING_VALUES //
-                                          int(np.prod(inputs.shape[1:]))))]}
+        feed = {name: inputs[: max(1, min(rows, TIMING_VALUES // int(np.prod(inputs.shape[1:]))))]}
         session.run(None, feed)
         times = []
         for _ in range(3):
@@ -150,13 +162,19 @@ def _write_int8_static(src: Path, dst: Path, inputs: np.ndarray | None = None,
         for fmt in (QuantFormat.QDQ, QuantFormat.QOperator):
             path = Path(tmp) / f"{fmt.name}.onnx"
             try:
-                quantize_static(str(pre), str(path), Batches(), quant_format=fmt,
-                                per_channel=True, weight_type=QuantType.QInt8,
-                                activation_type=QuantType.QUInt8,
-                                # one batch's tensors at a time, ranges merged (its
-                                # CalibMaxIntermediateOutputs clears batches without
-                                # merging their ranges in onnxruntime 1.32)
-                                extra_options={"CalibStridedMinMax": 1})
+                quantize_static(
+                    str(pre),
+                    str(path),
+                    Batches(),
+                    quant_format=fmt,
+                    per_channel=True,
+                    weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8,
+                    # one batch's tensors at a time, ranges merged (its
+                    # CalibMaxIntermediateOutputs clears batches without
+                    # merging their ranges in onnxruntime 1.32)
+                    extra_options={"CalibStridedMinMax": 1},
+                )
                 tried[fmt.name] = seconds(path)
             except Exception as e:  # e.g. "shared mode is not supported for weight yet"
                 tried[fmt.name] = f"failed: {first_line(e, 160)}"
@@ -165,12 +183,12 @@ def _write_int8_static(src: Path, dst: Path, inputs: np.ndarray | None = None,
             raise VaefastError(f"static int8 quantization failed for {src.name}: {tried}")
         best = min(timed, key=timed.get)
         proto = onnx.load(str(Path(tmp) / f"{best}.onnx"))
-    return proto, {"format": best, "calibration_rows": len(inputs),
-                   "seconds_by_format": tried}
+    return proto, {"format": best, "calibration_rows": len(inputs), "seconds_by_format": tried}
 
 
-def _write_fp16(src: Path, dst: Path, inputs: np.ndarray | None = None, rows: int = 8
-                ) -> tuple[Any, dict]:
+def _write_fp16(
+    src: Path, dst: Path, inputs: np.ndarray | None = None, rows: int = 8
+) -> tuple[Any, dict]:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -213,14 +231,28 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {
     "fp32": Variant("", None, None, "the reference; verified against eager PyTorch"),
-    "int8": Variant(".int8", _write_int8, INT8_MIN_OVERLAP,
-                    "dynamic int8 quantization (7-bit weights) of MatMul/Gemm: fast MLPs on "
-                    "CPUs"),
-    "int8-static": Variant(".int8-static", _write_int8_static, INT8_MIN_OVERLAP,
-                           "static int8 quantization, calibrated on real inputs, "
-                           "convolutions included: fast conv models on CPUs", calibrated=True),
-    "fp16": Variant(".fp16", _write_fp16, 0.95, "fp16 weights, fp32 inputs/outputs, for GPUs",
-                    gpu_only=True, may_overflow=True),
+    "int8": Variant(
+        ".int8",
+        _write_int8,
+        INT8_MIN_OVERLAP,
+        "dynamic int8 quantization (7-bit weights) of MatMul/Gemm: fast MLPs on CPUs",
+    ),
+    "int8-static": Variant(
+        ".int8-static",
+        _write_int8_static,
+        INT8_MIN_OVERLAP,
+        "static int8 quantization, calibrated on real inputs, "
+        "convolutions included: fast conv models on CPUs",
+        calibrated=True,
+    ),
+    "fp16": Variant(
+        ".fp16",
+        _write_fp16,
+        0.95,
+        "fp16 weights, fp32 inputs/outputs, for GPUs",
+        gpu_only=True,
+        may_overflow=True,
+    ),
 }
 
 
@@ -237,8 +269,9 @@ def model_files(name: str = "fp32") -> tuple[str, str]:
     return f"encoder{s}.onnx", f"decoder{s}.onnx"
 
 
-def write(folder: Path, name: str, calibration: dict[str, np.ndarray] | None = None,
-          rows: int = 8) -> dict[str, Any]:
+def write(
+    folder: Path, name: str, calibration: dict[str, np.ndarray] | None = None, rows: int = 8
+) -> dict[str, Any]:
     """Write variant ``name`` of the fp32 models in ``folder``, checked, metadata kept;
     ``calibration`` gives a calibrated variant real inputs of each model ({"encoder": x
     in the model's range, "decoder": z}), run ``rows`` at a time (what fits the memory
@@ -250,8 +283,9 @@ def write(folder: Path, name: str, calibration: dict[str, np.ndarray] | None = N
         raise VaefastError(f"variant {name} needs calibration inputs")
     facts = {}
     for part, src, dst in zip(("encoder", "decoder"), model_files("fp32"), model_files(name)):
-        proto, facts[part] = entry.write(folder / src, folder / dst,
-                                         (calibration or {}).get(part), rows)
+        proto, facts[part] = entry.write(
+            folder / src, folder / dst, (calibration or {}).get(part), rows
+        )
         proto.doc_string = f"vaefast {dst}: {name} variant of {src}"
         props = {p.key: p.value for p in onnx.load(str(folder / src)).metadata_props}
         props["vaefast.variant"] = json.dumps(name)
@@ -270,8 +304,9 @@ def parse_names(text: str | None) -> tuple[str, ...]:
     return names
 
 
-def agreement(reference, candidate, X: np.ndarray, name: str, rows: int | None = None
-              ) -> dict[str, Any]:
+def agreement(
+    reference, candidate, X: np.ndarray, name: str, rows: int | None = None
+) -> dict[str, Any]:
     """Figures of ``candidate`` (an ExportedVAE of variant ``name``) against the fp32
     ``reference`` on inputs X, run ``rows`` at a time: μ errors, kNN@10 overlap of μ,
     reconstruction PSNR."""
@@ -282,9 +317,11 @@ def agreement(reference, candidate, X: np.ndarray, name: str, rows: int | None =
     overlap = knn_overlap(mu.reshape(len(mu), -1), mu32.reshape(len(mu), -1), 10)
     wanted = variant(name).min_overlap
     errors = max_errors(mu, mu32)
-    return {"mu_rel_error": errors["max_rel"], "mu_max_abs_error": errors["max_abs"],
-            "knn10_overlap_vs_fp32": overlap,
-            "meets_target": bool(wanted is None or overlap >= wanted),
-            "recon_psnr_db_vs_fp32": psnr(candidate.decode(mu32, rows),
-                                          reference.decode(mu32, rows)),
-            "evaluated_on": f"{len(X)} rows, providers {candidate.providers}"}
+    return {
+        "mu_rel_error": errors["max_rel"],
+        "mu_max_abs_error": errors["max_abs"],
+        "knn10_overlap_vs_fp32": overlap,
+        "meets_target": bool(wanted is None or overlap >= wanted),
+        "recon_psnr_db_vs_fp32": psnr(candidate.decode(mu32, rows), reference.decode(mu32, rows)),
+        "evaluated_on": f"{len(X)} rows, providers {candidate.providers}",
+    }

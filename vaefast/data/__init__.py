@@ -34,8 +34,7 @@ from typing import Callable
 import numpy as np
 
 from vaefast.data import arrays, builtin, idx
-from vaefast.data.arrays import (POINT_KEYS, X_KEYS, Y_KEYS, check_features, check_labels,
-                                 open_zarr)
+from vaefast.data.arrays import POINT_KEYS, X_KEYS, Y_KEYS, check_features, check_labels, open_zarr
 from vaefast.data.decode import Preprocess
 from vaefast.data.idx import read_idx
 from vaefast.data.sources import RawData, Source
@@ -43,9 +42,27 @@ from vaefast.errors import VaefastError
 
 SPLIT_SEED = 0  # the fixed seed of every built-in train/test split
 
-__all__ = ["KINDS", "Dataset", "POINT_KEYS", "Preprocess", "RawData", "Source", "X_KEYS",
-           "Y_KEYS", "check_features", "check_labels", "load", "open_source", "open_zarr",
-           "parse_spec", "preprocess_for", "read", "reopen", "read_idx", "spec_usage"]
+__all__ = [
+    "KINDS",
+    "Dataset",
+    "POINT_KEYS",
+    "Preprocess",
+    "RawData",
+    "Source",
+    "X_KEYS",
+    "Y_KEYS",
+    "check_features",
+    "check_labels",
+    "load",
+    "open_source",
+    "open_zarr",
+    "parse_spec",
+    "preprocess_for",
+    "read",
+    "reopen",
+    "read_idx",
+    "spec_usage",
+]
 
 
 @dataclass(frozen=True)
@@ -93,12 +110,14 @@ def _saved(path: str, **_):
 KINDS: dict[str, Kind] = {
     "mnist5k": Kind("mnist5k", read=lambda _: builtin.read_mnist5k()),
     "digits": Kind("digits", read=lambda _: builtin.read_digits()),
-    "idx": Kind("idx:PATH", read=idx.read_spec, open=idx.open_spec,
-                suffixes=("-ubyte", "-ubyte.gz")),
+    "idx": Kind(
+        "idx:PATH", read=idx.read_spec, open=idx.open_spec, suffixes=("-ubyte", "-ubyte.gz")
+    ),
     "npy": Kind("npy:PATH", read=arrays.read_npy, open=arrays.open_npy, suffixes=(".npy",)),
     "npz": Kind("npz:PATH", read=arrays.read_npz, suffixes=(".npz",)),
-    "zarr": Kind("zarr:PATH", read=arrays.read_zarr, open=arrays.open_zarr_source,
-                 suffixes=(".zarr",)),
+    "zarr": Kind(
+        "zarr:PATH", read=arrays.read_zarr, open=arrays.open_zarr_source, suffixes=(".zarr",)
+    ),
     "images": Kind("images:DIR", files=_folder),
     "parquet": Kind("parquet:PATH", files=_parquet, suffixes=(".parquet",)),
     "wds": Kind("wds:PATTERN", files=_shards, suffixes=(".tar",)),
@@ -141,14 +160,18 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     lower = spec.lower().rstrip("/")
     for kind, entry in KINDS.items():
         if any(lower.endswith(s) for s in entry.suffixes) or (
-                entry.marker and (Path(spec) / entry.marker).is_file()):
+            entry.marker and (Path(spec) / entry.marker).is_file()
+        ):
             return kind, spec.rstrip("/")
     raise VaefastError(f"unknown data spec {spec!r}; use {spec_usage()}")
 
 
-def open_source(spec: str, preprocess: Preprocess | None = None,
-                decode_workers: int | None = None, allow_empty_classes: bool = False
-                ) -> Source:
+def open_source(
+    spec: str,
+    preprocess: Preprocess | None = None,
+    decode_workers: int | None = None,
+    allow_empty_classes: bool = False,
+) -> Source:
     """Open a data spec for slice-by-slice reading. Encoded images are decoded to
     ``preprocess`` (default: the first image's size and colour) by ``decode_workers``
     processes (default: the cores available); an image folder's empty class folder is
@@ -158,28 +181,38 @@ def open_source(spec: str, preprocess: Preprocess | None = None,
     if entry.files is not None:
         from vaefast.data.files import open_files
 
-        return open_files(entry.files(path, allow_empty_classes=allow_empty_classes), spec,
-                          preprocess, decode_workers)
+        return open_files(
+            entry.files(path, allow_empty_classes=allow_empty_classes),
+            spec,
+            preprocess,
+            decode_workers,
+        )
     if entry.open is not None:
         source = entry.open(Path(path), spec)
         if source is not None:
             return source
     raw = read(spec)
     X = np.asarray(raw.X)
-    return Source(spec, X.shape[0], tuple(X.shape[1:]), X.dtype, raw.y, _array=X,
-                  label_names=raw.label_names)
+    return Source(
+        spec, X.shape[0], tuple(X.shape[1:]), X.dtype, raw.y, _array=X, label_names=raw.label_names
+    )
 
 
 def reopen(reading: dict, decode_workers: int | None = None) -> Source:
     """Open an input again as a store recorded it (its ``input`` attribute, or the same
     keys: ``spec``, ``preprocess``, ``allow_empty_classes``)."""
     prep = reading.get("preprocess")
-    return open_source(reading["spec"], prep and Preprocess(**prep), decode_workers,
-                       reading.get("allow_empty_classes", False))
+    return open_source(
+        reading["spec"],
+        prep and Preprocess(**prep),
+        decode_workers,
+        reading.get("allow_empty_classes", False),
+    )
 
 
-def preprocess_for(spec: str, display_shape, resize: str = "crop",
-                   exif: str = "transpose") -> Preprocess | None:
+def preprocess_for(
+    spec: str, display_shape, resize: str = "crop", exif: str = "transpose"
+) -> Preprocess | None:
     """How encoded images of ``spec`` become the input of a model whose images display
     as ``display_shape`` (H, W) or (H, W, C); None for arrays (they are used as stored)."""
     if KINDS[parse_spec(spec)[0]].files is None:
@@ -198,8 +231,7 @@ def read(spec: str, preprocess: Preprocess | None = None) -> RawData:
             X = source.rows(0, source.n)
         finally:
             source.close()
-        return RawData(X, source.labels, source.preprocess.shape, source.label_names,
-                       255.0, spec)
+        return RawData(X, source.labels, source.preprocess.shape, source.label_names, 255.0, spec)
     raw = entry.read(None if path is None else Path(path))
     raw.spec = spec
     return raw
@@ -210,9 +242,16 @@ def load(spec: str = "mnist5k", preprocess: Preprocess | None = None) -> Dataset
     kind, path = parse_spec(spec)
     if kind == "idx" and Path(path).is_dir():
         train, test = idx.read_folder(Path(path))
-        return Dataset(scale_to_unit(train.X, train.scale), train.y,
-                       scale_to_unit(test.X, test.scale), test.y,
-                       train.image_shape, train.label_names, train.scale, spec)
+        return Dataset(
+            scale_to_unit(train.X, train.scale),
+            train.y,
+            scale_to_unit(test.X, test.scale),
+            test.y,
+            train.image_shape,
+            train.label_names,
+            train.scale,
+            spec,
+        )
     raw = read(spec, preprocess)
     n = raw.X.shape[0]
     if n < 2:
@@ -221,8 +260,16 @@ def load(spec: str = "mnist5k", preprocess: Preprocess | None = None) -> Dataset
     tr, te = split_indices(n, n_test, raw.y)
     X = scale_to_unit(raw.X, raw.scale)
     y = raw.y
-    return Dataset(X[tr], None if y is None else y[tr], X[te], None if y is None else y[te],
-                   raw.image_shape, raw.label_names, raw.scale, spec)
+    return Dataset(
+        X[tr],
+        None if y is None else y[tr],
+        X[te],
+        None if y is None else y[te],
+        raw.image_shape,
+        raw.label_names,
+        raw.scale,
+        spec,
+    )
 
 
 def split_indices(n: int, n_test: int, y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -235,8 +282,9 @@ def split_indices(n: int, n_test: int, y: np.ndarray | None) -> tuple[np.ndarray
         counts = np.unique(y, return_counts=True)[1]
         if counts.min() >= 2 and len(counts) <= n_test:
             stratify = y
-    tr, te = train_test_split(idx, test_size=n_test, random_state=SPLIT_SEED,
-                              shuffle=True, stratify=stratify)
+    tr, te = train_test_split(
+        idx, test_size=n_test, random_state=SPLIT_SEED, shuffle=True, stratify=stratify
+    )
     return tr, te
 
 

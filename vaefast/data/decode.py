@@ -25,13 +25,13 @@ from vaefast.errors import VaefastError, first_line
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 RESIZES = {
     "crop": "resize the shorter side to the model's, then center-crop (torchvision's "
-            "Resize + CenterCrop)",
+    "Resize + CenterCrop)",
     "squash": "resize to the model's size, ignoring the aspect ratio",
     "pad": "resize the longer side to the model's, then pad with black to the model's size",
 }
 EXIF = {
     "transpose": "turn the image as its EXIF Orientation says (what an image viewer shows, "
-                 "and what Hugging Face datasets' Image feature does)",
+    "and what Hugging Face datasets' Image feature does)",
     "ignore": "use the pixels as stored (torchvision's default loader)",
 }
 PIECE = 32  # images per task sent to a decode worker
@@ -52,32 +52,34 @@ class Preprocess:
 
     def __post_init__(self):
         if self.resize not in RESIZES:
-            raise VaefastError(f"unknown resize {self.resize!r}; use "
-                               f"{', '.join(RESIZES)}")
+            raise VaefastError(f"unknown resize {self.resize!r}; use {', '.join(RESIZES)}")
         if self.exif not in EXIF:
             raise VaefastError(f"unknown exif rule {self.exif!r}; use {', '.join(EXIF)}")
         if self.channels not in (1, 3):
-            raise VaefastError(f"images can be read as 1 (grey) or 3 (RGB) channels, "
-                               f"the model takes {self.channels}")
+            raise VaefastError(
+                f"images can be read as 1 (grey) or 3 (RGB) channels, "
+                f"the model takes {self.channels}"
+            )
 
     @property
     def shape(self) -> tuple[int, ...]:
         """One decoded sample: (H, W) grey or (H, W, 3) RGB."""
-        return (self.height, self.width) if self.channels == 1 else \
-            (self.height, self.width, 3)
+        return (self.height, self.width) if self.channels == 1 else (self.height, self.width, 3)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def for_model(cls, display_shape: Sequence[int], resize: str = "crop",
-                  exif: str = "transpose") -> "Preprocess":
+    def for_model(
+        cls, display_shape: Sequence[int], resize: str = "crop", exif: str = "transpose"
+    ) -> "Preprocess":
         """The preprocessing to a model whose input displays as (H, W) or (H, W, C)."""
         h, w = int(display_shape[0]), int(display_shape[1])
         channels = int(display_shape[2]) if len(display_shape) == 3 else 1
         if channels == 4:
-            raise VaefastError("images can be read for 1- or 3-channel models; this model "
-                               "takes 4 channels")
+            raise VaefastError(
+                "images can be read for 1- or 3-channel models; this model takes 4 channels"
+            )
         return cls(h, w, channels, resize, exif)
 
 
@@ -85,8 +87,7 @@ class BadImage(Exception):
     """An encoded image that cannot be decoded; the message says why."""
 
 
-def infer(blob: bytes, name: str, resize: str = "crop", exif: str = "transpose"
-          ) -> Preprocess:
+def infer(blob: bytes, name: str, resize: str = "crop", exif: str = "transpose") -> Preprocess:
     """Preprocessing that keeps an image as it is (its size as shown; grey stays grey,
     anything else becomes RGB): for reading images with no model to size them for."""
     from PIL import Image
@@ -128,8 +129,10 @@ def decode(blob: bytes, prep: Preprocess) -> tuple[np.ndarray, bool]:
         w, h = _shown_size(im, prep.exif)
         scale = _scale(w, h, prep)
         if im.format == "JPEG" and im.mode in ("L", "RGB") and scale <= 0.5:
-            im.draft("L" if prep.channels == 1 else "RGB",
-                     (math.ceil(im.width * scale), math.ceil(im.height * scale)))
+            im.draft(
+                "L" if prep.channels == 1 else "RGB",
+                (math.ceil(im.width * scale), math.ceil(im.height * scale)),
+            )
         im.load()  # the decode: a truncated or corrupt file fails here
         if prep.exif == "transpose" and _orientation(im) != 1:
             from PIL import ImageOps
@@ -143,8 +146,7 @@ def decode(blob: bytes, prep: Preprocess) -> tuple[np.ndarray, bool]:
 
 def _reason(e: Exception) -> str:
     text = first_line(e)
-    return "not an image file PIL can identify" if "cannot identify image file" in text \
-        else text
+    return "not an image file PIL can identify" if "cannot identify image file" in text else text
 
 
 def _scale(w: int, h: int, prep: Preprocess) -> float:
@@ -160,11 +162,11 @@ def _convert(im, channels: int):
 
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode != "F" and (im.mode.startswith("I;16") or a.max() > 255) \
-            else 255.0
+        top = 65535.0 if im.mode != "F" and (im.mode.startswith("I;16") or a.max() > 255) else 255.0
         im = Image.fromarray(np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
     if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-            im.mode == "P" and "transparency" in im.info):
+        im.mode == "P" and "transparency" in im.info
+    ):
         rgba = im.convert("RGBA")
         im = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba)
     return im.convert("L" if channels == 1 else "RGB")
@@ -181,18 +183,19 @@ def _resize(im, w0: int, h0: int, prep: Preprocess):
     if prep.resize == "squash":
         return im.resize(size, bilinear)
     if prep.resize == "crop":
-        return im.resize(size, bilinear, box=crop_box(w0, h0, prep.width, prep.height,
-                                                      w, h))
+        return im.resize(size, bilinear, box=crop_box(w0, h0, prep.width, prep.height, w, h))
     s = min(prep.width / w, prep.height / h)
     inner = (max(1, round(w * s)), max(1, round(h * s)))
     canvas = Image.new(im.mode, size, 0)
-    canvas.paste(im.resize(inner, bilinear),
-                 ((prep.width - inner[0]) // 2, (prep.height - inner[1]) // 2))
+    canvas.paste(
+        im.resize(inner, bilinear), ((prep.width - inner[0]) // 2, (prep.height - inner[1]) // 2)
+    )
     return canvas
 
 
-def crop_box(w0: int, h0: int, tw: int, th: int, w: int | None = None,
-             h: int | None = None) -> tuple[float, float, float, float]:
+def crop_box(
+    w0: int, h0: int, tw: int, th: int, w: int | None = None, h: int | None = None
+) -> tuple[float, float, float, float]:
     """The region of a w0 x h0 image that ``crop`` resizes to tw x th, as torchvision's
     ``Resize`` + ``CenterCrop`` choose it: the side that fills the target is scaled to it
     exactly, the other to ``int(...)`` of its scaled length; the crop's offsets are
@@ -211,8 +214,9 @@ def crop_box(w0: int, h0: int, tw: int, th: int, w: int | None = None,
     return (max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1))
 
 
-def decode_many(refs: Sequence, prep: Preprocess, load: Callable | None = None
-                ) -> tuple[np.ndarray, dict[int, str], int]:
+def decode_many(
+    refs: Sequence, prep: Preprocess, load: Callable | None = None
+) -> tuple[np.ndarray, dict[int, str], int]:
     """Images [n, *prep.shape] uint8 (zeros where one failed), {position: reason} of the
     failures, and how many were upscaled. ``refs`` are encoded images, or what ``load``
     reads them from (in the worker: a file's path, a tar member's place); a str coming
@@ -235,8 +239,9 @@ def decode_many(refs: Sequence, prep: Preprocess, load: Callable | None = None
 
 def default_workers() -> int:
     """Decode processes by default: the cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        (os.cpu_count() or 1)
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
 
 
 class Decoder:
@@ -268,15 +273,18 @@ class Decoder:
 
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             main = threading.current_thread() is threading.main_thread()
-            self._pool = ProcessPoolExecutor(self.workers,
-                                             mp_context=multiprocessing.get_context(method),
-                                             initializer=die_with_parent,
-                                             initargs=(os.getpid(), main))
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context(method),
+                initializer=die_with_parent,
+                initargs=(os.getpid(), main),
+            )
             for _ in range(self.workers):  # fork every worker now (lazily otherwise)
                 self._pool.submit(int)
 
-    def submit(self, refs: Sequence, load: Callable | None = None
-               ) -> Callable[[], tuple[np.ndarray, dict[int, str], int]]:
+    def submit(
+        self, refs: Sequence, load: Callable | None = None
+    ) -> Callable[[], tuple[np.ndarray, dict[int, str], int]]:
         """Start decoding ``refs`` (see ``decode_many``); the returned function waits for
         and returns the result. Small batches, or one worker, decode in this process when
         the result is asked for."""
@@ -284,8 +292,9 @@ class Decoder:
             return lambda: decode_many(refs, self.prep, load)
         self.start()
         starts = range(0, len(refs), PIECE)
-        futures = [self._pool.submit(decode_many, refs[s:s + PIECE], self.prep, load)
-                   for s in starts]
+        futures = [
+            self._pool.submit(decode_many, refs[s : s + PIECE], self.prep, load) for s in starts
+        ]
 
         def result():
             parts = [f.result() for f in futures]
@@ -294,8 +303,9 @@ class Decoder:
 
         return result
 
-    def __call__(self, refs: Sequence, load: Callable | None = None
-                 ) -> tuple[np.ndarray, dict[int, str], int]:
+    def __call__(
+        self, refs: Sequence, load: Callable | None = None
+    ) -> tuple[np.ndarray, dict[int, str], int]:
         return self.submit(refs, load)()
 
     def close(self) -> None:

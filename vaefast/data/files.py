@@ -93,8 +93,10 @@ class Folder(Collection):
         files = sorted(walk(str(root), ""))
         self.hidden, self.allow_empty_classes = walk.hidden, allow_empty_classes
         if not files:
-            raise VaefastError(f"{root}: no image files ({', '.join(EXTENSIONS)}) in this "
-                               f"folder or below it{saved_dataset_hint(root)}")
+            raise VaefastError(
+                f"{root}: no image files ({', '.join(EXTENSIONS)}) in this "
+                f"folder or below it{saved_dataset_hint(root)}"
+            )
         self.root, self.ids = root, files
         classes = sorted(walk.folders)
         if classes:
@@ -105,11 +107,13 @@ class Folder(Collection):
                     f"{root}: class folder {empty[0]!r} holds no image files"
                     f"{f' (nor do {len(empty) - 1} more)' if len(empty) > 1 else ''}; "
                     "torchvision's ImageFolder refuses an empty class too "
-                    "(--allow-empty-classes keeps its label index, as its allow_empty=True)")
+                    "(--allow-empty-classes keeps its label index, as its allow_empty=True)"
+                )
             index = {c: k for k, c in enumerate(classes)}
             self.label_names = classes
-            self.labels = np.array([index[f.split("/")[0]] if "/" in f else -1
-                                    for f in files], np.int64)
+            self.labels = np.array(
+                [index[f.split("/")[0]] if "/" in f else -1 for f in files], np.int64
+            )
 
     load = staticmethod(read_file)
 
@@ -136,8 +140,7 @@ class _Walk:
                     if not prefix:
                         self.folders.append(entry.name)
                     out += self(entry.path, f"{prefix}{entry.name}/")
-                elif os.path.splitext(entry.name)[1].lower() in EXTENSIONS and \
-                        entry.is_file():
+                elif os.path.splitext(entry.name)[1].lower() in EXTENSIONS and entry.is_file():
                     out.append(prefix + entry.name)
         return out
 
@@ -167,8 +170,13 @@ class _Table(Collection):
                 raise VaefastError(f"{f}: no column {self.column!r} like the other files")
             self.column = column
             label = next((c for c in LABEL_COLUMNS if c in schema.names), None) or next(
-                (c for c, t in features.items() if isinstance(t, dict)
-                 and t.get("_type") == "ClassLabel" and c in schema.names), None)
+                (
+                    c
+                    for c, t in features.items()
+                    if isinstance(t, dict) and t.get("_type") == "ClassLabel" and c in schema.names
+                ),
+                None,
+            )
             if label and isinstance(features.get(label), dict):
                 names = features[label].get("names") or names
             rel = f.relative_to(root).as_posix() if root.is_dir() else f.name
@@ -178,8 +186,7 @@ class _Table(Collection):
                 first += n_piece
             n = first - len(self.ids)
             self.ids += [f"{rel}:{r}" for r in range(n)]
-            labels.append(_labels(self._column(f, label), f) if label
-                          else np.full(n, -1, np.int64))
+            labels.append(_labels(self._column(f, label), f) if label else np.full(n, -1, np.int64))
         if not self.ids:
             raise VaefastError(f"{root}: the {what} hold no rows")
         y = np.concatenate(labels)
@@ -201,11 +208,10 @@ class _Table(Collection):
             g = int(np.searchsorted(self._starts, start, side="right")) - 1
             if self._cached is None or self._cached[0] != g:
                 k, piece, _ = self._pieces[g]
-                self._cached = (g, _cells(self._piece(self.files[k], piece),
-                                          self.files[k].parent))
+                self._cached = (g, _cells(self._piece(self.files[k], piece), self.files[k].parent))
             rows = self._cached[1]
             first = int(self._starts[g])
-            take = rows[start - first:min(stop - first, len(rows))]
+            take = rows[start - first : min(stop - first, len(rows))]
             out += take
             start += len(take)
         return out
@@ -218,14 +224,16 @@ class Parquet(_Table):
         try:
             import pyarrow.parquet  # noqa: F401
         except ImportError:
-            raise VaefastError("parquet: inputs need pyarrow: pip install "
-                               "'vaefast[parquet]'") from None
+            raise VaefastError(
+                "parquet: inputs need pyarrow: pip install 'vaefast[parquet]'"
+            ) from None
         if not path.exists():
             raise VaefastError(f"{path}: no such parquet file or folder")
         files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
         if not files:
-            raise VaefastError(f"{path}: no .parquet files in this folder or below it"
-                               f"{saved_dataset_hint(path)}")
+            raise VaefastError(
+                f"{path}: no .parquet files in this folder or below it{saved_dataset_hint(path)}"
+            )
         self._meta: dict[Path, Any] = {}
         self._setup(files, path, "parquet files")
 
@@ -267,22 +275,23 @@ class SavedDataset(_Table):
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise VaefastError("hf: inputs need pyarrow: pip install "
-                               "'vaefast[parquet]'") from None
+            raise VaefastError("hf: inputs need pyarrow: pip install 'vaefast[parquet]'") from None
         if not path.exists():
             raise VaefastError(f"{path}: no such folder or .arrow file")
         if (path / "dataset_dict.json").is_file():
             splits = sorted(p.name for p in path.iterdir() if (p / "state.json").is_file())
-            raise VaefastError(f"{path}: a DatasetDict with the splits {', '.join(splits)}; "
-                               f"name one: hf:{path / (splits[0] if splits else 'SPLIT')}")
+            raise VaefastError(
+                f"{path}: a DatasetDict with the splits {', '.join(splits)}; "
+                f"name one: hf:{path / (splits[0] if splits else 'SPLIT')}"
+            )
         if path.is_dir():
             state = path / "state.json"
             if not state.is_file():
-                raise VaefastError(f"{path}: not a Hugging Face save_to_disk folder (no "
-                                   "state.json)")
+                raise VaefastError(
+                    f"{path}: not a Hugging Face save_to_disk folder (no state.json)"
+                )
             try:
-                files = [path / d["filename"] for d in
-                         json.loads(state.read_text())["_data_files"]]
+                files = [path / d["filename"] for d in json.loads(state.read_text())["_data_files"]]
             except (ValueError, KeyError, TypeError) as e:
                 raise VaefastError(f"{state}: not a datasets state file ({e})") from None
         else:
@@ -298,17 +307,22 @@ class SavedDataset(_Table):
             try:
                 self._tables[f] = pa.ipc.open_stream(pa.memory_map(str(f))).read_all()
             except Exception as e:
-                raise VaefastError(f"{f}: not a readable Arrow stream file "
-                                   f"({first_line(e)})") from None
+                raise VaefastError(
+                    f"{f}: not a readable Arrow stream file ({first_line(e)})"
+                ) from None
         return self._tables[f]
 
     def _schema(self, f: Path):
         schema = self._table(f).schema
-        if b"huggingface" not in (schema.metadata or {}) and self._info is not None \
-                and self._info.is_file():  # older files: the features are in the info
+        if (
+            b"huggingface" not in (schema.metadata or {})
+            and self._info is not None
+            and self._info.is_file()
+        ):  # older files: the features are in the info
             features = json.loads(self._info.read_text()).get("features")
-            schema = schema.with_metadata({b"huggingface": json.dumps(
-                {"info": {"features": features}}).encode()})
+            schema = schema.with_metadata(
+                {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+            )
         return schema
 
     def _piece_rows(self, f: Path) -> list[int]:
@@ -326,8 +340,9 @@ class SavedDataset(_Table):
 
 def saved_dataset_hint(path: Path) -> str:
     """A hint when ``path`` is a ``datasets`` save_to_disk folder read as something else."""
-    if path.is_dir() and ((path / "state.json").is_file() or
-                          (path / "dataset_dict.json").is_file()):
+    if path.is_dir() and (
+        (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+    ):
         return f" (it is a Hugging Face save_to_disk folder: write hf:{path})"
     return ""
 
@@ -351,12 +366,17 @@ def _cells(column, base: Path) -> list:
         column = column.combine_chunks()
     if pa.types.is_struct(column.type):
         blobs = column.field("bytes").to_pylist()
-        paths = column.field("path").to_pylist() \
-            if column.type.get_field_index("path") >= 0 else [None] * len(blobs)
+        paths = (
+            column.field("path").to_pylist()
+            if column.type.get_field_index("path") >= 0
+            else [None] * len(blobs)
+        )
     else:
         blobs, paths = column.to_pylist(), [None] * len(column)
-    return [b if b is not None else (str(base / p),) if p else "the image cell is empty"
-            for b, p in zip(blobs, paths)]
+    return [
+        b if b is not None else (str(base / p),) if p else "the image cell is empty"
+        for b, p in zip(blobs, paths)
+    ]
 
 
 def _image_column(schema, features: dict, path: Path) -> str:
@@ -365,15 +385,23 @@ def _image_column(schema, features: dict, path: Path) -> str:
     import pyarrow as pa
 
     def is_image(t) -> bool:
-        return pa.types.is_binary(t) or pa.types.is_large_binary(t) or (
-            pa.types.is_struct(t) and t.get_field_index("bytes") >= 0)
+        return (
+            pa.types.is_binary(t)
+            or pa.types.is_large_binary(t)
+            or (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0)
+        )
 
     found = [f.name for f in schema if is_image(f.type)]
     if not found:
-        raise VaefastError(f"{path}: no image column (a binary column or Hugging Face's "
-                           f"{{bytes, path}} struct) among {schema.names}")
-    tagged = [c for c in found if isinstance(features.get(c), dict)
-              and features[c].get("_type") == "Image"]
+        raise VaefastError(
+            f"{path}: no image column (a binary column or Hugging Face's "
+            f"{{bytes, path}} struct) among {schema.names}"
+        )
+    tagged = [
+        c
+        for c in found
+        if isinstance(features.get(c), dict) and features[c].get("_type") == "Image"
+    ]
     return next((c for c in tagged + list(IMAGE_COLUMNS) if c in found), found[0])
 
 
@@ -393,7 +421,7 @@ def expand_braces(pattern: str) -> list[str]:
     m = re.search(r"\{([^{}]*)\}", pattern)
     if not m:
         return [pattern]
-    body, head, tail = m.group(1), pattern[:m.start()], pattern[m.end():]
+    body, head, tail = m.group(1), pattern[: m.start()], pattern[m.end() :]
     r = re.fullmatch(r"(\d+)\.\.(\d+)", body)
     if r:
         lo, hi = int(r.group(1)), int(r.group(2))
@@ -419,8 +447,10 @@ class Shards(Collection):
         shards = expand_braces(pattern)
         missing = [s for s in shards if not Path(s).is_file()]
         if missing:
-            raise VaefastError(f"{pattern}: {len(missing)} of {len(shards)} shards do not "
-                               f"exist (first: {missing[0]})")
+            raise VaefastError(
+                f"{pattern}: {len(missing)} of {len(shards)} shards do not "
+                f"exist (first: {missing[0]})"
+            )
         self.shards, self.ids, self._members = shards, [], []
         labels: list[int] = []
         for k, shard in enumerate(shards):
@@ -437,8 +467,10 @@ class Shards(Collection):
                     self.ids.append(f"{Path(shard).name}:{key}")
                     labels.append(_tar_label(f, parts.get("cls"), shard, key))
         if not self.ids:
-            raise VaefastError(f"{pattern}: no samples with an image "
-                               f"({'/'.join(TAR_IMAGE_KEYS)}) in {len(shards)} shard(s)")
+            raise VaefastError(
+                f"{pattern}: no samples with an image "
+                f"({'/'.join(TAR_IMAGE_KEYS)}) in {len(shards)} shard(s)"
+            )
         y = np.array(labels, np.int64)
         if (y >= 0).any():
             self.labels = y
@@ -475,11 +507,15 @@ def _tar_members(shard: str) -> list[tuple[str, int, int]]:
                     return _tar_members_by_tarfile(shard)
                 size = int(header[124:136].rstrip(b" \0") or b"0", 8)
                 name = header[:100].split(b"\0", 1)[0]
-                prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" \
-                    else b""
+                prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
                 if kind != b"5":
-                    out.append(((prefix + b"/" + name if prefix else name).decode("utf-8"),
-                                offset + 512, size))
+                    out.append(
+                        (
+                            (prefix + b"/" + name if prefix else name).decode("utf-8"),
+                            offset + 512,
+                            size,
+                        )
+                    )
                 offset += 512 + -(-size // 512) * 512
     except (OSError, ValueError, UnicodeDecodeError):
         return _tar_members_by_tarfile(shard)
@@ -503,8 +539,9 @@ def _tar_label(f, place: tuple[int, int] | None, shard: str, key: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise VaefastError(f"{shard}: sample {key}'s cls is {text[:20]!r}, not an "
-                           "integer") from None
+        raise VaefastError(
+            f"{shard}: sample {key}'s cls is {text[:20]!r}, not an integer"
+        ) from None
 
 
 # --- the source ---------------------------------------------------------------------------
@@ -542,8 +579,11 @@ class FileSource(Source):
         self.upscaled += upscaled
         if failed and bad is None:
             k = min(failed)
-            raise BadFile(f"{self.spec}: {self.collection.ids[start + k]}: {failed[k]}",
-                          self.collection.ids[start + k], failed[k])
+            raise BadFile(
+                f"{self.spec}: {self.collection.ids[start + k]}: {failed[k]}",
+                self.collection.ids[start + k],
+                failed[k],
+            )
         if bad is not None:
             bad.update({start + k: why for k, why in failed.items()})
         return X
@@ -553,9 +593,12 @@ class FileSource(Source):
         different input) and the preprocessing."""
         if not self._ids_sha:
             self._ids_sha = hashlib.sha256("\n".join(self.ids).encode()).hexdigest()
-        return {"spec": self.spec, "rows": self.n, "ids_sha256": self._ids_sha,
-                "preprocess": self.preprocess.to_dict()} | (
-            {"allow_empty_classes": True} if self.allow_empty_classes else {})
+        return {
+            "spec": self.spec,
+            "rows": self.n,
+            "ids_sha256": self._ids_sha,
+            "preprocess": self.preprocess.to_dict(),
+        } | ({"allow_empty_classes": True} if self.allow_empty_classes else {})
 
     @property
     def hidden(self) -> int:
@@ -576,13 +619,24 @@ class FileSource(Source):
         self.decoder.close()
 
 
-def open_files(collection: Collection, spec: str, preprocess: Preprocess | None = None,
-               workers: int | None = None) -> FileSource:
+def open_files(
+    collection: Collection,
+    spec: str,
+    preprocess: Preprocess | None = None,
+    workers: int | None = None,
+) -> FileSource:
     """A FileSource over ``collection``; without ``preprocess``, images keep the first
     one's size and colour (for reading with no model to size them for)."""
     if preprocess is None:
         preprocess = infer(collection.fetch(0, 1)[0], collection.ids[0])
-    return FileSource(spec, len(collection.ids), preprocess.shape, np.dtype(np.uint8),
-                      collection.labels, label_names=collection.label_names,
-                      collection=collection, preprocess=preprocess,
-                      decoder=Decoder(preprocess, workers))
+    return FileSource(
+        spec,
+        len(collection.ids),
+        preprocess.shape,
+        np.dtype(np.uint8),
+        collection.labels,
+        label_names=collection.label_names,
+        collection=collection,
+        preprocess=preprocess,
+        decoder=Decoder(preprocess, workers),
+    )

@@ -15,8 +15,18 @@ from vaefast.errors import VaefastError
 
 IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
-FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def _payload_size(path: Path) -> int:
@@ -59,20 +69,25 @@ def read_idx(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
             elif magic == IDX_LABELS_MAGIC:
                 shape, offset = (n,), 8
             else:
-                raise VaefastError(f"{path}: magic number {magic} is not an IDX images (2051) or "
-                                   "labels (2049) file")
+                raise VaefastError(
+                    f"{path}: magic number {magic} is not an IDX images (2051) or "
+                    "labels (2049) file"
+                )
             expected = offset + int(np.prod(shape))
             if size % 2**32 != expected % 2**32 or (path.suffix != ".gz" and size != expected):
-                raise VaefastError(f"{path}: header promises {expected} bytes but the file holds "
-                                   f"{size}; the file is truncated or corrupt, re-download it")
+                raise VaefastError(
+                    f"{path}: header promises {expected} bytes but the file holds "
+                    f"{size}; the file is truncated or corrupt, re-download it"
+                )
             if path.suffix != ".gz" and mmap:
                 return np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=shape)
             buf = f.read(expected - offset)
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise VaefastError(f"{path}: unreadable IDX file ({e})") from None
     if len(buf) != expected - offset:
-        raise VaefastError(f"{path}: truncated; expected {expected - offset} data bytes, "
-                           f"got {len(buf)}")
+        raise VaefastError(
+            f"{path}: truncated; expected {expected - offset} data bytes, got {len(buf)}"
+        )
     return np.frombuffer(buf, dtype=np.uint8).reshape(shape)
 
 
@@ -101,11 +116,15 @@ def _resolve_idx_folder(path: Path) -> Path:
     candidates = [path, path / "raw", path / "MNIST" / "raw", path / "FashionMNIST" / "raw"]
     found = [c for c in candidates if _find(c, "train-images-idx3-ubyte")]
     if not found:
-        raise VaefastError(f"{path}: no train-images-idx3-ubyte[.gz] here, nor in raw/, "
-                           "MNIST/raw/ or FashionMNIST/raw/")
+        raise VaefastError(
+            f"{path}: no train-images-idx3-ubyte[.gz] here, nor in raw/, "
+            "MNIST/raw/ or FashionMNIST/raw/"
+        )
     if len(found) > 1:
-        raise VaefastError(f"{path}: IDX files in several places ({', '.join(map(str, found))}); "
-                           "point idx: at one of them")
+        raise VaefastError(
+            f"{path}: IDX files in several places ({', '.join(map(str, found))}); "
+            "point idx: at one of them"
+        )
     return found[0]
 
 
@@ -126,13 +145,20 @@ def read_spec(path: Path) -> RawData:
     if path.is_dir():
         train, test = read_folder(path)
         y = None if train.y is None or test.y is None else np.concatenate([train.y, test.y])
-        return RawData(np.concatenate([train.X, test.X]), y, train.image_shape,
-                       train.label_names, 255.0, f"idx:{path}")
+        return RawData(
+            np.concatenate([train.X, test.X]),
+            y,
+            train.image_shape,
+            train.label_names,
+            255.0,
+            f"idx:{path}",
+        )
     if not path.is_file():
         raise VaefastError(f"{path}: no such IDX file or folder")
     labels = _labels_file(path) if "-images-idx3-ubyte" in path.name else None
     names = FASHION_LABELS if "FashionMNIST" in path.parts else [str(i) for i in range(10)]
     return _idx_pair(path, labels, names)
+
 
 def open_spec(path: Path, spec: str) -> Source | None:
     """A raw images file read by positioned reads (None for anything else: it is loaded)."""

@@ -71,8 +71,9 @@ class Source:
             f.seek(self._offset + start * row_bytes)
             out = np.fromfile(f, dtype=self.dtype, count=count)
         if out.size != count:
-            raise VaefastError(f"{self._path}: truncated at row {start}; the file is shorter "
-                               "than its header says")
+            raise VaefastError(
+                f"{self._path}: truncated at row {start}; the file is shorter than its header says"
+            )
         return out.reshape(shape)
 
     def fingerprint(self) -> dict[str, Any]:
@@ -83,9 +84,13 @@ class Source:
             k = min(self.n, 256)
             h.update(np.ascontiguousarray(self.rows(0, k)).tobytes())
             h.update(np.ascontiguousarray(self.rows(self.n - k, self.n)).tobytes())
-            self._fingerprint = {"spec": self.spec, "rows": self.n,
-                                 "features": self.n_features, "dtype": str(self.dtype),
-                                 "edge_sha256": h.hexdigest()}
+            self._fingerprint = {
+                "spec": self.spec,
+                "rows": self.n,
+                "features": self.n_features,
+                "dtype": str(self.dtype),
+                "edge_sha256": h.hexdigest(),
+            }
             if len(self.sample_shape) > 1:
                 self._fingerprint["sample_shape"] = list(self.sample_shape)
         return self._fingerprint

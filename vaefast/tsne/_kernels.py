@@ -15,8 +15,13 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from vaefast.tsne._vecmath import (EXP_COARSE_ERROR, exp_nonpositive,
-                                    exp_nonpositive_coarse, log_positive, log_positive32)
+from vaefast.tsne._vecmath import (
+    EXP_COARSE_ERROR,
+    exp_nonpositive,
+    exp_nonpositive_coarse,
+    log_positive,
+    log_positive32,
+)
 
 # scikit-learn's constants (sklearn/manifold/_utils.pyx and _t_sne.py), kept bit-exact:
 # its C floats are float32 values promoted to double.
@@ -196,8 +201,7 @@ def conditional_probabilities(XT, log_perplexity, beta, sum_p, row_total):
     for i in prange(n):
         dist = np.empty(n, np.float32)
         _sq_distances(_point(XT, i), XT, 0, dist, np.empty(DIST_BLOCK))
-        beta[i], sum_p[i], row_total[i] = _row_probabilities(dist, i, log_perplexity,
-                                                             np.empty(n))
+        beta[i], sum_p[i], row_total[i] = _row_probabilities(dist, i, log_perplexity, np.empty(n))
 
 
 @njit(parallel=True, cache=True)
@@ -208,8 +212,7 @@ def conditional_rows(D, first, log_perplexity, beta, sum_p, row_total):
     n = D.shape[1]
     for r in prange(D.shape[0]):
         i = first + r
-        beta[i], sum_p[i], row_total[i] = _row_probabilities(D[r], i, log_perplexity,
-                                                             np.empty(n))
+        beta[i], sum_p[i], row_total[i] = _row_probabilities(D[r], i, log_perplexity, np.empty(n))
 
 
 @njit(parallel=True, cache=True)
@@ -279,7 +282,7 @@ def joint_packed(XT, beta, sum_p, total, P):
         acc = np.empty(DIST_BLOCK)
         for i in range(part, n - 1, BUILD_PARTS):
             start = packed_start(i, n)
-            _joint_row(XT, i, beta, sum_p, total, dist, acc, P[start:start + n - i - 1])
+            _joint_row(XT, i, beta, sum_p, total, dist, acc, P[start : start + n - i - 1])
 
 
 @njit(parallel=True, cache=True)
@@ -292,7 +295,7 @@ def joint_packed_from_distances(D, beta, sum_p, total, P):
             for j in range(i + 1, n):
                 column[j] = D[j, i]
             start = packed_start(i, n)
-            _joint_from(D[i], column, i, beta, sum_p, total, P[start:start + n - i - 1])
+            _joint_from(D[i], column, i, beta, sum_p, total, P[start : start + n - i - 1])
 
 
 @njit(cache=True, inline="always")
@@ -302,8 +305,8 @@ def _piece(P, XT, beta, sum_p, total, i, dist, acc, scratch):
     n = beta.shape[0]
     if P.shape[0] > 0:
         start = packed_start(i, n)
-        return P[start:start + n - i - 1]
-    out = scratch[:n - i - 1]
+        return P[start : start + n - i - 1]
+    out = scratch[: n - i - 1]
     _joint_row(XT, i, beta, sum_p, total, dist, acc, out)
     return out
 
@@ -563,7 +566,8 @@ def _kl_row(Y, p, i):
         d1 = v1 - y1[j]
         d2 = (v2 - y2[j]) * third
         s += np.float64(p[j - first]) * np.float64(
-            log_positive32(one + half * (d0 * d0 + d1 * d1 + d2 * d2)))
+            log_positive32(one + half * (d0 * d0 + d1 * d1 + d2 * d2))
+        )
     return s if dims == 2 else 1.5 * s
 
 
@@ -594,8 +598,11 @@ def gradient_workspace(n: int, dims: int = 2) -> tuple:
     """Buffers of ``gradient`` for N points in ``dims`` (2 or 3) dimensions:
     per-row-set float32 column sums (zeros between calls) and float64 ones, row sums."""
     u = units(n)
-    return (np.zeros((u, 2 * dims, n), np.float32), np.zeros((u, 2 * dims, n)),
-            np.zeros((2 * dims + 2, n)))
+    return (
+        np.zeros((u, 2 * dims, n), np.float32),
+        np.zeros((u, 2 * dims, n)),
+        np.zeros((2 * dims + 2, n)),
+    )
 
 
 @njit(cache=True, inline="always")
@@ -610,8 +617,9 @@ def _row_sums(Y, p, i, stop, c32, rows):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
-def gradient(Y, P, XT, beta, sum_p, total, exaggeration, scale, with_kl, col32, col64,
-             rows, grad, kl_rows):
+def gradient(
+    Y, P, XT, beta, sum_p, total, exaggeration, scale, with_kl, col32, col64, rows, grad, kl_rows
+):
     """The exact gradient (and KL terms when asked) at the embedding Y [dims, N] float32
     (dims 2: Cauchy kernel; 3: scikit-learn's Student-t with 2 degrees of freedom), from
     packed P or, when P is empty, from P's pairs recomputed on the fly; returns Z, the
@@ -667,9 +675,9 @@ def gradient(Y, P, XT, beta, sum_p, total, exaggeration, scale, with_kl, col32, 
                     if dims == 2:
                         _row_sums(Y, p, i, n, c32, rows)
                     else:
-                        s, a0, a1, a2, r0, r1, r2 = _pair_row_3d(Y[0], Y[1], Y[2], p, i, c32[0],
-                                                               c32[1], c32[2], c32[3],
-                                                               c32[4], c32[5])
+                        s, a0, a1, a2, r0, r1, r2 = _pair_row_3d(
+                            Y[0], Y[1], Y[2], p, i, c32[0], c32[1], c32[2], c32[3], c32[4], c32[5]
+                        )
                         rows[0, i] = s
                         rows[1, i] = a0
                         rows[2, i] = a1
@@ -772,10 +780,26 @@ def _block_sums(pos, h0, h1, l0, l1, prow, sums):
     sums[:, :] = 0.0
     z = np.float32(0.0)
     for b in range(0, n, ROW_CHUNK):
-        w0 = z; a0 = z; c0 = z; r0 = z; s0 = z  # noqa: E702
-        w1 = z; a1 = z; c1 = z; r1 = z; s1 = z  # noqa: E702
-        w2 = z; a2 = z; c2 = z; r2 = z; s2 = z  # noqa: E702
-        w3 = z; a3 = z; c3 = z; r3 = z; s3 = z  # noqa: E702
+        w0 = z
+        a0 = z
+        c0 = z
+        r0 = z
+        s0 = z  # noqa: E702
+        w1 = z
+        a1 = z
+        c1 = z
+        r1 = z
+        s1 = z  # noqa: E702
+        w2 = z
+        a2 = z
+        c2 = z
+        r2 = z
+        s2 = z  # noqa: E702
+        w3 = z
+        a3 = z
+        c3 = z
+        r3 = z
+        s3 = z  # noqa: E702
         for j in range(U64(b), U64(min(b + ROW_CHUNK, n))):
             hx = h0[j]
             hy = h1[j]
@@ -821,10 +845,26 @@ def _block_sums(pos, h0, h1, l0, l1, prow, sums):
             c3 += q3 * e3
             r3 += t3 * d3
             s3 += t3 * e3
-        sums[0, 0] += w0; sums[0, 1] += a0; sums[0, 2] += c0; sums[0, 3] += r0; sums[0, 4] += s0  # noqa: E702,E501
-        sums[1, 0] += w1; sums[1, 1] += a1; sums[1, 2] += c1; sums[1, 3] += r1; sums[1, 4] += s1  # noqa: E702,E501
-        sums[2, 0] += w2; sums[2, 1] += a2; sums[2, 2] += c2; sums[2, 3] += r2; sums[2, 4] += s2  # noqa: E702,E501
-        sums[3, 0] += w3; sums[3, 1] += a3; sums[3, 2] += c3; sums[3, 3] += r3; sums[3, 4] += s3  # noqa: E702,E501
+        sums[0, 0] += w0
+        sums[0, 1] += a0
+        sums[0, 2] += c0
+        sums[0, 3] += r0
+        sums[0, 4] += s0  # noqa: E702,E501
+        sums[1, 0] += w1
+        sums[1, 1] += a1
+        sums[1, 2] += c1
+        sums[1, 3] += r1
+        sums[1, 4] += s1  # noqa: E702,E501
+        sums[2, 0] += w2
+        sums[2, 1] += a2
+        sums[2, 2] += c2
+        sums[2, 3] += r2
+        sums[2, 4] += s2  # noqa: E702,E501
+        sums[3, 0] += w3
+        sums[3, 1] += a3
+        sums[3, 2] += c3
+        sums[3, 3] += r3
+        sums[3, 4] += s3  # noqa: E702,E501
 
 
 @njit(cache=True)
@@ -846,8 +886,19 @@ def _k_nearest(dist, out):
 
 
 @njit(cache=True)
-def _place_block(dists, hl, k, log_perplexity, n_iter, learning_rate, exaggeration,
-                 momentum, max_grad_norm, min_gain, out):
+def _place_block(
+    dists,
+    hl,
+    k,
+    log_perplexity,
+    n_iter,
+    learning_rate,
+    exaggeration,
+    momentum,
+    max_grad_norm,
+    min_gain,
+    out,
+):
     """Up to PLACE_BLOCK new points, each alone against the fixed reference embedding
     (``hl``: its coordinates as float32 high parts, then low parts, [4, N]): a
     perplexity-calibrated conditional P over all reference points from its squared
@@ -869,8 +920,9 @@ def _place_block(dists, hl, k, log_perplexity, n_iter, learning_rate, exaggerati
             prow[q, j] = np.float32(row[j]) if row[j] >= P_FLOOR else np.float32(0.0)
         _k_nearest(dists[q], nearest)
         for c in range(2):  # the median position of the k nearest references
-            pos[q, c] = np.median(hl[c][nearest].astype(np.float64)
-                                  + hl[2 + c][nearest].astype(np.float64))
+            pos[q, c] = np.median(
+                hl[c][nearest].astype(np.float64) + hl[2 + c][nearest].astype(np.float64)
+            )
     update = np.zeros((PLACE_BLOCK, 2))
     gains = np.ones((PLACE_BLOCK, 2))
     sums = np.empty((PLACE_BLOCK, 5))
@@ -884,8 +936,11 @@ def _place_block(dists, hl, k, log_perplexity, n_iter, learning_rate, exaggerati
                 g0 *= max_grad_norm / norm
                 g1 *= max_grad_norm / norm
             for c, g in ((0, g0), (1, g1)):
-                gains[q, c] = gains[q, c] + 0.2 if update[q, c] * g < 0.0 else \
-                    max(gains[q, c] * 0.8, min_gain)
+                gains[q, c] = (
+                    gains[q, c] + 0.2
+                    if update[q, c] * g < 0.0
+                    else max(gains[q, c] * 0.8, min_gain)
+                )
                 update[q, c] = momentum * update[q, c] - learning_rate * gains[q, c] * g
                 pos[q, c] += update[q, c]
     for q in range(m):
@@ -908,14 +963,28 @@ def _interpolate(grid, frame, p0, p1):
     ty = fy - iy
     out = np.empty(3)
     for f in range(3):
-        out[f] = ((1.0 - tx) * ((1.0 - ty) * grid[f, ix, iy] + ty * grid[f, ix, iy + 1])
-                  + tx * ((1.0 - ty) * grid[f, ix + 1, iy] + ty * grid[f, ix + 1, iy + 1]))
+        out[f] = (1.0 - tx) * ((1.0 - ty) * grid[f, ix, iy] + ty * grid[f, ix, iy + 1]) + tx * (
+            (1.0 - ty) * grid[f, ix + 1, iy] + ty * grid[f, ix + 1, iy + 1]
+        )
     return out[0], out[1], out[2]
 
 
 @njit(cache=True)
-def _place_interpolated(dist, hl, grid, frame, k, attract, log_perplexity, n_iter,
-                        learning_rate, exaggeration, momentum, max_grad_norm, min_gain):
+def _place_interpolated(
+    dist,
+    hl,
+    grid,
+    frame,
+    k,
+    attract,
+    log_perplexity,
+    n_iter,
+    learning_rate,
+    exaggeration,
+    momentum,
+    max_grad_norm,
+    min_gain,
+):
     """One new point placed like ``_place_block`` places it, with two approximations
     (FIt-SNE's and openTSNE's): P over its ``attract`` nearest references only (their
     attraction exact), and the repulsion of all references read from the tabulated
@@ -933,8 +1002,8 @@ def _place_interpolated(dist, hl, grid, frame, k, attract, log_perplexity, n_ite
         ny1[i] = np.float64(hl[1][near[i]]) + np.float64(hl[3][near[i]])
     p = np.empty(m)
     _row_probabilities(d, -1, log_perplexity, p)
-    p0 = np.median(ny0[:min(k, m)])
-    p1 = np.median(ny1[:min(k, m)])
+    p0 = np.median(ny0[: min(k, m)])
+    p1 = np.median(ny1[: min(k, m)])
     u0 = 0.0
     u1 = 0.0
     g0s = 1.0
@@ -998,22 +1067,74 @@ def repulsion_grid(hl, frame, out):
 
 
 @njit(cache=True)
-def _place_rows(dists, hl, grid, frame, k, attract, log_perplexity, n_iter, learning_rate,
-                exaggeration, momentum, max_grad_norm, min_gain, out):
+def _place_rows(
+    dists,
+    hl,
+    grid,
+    frame,
+    k,
+    attract,
+    log_perplexity,
+    n_iter,
+    learning_rate,
+    exaggeration,
+    momentum,
+    max_grad_norm,
+    min_gain,
+    out,
+):
     """Rows of ``dists`` placed exactly (an empty ``grid``) or interpolated."""
     if grid.shape[1] == 0:
-        _place_block(dists, hl, k, log_perplexity, n_iter, learning_rate, exaggeration,
-                     momentum, max_grad_norm, min_gain, out)
+        _place_block(
+            dists,
+            hl,
+            k,
+            log_perplexity,
+            n_iter,
+            learning_rate,
+            exaggeration,
+            momentum,
+            max_grad_norm,
+            min_gain,
+            out,
+        )
         return
     for q in range(dists.shape[0]):
         out[q, 0], out[q, 1] = _place_interpolated(
-            dists[q], hl, grid, frame, k, attract, log_perplexity, n_iter, learning_rate,
-            exaggeration, momentum, max_grad_norm, min_gain)
+            dists[q],
+            hl,
+            grid,
+            frame,
+            k,
+            attract,
+            log_perplexity,
+            n_iter,
+            learning_rate,
+            exaggeration,
+            momentum,
+            max_grad_norm,
+            min_gain,
+        )
 
 
 @njit(parallel=True, cache=True)
-def place_points(X_new, XT_ref, hl, grid, frame, k, attract, log_perplexity, n_iter,
-                 learning_rate, exaggeration, momentum, max_grad_norm, min_gain, out):
+def place_points(
+    X_new,
+    XT_ref,
+    hl,
+    grid,
+    frame,
+    k,
+    attract,
+    log_perplexity,
+    n_iter,
+    learning_rate,
+    exaggeration,
+    momentum,
+    max_grad_norm,
+    min_gain,
+    out,
+):
     """``_place_rows`` for each block of rows of X_new (float64), their distances to the
     reference points (XT_ref [D, N] float64) summed over the features (few features)."""
     m = X_new.shape[0]
@@ -1025,20 +1146,60 @@ def place_points(X_new, XT_ref, hl, grid, frame, k, attract, log_perplexity, n_i
         acc = np.empty(DIST_BLOCK)
         for r in range(lo, hi):
             _sq_distances(X_new[r], XT_ref, 0, dists[r - lo], acc)
-        _place_rows(dists, hl, grid, frame, k, attract, log_perplexity, n_iter, learning_rate,
-                    exaggeration, momentum, max_grad_norm, min_gain, out[lo:hi])
+        _place_rows(
+            dists,
+            hl,
+            grid,
+            frame,
+            k,
+            attract,
+            log_perplexity,
+            n_iter,
+            learning_rate,
+            exaggeration,
+            momentum,
+            max_grad_norm,
+            min_gain,
+            out[lo:hi],
+        )
 
 
 @njit(parallel=True, cache=True)
-def place_points_from_distances(D, hl, grid, frame, k, attract, log_perplexity, n_iter,
-                                learning_rate, exaggeration, momentum, max_grad_norm,
-                                min_gain, out):
+def place_points_from_distances(
+    D,
+    hl,
+    grid,
+    frame,
+    k,
+    attract,
+    log_perplexity,
+    n_iter,
+    learning_rate,
+    exaggeration,
+    momentum,
+    max_grad_norm,
+    min_gain,
+    out,
+):
     """``_place_rows`` for each block of rows of given squared distances D [M, N]
     float32 (many features: they come from a GEMM)."""
     m = D.shape[0]
     for blk in prange((m + PLACE_BLOCK - 1) // PLACE_BLOCK):
         lo = blk * PLACE_BLOCK
         hi = min(lo + PLACE_BLOCK, m)
-        _place_rows(D[lo:hi], hl, grid, frame, k, attract, log_perplexity, n_iter,
-                    learning_rate, exaggeration, momentum, max_grad_norm, min_gain,
-                    out[lo:hi])
+        _place_rows(
+            D[lo:hi],
+            hl,
+            grid,
+            frame,
+            k,
+            attract,
+            log_perplexity,
+            n_iter,
+            learning_rate,
+            exaggeration,
+            momentum,
+            max_grad_norm,
+            min_gain,
+            out[lo:hi],
+        )

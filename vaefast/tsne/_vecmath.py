@@ -36,32 +36,40 @@ EXP_FASTMATH = {"contract", "nsz"}
 @intrinsic
 def _bits(typingctx, x):
     """The int64 with the bits of float64 x."""
+
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.IntType(64))
+
     return types.int64(types.float64), codegen
 
 
 @intrinsic
 def _bits32(typingctx, x):
     """The int32 with the bits of float32 x."""
+
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.IntType(32))
+
     return types.int32(types.float32), codegen
 
 
 @intrinsic
 def _float32(typingctx, x):
     """The float32 with the bits of int32 x."""
+
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.FloatType())
+
     return types.float32(types.int32), codegen
 
 
 @intrinsic
 def _float(typingctx, x):
     """The float64 with the bits of int64 x."""
+
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.DoubleType())
+
     return types.float64(types.int64), codegen
 
 
@@ -142,7 +150,6 @@ def log_positive(x: float) -> float:
     return e * LN2_HI + (e * LN2_LO + 2.0 * s * t)
 
 
-
 LOG32_ERROR = 3e-7  # bound on log_positive32's relative error (tested)
 F32_LN2 = np.float32(0.6931471805599453)
 F32_SQRT2 = np.float32(SQRT2)
@@ -166,6 +173,7 @@ def log_positive32(x):
     t = t * s2 + np.float32(1.0 / 5.0)
     t = t * s2 + np.float32(1.0 / 3.0)
     t = t * s2 + np.float32(1.0)
-    e = np.float32((bits >> np.int32(23)) - np.int32(127)) + (np.float32(1.0) if big
-                                                              else np.float32(0.0))
+    e = np.float32((bits >> np.int32(23)) - np.int32(127)) + (
+        np.float32(1.0) if big else np.float32(0.0)
+    )
     return e * F32_LN2 + np.float32(2.0) * s * t

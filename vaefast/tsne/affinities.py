@@ -110,9 +110,14 @@ def _report(beta: np.ndarray, seconds: float, verbose: int) -> None:
         print("[t-SNE] Computed conditional probabilities in {:.3f}s".format(seconds))
 
 
-def joint_probabilities(X: np.ndarray, perplexity: float, max_dense_bytes: int | None = None,
-                        backend: str = DEFAULT, verbose: int = 0,
-                        n_jobs: int | None = None) -> Affinities:
+def joint_probabilities(
+    X: np.ndarray,
+    perplexity: float,
+    max_dense_bytes: int | None = None,
+    backend: str = DEFAULT,
+    verbose: int = 0,
+    n_jobs: int | None = None,
+) -> Affinities:
     """P of scikit-learn's exact t-SNE for rows of X (float32 or float64), euclidean.
 
     The per-point precisions come first (O(N) memory); then, when the packed triangle's
@@ -129,11 +134,15 @@ def joint_probabilities(X: np.ndarray, perplexity: float, max_dense_bytes: int |
     size = k.packed_size(n)
     P = np.empty(size if 4 * size <= budget else 0, P_DTYPE)
     # X.T, float64 (exact for float32 X): what the recomputed pairs are summed from
-    XT = np.ascontiguousarray(X.T, dtype=np.float64) if not P.size or \
-        X.shape[1] < GEMM_MIN_FEATURES else np.empty((0, n))
+    XT = (
+        np.ascontiguousarray(X.T, dtype=np.float64)
+        if not P.size or X.shape[1] < GEMM_MIN_FEATURES
+        else np.empty((0, n))
+    )
     if X.shape[1] >= GEMM_MIN_FEATURES and n > 1:
-        _gemm_affinities(np.ascontiguousarray(X, dtype=np.float64), log_p, beta, sum_p,
-                         row_total, P, k, n_jobs)
+        _gemm_affinities(
+            np.ascontiguousarray(X, dtype=np.float64), log_p, beta, sum_p, row_total, P, k, n_jobs
+        )
         total = max(2.0 * float(np.sum(row_total)), k.MACHINE_EPSILON)
         if P.size:
             k.joint_packed_in_place(P, beta, sum_p, total)
@@ -146,8 +155,9 @@ def joint_probabilities(X: np.ndarray, perplexity: float, max_dense_bytes: int |
     return Affinities(P, XT, beta, sum_p, total, backend)
 
 
-def squared_distances(A: np.ndarray, sq_a: np.ndarray, B: np.ndarray, sq_b: np.ndarray,
-                      diagonal: int | None = None) -> np.ndarray:
+def squared_distances(
+    A: np.ndarray, sq_a: np.ndarray, B: np.ndarray, sq_b: np.ndarray, diagonal: int | None = None
+) -> np.ndarray:
     """Squared distances [len(A), len(B)] as scikit-learn's ``euclidean_distances``
     computes them: ``sq_a_i + sq_b_j - 2 a_i . b_j`` in float64 (one BLAS GEMM), clipped
     at 0, rounded to float32. A, B: float64 rows; sq_a, sq_b: their squared norms
@@ -188,15 +198,16 @@ def _gemm_affinities(X64, log_p, beta, sum_p, row_total, P, k, n_jobs) -> None:
             d = squared_distances(X64[i0:i1], sq[i0:i1], X64[i0:], sq[i0:], diagonal=0)
             for r in range(i1 - i0):
                 start = k.packed_start(i0 + r, n)
-                P[start:start + n - i0 - r - 1] = d[r, r + 1:]
+                P[start : start + n - i0 - r - 1] = d[r, r + 1 :]
     rows = np.empty((GEMM_ROWS, n), np.float32)
     for i0, i1 in blocks:
-        k.rows_from_packed(P, i0, rows[:i1 - i0])
-        k.conditional_rows(rows[:i1 - i0], i0, log_p, beta, sum_p, row_total)
+        k.rows_from_packed(P, i0, rows[: i1 - i0])
+        k.conditional_rows(rows[: i1 - i0], i0, log_p, beta, sum_p, row_total)
 
 
-def joint_probabilities_from_distances(distances: np.ndarray, perplexity: float,
-                                       backend: str = DEFAULT, verbose: int = 0) -> Affinities:
+def joint_probabilities_from_distances(
+    distances: np.ndarray, perplexity: float, backend: str = DEFAULT, verbose: int = 0
+) -> Affinities:
     """P from given squared distances [N, N] (any metric, or precomputed), stored, with
     scikit-learn's float32 rounding and binary search."""
     t0 = time.perf_counter()

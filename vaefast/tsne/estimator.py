@@ -77,15 +77,29 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     _EXPLORATION_MAX_ITER = EXPLORATION_MAX_ITER
     _N_ITER_CHECK = N_ITER_CHECK
 
-    def __init__(self, n_components: int = 2, *, perplexity: float = 30.0,
-                 early_exaggeration: float = 12.0, learning_rate: float | str = "auto",
-                 max_iter: int = 1000, n_iter_without_progress: int = 300,
-                 min_grad_norm: float = 1e-7, metric: str | Callable = "euclidean",
-                 metric_params: dict | None = None, init: str | np.ndarray = "pca",
-                 verbose: int = 0, random_state: int | np.random.RandomState | None = None,
-                 method: str = "exact", angle: float = 0.5, n_jobs: int | None = None,
-                 progress: bool = False, callbacks: Sequence[Callback] = (),
-                 max_dense_bytes: int | None = None, backend: str = DEFAULT):
+    def __init__(
+        self,
+        n_components: int = 2,
+        *,
+        perplexity: float = 30.0,
+        early_exaggeration: float = 12.0,
+        learning_rate: float | str = "auto",
+        max_iter: int = 1000,
+        n_iter_without_progress: int = 300,
+        min_grad_norm: float = 1e-7,
+        metric: str | Callable = "euclidean",
+        metric_params: dict | None = None,
+        init: str | np.ndarray = "pca",
+        verbose: int = 0,
+        random_state: int | np.random.RandomState | None = None,
+        method: str = "exact",
+        angle: float = 0.5,
+        n_jobs: int | None = None,
+        progress: bool = False,
+        callbacks: Sequence[Callback] = (),
+        max_dense_bytes: int | None = None,
+        backend: str = DEFAULT,
+    ):
         self.n_components = n_components
         self.perplexity = perplexity
         self.early_exaggeration = early_exaggeration
@@ -120,37 +134,50 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
         self._validate_params()
         if self.method != "exact":
-            raise VaefastError(f"method={self.method!r}: vaefast computes the exact method "
-                               "only; for Barnes-Hut use sklearn.manifold.TSNE("
-                               "method='barnes_hut') or openTSNE.TSNE")
+            raise VaefastError(
+                f"method={self.method!r}: vaefast computes the exact method "
+                "only; for Barnes-Hut use sklearn.manifold.TSNE("
+                "method='barnes_hut') or openTSNE.TSNE"
+            )
         if self.n_components > 3:
-            raise VaefastError(f"n_components={self.n_components}: vaefast's exact t-SNE "
-                               "embeds in 1 to 3 dimensions; use sklearn.manifold.TSNE("
-                               "method='exact') for more")
-        X = validate_data(self, X, accept_sparse=["csr", "csc", "coo"],
-                          dtype=[np.float32, np.float64], ensure_min_samples=2)
+            raise VaefastError(
+                f"n_components={self.n_components}: vaefast's exact t-SNE "
+                "embeds in 1 to 3 dimensions; use sklearn.manifold.TSNE("
+                "method='exact') for more"
+            )
+        X = validate_data(
+            self,
+            X,
+            accept_sparse=["csr", "csc", "coo"],
+            dtype=[np.float32, np.float64],
+            ensure_min_samples=2,
+        )
         if self.metric == "precomputed":
             if isinstance(self.init, str) and self.init == "pca":
-                raise ValueError('The parameter init="pca" cannot be used with '
-                                 'metric="precomputed".')
+                raise ValueError(
+                    'The parameter init="pca" cannot be used with metric="precomputed".'
+                )
             if X.shape[0] != X.shape[1]:
                 raise ValueError("X should be a square distance matrix")
-            check_non_negative(X, "TSNE.fit(). With metric='precomputed', X should contain "
-                                  "positive distances.")
+            check_non_negative(
+                X, "TSNE.fit(). With metric='precomputed', X should contain positive distances."
+            )
             if issparse(X):
-                raise TypeError('TSNE with method="exact" does not accept sparse '
-                                'precomputed distance matrix. Use method="barnes_hut" '
-                                "or provide the dense distance matrix.")
+                raise TypeError(
+                    'TSNE with method="exact" does not accept sparse '
+                    'precomputed distance matrix. Use method="barnes_hut" '
+                    "or provide the dense distance matrix."
+                )
         elif not issparse(X) and not np.isfinite(X).all():
             raise VaefastError("X contains NaN or inf")
         n = X.shape[0]
         if self.perplexity >= n:
-            raise ValueError(f"perplexity ({self.perplexity}) must be less than n_samples "
-                             f"({n})")
+            raise ValueError(f"perplexity ({self.perplexity}) must be less than n_samples ({n})")
         if isinstance(self.init, np.ndarray):
             if self.init.shape != (n, self.n_components):
-                raise ValueError(f"init array has shape {self.init.shape}, expected "
-                                 f"({n}, {self.n_components})")
+                raise ValueError(
+                    f"init array has shape {self.init.shape}, expected ({n}, {self.n_components})"
+                )
             if not np.isfinite(self.init).all():
                 raise VaefastError("init array contains NaN or inf")
         return X
@@ -161,9 +188,14 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         from scipy.sparse import issparse
 
         if self.metric == "euclidean" and not issparse(X):
-            return joint_probabilities(X, self.perplexity, self.max_dense_bytes,
-                                       backend=self.backend, verbose=self.verbose,
-                                       n_jobs=blas_threads(self.n_jobs))
+            return joint_probabilities(
+                X,
+                self.perplexity,
+                self.max_dense_bytes,
+                backend=self.backend,
+                verbose=self.verbose,
+                n_jobs=blas_threads(self.n_jobs),
+            )
         from sklearn.metrics import pairwise_distances
 
         if self.metric == "precomputed":
@@ -174,16 +206,17 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             if self.metric == "euclidean":
                 distances = pairwise_distances(X, metric="euclidean", squared=True)
             else:
-                distances = pairwise_distances(X, metric=self.metric, n_jobs=self.n_jobs,
-                                               **(self.metric_params or {}))
+                distances = pairwise_distances(
+                    X, metric=self.metric, n_jobs=self.n_jobs, **(self.metric_params or {})
+                )
         if np.any(distances < 0):
-            raise ValueError("All distances should be positive, the metric given is not "
-                             "correct")
+            raise ValueError("All distances should be positive, the metric given is not correct")
         distances = np.asarray(distances, dtype=np.float64)
         if self.metric != "euclidean":
-            distances = distances ** 2
-        return joint_probabilities_from_distances(distances, self.perplexity,
-                                                  backend=self.backend, verbose=self.verbose)
+            distances = distances**2
+        return joint_probabilities_from_distances(
+            distances, self.perplexity, backend=self.backend, verbose=self.verbose
+        )
 
     def _initial_embedding(self, X) -> np.ndarray:
         """[N, n_components] start, as scikit-learn makes it (float32 values)."""
@@ -204,8 +237,9 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
                 warnings.simplefilter("ignore", RuntimeWarning)  # constant input
                 return scaled_start(pca.fit_transform(X))
-        return (1e-4 * random_state.standard_normal(size=(X.shape[0], k)).astype(np.float32)
-                ).astype(np.float64)
+        return (
+            1e-4 * random_state.standard_normal(size=(X.shape[0], k)).astype(np.float32)
+        ).astype(np.float64)
 
     # --- fitting ------------------------------------------------------------------------
 
@@ -213,21 +247,30 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """Compute the embedding of X [N, D] (or [N, N] distances with
         ``metric="precomputed"``); sets ``embedding_`` and friends."""
         X = self._validate(X)
-        self.learning_rate_ = (auto_learning_rate(X.shape[0], self.early_exaggeration)
-                               if self.learning_rate == "auto" else float(self.learning_rate))
+        self.learning_rate_ = (
+            auto_learning_rate(X.shape[0], self.early_exaggeration)
+            if self.learning_rate == "auto"
+            else float(self.learning_rate)
+        )
         with numba_threads(self.n_jobs) as threads:
             t0 = time.perf_counter()
             affinities = self._affinities(X)
             t1 = time.perf_counter()
-            run = fit_embedding(affinities, self._initial_embedding(X), threads=threads,
-                                learning_rate=self.learning_rate_,
-                                early_exaggeration=self.early_exaggeration,
-                                max_iter=self.max_iter,
-                                n_iter_without_progress=self.n_iter_without_progress,
-                                min_grad_norm=self.min_grad_norm, progress=self.progress,
-                                callbacks=self.callbacks, verbose=self.verbose,
-                                exploration_iter=self._EXPLORATION_MAX_ITER,
-                                n_iter_check=self._N_ITER_CHECK)
+            run = fit_embedding(
+                affinities,
+                self._initial_embedding(X),
+                threads=threads,
+                learning_rate=self.learning_rate_,
+                early_exaggeration=self.early_exaggeration,
+                max_iter=self.max_iter,
+                n_iter_without_progress=self.n_iter_without_progress,
+                min_grad_norm=self.min_grad_norm,
+                progress=self.progress,
+                callbacks=self.callbacks,
+                verbose=self.verbose,
+                exploration_iter=self._EXPLORATION_MAX_ITER,
+                n_iter_check=self._N_ITER_CHECK,
+            )
         self.embedding_, self.kl_divergence_, self.n_iter_ = run.embedding, run.kl, run.n_iter
         self._X_fit = X if self.metric == "euclidean" and isinstance(X, np.ndarray) else None
         self._Y_fit = np.ascontiguousarray(run.Y.T)
@@ -254,16 +297,26 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if not hasattr(self, "embedding_"):
             raise VaefastError("this TSNE is not fitted yet; call fit first")
         if self._X_fit is None or self.n_components != 2:
-            raise VaefastError("transform places points by euclidean affinities in a 2-D "
-                               "map: fit with metric='euclidean', n_components=2 and dense X")
+            raise VaefastError(
+                "transform places points by euclidean affinities in a 2-D "
+                "map: fit with metric='euclidean', n_components=2 and dense X"
+            )
         X_new = np.asarray(X_new)
         if X_new.ndim != 2 or X_new.shape[1] != self.n_features_in_:
-            raise VaefastError(f"X_new has shape {X_new.shape}, expected "
-                               f"[M, {self.n_features_in_}]")
+            raise VaefastError(
+                f"X_new has shape {X_new.shape}, expected [M, {self.n_features_in_}]"
+            )
         if X_new.shape[0] == 0:
             return np.empty((0, 2))
-        X_new = check_points(np.concatenate([X_new, X_new[:1]]) if len(X_new) == 1 else X_new,
-                             "X_new")[:len(X_new)]
+        X_new = check_points(
+            np.concatenate([X_new, X_new[:1]]) if len(X_new) == 1 else X_new, "X_new"
+        )[: len(X_new)]
         with numba_threads(self.n_jobs):
-            return place(X_new, self._X_fit, self._Y_fit, backend=self.backend,
-                         n_jobs=blas_threads(self.n_jobs), **options)
+            return place(
+                X_new,
+                self._X_fit,
+                self._Y_fit,
+                backend=self.backend,
+                n_jobs=blas_threads(self.n_jobs),
+                **options,
+            )

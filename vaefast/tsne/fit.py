@@ -63,12 +63,21 @@ def scaled_start(Y: np.ndarray) -> np.ndarray:
     return (Y / std * 1e-4 if std > 0 else Y).astype(np.float64)
 
 
-def fit_embedding(affinities: Affinities, start: np.ndarray, *, threads: int,
-                  learning_rate: float, early_exaggeration: float = 12.0,
-                  max_iter: int = 1000, n_iter_without_progress: int = 300,
-                  min_grad_norm: float = 1e-7, progress: bool = False,
-                  callbacks: Sequence[Callback] = (), verbose: int = 0,
-                  **schedule: int) -> Fit:
+def fit_embedding(
+    affinities: Affinities,
+    start: np.ndarray,
+    *,
+    threads: int,
+    learning_rate: float,
+    early_exaggeration: float = 12.0,
+    max_iter: int = 1000,
+    n_iter_without_progress: int = 300,
+    min_grad_norm: float = 1e-7,
+    progress: bool = False,
+    callbacks: Sequence[Callback] = (),
+    verbose: int = 0,
+    **schedule: int,
+) -> Fit:
     """Optimize the embedding that starts at ``start`` [N, n_components] (1 to 3) under
     P = ``affinities``; ``threads``: the most Numba threads (a ``ThreadPolicy`` picks);
     ``schedule``: ``optimizer.optimize``'s exploration_iter and n_iter_check."""
@@ -80,15 +89,28 @@ def fit_embedding(affinities: Affinities, start: np.ndarray, *, threads: int,
     Y = np.zeros((dims, n), np.float32)  # scikit-learn's float32 state
     Y[:n_components] = start.T
     policy = ThreadPolicy(threads)
-    Y, kl, it = optimize(objective, Y, learning_rate=learning_rate,
-                         early_exaggeration=early_exaggeration, max_iter=max_iter,
-                         n_iter_without_progress=n_iter_without_progress,
-                         min_grad_norm=min_grad_norm, threads=policy, progress=progress,
-                         callbacks=callbacks, verbose=verbose, backend=affinities.backend,
-                         **schedule)
+    Y, kl, it = optimize(
+        objective,
+        Y,
+        learning_rate=learning_rate,
+        early_exaggeration=early_exaggeration,
+        max_iter=max_iter,
+        n_iter_without_progress=n_iter_without_progress,
+        min_grad_norm=min_grad_norm,
+        threads=policy,
+        progress=progress,
+        callbacks=callbacks,
+        verbose=verbose,
+        backend=affinities.backend,
+        **schedule,
+    )
     seconds = time.perf_counter() - t0
     iterations = it + 1
-    timings = {"optimize_s": seconds, "iterations": iterations, "dense_p": affinities.dense,
-               "pairs_per_s": n * (n - 1) * iterations / max(seconds, 1e-12),
-               "iterations_by_threads": dict(policy.history)}
+    timings = {
+        "optimize_s": seconds,
+        "iterations": iterations,
+        "dense_p": affinities.dense,
+        "pairs_per_s": n * (n - 1) * iterations / max(seconds, 1e-12),
+        "iterations_by_threads": dict(policy.history),
+    }
     return Fit(np.ascontiguousarray(Y[:n_components].T, dtype=np.float32), kl, it, Y, timings)

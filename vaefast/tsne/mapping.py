@@ -67,22 +67,33 @@ def pca_start(X: np.ndarray, n_components: int = 2, seed: int = 0) -> np.ndarray
     return scaled_start(start)
 
 
-def fit_reference(X_ref: np.ndarray, seed: int = 0, n_jobs: int | None = None,
-                  progress: bool = False) -> Fit:
+def fit_reference(
+    X_ref: np.ndarray, seed: int = 0, n_jobs: int | None = None, progress: bool = False
+) -> Fit:
     """Exact t-SNE of the reference points (scikit-learn's defaults, the small-n
     perplexity rule, ``pca_start``)."""
     X = check_points(X_ref)
     with numba_threads(n_jobs) as threads:
         affinities = joint_probabilities(X, perplexity_for(len(X)), n_jobs=blas_threads(n_jobs))
-        return fit_embedding(affinities, pca_start(X, 2, seed), threads=threads,
-                             learning_rate=auto_learning_rate(len(X), 12.0),
-                             progress=progress)
+        return fit_embedding(
+            affinities,
+            pca_start(X, 2, seed),
+            threads=threads,
+            learning_rate=auto_learning_rate(len(X), 12.0),
+            progress=progress,
+        )
 
 
-def place_chunks(X: Callable[[int, int], np.ndarray], n: int, index: np.ndarray,
-                 X_ref: np.ndarray, Y_ref: np.ndarray, chunk_rows: int,
-                 chunks: list[int] | None = None, method: str = "exact"
-                 ) -> Iterator[tuple[int, int, int, np.ndarray]]:
+def place_chunks(
+    X: Callable[[int, int], np.ndarray],
+    n: int,
+    index: np.ndarray,
+    X_ref: np.ndarray,
+    Y_ref: np.ndarray,
+    chunk_rows: int,
+    chunks: list[int] | None = None,
+    method: str = "exact",
+) -> Iterator[tuple[int, int, int, np.ndarray]]:
     """Positions of rows chunk by chunk: reference rows keep their exact position, the
     others are placed by transform (``method``: a name in ``transform.PLACEMENTS``);
     rows with no point (NaN: an input skipped as undecodable) get NaN.
@@ -103,9 +114,14 @@ def place_chunks(X: Callable[[int, int], np.ndarray], n: int, index: np.ndarray,
         yield chunk, start, stop, out
 
 
-def map_points(X: np.ndarray, max_exact: int = DEFAULT_MAX_EXACT, seed: int = 0,
-               n_jobs: int | None = None, progress: bool = False,
-               method: str = "exact") -> np.ndarray:
+def map_points(
+    X: np.ndarray,
+    max_exact: int = DEFAULT_MAX_EXACT,
+    seed: int = 0,
+    n_jobs: int | None = None,
+    progress: bool = False,
+    method: str = "exact",
+) -> np.ndarray:
     """2-D map of X [N, Z]: exact t-SNE of all rows up to ``max_exact``; above, exact
     t-SNE of a seeded sample of that size with every other row placed by transform
     (``method``: a name in ``transform.PLACEMENTS``)."""
@@ -116,7 +132,8 @@ def map_points(X: np.ndarray, max_exact: int = DEFAULT_MAX_EXACT, seed: int = 0,
         return reference.embedding
     out = np.empty((len(X), 2))
     with numba_threads(n_jobs):
-        for _, start, stop, Y in place_chunks(lambda a, b: X[a:b], len(X), index, X[index],
-                                              reference.embedding, len(X), method=method):
+        for _, start, stop, Y in place_chunks(
+            lambda a, b: X[a:b], len(X), index, X[index], reference.embedding, len(X), method=method
+        ):
             out[start:stop] = Y
     return out

@@ -36,17 +36,29 @@ class KLObjective:
         self.args = affinities.kernel_args()
         self.sum_p, self.sum_p_log_p = self.kernels.p_sums(*self.args)
 
-    def __call__(self, Y: np.ndarray, exaggeration: float = 1.0,
-                 compute_error: bool = True) -> tuple[float, np.ndarray]:
+    def __call__(
+        self, Y: np.ndarray, exaggeration: float = 1.0, compute_error: bool = True
+    ) -> tuple[float, np.ndarray]:
         """(KL divergence, or NaN when not asked for; gradient [dims, N]) at Y. The
         gradient is a buffer this objective reuses at its next call."""
         if Y.dtype != np.float32:
             raise TypeError(f"the embedding must be float32 [dims, N], got {Y.dtype}")
-        z = self.kernels.gradient(Y, *self.args, exaggeration, self.scale, compute_error,
-                                  *self.workspace, self.grad, self.kl_rows)
+        z = self.kernels.gradient(
+            Y,
+            *self.args,
+            exaggeration,
+            self.scale,
+            compute_error,
+            *self.workspace,
+            self.grad,
+            self.kl_rows,
+        )
         if not compute_error:
             return math.nan, self.grad
         a = exaggeration
-        kl = a * (self.sum_p_log_p + (math.log(a) + math.log(z)) * self.sum_p
-                  + float(np.sum(self.kl_rows)))
+        kl = a * (
+            self.sum_p_log_p
+            + (math.log(a) + math.log(z)) * self.sum_p
+            + float(np.sum(self.kl_rows))
+        )
         return kl, self.grad

@@ -35,22 +35,41 @@ class Descent:
     def start(cls, Y: np.ndarray, backend: str = DEFAULT) -> "Descent":
         return cls(np.zeros_like(Y), np.ones_like(Y), backend)
 
-    def step(self, Y: np.ndarray, grad: np.ndarray, momentum: float, learning_rate: float,
-             min_gain: float) -> float:
+    def step(
+        self,
+        Y: np.ndarray,
+        grad: np.ndarray,
+        momentum: float,
+        learning_rate: float,
+        min_gain: float,
+    ) -> float:
         """Move Y (in place) by one step along ``grad``; return |gains * grad|."""
         if self._kernels is None:
             self._kernels = kernels(self.backend)
-        return self._kernels.descent_update(Y, grad, self.update, self.gains, momentum,
-                                            learning_rate, min_gain)
+        return self._kernels.descent_update(
+            Y, grad, self.update, self.gains, momentum, learning_rate, min_gain
+        )
 
 
-def gradient_descent(objective: Objective, Y: np.ndarray, it: int, max_iter: int, *,
-                     exaggeration: float, momentum: float, learning_rate: float,
-                     n_iter_without_progress: int, min_grad_norm: float,
-                     min_gain: float = 0.01, n_iter_check: int = 50, verbose: int = 0,
-                     callbacks: Sequence[Callback] = (), on_check=None,
-                     threads: ThreadPolicy | None = None, state: Descent | None = None,
-                     ) -> tuple[np.ndarray, float, int, bool]:
+def gradient_descent(
+    objective: Objective,
+    Y: np.ndarray,
+    it: int,
+    max_iter: int,
+    *,
+    exaggeration: float,
+    momentum: float,
+    learning_rate: float,
+    n_iter_without_progress: int,
+    min_grad_norm: float,
+    min_gain: float = 0.01,
+    n_iter_check: int = 50,
+    verbose: int = 0,
+    callbacks: Sequence[Callback] = (),
+    on_check=None,
+    threads: ThreadPolicy | None = None,
+    state: Descent | None = None,
+) -> tuple[np.ndarray, float, int, bool]:
     """Run iterations ``it`` .. ``max_iter - 1``; return (Y, error, last iteration, stopped).
 
     ``objective(Y, exaggeration, compute_error)`` returns (KL or NaN, gradient).
@@ -69,16 +88,19 @@ def gradient_descent(objective: Objective, Y: np.ndarray, it: int, max_iter: int
         if threads is None:
             kl, grad = objective(Y, exaggeration, with_error)
         else:
-            kl, grad = threads.call(lambda: objective(Y, exaggeration, with_error),
-                                    measure=not with_error)
+            kl, grad = threads.call(
+                lambda: objective(Y, exaggeration, with_error), measure=not with_error
+            )
         grad_norm = state.step(Y, grad, momentum, learning_rate, min_gain)
         if with_error:
             error = kl
         if check:
             toc = time.perf_counter()
             if verbose >= 2:  # scikit-learn's lines, word for word
-                print("[t-SNE] Iteration %d: error = %.7f, gradient norm = %.7f (%s iterations "
-                      "in %0.3fs)" % (i + 1, error, grad_norm, n_iter_check, toc - tic))
+                print(
+                    "[t-SNE] Iteration %d: error = %.7f, gradient norm = %.7f (%s iterations "
+                    "in %0.3fs)" % (i + 1, error, grad_norm, n_iter_check, toc - tic)
+                )
             tic = toc
             if on_check is not None:
                 on_check(i + 1)
@@ -88,8 +110,10 @@ def gradient_descent(objective: Objective, Y: np.ndarray, it: int, max_iter: int
                 best_error, best_iter = error, i
             elif i - best_iter > n_iter_without_progress:
                 if verbose >= 2:
-                    print("[t-SNE] Iteration %d: did not make any progress during the last %d "
-                          "episodes. Finished." % (i + 1, n_iter_without_progress))
+                    print(
+                        "[t-SNE] Iteration %d: did not make any progress during the last %d "
+                        "episodes. Finished." % (i + 1, n_iter_without_progress)
+                    )
                 break
             if grad_norm <= min_grad_norm:
                 if verbose >= 2:
@@ -102,13 +126,23 @@ EXPLORATION_MAX_ITER = 250  # iterations with early exaggeration and momentum 0.
 N_ITER_CHECK = 50  # iterations between error checks
 
 
-def optimize(objective: Objective, Y: np.ndarray, *, learning_rate: float,
-             early_exaggeration: float = 12.0, max_iter: int = 1000,
-             n_iter_without_progress: int = 300, min_grad_norm: float = 1e-7,
-             threads: ThreadPolicy | None = None, progress: bool = False,
-             callbacks: Sequence[Callback] = (), verbose: int = 0,
-             backend: str = DEFAULT, exploration_iter: int = EXPLORATION_MAX_ITER,
-             n_iter_check: int = N_ITER_CHECK) -> tuple[np.ndarray, float, int]:
+def optimize(
+    objective: Objective,
+    Y: np.ndarray,
+    *,
+    learning_rate: float,
+    early_exaggeration: float = 12.0,
+    max_iter: int = 1000,
+    n_iter_without_progress: int = 300,
+    min_grad_norm: float = 1e-7,
+    threads: ThreadPolicy | None = None,
+    progress: bool = False,
+    callbacks: Sequence[Callback] = (),
+    verbose: int = 0,
+    backend: str = DEFAULT,
+    exploration_iter: int = EXPLORATION_MAX_ITER,
+    n_iter_check: int = N_ITER_CHECK,
+) -> tuple[np.ndarray, float, int]:
     """scikit-learn's two phases (``TSNE._tsne``): ``exploration_iter`` iterations with
     early exaggeration and momentum 0.5, then the rest at momentum 0.8, each phase from
     zero update and unit gains. Returns (Y, KL, index of the last iteration)."""
@@ -121,22 +155,44 @@ def optimize(objective: Objective, Y: np.ndarray, *, learning_rate: float,
         bar.update(iteration - done[0])
         done[0] = iteration
 
-    common = dict(learning_rate=learning_rate, min_grad_norm=min_grad_norm, threads=threads,
-                  n_iter_check=n_iter_check, verbose=verbose, callbacks=callbacks,
-                  on_check=on_check)
+    common = dict(
+        learning_rate=learning_rate,
+        min_grad_norm=min_grad_norm,
+        threads=threads,
+        n_iter_check=n_iter_check,
+        verbose=verbose,
+        callbacks=callbacks,
+        on_check=on_check,
+    )
     try:
         Y, kl, it, stopped = gradient_descent(
-            objective, Y, 0, exploration_iter, exaggeration=early_exaggeration,
-            momentum=0.5, n_iter_without_progress=exploration_iter,
-            state=Descent.start(Y, backend), **common)
+            objective,
+            Y,
+            0,
+            exploration_iter,
+            exaggeration=early_exaggeration,
+            momentum=0.5,
+            n_iter_without_progress=exploration_iter,
+            state=Descent.start(Y, backend),
+            **common,
+        )
         if verbose:
-            print("[t-SNE] KL divergence after %d iterations with early exaggeration: %f"
-                  % (it + 1, kl))
+            print(
+                "[t-SNE] KL divergence after %d iterations with early exaggeration: %f"
+                % (it + 1, kl)
+            )
         if not stopped and (it < exploration_iter or max_iter > exploration_iter):
             Y, kl, it, stopped = gradient_descent(
-                objective, Y, it + 1, max_iter, exaggeration=1.0, momentum=0.8,
+                objective,
+                Y,
+                it + 1,
+                max_iter,
+                exaggeration=1.0,
+                momentum=0.8,
                 n_iter_without_progress=n_iter_without_progress,
-                state=Descent.start(Y, backend), **common)
+                state=Descent.start(Y, backend),
+                **common,
+            )
     finally:
         bar.close()
     return Y, kl, it

@@ -28,8 +28,9 @@ def numba_threads(n_jobs: int | None) -> Iterator[int]:
     before = numba.get_num_threads()
     n = numba.config.NUMBA_NUM_THREADS if n_jobs in (None, -1) else int(n_jobs)
     if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
-        raise VaefastError(f"n_jobs must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
-                           f"(or -1), got {n_jobs}")
+        raise VaefastError(
+            f"n_jobs must be between 1 and {numba.config.NUMBA_NUM_THREADS} (or -1), got {n_jobs}"
+        )
     numba.set_num_threads(n)
     try:
         yield n
@@ -60,8 +61,13 @@ class ThreadPolicy:
 
     PROBE_CALLS = 2
 
-    def __init__(self, threads: int, probe_every: int = 16, max_every: int = 512,
-                 clock: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        threads: int,
+        probe_every: int = 16,
+        max_every: int = 512,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self.clock = clock
         self.choices = (threads, 1) if threads > 1 else (1,)
         self.seconds: dict[int, float | None] = {c: None for c in self.choices}
@@ -108,8 +114,9 @@ class ThreadPolicy:
             return out  # the run's first call, a warm-up: not counted
         else:  # one hiccup (a preempted core) moves the average by at most 30 %
             last = self.seconds[threads]
-            self.seconds[threads] = (elapsed if last is None
-                                     else 0.7 * last + 0.3 * min(elapsed, 2.0 * last))
+            self.seconds[threads] = (
+                elapsed if last is None else 0.7 * last + 0.3 * min(elapsed, 2.0 * last)
+            )
         if probing:
             if self.seconds[other] < self.seconds[self.current]:
                 self.current, self.every = other, self.base

@@ -16,8 +16,12 @@ from typing import Callable
 import numpy as np
 
 from vaefast.errors import VaefastError
-from vaefast.tsne.affinities import (GEMM_MIN_FEATURES, log_perplexity, squared_distances,
-                                     squared_norms)
+from vaefast.tsne.affinities import (
+    GEMM_MIN_FEATURES,
+    log_perplexity,
+    squared_distances,
+    squared_norms,
+)
 from vaefast.tsne.backends import DEFAULT, kernels
 
 PLACE_ROWS = 1024  # new points per distance block ([1,024, N] float32: 40 MB at N = 10,000)
@@ -35,8 +39,7 @@ def _no_grid(hl: np.ndarray, kern) -> tuple[np.ndarray, np.ndarray]:
     return np.empty((3, 0, 0)), np.zeros(3)
 
 
-def repulsion_grid(hl: np.ndarray, kern, nodes: int | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def repulsion_grid(hl: np.ndarray, kern, nodes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The reference's repulsive fields tabulated on a ``nodes`` x ``nodes`` square grid
     over its bounding box plus a margin: (grid [3, G, G], frame [x0, y0, spacing])."""
     nodes = nodes or GRID_NODES
@@ -60,27 +63,43 @@ class Placement:
 
 GRID_NODES = 256  # per side of the interpolated placement's grid (RESULTS.md: its error)
 PLACEMENTS: dict[str, Placement] = {
-    "exact": Placement(_no_grid, "every reference point attracts and repels, exactly "
-                                 "(the default)"),
-    "interpolated": Placement(repulsion_grid, "P over the nearest references (their "
-                                              "attraction exact); the repulsion of all "
-                                              "read from a tabulated grid (FIt-SNE's "
-                                              "interpolation); opt-in, faster, approximate"),
+    "exact": Placement(
+        _no_grid, "every reference point attracts and repels, exactly (the default)"
+    ),
+    "interpolated": Placement(
+        repulsion_grid,
+        "P over the nearest references (their "
+        "attraction exact); the repulsion of all "
+        "read from a tabulated grid (FIt-SNE's "
+        "interpolation); opt-in, faster, approximate",
+    ),
 }
 
 
 def placement(name: str) -> Placement:
     """The registry entry of a placement method, or a clear error."""
     if name not in PLACEMENTS:
-        raise VaefastError(f"unknown transform method {name!r}; use one of "
-                           f"{', '.join(PLACEMENTS)}")
+        raise VaefastError(f"unknown transform method {name!r}; use one of {', '.join(PLACEMENTS)}")
     return PLACEMENTS[name]
 
 
-def place(X_new: np.ndarray, X_ref: np.ndarray, Y_ref: np.ndarray, *, method: str = "exact",
-          perplexity: float = 5.0, k: int = 25, n_iter: int = 250, learning_rate: float = 0.1,
-          exaggeration: float = 1.5, momentum: float = 0.8, max_grad_norm: float = 0.25,
-          attract: int = 90, backend: str = DEFAULT, n_jobs: int | None = None) -> np.ndarray:
+def place(
+    X_new: np.ndarray,
+    X_ref: np.ndarray,
+    Y_ref: np.ndarray,
+    *,
+    method: str = "exact",
+    perplexity: float = 5.0,
+    k: int = 25,
+    n_iter: int = 250,
+    learning_rate: float = 0.1,
+    exaggeration: float = 1.5,
+    momentum: float = 0.8,
+    max_grad_norm: float = 0.25,
+    attract: int = 90,
+    backend: str = DEFAULT,
+    n_jobs: int | None = None,
+) -> np.ndarray:
     """Embed rows of X_new [M, D] into the reference embedding Y_ref [N, 2] of X_ref [N, D].
 
     ``method``: a name in ``PLACEMENTS`` ("exact", or the opt-in "interpolated", whose
@@ -88,27 +107,45 @@ def place(X_new: np.ndarray, X_ref: np.ndarray, Y_ref: np.ndarray, *, method: st
     (``affinities.GEMM_MIN_FEATURES``) the distances to the reference come from BLAS
     GEMMs (``n_jobs`` threads), a block of new points at a time."""
     if not 0 < perplexity < X_ref.shape[0]:
-        raise VaefastError(f"perplexity ({perplexity}) must be positive and less than the "
-                           f"{X_ref.shape[0]} fitted points")
+        raise VaefastError(
+            f"perplexity ({perplexity}) must be positive and less than the "
+            f"{X_ref.shape[0]} fitted points"
+        )
     how = placement(method)
     k = min(k, X_ref.shape[0])
     kern = kernels(backend)
     out = np.empty((X_new.shape[0], 2))
     hl = split_coordinates(Y_ref)
     grid, frame = how.grid(hl, kern)
-    args = (hl, grid, frame, k, max(attract, k), log_perplexity(perplexity), n_iter,
-            learning_rate, exaggeration, momentum, max_grad_norm, 0.01)
+    args = (
+        hl,
+        grid,
+        frame,
+        k,
+        max(attract, k),
+        log_perplexity(perplexity),
+        n_iter,
+        learning_rate,
+        exaggeration,
+        momentum,
+        max_grad_norm,
+        0.01,
+    )
     if X_new.shape[1] < GEMM_MIN_FEATURES:
-        kern.place_points(np.ascontiguousarray(X_new, np.float64),
-                          np.ascontiguousarray(X_ref.T, np.float64), *args, out)
+        kern.place_points(
+            np.ascontiguousarray(X_new, np.float64),
+            np.ascontiguousarray(X_ref.T, np.float64),
+            *args,
+            out,
+        )
         return out
     from threadpoolctl import threadpool_limits
 
     ref = np.ascontiguousarray(X_ref, np.float64)
     ref_sq = squared_norms(ref)
     for start in range(0, X_new.shape[0], PLACE_ROWS):
-        x = np.ascontiguousarray(X_new[start:start + PLACE_ROWS], np.float64)
+        x = np.ascontiguousarray(X_new[start : start + PLACE_ROWS], np.float64)
         with threadpool_limits(limits=n_jobs, user_api="blas"):
             D = squared_distances(x, squared_norms(x), ref, ref_sq)
-        kern.place_points_from_distances(D, *args, out[start:start + len(x)])
+        kern.place_points_from_distances(D, *args, out[start : start + len(x)])
     return out
