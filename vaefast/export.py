@@ -486,22 +486,20 @@ def export_vae(
             meta["memory"] = {"onnx_bytes_per_row": report["fp32"]["onnx_bytes_per_row"]}
             manifest.write_model_json(tmp, meta)
             memory.trim()
-            reference = runtime.load(tmp, providers=CPU, spin=False)
             images = _unit(x.numpy(), input_range)
-            calibrate = (
-                None if x_cal is None else _calibration(reference, x_cal.numpy(), seed, rows)
-            )
+            calibrate = None
+            if x_cal is not None:  # its session (and arena) gone before quantization
+                calibrate = _calibration(
+                    runtime.load(tmp, providers=CPU, spin=False), x_cal.numpy(), seed, rows
+                )
+                memory.trim()
             calibration_rows = 8 if rows >= CALIBRATE_8_FROM else 1
             for name in names:
                 with steps.measure(f"{name} quantize", batch=calibration_rows):
                     facts = variants_mod.write(tmp, name, calibrate, calibration_rows)
                 memory.trim()
                 with steps.measure(f"{name} agreement", batch=rows):
-                    candidate = runtime.load(tmp, providers=CPU, variant=name, spin=False)
-                    report[name] = (
-                        variants_mod.agreement(reference, candidate, images, name, rows) | facts
-                    )
-                del candidate
+                    report[name] = _agreement(tmp, images, name, CPU, rows) | facts
                 memory.trim()
                 if not report[name]["meets_target"]:
                     print(
@@ -514,15 +512,26 @@ def export_vae(
             for engine in engines.ENGINES.values():  # the other engines', like a variant's
                 if engine.report_key and engine.installed():
                     with steps.measure(f"{engine.report_key} agreement", batch=rows):
-                        candidate = runtime.load(tmp, providers=engine.on_cpu, spin=False)
-                        report[engine.report_key] = variants_mod.agreement(
-                            reference, candidate, images, "fp32", rows
-                        ) | {"precision": candidate.precision}
+                        report[engine.report_key] = _agreement(
+                            tmp, images, variants_mod.REFERENCE, engine.on_cpu, rows
+                        )
             report["memory"] = steps.report()
             manifest.write_report(tmp, report)
     finally:
         model.train(was_training)
     return report
+
+
+def _agreement(folder: Path, images: np.ndarray, name: str, providers: str, rows: int) -> dict:
+    """A variant's (or another engine's) agreement with ONNX Runtime fp32, each session
+    opened for it in turn and freed after (the next step's memory starts clean)."""
+    return variants_mod.agreement(
+        lambda: runtime.load(folder, providers=CPU, spin=False),
+        lambda: runtime.load(folder, providers=providers, variant=name, spin=False),
+        images,
+        name,
+        rows,
+    )
 
 
 def _calibration(

@@ -305,15 +305,29 @@ def parse_names(text: str | None) -> tuple[str, ...]:
 
 
 def agreement(
-    reference, candidate, X: np.ndarray, name: str, rows: int | None = None
+    load_reference: Callable[[], Any],
+    load_candidate: Callable[[], Any],
+    X: np.ndarray,
+    name: str,
+    rows: int | None = None,
 ) -> dict[str, Any]:
-    """Figures of ``candidate`` (an ExportedVAE of variant ``name``) against the fp32
-    ``reference`` on inputs X, run ``rows`` at a time: μ errors, kNN@10 overlap of μ,
-    reconstruction PSNR."""
+    """Figures of a candidate (an ExportedVAE of variant ``name``, opened by
+    ``load_candidate``) against the fp32 reference (``load_reference``) on inputs X, run
+    ``rows`` at a time: μ errors, kNN@10 overlap of μ, reconstruction PSNR. One session
+    is open at a time (the reference's outputs are kept, not its session), so the
+    check's memory is one engine's."""
+    import gc
+
     from vaefast.metrics import knn_overlap, max_errors, psnr
 
+    reference = load_reference()
     mu32 = reference.encode(X, rows)[0]
+    recon32 = reference.decode(mu32, rows)
+    del reference
+    gc.collect()
+    candidate = load_candidate()
     mu = candidate.encode(X, rows)[0]
+    recon = candidate.decode(mu32, rows)
     overlap = knn_overlap(mu.reshape(len(mu), -1), mu32.reshape(len(mu), -1), 10)
     wanted = variant(name).min_overlap
     errors = max_errors(mu, mu32)
@@ -322,6 +336,6 @@ def agreement(
         "mu_max_abs_error": errors["max_abs"],
         "knn10_overlap_vs_fp32": overlap,
         "meets_target": bool(wanted is None or overlap >= wanted),
-        "recon_psnr_db_vs_fp32": psnr(candidate.decode(mu32, rows), reference.decode(mu32, rows)),
+        "recon_psnr_db_vs_fp32": psnr(recon, recon32),
         "evaluated_on": f"{len(X)} rows, providers {candidate.providers}",
-    }
+    } | ({"precision": candidate.precision} if candidate.precision else {})
