@@ -37,11 +37,14 @@ ORT_PROVIDERS = {
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
-def session_options(threads: int | None = None, spin: bool = True):
-    """ONNX Runtime options: intra-op thread count, and spinning (off beside torch)."""
+def session_options(threads: int | None = None, spin: bool = True, arena: bool = True):
+    """ONNX Runtime options: intra-op thread count, spinning (off beside torch), and its
+    CPU memory arena (off where memory is measured and bounded: the arena grows in
+    power-of-two steps and keeps what it took)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    so.enable_cpu_mem_arena = arena
     if threads:
         so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1

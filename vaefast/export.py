@@ -1130,9 +1130,17 @@ def _verify_fp32(
             mu, logvar = (t.numpy() for t in enc(torch.from_numpy(x)))
             return mu, logvar, dec(torch.from_numpy(mu if z is None else z)).numpy()
 
+    # bare sessions without ONNX Runtime's arena: what a batch needs is what is measured,
+    # and it is given back after each run
+    options = engines.session_options(spin=False, arena=False)
+    encoder, decoder = (
+        engines.open_session(folder / name, ["CPUExecutionProvider"], options)
+        for name in variants_mod.model_files(variants_mod.REFERENCE)
+    )
+
     def onnx(x: np.ndarray, z: np.ndarray):
-        mu, logvar = vae.encoder_session.run(None, {"x": x})
-        return mu, logvar, vae.decoder_session.run(None, {"z": z})[0]
+        mu, logvar = encoder.run(None, {"x": x})
+        return mu, logvar, decoder.run(None, {"z": z})[0]
 
     def sliced(run, x, z, batch):  # (mu, logvar, x_hat) of x (and z) in slices
         parts = [

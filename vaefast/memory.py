@@ -116,8 +116,9 @@ class Steps:
 
 def fit_batch(call: Callable[[int], Any], most: int, budget: int, step: str) -> tuple[int, int]:
     """The largest batch <= ``most`` that ``call(batch)`` runs in while the process stays
-    within ``budget`` bytes — measured at 1 and 2 rows, extrapolated, and, unless far
-    inside the budget, checked (halved while over) — and the bytes one more row costs. One line naming the step, its need
+    within ``budget`` bytes — measured at 1 and 2 rows, extrapolated, and checked (halved
+    while over) unless the extrapolation is under half the budget — and the bytes one more
+    row costs. ``call`` should hold no memory between calls (ONNX Runtime: no arena). One line naming the step, its need
     and the budget if even one row does not fit."""
     need = {}
     for b in (1, 2)[:most]:
@@ -136,7 +137,7 @@ def fit_batch(call: Callable[[int], Any], most: int, budget: int, step: str) -> 
     room = int(HEADROOM * budget) - need[2]  # allocators grow in steps: keep some back
     batch = int(min(most, 2 + room // per_row)) if room > 0 else 1
     if need[2] + (batch - 2) * per_row <= budget // 2:
-        return batch, per_row  # far inside the budget: no need to run it to check
+        return batch, per_row  # far inside the budget: not worth a run to check
     while batch > 2:
         reset_peak()
         call(batch)
