@@ -20,7 +20,8 @@ demo: $(STAMP)
 	$(PY) -m vaefast.demo --out out/demo
 
 test: lint
-	$(PY) -m pytest -q -p no:cacheprovider --benchmark-disable --durations=15
+	$(PY) -m pytest -q -p no:cacheprovider --benchmark-disable --durations=15 \
+		-n auto --dist loadfile
 
 # ruff: lint (pyflakes + pycodestyle) and the formatter's check; `ruff format` fixes the latter
 lint: $(STAMP)
