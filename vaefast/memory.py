@@ -118,8 +118,8 @@ def fit_batch(call: Callable[[int], Any], most: int, budget: int, step: str) -> 
     """The largest batch <= ``most`` that ``call(batch)`` runs in while the process stays
     within ``budget`` bytes — measured at 1 and 2 rows, extrapolated, and checked (halved
     while over) unless the extrapolation is under half the budget — and the bytes one more
-    row costs. ``call`` should hold no memory between calls (ONNX Runtime: no arena). One line naming the step, its need
-    and the budget if even one row does not fit."""
+    row costs. ``call`` should hold no memory between calls (ONNX Runtime: no arena). One
+    line naming the step, its need and the budget if even one row does not fit."""
     need = {}
     for b in (1, 2)[:most]:
         reset_peak()
