@@ -482,7 +482,9 @@ def export_vae(
                     f"export failed verification: fp32 max abs error "
                     f"{worst:.3g} exceeds {tolerance:g}"
                 )
-            rows = report["fp32"]["batch_rows"]  # what ONNX Runtime runs within the budget
+            # agreement checks run another engine beside the reference's outputs (OpenVINO
+            # holds more per row than ONNX Runtime): half the fitted batch
+            rows = max(1, report["fp32"]["batch_rows"] // 2)
             meta["memory"] = {"onnx_bytes_per_row": report["fp32"]["onnx_bytes_per_row"]}
             manifest.write_model_json(tmp, meta)
             memory.trim()
