@@ -108,6 +108,8 @@ def _turned(im, exif: str) -> bool:
 
 
 def _orientation(im) -> int:
+    if "exif" not in im.info and im.format != "TIFF":  # no EXIF block: nothing to parse
+        return 1
     try:
         return int(im.getexif().get(0x0112, 1))
     except Exception:  # a broken EXIF block is no orientation, as PIL's exif_transpose says
