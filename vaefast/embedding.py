@@ -473,7 +473,7 @@ def _map(
     if found is None:
         index = valid[reference_rows(len(valid), tsne_max, seed)]
         X_ref = store.read_mu(group, index)
-        trim()  # ~60 MB free in malloc's arenas at 1M rows; P, next, is the peak
+        trim(collect=True)  # ~60 MB free in malloc's arenas at 1M rows; P is next
         reference = fit_reference(X_ref, seed, threads, progress)
         store.save_reference(group, index, reference.embedding)
         stats |= {
