@@ -11,9 +11,10 @@ reset (not Linux), a step's RSS growth stands in for it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from vaefast.errors import VaefastError
 
@@ -93,19 +94,12 @@ class Steps:
         self.budget = budget
         self.figures: dict[str, dict[str, Any]] = {}
 
-    def measure(self, name: str, **facts):
-        steps = self
-
-        class _Step:
-            def __enter__(self):
-                reset_peak()
-                return self
-
-            def __exit__(self, *exc):
-                steps.figures[name] = facts | {"peak_rss_mb": round(peak() / MB, 1)}
-                return False
-
-        return _Step()
+    @contextlib.contextmanager
+    def measure(self, name: str, **facts) -> Iterator[None]:
+        """Record the block's peak RSS under ``name``, beside ``facts`` (its batch)."""
+        reset_peak()
+        yield
+        self.figures[name] = facts | {"peak_rss_mb": round(peak() / MB, 1)}
 
     def report(self) -> dict[str, Any]:
         return {

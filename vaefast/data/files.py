@@ -262,9 +262,6 @@ class Parquet(_Table):
     def _piece(self, f: Path, piece: int):
         return self._file(f).read_row_group(piece, columns=[self.column]).column(0)
 
-    def __getstate__(self):  # open file handles stay in the process that opened them
-        return {**self.__dict__, "_meta": {}, "_cached": None}
-
 
 class SavedDataset(_Table):
     """A Hugging Face ``datasets`` folder written by ``save_to_disk`` (``state.json``,
@@ -333,9 +330,6 @@ class SavedDataset(_Table):
 
     def _piece(self, f: Path, piece: int):
         return self._table(f).to_batches()[piece].column(self.column)
-
-    def __getstate__(self):  # the memory maps are opened again where the object goes
-        return {**self.__dict__, "_tables": {}, "_cached": None}
 
 
 def saved_dataset_hint(path: Path) -> str:
