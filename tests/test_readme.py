@@ -21,13 +21,14 @@ def readme_examples() -> dict[str, str]:
     }
 
 
-def run_example(tmp_path, files: tuple[str, ...], shell: str) -> None:
+def run_example(tmp_path, files: tuple[str, ...], shell: str) -> dict[str, str]:
     """Write the README's example ``files`` into tmp_path and run its ``shell`` block there,
-    line by line, as a user would."""
+    line by line, as a user would; each command's first word with its stdout + stderr."""
     examples = readme_examples()
     for name in files:
         (tmp_path / name).write_text(examples[name])
     commands = re.sub(r"\\\n\s*", " ", examples[shell]).strip().splitlines()
+    outputs = {}
     for line in commands:
         args = shlex.split(line)
         if args[0] == "python":
@@ -36,6 +37,8 @@ def run_example(tmp_path, files: tuple[str, ...], shell: str) -> None:
             args = [sys.executable, "-m", "vaefast.cli", *args[1:]]
         result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"{line}\n{result.stderr[-2000:]}"
+        outputs[" ".join(line.split()[:2])] = result.stdout + result.stderr
+    return outputs
 
 
 def test_readme_examples_are_all_run():
@@ -61,14 +64,25 @@ def test_readme_byo_example_runs_as_written(tmp_path):
 
 
 def test_readme_diffusers_example_runs_as_written(tmp_path):
+    """Also the CLI's diffusers export as users meet it: no traceback or diffusers notice
+    on the terminal, the size from the config's sample_size, the weights file's sha256
+    and the latent scaling factor recorded."""
     pytest.importorskip("diffusers")
     import json
 
     import zarr
 
-    run_example(tmp_path, ("make_kl_vae.py",), "diffusers-shell")
+    from vaefast.export import sha256_file
+
+    outputs = run_example(tmp_path, ("make_kl_vae.py",), "diffusers-shell")
+    said = outputs["vaefast export"]
+    assert "Traceback" not in said and "torch/_guards" not in said and "accelerate" not in said
     meta = json.loads((tmp_path / "exported/kl/model.json").read_text())
     assert meta["latent_shape"] == [4, 14, 14] and meta["input_range"] == [-1.0, 1.0]
+    assert meta["input_shape"] == [1, 28, 28]  # the config's sample_size
+    weights = tmp_path / "kl-vae/diffusion_pytorch_model.safetensors"
+    assert meta["weights_sha256"] == sha256_file(weights)
+    assert meta["latent_scaling"]["scaling_factor"] == 0.18215
     mu = zarr.open_group(str(tmp_path / "kl.zarr"), mode="r")["mu"]
     assert mu.shape == (5000, 4, 14, 14) and str(mu.dtype) == "float16"
     for view in (

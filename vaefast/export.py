@@ -469,12 +469,14 @@ def export_vae(
             weights_sha256 or sha256_state(model),
             names,
         )
+        with _quiet():
+            eager_batch = _fit_eager_batch(enc, dec, len(x), input_shape, input_range, steps)
         with atomic_dir(out, force=force) as tmp, _quiet():
             _export_onnx(enc, dec, x, tmp, meta, probe.multiple is not None)
             manifest.write_model_json(tmp, meta)
             report = {
                 "tolerance": tolerance,
-                "fp32": _verify_fp32(enc, dec, tmp, x.numpy(), seed, probe, steps),
+                "fp32": _verify_fp32(enc, dec, tmp, x.numpy(), seed, probe, steps, eager_batch),
             }
             worst = report["fp32"]["max_abs"]
             if not worst <= tolerance:
@@ -1099,38 +1101,73 @@ def _to_onnx(module, example, ins, outs, dynamic_shapes):
     return run({k: v | {0: Dim.DYNAMIC} for k, v in dynamic_shapes.items()})
 
 
-def _verify_fp32(
-    enc, dec, folder: Path, X: np.ndarray, seed: int, probe: Probe, steps: memory.Steps
-) -> dict[str, Any]:
-    """ONNX Runtime against eager on the example, on random batches, and (fully
-    convolutional models) at a second image size; inputs in the model's own range, fed
-    to the bare sessions. Eager and ONNX Runtime each run in batches fitted to the
-    memory budget (``vaefast.memory.fit_batch``), recorded with each one's peak RSS."""
+def _random_inputs(rng: np.random.Generator, b: int, shape, input_range) -> np.ndarray:
+    """``b`` uniform random inputs of ``shape`` in the model's own pixel range."""
+    lo, hi = input_range
+    return rng.random((b, *shape), dtype=np.float32) * np.float32(hi - lo) + np.float32(lo)
+
+
+def _eager(enc, dec):
+    """(mu, logvar, x_hat) of the eager halves on x, decoding z where given (else mu)."""
     import torch
 
-    vae = runtime.load(folder, providers=CPU, spin=False)
-    rng = np.random.default_rng(seed)
-    lo, hi = vae.input_range
-
-    def inputs(b: int, shape=None) -> np.ndarray:
-        return rng.random((b, *(shape or vae.input_shape)), dtype=np.float32) * np.float32(
-            hi - lo
-        ) + np.float32(lo)
-
-    cases = [("test_split", np.ascontiguousarray(X, np.float32), None)]
-    for b in CHECK_BATCHES:
-        if b <= 7 or b * vae.input_dim <= CHECK_VALUES:
-            cases.append(
-                (str(b), inputs(b), rng.standard_normal((b, *vae.latent_shape), dtype=np.float32))
-            )
-    if probe.second_size is not None:
-        cases.append(("second_size", inputs(2, (vae.input_shape[0], *probe.second_size)), None))
-    most = max(len(x) for _, x, _ in cases)
-
-    def eager(x: np.ndarray, z: np.ndarray | None):
+    def run(x: np.ndarray, z: np.ndarray | None):
         with torch.no_grad():
             mu, logvar = (t.numpy() for t in enc(torch.from_numpy(x)))
             return mu, logvar, dec(torch.from_numpy(mu if z is None else z)).numpy()
+
+    return run
+
+
+def _checked_batches(input_shape) -> list[int]:
+    """The random batch sizes the fp32 verification runs for inputs of this shape."""
+    values = int(np.prod(input_shape))
+    return [b for b in CHECK_BATCHES if b <= 7 or b * values <= CHECK_VALUES]
+
+
+def _fit_eager_batch(enc, dec, n_example: int, input_shape, input_range, steps) -> int:
+    """The eager verification's batch, fitted to the memory budget before anything is
+    exported: a budget that even one row exceeds fails in seconds, not after the export."""
+    most = max(n_example, *_checked_batches(input_shape))
+    run, rng = _eager(enc, dec), np.random.default_rng(0)
+    return memory.fit_batch(
+        lambda b: run(_random_inputs(rng, b, input_shape, input_range), None),
+        most,
+        steps.budget,
+        "eager verification",
+    )[0]
+
+
+def _verify_fp32(
+    enc,
+    dec,
+    folder: Path,
+    X: np.ndarray,
+    seed: int,
+    probe: Probe,
+    steps: memory.Steps,
+    batch: int,
+) -> dict[str, Any]:
+    """ONNX Runtime against eager on the example, on random batches, and (fully
+    convolutional models) at a second image size; inputs in the model's own range, fed
+    to the bare sessions. Eager runs ``batch`` rows at a time (``_fit_eager_batch``),
+    ONNX Runtime in batches fitted to the memory budget (``vaefast.memory.fit_batch``),
+    each recorded with its peak RSS."""
+    vae = runtime.load(folder, providers=CPU, spin=False)
+    rng = np.random.default_rng(seed)
+
+    def inputs(b: int, shape=None) -> np.ndarray:
+        return _random_inputs(rng, b, shape or vae.input_shape, vae.input_range)
+
+    cases = [("test_split", np.ascontiguousarray(X, np.float32), None)]
+    for b in _checked_batches(vae.input_shape):
+        cases.append(
+            (str(b), inputs(b), rng.standard_normal((b, *vae.latent_shape), dtype=np.float32))
+        )
+    if probe.second_size is not None:
+        cases.append(("second_size", inputs(2, (vae.input_shape[0], *probe.second_size)), None))
+    most = max(len(x) for _, x, _ in cases)
+    eager = _eager(enc, dec)
 
     # bare sessions without ONNX Runtime's arena: what a batch needs is what is measured,
     # and it is given back after each run
@@ -1151,9 +1188,6 @@ def _verify_fp32(
         ]
         return [np.concatenate(p) for p in zip(*parts)]
 
-    batch, _ = memory.fit_batch(
-        lambda b: eager(inputs(b), None), most, steps.budget, "eager verification"
-    )
     with steps.measure("eager verify", batch=batch):
         theirs = [sliced(eager, x, z, batch) for _, x, z in cases]
     memory.trim()
