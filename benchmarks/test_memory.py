@@ -26,6 +26,8 @@ import pytest
 
 from benchmarks.conftest import ROOT, record
 
+pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
+
 GB = 1 << 30
 SD_1X = {
     "block_out_channels": (128, 256, 512, 512),

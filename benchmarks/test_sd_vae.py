@@ -19,6 +19,8 @@ import pytest
 from benchmarks.conftest import THREADS, ratio_spread, record
 from benchmarks.worker import Worker, available
 
+pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
+
 ROUNDS = int(os.environ.get("VAEFAST_BENCH_SD_ROUNDS", "3"))
 KINDS = [
     "eager",

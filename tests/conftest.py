@@ -28,9 +28,13 @@ def short_export(short_run, tmp_path_factory) -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
+    """scikit-learn's own t-SNE tests marked where they do not apply; and the modules
+    marked ``slow`` run first (stable order otherwise), so that ``make test``'s workers,
+    which take whole files in collection order, do not end on one long file."""
     from tests import test_sklearn_tsne
 
     test_sklearn_tsne.pytest_collection_modifyitems_for(items)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,8 @@ from tests.helpers import ROOT, embed_killed_midway, run_cli  # noqa: E402
 from vaefast import runtime  # noqa: E402
 from vaefast.errors import VaefastError  # noqa: E402
 
+pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
+
 
 @pytest.fixture(scope="module")
 def images():

@@ -21,6 +21,8 @@ from tests.helpers import ROOT, embed_killed_midway, run_cli  # noqa: E402
 from vaefast import runtime  # noqa: E402
 from vaefast.errors import VaefastError  # noqa: E402
 
+pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
+
 
 def nchw(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32) / 255

@@ -11,6 +11,8 @@ import pytest
 
 from tests.helpers import ROOT
 
+pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
+
 
 def readme_examples() -> dict[str, str]:
     """The code blocks marked ``<!-- example: NAME -->`` in the README, by NAME."""

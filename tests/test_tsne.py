@@ -17,6 +17,8 @@ from vaefast.errors import VaefastError
 from vaefast.tsne import TSNE, joint_probabilities
 from vaefast.tsne.objective import KLObjective
 
+pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
+
 
 @pytest.fixture(scope="module")
 def latent_means():
