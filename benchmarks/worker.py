@@ -28,14 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def inputs(part: str, batch: int, input_shape, latent_shape, seed: int) -> np.ndarray:
-    """The seeded inputs every worker gets: pixels in [0, 1] or z ~ N(0, I) of the
-    model's latent shape."""
-    rng = np.random.default_rng(seed)
-    if part == "encoder":
-        return rng.random((batch, *input_shape), dtype=np.float32)
-    return rng.standard_normal((batch, *latent_shape), dtype=np.float32)
+from vaefast.timing import inputs
 
 
 def _runner(kind: str, folder: Path, threads: int, module: str | None):

@@ -22,52 +22,6 @@ from vaefast.errors import VaefastError
 
 AGREEMENT_ROWS = 256  # seeded rows the agreement is measured on
 
-# One candidate in a fresh process: time it at each batch, return its agreement outputs.
-_TIMER = """
-import json, sys, time
-import numpy as np
-spec = json.loads(sys.argv[1])
-exported, part, threads = spec["exported"], spec["part"], spec["threads"]
-shape = tuple(spec["input_shape"] if part == "encoder" else spec["latent_shape"])
-def batch_of(n, seed):
-    rng = np.random.default_rng(seed)
-    return (rng.random((n, *shape), dtype=np.float32) if part == "encoder"
-            else rng.standard_normal((n, *shape), dtype=np.float32))
-if spec["engine"] == "eager":
-    import torch
-    from vaefast.export import load_eager
-    torch.set_num_threads(threads)
-    model = load_eager(exported)
-    def call(x):
-        with torch.inference_mode():
-            out = model.encode(torch.from_numpy(x)) if part == "encoder" \\
-                else model.decode(torch.from_numpy(x))
-        return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
-else:
-    from vaefast import runtime
-    vae = runtime.load(exported, providers=spec["providers"], threads=threads,
-                       variant=spec["variant"], precision=spec["precision"])
-    def call(x):
-        return vae.encode(x, batch_size=len(x))[0] if part == "encoder" \\
-            else vae.decode(x, batch_size=len(x))
-seconds = {}
-for n in spec["batches"]:
-    x = batch_of(n, 0)
-    call(x)
-    once = time.perf_counter(); call(x); once = time.perf_counter() - once
-    loops = max(1, int(spec["min_time"] / 7 / max(once, 1e-7)))
-    samples = []
-    for _ in range(7):
-        t0 = time.perf_counter()
-        for _ in range(loops):
-            call(x)
-        samples.append((time.perf_counter() - t0) / loops)
-    seconds[n] = sorted(samples)[3]
-out = call(batch_of(spec["agreement_rows"], 1))
-np.save(spec["outputs"], np.asarray(out, np.float32))
-print(json.dumps(seconds))
-"""
-
 
 def time_in_process(
     exported: str | os.PathLike,
@@ -81,7 +35,8 @@ def time_in_process(
     min_time: float = 0.3,
 ) -> tuple[dict[int, float], np.ndarray]:
     """({batch: median seconds}, outputs on the seeded agreement batch) of one candidate
-    run in its own process. ``engine`` "eager" is the vaefast-trained model's own call."""
+    run in its own process (``vaefast.timing``). ``engine`` "eager" is the vaefast-trained
+    model's own call."""
     import tempfile
 
     from vaefast import manifest
@@ -105,7 +60,9 @@ def time_in_process(
             "outputs": os.path.join(tmp, "out.npy"),
         }
         result = subprocess.run(
-            [sys.executable, "-c", _TIMER, json.dumps(spec)], capture_output=True, text=True
+            [sys.executable, "-m", "vaefast.timing", json.dumps(spec)],
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["failed"])[-1]
@@ -157,10 +114,10 @@ def recommend(
     overlap >= ``min_overlap``, default each variant's own target; decoder: PSNR >=
     ``min_psnr`` dB). Returns the rows and the choice."""
     from vaefast.metrics import knn_overlap, max_errors, psnr
-    from vaefast.variants import variant
+    from vaefast.variants import PARTS, variant
 
-    if part not in ("encoder", "decoder"):
-        raise VaefastError(f"unknown part {part!r}; use encoder or decoder")
+    if part not in PARTS:
+        raise VaefastError(f"unknown part {part!r}; use {' or '.join(PARTS)}")
     if batch < 1:
         raise VaefastError(f"batch must be >= 1, got {batch}")
     threads = threads or len(os.sched_getaffinity(0))

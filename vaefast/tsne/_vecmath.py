@@ -11,7 +11,7 @@ away); LLVM inlines it with its own flags. The logs are inlined at Numba's level
 (``inline="always"``): they have no such constant, and take their caller's flags.
 
 Numba's on-disk cache keys each kernel on its own file only: after editing this file,
-touch ``_kernels.py`` so the kernels that inline these functions recompile.
+touch the ``_*_kernels.py`` modules so the kernels that inline these functions recompile.
 """
 
 from __future__ import annotations

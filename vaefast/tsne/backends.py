@@ -1,13 +1,12 @@
 """t-SNE kernel sets: the one place a second implementation (e.g. a GPU one) plugs in.
 
-A backend is a module of functions with the signatures of ``vaefast.tsne._kernels``:
-``conditional_probabilities``, ``conditional_rows``, ``rows_from_packed``,
-``joint_packed(_from_distances)``, ``joint_packed_in_place``, ``packed_size``,
-``packed_start`` (affinities), ``gradient_workspace``, ``p_sums``, ``gradient`` (the
-objective), ``descent_update`` (the optimizer) and
-``place_points(_from_distances)`` (transform). Nothing outside those modules reads a
-kernel module; ``TSNE(backend=NAME)`` picks one. Adding a backend is one module plus one
-entry here.
+A backend is a module providing every name in ``CONTRACT`` with the signatures of the
+``numba`` backend (``vaefast.tsne._kernels``), by phase: the affinities
+(``vaefast.tsne.affinities``), the objective and optimizer (``objective``,
+``optimizer``) and the placement of new points (``transform``). Nothing outside those
+modules reads a kernel module; ``TSNE(backend=NAME)`` picks one. Adding a backend is one
+module plus one entry in ``BACKENDS``; a test checks that every backend provides the
+contract.
 """
 
 from __future__ import annotations
@@ -17,6 +16,22 @@ from types import ModuleType
 
 from vaefast.errors import VaefastError
 
+CONTRACT = {
+    "affinities": (
+        "MACHINE_EPSILON",
+        "packed_size",
+        "packed_start",
+        "conditional_probabilities",
+        "conditional_rows",
+        "rows_from_packed",
+        "joint_packed",
+        "joint_packed_from_distances",
+        "joint_packed_in_place",
+    ),
+    "objective": ("gradient_workspace", "p_sums", "gradient"),
+    "optimizer": ("descent_update",),
+    "transform": ("repulsion_grid", "place_points", "place_points_from_distances"),
+}
 BACKENDS = {"numba": "vaefast.tsne._kernels"}  # name -> module of kernels
 DEFAULT = "numba"
 

@@ -4,7 +4,9 @@
 update and gradient disagree in sign, x0.8 elsewhere, floor ``min_gain``; the error and
 gradient norm are checked every ``n_iter_check`` iterations and on the last one. The
 objective (``vaefast.tsne.objective``) only returns the value and the gradient; the
-state that makes a run continue (``update``, ``gains``) lives in ``Descent``.
+optimizer's state (``update``, ``gains``) lives in ``Descent``. Like scikit-learn, each
+phase of a fit (early exaggeration, then the rest) starts from a fresh one; a finished
+fit keeps only its embedding, so a fit cannot be continued (openTSNE's can).
 """
 
 from __future__ import annotations
