@@ -24,11 +24,11 @@ def _train(args: argparse.Namespace) -> None:
     from vaefast.train import train
 
     config = train(
-        args.data,
-        args.out,
+        out=args.out,
         force=args.force,
         **_given(
             args,
+            "data",
             "arch",
             "latent_dim",
             "hidden_dim",
@@ -265,7 +265,8 @@ def _plot(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")  # files only; the library leaves notebooks' backends alone
     from vaefast.plot import render
 
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip()) if args.format else None
+    given = args.formats or ""
+    formats = tuple(f.strip() for f in given.split(",") if f.strip())
     written = render(
         args.kind,
         args.model,
@@ -305,288 +306,318 @@ def _bench_report(args: argparse.Namespace) -> None:
     print(f"wrote {report(args.results, args.out)}")
 
 
-class _RegistryHelp(argparse.HelpFormatter):
-    """Lists the entries of a registry (plot views, t-SNE placements) in an option's help,
-    importing the registry only to print this help."""
+# choices read from the owning module's table when the option is given (and listed in
+# --help), so that parsing stays free of heavy imports
+CHOICES = {
+    "decoder_output": ("vaefast.export", "DECODER_OUTPUTS"),
+    "dtype": ("vaefast.store", "DTYPES"),
+    "to": ("vaefast.store", "EXPORT_FORMATS"),
+    "method": ("vaefast.plot", "METHODS"),
+    "part": ("vaefast.variants", "PARTS"),
+    "precision": ("vaefast.engines", "PRECISIONS"),
+}
+
+
+def _table(dest: str) -> tuple[str, ...]:
+    import importlib
+
+    module, name = CHOICES[dest]
+    return tuple(getattr(importlib.import_module(module), name))
+
+
+def _choice(dest: str):
+    """An argparse ``type`` accepting only the names in ``CHOICES[dest]``'s table."""
+
+    def check(value: str) -> str:
+        names = _table(dest)
+        if value not in names:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {value!r} (choose from {', '.join(names)})"
+            )
+        return value
+
+    check.__name__ = dest  # argparse names the type in its messages
+    return check
+
+
+def _help_for(api: str | None):
+    """A help formatter for a command whose options default to the parameters of the
+    ``module:function`` it calls: "(default X)" is read from that signature."""
+    return type("Help", (_Help,), {"api": api})
+
+
+class _Help(argparse.HelpFormatter):
+    """Fills option help from the tables that own each choice (plot views, data specs,
+    resize and EXIF rules, variants, engines, architectures, placements, CHOICES) and the
+    defaults from the called function's signature, importing them only to print help."""
+
+    api: str | None = None
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.dest == "kind":
+        text = self._from_table(action) or super()._get_help_string(action)
+        default = None if action.required else self._signature_default(action.dest)
+        if text is not None and default is not None and "default" not in text:
+            text += f" (default {default})"
+        return text
+
+    def _signature_default(self, dest: str):
+        import importlib
+        import inspect
+
+        if self.api is None:
+            return None
+        module, name = self.api.split(":")
+        param = inspect.signature(getattr(importlib.import_module(module), name)).parameters.get(
+            dest
+        )
+        value = None if param is None else param.default
+        if value is inspect.Parameter.empty or isinstance(value, bool) or value is None:
+            return None
+        return ",".join(value) if isinstance(value, tuple) else value
+
+    def _from_table(self, action: argparse.Action) -> str | None:
+        dest, text = action.dest, action.help or ""
+        if dest == "kind":
             from vaefast.plot import VIEWS
 
-            return (
-                "; ".join(f"{name}: {view.caption}" for name, view in VIEWS.items())
-                + "; all: every view plus index.md"
+            return "; ".join(f"{n}: {v.caption}" for n, v in VIEWS.items()) + (
+                "; all: every view plus index.md"
             )
-        if DATA_HELP in (action.help or ""):
+        if DATA_HELP in text:
             from vaefast.data import spec_usage
 
-            return action.help.replace(DATA_HELP, f"data spec: {spec_usage()} (see README)")
-        if action.dest in ("resize", "exif"):
+            return text.replace(DATA_HELP, f"data spec: {spec_usage()} (see README)")
+        if dest in CHOICES:
+            return f"{text} ({' | '.join(_table(dest))})".lstrip()
+        if dest == "formats":
+            from vaefast.plot import FORMATS
+
+            return f"{text} {', '.join(FORMATS)}"
+        if dest == "memory_budget":
+            from vaefast.memory import DEFAULT_BUDGET, MB
+
+            return f"{text} (default {DEFAULT_BUDGET // MB:,} MB)"
+        if dest in ("resize", "exif"):
             from vaefast.data.decode import EXIF, RESIZES
 
             lead, table = (
                 ("how images become the model's size: ", RESIZES)
-                if action.dest == "resize"
+                if dest == "resize"
                 else ("EXIF orientation: ", EXIF)
             )
-            return (
-                lead
-                + "; ".join(f"{name}: {what}" for name, what in table.items())
-                + f" (default {next(iter(table))})"
-            )
-        if action.dest in ("variants", "variant"):
+            return lead + "; ".join(f"{n}: {what}" for n, what in table.items())
+        if dest in ("variants", "variant"):
             from vaefast.variants import REFERENCE, VARIANTS
 
             lead = (
                 "variants to write beside fp32, comma-separated: "
-                if action.dest == "variants"
-                else "exported model variant to run (default fp32): "
+                if dest == "variants"
+                else "exported model variant to run: "
             )
             return lead + "; ".join(
-                f"{name}: {v.purpose}"
-                for name, v in VARIANTS.items()
-                if action.dest == "variant" or name != REFERENCE
+                f"{n}: {v.purpose}"
+                for n, v in VARIANTS.items()
+                if dest == "variant" or n != REFERENCE
             )
-        if action.dest == "providers":
+        if dest == "providers":
             from vaefast.engines import ENGINES
 
             return "what runs the model: " + "; ".join(
                 f"{', '.join(e.providers)}: {e.describe}" for e in ENGINES.values()
             )
-        if action.dest == "arch":
+        if dest == "arch":
             from vaefast.model import ARCHITECTURES
 
-            return "architecture (default mlp): " + ", ".join(ARCHITECTURES)
-        if action.dest == "tsne_transform":
+            return "architecture: " + ", ".join(ARCHITECTURES)
+        if dest == "tsne_transform":
             from vaefast.tsne.transform import PLACEMENTS
 
             return "how --tsne places rows past --tsne-max: " + "; ".join(
-                f"{name}: {p.describe}" for name, p in PLACEMENTS.items()
+                f"{n}: {p.describe}" for n, p in PLACEMENTS.items()
             )
-        return super()._get_help_string(action)
+        return None
+
+
+def _option(p: argparse.ArgumentParser, flag: str, help: str = "", **kwargs) -> None:
+    """An option defaulting to None (the called function's default applies), choices
+    checked against its table where CHOICES names one."""
+    dest = kwargs.get("dest") or flag.lstrip("-").replace("-", "_")
+    if dest in CHOICES:
+        kwargs["type"] = _choice(dest)
+    p.add_argument(flag, default=None, help=help, **kwargs)
 
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--variant", default=None, metavar="NAME", help="(from vaefast.variants.VARIANTS)"
-    )
-    p.add_argument(
-        "--providers", default=None, metavar="NAME", help="(from vaefast.engines.ENGINES)"
-    )
-    p.add_argument(
+    _option(p, "--variant", "(from vaefast.variants.VARIANTS)", metavar="NAME")
+    _option(p, "--providers", "(from vaefast.engines.ENGINES)", metavar="NAME")
+    _option(
+        p,
         "--precision",
-        default=None,
-        choices=["bf16", "f32"],
-        help="--providers openvino: inference precision (default bf16 where the "
-        "CPU has AMX or AVX512_BF16, else f32)",
+        "--providers openvino: inference precision (default bf16 where the CPU has AMX or "
+        "AVX512_BF16, else f32)",
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``vaefast`` argument parser with one subcommand per stage of the pipeline."""
-    parser = argparse.ArgumentParser(
-        prog="vaefast",
-        description="Train, export, embed, map (exact t-SNE) and plot VAE latent spaces.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _train_parser(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a VAE (the PyTorch example's, or a conv one)",
-        description="Train a VAE (--arch mlp: the official PyTorch example; "
-        "conv: a small convolutional VAE); writes "
-        "model.safetensors, config.json, reconstruction.png, "
+        description="Train a VAE (--arch mlp: the official PyTorch example; conv: a small "
+        "convolutional VAE); writes model.safetensors, config.json, reconstruction.png, "
         "samples.png.",
-        formatter_class=_RegistryHelp,
+        formatter_class=_help_for("vaefast.train:train"),
     )
-    p.add_argument("--data", default="mnist5k", help=DATA_HELP)
-    p.add_argument(
-        "--arch", default=None, metavar="ARCH", help="(from vaefast.model.ARCHITECTURES)"
-    )
-    p.add_argument("--latent-dim", type=int, default=None, metavar="Z", help="default 20")
-    p.add_argument("--hidden-dim", type=int, default=None, metavar="H", help="default 400")
-    p.add_argument("--epochs", type=int, default=None, metavar="E", help="default 10")
-    p.add_argument("--batch-size", type=int, default=None, metavar="B", help="default 128")
-    p.add_argument("--lr", type=float, default=None, help="default 1e-3")
-    p.add_argument("--seed", type=int, default=None, metavar="S", help="default 1")
-    p.add_argument(
-        "--max-train",
-        type=int,
-        default=None,
-        metavar="N",
-        help="use only the first N training rows (quick runs)",
+    _option(p, "--data", DATA_HELP)
+    _option(p, "--arch", "(from vaefast.model.ARCHITECTURES)", metavar="ARCH")
+    _option(p, "--latent-dim", "latent dimensions", type=int, metavar="Z")
+    _option(p, "--hidden-dim", "hidden units (mlp)", type=int, metavar="H")
+    _option(p, "--epochs", "passes over the training rows", type=int, metavar="E")
+    _option(p, "--batch-size", "rows per step", type=int, metavar="B")
+    _option(p, "--lr", "Adam's learning rate", type=float)
+    _option(p, "--seed", "seed of weights and batches", type=int, metavar="S")
+    _option(
+        p, "--max-train", "use only the first N training rows (quick runs)", type=int, metavar="N"
     )
     p.add_argument("--out", required=True, help="run folder to create, e.g. runs/NAME")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_train)
 
+
+def _add_model_source_options(p: argparse.ArgumentParser) -> None:
+    """Where `export` finds the model: a run folder, the user's module or diffusers."""
+    p.add_argument("run", nargs="?", default=None, help="run folder written by `vaefast train`")
+    _option(
+        p,
+        "--module",
+        "your own model: FUNCTION() returns a torch.nn.Module with encode(x) -> (mu, logvar) "
+        "and decode(z) -> x_hat",
+        metavar="FILE.py:FUNCTION",
+    )
+    _option(p, "--weights", "--module: .safetensors or a state dict (weights_only=True)")
+    _option(
+        p,
+        "--diffusers",
+        "a local diffusers AutoencoderKL folder (save_pretrained layout: config.json + "
+        "diffusion_pytorch_model.safetensors); pixel ranges (-1, 1), size from its "
+        "sample_size",
+        metavar="DIR",
+    )
+    _option(
+        p,
+        "--input-shape",
+        "--module: the shape of one input, e.g. 3,32,32 or 784; --diffusers: the example "
+        "size (default: the config's sample_size)",
+        metavar="C,H,W",
+    )
+    _option(
+        p,
+        "--input-range",
+        "--module: the pixel range the model takes (default 0,1; e.g. -1,1); the runtime "
+        "maps uint8 or [0, 1] images into it",
+        metavar="LO,HI",
+    )
+    _option(
+        p,
+        "--output-range",
+        "--module: the range decode returns (default 0,1; -1,1 for a Tanh decoder)",
+        metavar="LO,HI",
+    )
+    _option(
+        p,
+        "--decoder-output",
+        "--module: what decode returns (logits get a sigmoid in the graph)",
+    )
+
+
+def _export_parser(sub) -> None:
     p = sub.add_parser(
         "export",
         help="export a VAE's encoder and decoder to ONNX, verified",
-        description="Export encoder.onnx (x -> mu, logvar) and decoder.onnx "
-        "(z -> x_hat), verify them against the eager model, write "
-        "model.json and export_report.json. The model is a run "
-        "folder from `vaefast train`, your own (--module "
-        "my_vae.py:build_model --weights W --input-shape 3,32,32), "
-        "or a local diffusers AutoencoderKL folder (--diffusers "
-        "DIR).",
-        formatter_class=_RegistryHelp,
+        description="Export encoder.onnx (x -> mu, logvar) and decoder.onnx (z -> x_hat), "
+        "verify them against the eager model, write model.json and export_report.json. The "
+        "model is a run folder from `vaefast train`, your own (--module my_vae.py:build_model "
+        "--weights W --input-shape 3,32,32), or a local diffusers AutoencoderKL folder "
+        "(--diffusers DIR).",
+        formatter_class=_help_for("vaefast.export:export_module"),
     )
-    p.add_argument("run", nargs="?", default=None, help="run folder written by `vaefast train`")
-    p.add_argument(
-        "--module",
-        default=None,
-        metavar="FILE.py:FUNCTION",
-        help="your own model: FUNCTION() returns a torch.nn.Module with "
-        "encode(x) -> (mu, logvar) and decode(z) -> x_hat",
-    )
-    p.add_argument(
-        "--weights",
-        default=None,
-        help="--module: .safetensors or a state dict (loaded with weights_only=True)",
-    )
-    p.add_argument(
-        "--diffusers",
-        default=None,
-        metavar="DIR",
-        help="a local diffusers AutoencoderKL folder (save_pretrained layout: "
-        "config.json + diffusion_pytorch_model.safetensors); pixel ranges "
-        "(-1, 1), size from its sample_size",
-    )
-    p.add_argument(
-        "--input-shape",
-        default=None,
-        metavar="C,H,W",
-        help="--module: the shape of one input, e.g. 3,32,32 or 784; --diffusers: "
-        "the example size (default: the config's sample_size)",
-    )
-    p.add_argument(
-        "--input-range",
-        default=None,
-        metavar="LO,HI",
-        help="--module: the pixel range the model takes (default 0,1; e.g. -1,1); "
-        "the runtime maps uint8 or [0, 1] images into it",
-    )
-    p.add_argument(
-        "--output-range",
-        default=None,
-        metavar="LO,HI",
-        help="--module: the range decode returns (default 0,1; -1,1 for a Tanh decoder)",
-    )
-    p.add_argument(
+    _add_model_source_options(p)
+    _option(
+        p,
         "--data",
-        default=None,
-        help="--module / --diffusers: verify on this data's "
-        "test split (default: random inputs); " + DATA_HELP,
-    )
-    p.add_argument(
-        "--decoder-output",
-        default=None,
-        choices=["probs", "logits"],
-        help="--module: what decode returns (logits get a sigmoid in the graph)",
+        "--module / --diffusers: verify on this data's test split (default: random "
+        "inputs); " + DATA_HELP,
     )
     p.add_argument("--out", required=True, help="folder to create, e.g. exported/NAME")
-    p.add_argument(
-        "--variants", default=None, metavar="NAME[,NAME]", help="(from vaefast.variants.VARIANTS)"
-    )
+    _option(p, "--variants", "(from vaefast.variants.VARIANTS)", metavar="NAME[,NAME]")
     p.add_argument("--int8", action="store_true", help="same as --variants int8")
     p.add_argument("--fp16", action="store_true", help="same as --variants fp16")
-    p.add_argument(
+    _option(
+        p,
         "--calibration",
-        default=None,
+        "calibrated variants (int8-static): calibrate on up to 256 images of this data spec "
+        "(default: the export's example batch)",
         metavar="SPEC",
-        help="calibrated variants (int8-static): calibrate on up to 256 images of "
-        "this data spec (default: the export's example batch)",
     )
-    p.add_argument(
+    _option(
+        p,
         "--memory-budget",
-        default=None,
+        "peak memory every export step keeps within, e.g. 4G or 6000M: verification and "
+        "calibration batches are fitted to it; the batches and each step's peak RSS go in "
+        "export_report.json",
         metavar="SIZE",
-        help="peak memory every export step keeps within, e.g. 4G or 6000M "
-        "(default 4G): verification and calibration batches are fitted to "
-        "it; the batches and each step's peak RSS go in export_report.json",
     )
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_export)
 
+
+def _embed_parser(sub) -> None:
     p = sub.add_parser(
         "embed",
         help="batch-embed a dataset through an exported encoder into zarr",
-        description="Stream INPUT through the "
-        "exported encoder into OUT.zarr (mu, logvar, labels, optional tsne); "
-        "resumable: run the same command again after an interruption.",
-        formatter_class=_RegistryHelp,
+        description="Stream INPUT through the exported encoder into OUT.zarr (mu, logvar, "
+        "labels, optional tsne); resumable: run the same command again after an "
+        "interruption.",
+        formatter_class=_help_for("vaefast.embedding:embed"),
     )
     p.add_argument("model", help="exported model folder, e.g. exported/mnist5k-z20")
     p.add_argument("input", help=DATA_HELP)
     p.add_argument("--out", required=True, help="zarr store to write, e.g. out/emb.zarr")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="rows per ONNX Runtime call (default: 8192, fewer for large images)",
-    )
-    p.add_argument(
-        "--chunk-rows",
-        type=int,
-        default=None,
-        help="rows per zarr chunk / task (default: 65536, fewer for large images)",
-    )
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "float16"],
-        help="how mu and logvar are stored (default float32; float16 halves the store)",
-    )
+    _option(p, "--batch-size", "rows per call (default: fitted to the model)", type=int)
+    _option(p, "--chunk-rows", "rows per zarr chunk / task (default: by row size)", type=int)
+    _option(p, "--dtype", "how mu and logvar are stored (float16 halves the store)")
     p.add_argument("--tsne", action="store_true", help="add a 2-D exact t-SNE map of mu")
-    p.add_argument(
+    _option(
+        p,
         "--tsne-max",
+        "exact t-SNE on all rows up to this N; above, on a seeded sample of this size with "
+        "the rest placed by transform",
         type=int,
-        default=None,
-        help="exact t-SNE on all rows up to this N (default 10000); above, on a "
-        "seeded sample of this size with the rest placed by transform",
     )
-    p.add_argument(
-        "--tsne-transform",
-        default=None,
-        metavar="METHOD",
-        help="(filled in from vaefast.tsne.transform.PLACEMENTS)",
-    )
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument(
-        "--scheduler",
-        default=None,
-        help="local (a dask LocalCluster) or tcp://HOST:PORT; default: this process",
-    )
-    p.add_argument(
-        "--workers", type=int, default=None, help="LocalCluster worker processes (default 2)"
-    )
-    p.add_argument(
+    _option(p, "--tsne-transform", "(from vaefast.tsne.transform.PLACEMENTS)", metavar="METHOD")
+    _option(p, "--seed", "seed of the t-SNE sample and start", type=int)
+    _option(p, "--scheduler", "local (a dask LocalCluster) or tcp://HOST:PORT; default: here")
+    _option(p, "--workers", "LocalCluster worker processes", type=int)
+    _option(
+        p,
         "--threads",
+        "ONNX Runtime and t-SNE threads (default: all cores; on a tcp:// cluster, each "
+        "worker's own)",
         type=int,
-        default=None,
-        help="ONNX Runtime and t-SNE threads (default: all cores; on a tcp:// "
-        "cluster, each worker's own)",
     )
-    p.add_argument("--resize", default=None, metavar="RULE", help="(from decode.RESIZES)")
-    p.add_argument("--exif", default=None, metavar="RULE", help="(from decode.EXIF)")
+    _option(p, "--resize", "(from decode.RESIZES)", metavar="RULE")
+    _option(p, "--exif", "(from decode.EXIF)", metavar="RULE")
     p.add_argument(
         "--allow-empty-classes",
         action="store_true",
-        help="an image folder's class folder without images keeps its label "
-        "index (torchvision's allow_empty=True) instead of being refused",
+        help="an image folder's class folder without images keeps its label index "
+        "(torchvision's allow_empty=True) instead of being refused",
     )
-    p.add_argument(
-        "--decode-workers",
-        type=int,
-        default=None,
-        help="processes decoding images (default: the cores available)",
-    )
+    _option(p, "--decode-workers", "image-decoding processes (default: the cores)", type=int)
     p.add_argument(
         "--skip-bad",
         action="store_true",
-        help="skip images that cannot be decoded (rows NaN, ids and reasons "
-        "recorded) instead of stopping at the first",
+        help="skip images that cannot be decoded (rows NaN, ids and reasons recorded) "
+        "instead of stopping at the first",
     )
     _add_runtime_options(p)
     p.add_argument(
@@ -597,106 +628,90 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_embed)
 
+
+def _embeddings_parser(sub) -> None:
     p = sub.add_parser(
         "embeddings",
         help="write a finished embed store as parquet or .npy",
-        description="Stream a finished `vaefast embed` store's rows (ids, "
-        "labels, mu, sigma, t-SNE) to a parquet file or a folder of .npy "
-        "files.",
+        description="Stream a finished `vaefast embed` store's rows (ids, labels, mu, sigma, "
+        "t-SNE) to a parquet file or a folder of .npy files.",
+        formatter_class=_help_for("vaefast.store:export"),
     )
     p.add_argument("store", help="a finished `vaefast embed` store")
-    p.add_argument("--to", required=True, choices=["parquet", "npy"])
+    p.add_argument("--to", required=True, type=_choice("to"), help="output format")
     p.add_argument("out", help="output: a .parquet file, or a folder for .npy files")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.set_defaults(func=_embeddings)
 
+
+def _tsne_parser(sub) -> None:
     p = sub.add_parser(
         "tsne",
         help="exact t-SNE (Numba) of latent means to 2-D",
-        description="scikit-learn's exact t-SNE, computed by Numba. INPUT is a "
-        ".npy array [N, Z], a .npz holding mu (or X), or a zarr "
-        "array / finished `vaefast embed` store (its mu).",
+        description="scikit-learn's exact t-SNE, computed by Numba. INPUT is a .npy array "
+        "[N, Z], a .npz holding mu (or X), or a zarr array / finished `vaefast embed` store "
+        "(its mu).",
+        formatter_class=_help_for("vaefast.tsne.estimator:TSNE"),
     )
     p.add_argument("input", help="latent means: .npy, .npz with mu / X, or .zarr")
     p.add_argument("--out", required=True, help="output .npy of the [N, 2] embedding")
-    p.add_argument(
+    _option(
+        p,
         "--perplexity",
+        "lowered to (N - 1) / 3 for small N, as embed and plot do",
         type=float,
-        default=None,
-        help="default 30, lowered to (N - 1) / 3 for small N (as embed and plot)",
     )
-    p.add_argument("--max-iter", type=int, default=None, help="default 1000")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="Numba threads (default: all)")
+    _option(p, "--max-iter", "gradient descent iterations", type=int)
+    p.add_argument("--seed", type=int, default=0, help="seed of the start: the same map each run")
+    _option(p, "--threads", "Numba threads (default: all)", type=int)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_tsne)
 
+
+def _plot_parser(sub) -> None:
     p = sub.add_parser(
         "plot",
         help="latent-space views from an exported model (no torch)",
         description="KIND: one of the views listed under KIND, or all (every view plus index.md).",
-        formatter_class=_RegistryHelp,
+        formatter_class=_help_for("vaefast.plot:render"),
     )
     p.add_argument("kind", metavar="KIND", help="(filled in from vaefast.plot.VIEWS)")
     p.add_argument("model", metavar="MODEL_DIR", help="exported model folder")
-    p.add_argument("--data", default=None, help=DATA_HELP + "; default: the model's training data")
-    p.add_argument(
+    _option(p, "--data", DATA_HELP + "; default: the model's training data")
+    _option(
+        p,
         "--embeddings",
-        default=None,
+        "plot every row of a finished `vaefast embed` store (its μ, σ, labels and t-SNE) "
+        "instead of encoding --data",
         metavar="STORE",
-        help="plot every row of a finished `vaefast embed` store (its μ, σ, labels "
-        "and t-SNE) instead of encoding --data",
     )
     p.add_argument("--out", required=True, help="folder for the images")
-    p.add_argument("--format", default=None, help="comma-separated: png (default), svg, pdf")
-    p.add_argument(
-        "--method",
-        default=None,
-        choices=["tsne", "pca"],
-        help="2-D map of μ when Z > 2 (default tsne)",
-    )
-    p.add_argument(
-        "--thumbnails",
-        type=int,
-        default=None,
-        metavar="N",
-        help="latent: draw N input images at their points",
-    )
-    p.add_argument(
-        "--ellipses",
-        type=int,
-        default=None,
-        metavar="N",
-        help="uncertainty (Z=2): ±σ ellipses for N inputs (default 200)",
-    )
+    _option(p, "--format", "comma-separated:", metavar="FORMATS", dest="formats")
+    _option(p, "--method", "2-D map of μ when Z > 2, tsne unless given")
+    _option(p, "--thumbnails", "latent: draw N input images at their points", type=int, metavar="N")
+    _option(p, "--ellipses", "uncertainty (Z=2): ±σ ellipses for N inputs", type=int, metavar="N")
     p.add_argument(
         "--embed", action="store_true", help="samples: place z in 2-D with their images as markers"
     )
-    p.add_argument(
+    _option(
+        p,
         "--dims",
+        "manifold (Z>2): the two latent dims to traverse (default: highest KL)",
         type=int,
         nargs=2,
-        default=None,
         metavar=("A", "B"),
-        help="manifold (Z>2): the two latent dims to traverse (default: highest KL)",
     )
-    p.add_argument(
-        "--index",
-        type=int,
-        default=None,
-        help="manifold (Z>2): the input whose μ the traversal starts from",
+    _option(p, "--index", "manifold (Z>2): the input whose μ the traversal starts from", type=int)
+    _option(
+        p, "--max-points", "use a seeded sample of at most this many inputs", type=int, metavar="N"
     )
-    p.add_argument(
-        "--max-points",
-        type=int,
-        default=None,
-        help="use a seeded sample of at most this many inputs (default 5000)",
-    )
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime and t-SNE threads")
+    _option(p, "--seed", "seed of the sample and of random z", type=int)
+    _option(p, "--threads", "ONNX Runtime and t-SNE threads", type=int)
     _add_runtime_options(p)
     p.set_defaults(func=_plot)
 
+
+def _bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmark reports (run the suites with `make bench`)")
     bench = p.add_subparsers(dest="bench_command", metavar="ACTION", required=True)
     r = bench.add_parser("report", help="Markdown tables and PNG plots from pytest-benchmark JSON")
@@ -705,16 +720,37 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_bench_report)
     r = bench.add_parser(
         "recommend",
-        help="time every engine x variant x precision for "
-        "MODEL at your batch size, each in its own "
-        "process, and name the fastest that agrees "
-        "with fp32",
+        help="time every engine x variant x precision for MODEL at your batch size, each in "
+        "its own process, and name the fastest that agrees with fp32",
+        formatter_class=_help_for("vaefast.recommend:recommend"),
     )
     r.add_argument("model", help="exported model folder")
-    r.add_argument("--batch", type=int, default=None, help="rows per call (default 1)")
-    r.add_argument("--part", default=None, choices=["encoder", "decoder"])
-    r.add_argument("--threads", type=int, default=None, help="default: all cores")
+    _option(r, "--batch", "rows per call", type=int)
+    _option(r, "--part", "which half to time")
+    _option(r, "--threads", "default: all cores", type=int)
     r.set_defaults(func=_bench_recommend)
+
+
+COMMANDS = (
+    _train_parser,
+    _export_parser,
+    _embed_parser,
+    _embeddings_parser,
+    _tsne_parser,
+    _plot_parser,
+    _bench_parser,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``vaefast`` argument parser with one subcommand per stage of the pipeline."""
+    parser = argparse.ArgumentParser(
+        prog="vaefast",
+        description="Train, export, embed, map (exact t-SNE) and plot VAE latent spaces.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 

@@ -22,6 +22,7 @@ from vaefast.images import make_grid
 
 DENSITY_ABOVE = 200_000  # points: above this the scatter is drawn as a density image
 FORMATS = ("png", "svg", "pdf")
+METHODS = ("tsne", "pca")  # 2-D maps of μ when Z > 2
 
 
 @dataclass
@@ -141,7 +142,7 @@ class Latents:
 
                 pos = map_points(self.flat_mu, seed=self.seed, n_jobs=self.threads)
             else:
-                raise VaefastError(f"unknown method {method!r}; use tsne or pca")
+                raise VaefastError(f"unknown method {method!r}; use {' or '.join(METHODS)}")
             self._positions[method] = pos
         name = "exact t-SNE" if method == "tsne" else "PCA"
         return self._positions[method], f"{name} of {self.describe()} posterior means μ"

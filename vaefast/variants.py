@@ -263,8 +263,11 @@ def variant(name: str) -> Variant:
     return VARIANTS[name]
 
 
+PARTS = ("encoder", "decoder")  # the two ONNX models of every export, in model_files' order
+
+
 def model_files(name: str = "fp32") -> tuple[str, str]:
-    """File names of the encoder and decoder of a variant."""
+    """File names of the encoder and decoder (``PARTS``) of a variant."""
     s = variant(name).suffix
     return f"encoder{s}.onnx", f"decoder{s}.onnx"
 
@@ -282,7 +285,7 @@ def write(
     if entry.calibrated and not calibration:
         raise VaefastError(f"variant {name} needs calibration inputs")
     facts = {}
-    for part, src, dst in zip(("encoder", "decoder"), model_files("fp32"), model_files(name)):
+    for part, src, dst in zip(PARTS, model_files(REFERENCE), model_files(name)):
         proto, facts[part] = entry.write(
             folder / src, folder / dst, (calibration or {}).get(part), rows
         )
