@@ -309,3 +309,76 @@ def test_engines_and_variants_are_tested_by_name_only_by_their_owners():
 def test_data_readers_do_not_import_the_store():
     for path in (PACKAGE / "data").glob("*.py"):
         assert not {m for m in imports(module_name(path)) if m.startswith("vaefast.store")}, path
+
+
+# Kernels whose loops are unrolled by hand (3 rows x 4 accumulators): their length is the
+# unrolling, not a second concern.
+UNROLLED_KERNELS = {"_pair_block", "_block_sums"}
+
+
+def _body_lines(node: ast.FunctionDef) -> int:
+    """Lines of a function below its docstring."""
+    first = node.body[0]
+    has_doc = (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+        and len(node.body) > 1
+    )
+    start = node.body[1].lineno if has_doc else first.lineno
+    return node.end_lineno - start + 1
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({_body_lines(node)} lines)"
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.name not in UNROLLED_KERNELS
+        and _body_lines(node) > 80
+    ]
+    assert not long, long
+
+
+def test_kernels_live_with_their_phase_and_every_backend_provides_the_contract():
+    """One kernel module per phase, each used by its module (affinities, objective and
+    optimizer, transform); a backend module only gathers them, and every backend has
+    every name of the contract (a name missing would fail only when that phase runs)."""
+    import importlib
+
+    from vaefast.tsne.backends import BACKENDS, CONTRACT
+
+    facade = ast.parse((PACKAGE / "tsne" / "_kernels.py").read_text())
+    assert not [n for n in facade.body if isinstance(n, ast.FunctionDef)]
+    for phase in ("affinity", "gradient", "placement"):
+        assert (PACKAGE / "tsne" / f"_{phase}_kernels.py").is_file()
+    for name, module in BACKENDS.items():
+        kernels = importlib.import_module(module)
+        missing = [k for names in CONTRACT.values() for k in names if not hasattr(kernels, k)]
+        assert not missing, (name, missing)
+    used = set()
+    for path in (PACKAGE / "tsne").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                if node.value.id in ("k", "kern"):
+                    used.add(node.attr)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
+                if node.value.attr in ("kernels", "_kernels"):
+                    used.add(node.attr)
+    contract = {k for names in CONTRACT.values() for k in names}
+    assert used <= contract, used - contract
+
+
+def test_cli_choices_come_from_the_owning_tables():
+    """Every option with a fixed set of values accepts exactly its owner's table."""
+    import importlib
+
+    from vaefast.cli import CHOICES, _choice
+
+    for dest, (module, name) in CHOICES.items():
+        table = getattr(importlib.import_module(module), name)
+        check = _choice(dest)
+        assert all(check(value) == value for value in table)
+        with pytest.raises(Exception, match="invalid choice"):
+            check("no-such-" + dest)

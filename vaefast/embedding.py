@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from vaefast.memory import trim
 from vaefast.data import Source, preprocess_for, reopen
 from vaefast.engines import DEFAULT_PROVIDERS
 from vaefast.errors import BadFile, BadRows, VaefastError
+from vaefast.layout import chunk_bounds
+from vaefast.variants import REFERENCE
 
 CHUNK_BYTES = 1 << 28  # default rows per chunk: at most this many bytes of float32 input
 BATCH_BYTES = 1 << 25  # default rows per ONNX Runtime call: this many bytes of input
@@ -61,10 +64,6 @@ def _source(reading: dict, decode_workers: int | None = None) -> Source:
     return _SOURCES[key]
 
 
-def _chunk_bounds(chunk: int, chunk_rows: int, n: int) -> tuple[int, int]:
-    return chunk * chunk_rows, min((chunk + 1) * chunk_rows, n)
-
-
 def default_rows(sample_values: int, budget: int, cap: int) -> int:
     """A power of two of rows whose float32 inputs fit ``budget`` bytes, at most ``cap``
     (so 28x28 digits keep 65,536-row chunks and 256x256 colour images get 256)."""
@@ -79,34 +78,47 @@ def _encode_rows(
     try:
         return vae.encode(rows, batch_size=batch_size)
     except BadRows as e:
-        raise BadRows(
-            f"{spec}: {e.reason} at row {start + e.row}", start + e.row, e.reason
-        ) from None
+        raise e.shifted(start, spec) from None
 
 
-def _encode_chunk_rows(
-    vae: runtime.ExportedVAE,
-    source: Source,
-    chunk: int,
-    chunk_rows: int,
-    batch_size: int,
-    skip_bad: bool,
-    rows: tuple | None = None,
-):
-    """(start, mu, logvar, skipped) of one chunk: rows read (or given, already read),
-    encoded; rows whose file could not be decoded are NaN when ``skip_bad``."""
-    start, stop = _chunk_bounds(chunk, chunk_rows, source.n)
-    X, bad = rows if rows is not None else _read_rows(source, start, stop, skip_bad)
-    mu, logvar = _encode_rows(vae, X, start, source.spec, batch_size)
-    if bad:
-        mu[[r - start for r in bad]] = np.nan
-        logvar[[r - start for r in bad]] = np.nan
-    return start, mu, logvar, bad
+@dataclass(frozen=True)
+class Job:
+    """What every encode task needs, as plain values (Dask ships it to its workers): the
+    model and how it runs, the input as ``vaefast.data.reopen`` takes it, the store."""
 
+    model_dir: str
+    reading: dict
+    out: str
+    chunk_rows: int
+    batch_size: int
+    threads: int | None = None
+    variant: str = REFERENCE
+    providers: str = DEFAULT_PROVIDERS
+    precision: str | None = None
+    skip_bad: bool = False
 
-def _read_rows(source: Source, start: int, stop: int, skip_bad: bool):
-    bad: dict[int, str] | None = {} if skip_bad else None
-    return source.rows(start, stop, bad), bad
+    def model(self, threads: int | None = None) -> runtime.ExportedVAE:
+        """This process's session of the job's model (``threads`` overrides the job's)."""
+        return _model(
+            self.model_dir, threads or self.threads, self.variant, self.providers, self.precision
+        )
+
+    def read(self, source: Source, chunk: int):
+        """(rows, bad) of chunk ``chunk``: ``bad`` maps undecodable rows to their reason
+        when ``skip_bad`` (else None: the first one stops the run)."""
+        bad: dict[int, str] | None = {} if self.skip_bad else None
+        return source.rows(*chunk_bounds(chunk, self.chunk_rows, source.n), bad), bad
+
+    def encode(self, vae: runtime.ExportedVAE, source: Source, chunk: int, rows=None):
+        """(start, mu, logvar, bad) of one chunk: rows read (or given, already read),
+        encoded; rows whose file could not be decoded are NaN."""
+        start, _ = chunk_bounds(chunk, self.chunk_rows, source.n)
+        X, bad = rows if rows is not None else self.read(source, chunk)
+        mu, logvar = _encode_rows(vae, X, start, source.spec, self.batch_size)
+        if bad:
+            mu[[r - start for r in bad]] = np.nan
+            logvar[[r - start for r in bad]] = np.nan
+        return start, mu, logvar, bad
 
 
 def _worker_threads() -> int | None:
@@ -121,66 +133,36 @@ def _worker_threads() -> int | None:
     return int(getattr(state, "nthreads", 0)) or None
 
 
-def encode_chunk(
-    model_dir: str,
-    reading: dict,
-    out: str,
-    chunk: int,
-    chunk_rows: int,
-    batch_size: int,
-    threads: int | None = None,
-    variant: str = "fp32",
-    providers: str = DEFAULT_PROVIDERS,
-    skip_bad: bool = False,
-    precision: str | None = None,
-) -> int:
+def encode_chunk(job: Job, chunk: int) -> int:
     """Encode rows of chunk ``chunk`` and write them and their marker; return the row count.
 
-    A plain function of plain arguments, so Dask can run it on any worker: the ONNX
-    Runtime session and the input (``reading``: its spec and how it is read, as
-    ``vaefast.data.reopen`` takes them) are opened there (sessions cannot be pickled),
-    with ``threads`` intra-op threads, by default the worker's own thread count. Encoded
-    images are decoded by the task itself (the workers are the parallelism).
+    A plain function of plain values, so Dask can run it on any worker: the ONNX Runtime
+    session and the input are opened there (sessions cannot be pickled), with the job's
+    threads, by default the worker's own thread count. Encoded images are decoded by the
+    task itself (the workers are the parallelism).
     """
-    vae = _model(model_dir, threads or _worker_threads(), variant, providers, precision)
-    source = _source(reading, 1)
-    start, mu, logvar, bad = _encode_chunk_rows(
-        vae, source, chunk, chunk_rows, batch_size, skip_bad
-    )
-    return store.write_chunk(out, chunk, start, mu, logvar, bad)
+    vae = job.model(job.threads or _worker_threads())
+    return store.write_chunk(job.out, chunk, *job.encode(vae, _source(job.reading, 1), chunk))
 
 
-def _encode_pipelined(
-    vae: runtime.ExportedVAE,
-    source: Source,
-    out: str,
-    todo: list[int],
-    chunk_rows: int,
-    batch_size: int,
-    skip_bad: bool,
-    bar,
-) -> None:
+def _encode_pipelined(vae: runtime.ExportedVAE, source: Source, job: Job, todo: list[int], bar):
     """The single-process path: while ONNX Runtime encodes chunk k (it releases the GIL),
     one thread reads chunk k+1 (encoded images: decoded by the source's worker
     processes) and another writes chunk k-1."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
-
-        def read(chunk: int):
-            return _read_rows(source, *_chunk_bounds(chunk, chunk_rows, source.n), skip_bad)
-
-        pending_read = reader.submit(read, todo[0]) if todo else None
+        pending_read = reader.submit(job.read, source, todo[0]) if todo else None
         pending_write = None
         for k, chunk in enumerate(todo):
             rows = pending_read.result()
             if k + 1 < len(todo):
-                pending_read = reader.submit(read, todo[k + 1])
-            encoded = _encode_chunk_rows(vae, source, chunk, chunk_rows, batch_size, skip_bad, rows)
+                pending_read = reader.submit(job.read, source, todo[k + 1])
+            encoded = job.encode(vae, source, chunk, rows)
             del rows
             if pending_write is not None:
                 bar.update(pending_write.result())
-            pending_write = writer.submit(store.write_chunk, out, chunk, *encoded)
+            pending_write = writer.submit(store.write_chunk, job.out, chunk, *encoded)
         if pending_write is not None:
             bar.update(pending_write.result())
 
@@ -241,8 +223,6 @@ def embed(
     and reason are recorded (``skipped``).
     Returns figures of the run (rows, seconds, rows/s, chunks resumed, skipped files).
     """
-    from tqdm.auto import tqdm
-
     if dtype not in store.DTYPES:
         raise VaefastError(f"unknown dtype {dtype!r}; use {' or '.join(store.DTYPES)}")
     out = Path(out)
@@ -257,11 +237,11 @@ def embed(
     source = _source(reading, decode_workers)
     if scheduler is None:  # image decoders fork now, before ONNX Runtime starts its threads
         source.start()
-    vae = _model(str(model_dir), threads, variant, providers, precision)
+    job = Job(str(model_dir), reading, str(out), 1, 1, threads, variant, providers, precision)
+    vae = job.model()
     if not source.n:
         raise VaefastError(f"{input}: no rows to embed")
     sample = vae.check_inputs(source.rows(0, 1, {})).shape[1:]  # a layout mismatch: now
-    latent_shape = vae.latent_shape_for(sample)
     values = int(np.prod(sample))
     batch_size = default_rows(values, BATCH_BYTES, 8192) if batch_size is None else batch_size
     if chunk_rows is None:  # encoded images: smaller chunks, so decode and encode overlap
@@ -273,51 +253,73 @@ def embed(
     ):
         if value < 1:
             raise VaefastError(f"{name} must be >= 1, got {value}")
+    job = replace(job, chunk_rows=chunk_rows, batch_size=batch_size, skip_bad=skip_bad)
     if tsne:  # too few rows: refused before encoding (t-SNE imports only when asked for)
         from vaefast.tsne.mapping import reference_rows
         from vaefast.tsne.transform import placement
 
         reference_rows(source.n, tsne_max, seed)
         placement(tsne_transform)
+    params = {"tsne": tsne, "tsne_max": tsne_max, "seed": seed, "dtype": dtype} | (
+        {"tsne_transform": tsne_transform} if tsne else {}
+    )
+    group = _open_store(job, vae, source, vae.latent_shape_for(sample), params, force)
+    if store.info(group).get("complete"):
+        return {"rows": source.n, "seconds": 0.0, "rows_per_s": None, "already_complete": True}
+    stats = _encode_all(job, vae, source, group, scheduler, workers, progress)
+    if tsne:  # the map needs no model: its session and buffers go first (peak memory)
+        del vae
+        _SESSIONS.clear()
+        skipped = sorted(store.skipped_rows(group))
+        stats["tsne"] = _map(
+            group, tsne_max, seed, chunk_rows, threads, progress, tsne_transform, skipped
+        )
+    store.mark_complete(group)
+    return stats
+
+
+def _open_store(job: Job, vae, source: Source, latent_shape, params: dict, force: bool):
+    """The store at ``job.out``, created or reopened: its identity is the model, the input
+    as read, the parameters, the engine and precision (a resume with any other is refused
+    in one line by ``store.open_or_create``)."""
     attrs = {
         "model": str(vae.folder),
         "model_sha256": vae.meta["weights_sha256"],
         "input": source.fingerprint(),
-        "params": {
-            "chunk_rows": chunk_rows,
-            "tsne": tsne,
-            "tsne_max": tsne_max,
-            "seed": seed,
-            "variant": variant,
-            "dtype": dtype,
-            "engine": vae.engine,
-            "precision": vae.precision,
-        }
-        | ({"tsne_transform": tsne_transform} if tsne else {}),
+        "params": {"chunk_rows": job.chunk_rows}
+        | params
+        | {"variant": job.variant, "engine": vae.engine, "precision": vae.precision},
         "latent_shape": list(latent_shape),
         "providers": vae.providers,
         "label_names": source.label_names,
     }
-    group = store.open_or_create(
-        out,
+    return store.open_or_create(
+        Path(job.out),
         attrs,
         source.n,
         latent_shape,
-        chunk_rows,
+        job.chunk_rows,
         source.labels,
-        tsne,
+        params["tsne"],
         force,
-        dtype,
+        params["dtype"],
         source.ids,
     )
-    if store.info(group).get("complete"):
-        return {"rows": source.n, "seconds": 0.0, "rows_per_s": None, "already_complete": True}
+
+
+def _encode_all(job: Job, vae, source: Source, group, scheduler, workers, progress) -> dict:
+    """Encode the store's pending chunks (here, or on Dask with ``scheduler``); a bad
+    value removes the store (it could never finish), a bad file keeps the finished
+    chunks. Returns the run's figures."""
+    from tqdm.auto import tqdm
+
     todo = store.pending(group, "encoded")
-    n_chunks = -(-source.n // chunk_rows)
-    skipped_rows = source.n - sum(np.diff(_chunk_bounds(c, chunk_rows, source.n))[0] for c in todo)
+    n = source.n
+    n_chunks = -(-n // job.chunk_rows)
+    done_rows = n - sum(np.diff(chunk_bounds(c, job.chunk_rows, n))[0] for c in todo)
     bar = tqdm(
-        total=source.n,
-        initial=skipped_rows,
+        total=n,
+        initial=done_rows,
         unit="rows",
         unit_scale=True,
         desc="embed",
@@ -328,75 +330,41 @@ def embed(
     t0 = time.perf_counter()
     try:
         if scheduler is None:
-            _encode_pipelined(vae, source, str(out), todo, chunk_rows, batch_size, skip_bad, bar)
+            _encode_pipelined(vae, source, job, todo, bar)
         else:
-            _run_dask(
-                scheduler,
-                workers,
-                (str(model_dir), reading, str(out)),
-                todo,
-                chunk_rows,
-                batch_size,
-                threads,
-                variant,
-                providers,
-                skip_bad,
-                precision,
-                bar,
-            )
+            _run_dask(scheduler, workers, job, todo, bar)
     except BadRows as e:
-        store.remove(out)
+        store.remove(job.out)
         raise VaefastError(
-            f"{e}; clean the input first ({out} was removed: it could never finish)"
+            f"{e}; clean the input first ({job.out} was removed: it could never finish)"
         ) from None
     except BadFile as e:
         done = n_chunks - len(store.pending(group, "encoded"))
         raise VaefastError(
-            f"{e}; replace the file and run the same command to "
-            f"resume ({out} keeps its {done} finished chunk(s)), or add "
-            "--skip-bad to skip files that cannot be decoded"
+            f"{e}; replace the file and run the same command to resume ({job.out} keeps its "
+            f"{done} finished chunk(s)), or add --skip-bad to skip files that cannot be decoded"
         ) from None
     finally:
         bar.close()
         source.close()  # the decode processes, if any
     seconds = time.perf_counter() - t0
-    skipped = store.skipped_rows(group)
-    stats = {
-        "rows": source.n,
-        "rows_encoded": source.n - skipped_rows,
+    return {
+        "rows": n,
+        "rows_encoded": n - done_rows,
         "seconds": seconds,
-        "rows_per_s": (source.n - skipped_rows) / seconds if seconds > 0 else None,
+        "rows_per_s": (n - done_rows) / seconds if seconds > 0 else None,
         "chunks_resumed": n_chunks - len(todo),
-        "variant": variant,
+        "variant": job.variant,
         "providers": vae.providers,
-        "skipped": len(skipped),
+        "skipped": len(store.skipped_rows(group)),
         "upscaled": getattr(source, "upscaled", 0) - upscaled,
         "hidden": getattr(source, "hidden", 0),
     }
-    if tsne:  # the map needs no model: its session and buffers go first (peak memory)
-        del vae
-        _SESSIONS.clear()
-        stats["tsne"] = _map(
-            group, tsne_max, seed, chunk_rows, threads, progress, tsne_transform, sorted(skipped)
-        )
-    store.mark_complete(group)
-    return stats
 
 
-def _run_dask(
-    scheduler: str,
-    workers: int,
-    args: tuple,
-    todo: list[int],
-    chunk_rows: int,
-    batch_size: int,
-    threads: int | None,
-    variant: str,
-    providers: str,
-    skip_bad: bool,
-    precision: str | None,
-    bar,
-) -> None:
+def _run_dask(scheduler: str, workers: int, job: Job, todo: list[int], bar) -> None:
+    """The chunks of ``todo`` as Dask tasks on a LocalCluster of ``workers`` processes
+    (``scheduler`` "local") or the cluster at a ``tcp://`` address."""
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -420,20 +388,7 @@ def _run_dask(
         raise VaefastError(f"unknown scheduler {scheduler!r}; use local or tcp://HOST:PORT")
     try:
         futures = [
-            client.submit(
-                encode_chunk,
-                *args,
-                c,
-                chunk_rows,
-                batch_size,
-                threads,
-                variant,
-                providers,
-                skip_bad,
-                precision,
-                key=f"vaefast-encode-{c}-{args[2]}",
-                pure=False,
-            )
+            client.submit(encode_chunk, job, c, key=f"vaefast-encode-{c}-{job.out}", pure=False)
             for c in todo
         ]
         for future in as_completed(futures):
@@ -494,7 +449,7 @@ def _map(
             np.count_nonzero((index >= start) & (index < stop))
         )
 
-    to_place = sum(new_rows(c * chunk_rows, min((c + 1) * chunk_rows, n)) for c in todo)
+    to_place = sum(new_rows(*chunk_bounds(c, chunk_rows, n)) for c in todo)
     bar = tqdm(
         total=to_place,
         desc="t-SNE placement",

@@ -1,5 +1,7 @@
 """The one exception type for errors a user can cause."""
 
+from __future__ import annotations
+
 
 class VaefastError(ValueError):
     """Bad input, a bad path or a bad model: the message names the problem and the fix.
@@ -16,6 +18,17 @@ class BadRows(VaefastError):
     def __init__(self, message: str, row: int, reason: str):
         super().__init__(message)
         self.row, self.reason = row, reason
+
+    def shifted(self, offset: int, name: str | None = None) -> BadRows:
+        """The same error with its row counted ``offset`` rows earlier (a block's row as
+        the whole array's), named ``name: reason at row R`` when a name is given."""
+        row = offset + self.row
+        text = (
+            f"{name}: {self.reason} at row {row}"
+            if name
+            else str(self).replace(f"row {self.row}", f"row {row}")
+        )
+        return BadRows(text, row, self.reason)
 
 
 class BadFile(VaefastError):

@@ -1,17 +1,22 @@
 """torch -> ONNX export of any VAE's encoder and decoder, verified against the eager model.
 
 ``export_vae(model, out, example=x)`` takes any ``torch.nn.Module`` with
-``encode(x) -> (mu, logvar)`` (or a ``torch.distributions.Normal``) and
-``decode(z) -> x_hat`` (probabilities or logits), or explicit ``encode``/``decode``
-callables; ``export(run_dir, out)`` does the same for a ``vaefast train`` run folder and
-``export_module("file.py:fn", ...)`` for a model defined in the user's own file.
+``encode(x) -> (mu, logvar)`` (or a distribution with ``.mean`` and ``.stddev``/``.var``,
+such as diffusers' ``latent_dist``) and ``decode(z) -> x_hat`` (probabilities, logits or
+any range the user names), or explicit ``encode``/``decode`` callables;
+``export(run_dir, out)`` does the same for a ``vaefast train`` run folder,
+``export_module("file.py:fn", ...)`` for a model defined in the user's own file and
+``export_diffusers(folder, out)`` for a saved diffusers ``AutoencoderKL``.
 
 Writes into ``out`` (built in a temporary folder, renamed only when verification
-passes): ``encoder.onnx`` (``x`` [batch, *input_shape] -> ``mu``, ``logvar`` [batch, Z]),
-``decoder.onnx`` (``z`` -> ``x_hat`` [batch, *input_shape] in [0, 1]), both fp32, dynamic
-batch, opset 18, self-contained; the variants asked for (``vaefast.variants``);
-``model.json`` (the same facts sit in each ONNX file's metadata_props) and
-``export_report.json`` (eager vs ONNX Runtime agreement).
+passes): ``encoder.onnx`` (``x`` [batch, *input_shape] in the model's own pixel range ->
+``mu``, ``logvar``: flat [batch, Z] or spatial [batch, C, h, w]) and ``decoder.onnx``
+(``z`` -> ``x_hat`` in the model's output range), both fp32, dynamic batch (and height
+and width for fully convolutional models), opset 18, self-contained; the variants asked
+for (``vaefast.variants``); ``model.json`` (``vaefast.manifest``; the same facts sit in
+each ONNX file's metadata_props, with the ranges the runtime maps images through) and
+``export_report.json`` (eager vs ONNX Runtime agreement, each variant's and engine's
+agreement with fp32, each step's memory).
 """
 
 from __future__ import annotations
@@ -412,16 +417,7 @@ def export_vae(
     if not isinstance(model, torch.nn.Module):
         raise VaefastError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     known = diffusers_facts(model)
-    input_range = check_range(input_range or known.get("input_range") or (0.0, 1.0), "input_range")
-    bounded = output_range is not None or not known
-    output_range = check_range(
-        output_range or known.get("output_range") or (0.0, 1.0), "output_range"
-    )
-    if decoder_output == "logits" and output_range != (0.0, 1.0):
-        raise VaefastError(
-            "decoder_output='logits' gets a sigmoid, so its output range is "
-            "(0, 1); drop output_range"
-        )
+    input_range, output_range, bounded = _ranges(known, input_range, output_range, decoder_output)
     names = tuple(dict.fromkeys(n for n in variants if n != variants_mod.REFERENCE))
     for name in names:
         variants_mod.variant(name)  # an unknown name: refused before any work
@@ -435,24 +431,14 @@ def export_vae(
                 f"calibration inputs have shape {describe(x_cal.shape[1:])}; "
                 f"the model takes {describe(input_shape)}"
             )
-    was_training = model.training
-    if was_training:
-        print(
-            "note: the model was in training mode; exporting it in eval mode (BatchNorm "
-            "running statistics, no dropout), as inference runs it",
-            file=sys.stderr,
-        )
-    model.eval()
+    was_training = _to_eval_mode(model)
     try:
         enc, dec, encode, decode = halves(model, encode, decode, input_shape, decoder_output)
         with _quiet():
             probe = _probe(encode, decode, x, input_shape, decoder_output, output_range, bounded)
-        latent_values = int(np.prod(probe.latent_shape))
-        tolerance = (
-            tolerance
-            if tolerance is not None
-            else (TOLERANCE if latent_values <= LARGE_LATENT else LARGE_LATENT_TOLERANCE)
-        )
+        if tolerance is None:
+            small = int(np.prod(probe.latent_shape)) <= LARGE_LATENT
+            tolerance = TOLERANCE if small else LARGE_LATENT_TOLERANCE
         meta = _model_json(
             input_shape,
             probe,
@@ -472,7 +458,9 @@ def export_vae(
         with _quiet():
             eager_batch = _fit_eager_batch(enc, dec, len(x), input_shape, input_range, steps)
         with atomic_dir(out, force=force) as tmp, _quiet():
-            _export_onnx(enc, dec, x, tmp, meta, probe.multiple is not None)
+            _export_onnx(
+                enc, dec, x, tmp, meta, probe.multiple is not None, known.get("batch_branches", ())
+            )
             manifest.write_model_json(tmp, meta)
             report = {
                 "tolerance": tolerance,
@@ -490,39 +478,80 @@ def export_vae(
             meta["memory"] = {"onnx_bytes_per_row": report["fp32"]["onnx_bytes_per_row"]}
             manifest.write_model_json(tmp, meta)
             memory.trim()
-            images = _unit(x.numpy(), input_range)
-            calibrate = None
-            if x_cal is not None:  # its session (and arena) gone before quantization
-                calibrate = _calibration(
-                    runtime.load(tmp, providers=CPU, spin=False), x_cal.numpy(), seed, rows
-                )
-                memory.trim()
-            calibration_rows = 8 if rows >= CALIBRATE_8_FROM else 1
-            for name in names:
-                with steps.measure(f"{name} quantize", batch=calibration_rows):
-                    facts = variants_mod.write(tmp, name, calibrate, calibration_rows)
-                memory.trim()
-                with steps.measure(f"{name} agreement", batch=rows):
-                    report[name] = _agreement(tmp, images, name, CPU, rows) | facts
-                memory.trim()
-                if not report[name]["meets_target"]:
-                    print(
-                        f"warning: the {name} encoder keeps kNN@10 overlap "
-                        f"{report[name]['knn10_overlap_vs_fp32']:.3f} < "
-                        f"{variants_mod.variant(name).min_overlap}; prefer the fp32 "
-                        "models for this one",
-                        file=sys.stderr,
-                    )
-            for engine in engines.ENGINES.values():  # the other engines', like a variant's
-                if engine.report_key and engine.installed():
-                    with steps.measure(f"{engine.report_key} agreement", batch=rows):
-                        report[engine.report_key] = _agreement(
-                            tmp, images, variants_mod.REFERENCE, engine.on_cpu, rows
-                        )
+            report |= _variants_and_engines(tmp, names, x, x_cal, input_range, seed, rows, steps)
             report["memory"] = steps.report()
             manifest.write_report(tmp, report)
     finally:
         model.train(was_training)
+    return report
+
+
+def _to_eval_mode(model) -> bool:
+    """Put the model in eval mode, as inference runs it, saying so on stderr if it was
+    training; returns whether it was (so its mode can be restored)."""
+    was_training = model.training
+    if was_training:
+        print(
+            "note: the model was in training mode; exporting it in eval mode (BatchNorm "
+            "running statistics, no dropout), as inference runs it",
+            file=sys.stderr,
+        )
+    model.eval()
+    return was_training
+
+
+def _ranges(known: dict, input_range, output_range, decoder_output: str):
+    """(input range, output range, bounded) of a model: the given ranges, else what
+    vaefast knows of its class (diffusers'), else (0, 1); ``bounded``: its decoder's
+    output is checked against the range (not for a known class's unbounded decoder)."""
+    input_range = check_range(input_range or known.get("input_range") or (0.0, 1.0), "input_range")
+    bounded = output_range is not None or not known
+    output_range = check_range(
+        output_range or known.get("output_range") or (0.0, 1.0), "output_range"
+    )
+    if decoder_output == "logits" and output_range != (0.0, 1.0):
+        raise VaefastError(
+            "decoder_output='logits' gets a sigmoid, so its output range is "
+            "(0, 1); drop output_range"
+        )
+    return input_range, output_range, bounded
+
+
+def _variants_and_engines(
+    folder: Path, names, x, x_cal, input_range, seed: int, rows: int, steps: memory.Steps
+) -> dict[str, Any]:
+    """Write each variant in ``names`` (calibrated ones on ``x_cal``) and measure its
+    agreement with fp32 on ``x``, then every other installed engine's, ``rows`` at a
+    time, each step's batch and peak RSS recorded in ``steps``."""
+    report: dict[str, Any] = {}
+    images = _unit(x.numpy(), input_range)
+    calibrate = None
+    if x_cal is not None:  # its session (and arena) gone before quantization
+        calibrate = _calibration(
+            runtime.load(folder, providers=CPU, spin=False), x_cal.numpy(), seed, rows
+        )
+        memory.trim()
+    calibration_rows = 8 if rows >= CALIBRATE_8_FROM else 1
+    for name in names:
+        with steps.measure(f"{name} quantize", batch=calibration_rows):
+            facts = variants_mod.write(folder, name, calibrate, calibration_rows)
+        memory.trim()
+        with steps.measure(f"{name} agreement", batch=rows):
+            report[name] = _agreement(folder, images, name, CPU, rows) | facts
+        memory.trim()
+        if not report[name]["meets_target"]:
+            print(
+                f"warning: the {name} encoder keeps kNN@10 overlap "
+                f"{report[name]['knn10_overlap_vs_fp32']:.3f} < "
+                f"{variants_mod.variant(name).min_overlap}; prefer the fp32 models for this one",
+                file=sys.stderr,
+            )
+    for engine in engines.ENGINES.values():  # the other engines', like a variant's
+        if engine.report_key and engine.installed():
+            with steps.measure(f"{engine.report_key} agreement", batch=rows):
+                report[engine.report_key] = _agreement(
+                    folder, images, variants_mod.REFERENCE, engine.on_cpu, rows
+                )
     return report
 
 
@@ -592,8 +621,10 @@ def _unit(x: np.ndarray, input_range: tuple[float, float]) -> np.ndarray:
 def diffusers_facts(model) -> dict[str, Any]:
     """What vaefast knows of a diffusers autoencoder (``AutoencoderKL`` and its kin),
     recognised by class without importing diffusers: its pixel ranges ((-1, 1), the
-    decoder unclamped), its config's ``scaling_factor`` / ``shift_factor``. Empty for
-    other models."""
+    decoder unclamped), its config's ``scaling_factor`` / ``shift_factor``, and the halves
+    whose Python code branches on the batch size (the decoder's upsamplers call
+    ``.contiguous()`` from batch 64 on: traced with the batch axis left to the exporter
+    at once, not after a failed trace). Empty for other models."""
     cls = type(model)
     if not (cls.__module__.startswith("diffusers.") and cls.__name__.startswith("AutoencoderKL")):
         return {}
@@ -611,6 +642,7 @@ def diffusers_facts(model) -> dict[str, Any]:
             "diffusers": cls.__name__,
             "config": {k: v for k, v in config.items() if not k.startswith("_")},
         },
+        "batch_branches": ("decoder",),
     }
 
 
@@ -1015,9 +1047,7 @@ def _model_json(
         "label_names": label_names,
         "encoder": {"inputs": {"x": x_dims}, "outputs": {"mu": z_dims, "logvar": z_dims}},
         "decoder": {"inputs": {"z": z_dims}, "outputs": {"x_hat": x_dims}},
-        "variants": {
-            n: dict(zip(("encoder", "decoder"), variants_mod.model_files(n))) for n in names
-        },
+        "variants": {n: dict(zip(variants_mod.PARTS, variants_mod.model_files(n))) for n in names},
         "opset": OPSET,
         "architecture": architecture,
         "training": training,
@@ -1029,19 +1059,23 @@ def _model_json(
     return meta
 
 
-def _export_onnx(enc, dec, x, folder: Path, meta: dict, dynamic_size: bool) -> None:
+def _export_onnx(
+    enc, dec, x, folder: Path, meta: dict, dynamic_size: bool, batch_branches=()
+) -> None:
     import torch
 
     # a Normal's argument checks are data-dependent branches torch.export cannot trace
     validate = torch.distributions.Distribution._validate_args
     torch.distributions.Distribution.set_default_validate_args(False)
     try:
-        _export_halves(enc, dec, x, folder, meta, dynamic_size)
+        _export_halves(enc, dec, x, folder, meta, dynamic_size, batch_branches)
     finally:
         torch.distributions.Distribution.set_default_validate_args(validate)
 
 
-def _export_halves(enc, dec, x, folder: Path, meta: dict, dynamic_size: bool) -> None:
+def _export_halves(
+    enc, dec, x, folder: Path, meta: dict, dynamic_size: bool, batch_branches=()
+) -> None:
     import onnx
     import torch
     from torch.export import Dim
@@ -1059,7 +1093,9 @@ def _export_halves(enc, dec, x, folder: Path, meta: dict, dynamic_size: bool) ->
     ):
         dynamic_shapes = {ins[0]: axes if example.ndim == 4 else {0: axes[0]}}
         try:
-            program = _to_onnx(module, example, ins, outs, dynamic_shapes)
+            program = _to_onnx(
+                module, example, ins, outs, dynamic_shapes, name not in batch_branches
+            )
         except Exception as e:
             raise _exporter_error(e, module, example, dynamic_shapes) from None
         proto = program.model_proto
@@ -1070,12 +1106,13 @@ def _export_halves(enc, dec, x, folder: Path, meta: dict, dynamic_size: bool) ->
         onnx.checker.check_model(str(path), full_check=True)
 
 
-def _to_onnx(module, example, ins, outs, dynamic_shapes):
+def _to_onnx(module, example, ins, outs, dynamic_shapes, named_batch: bool = True):
     """torch.onnx.export (dynamo) with a dynamic batch axis. A model whose Python code
     branches on the batch size (diffusers' upsampler calls ``.contiguous()`` from batch
     64 on) makes torch.export refuse an unbounded named axis; the axis is then left for
-    the exporter to bound (``Dim.DYNAMIC``): such branches are no-ops in ONNX, and the
-    verification runs batches 1 to 4,096 through the result."""
+    the exporter to bound (``Dim.DYNAMIC``) — at once where that is known
+    (``named_batch`` False): such branches are no-ops in ONNX, and the verification runs
+    batches 1 to 4,096 through the result."""
     import torch
     from torch.export import Dim
 
@@ -1092,12 +1129,13 @@ def _to_onnx(module, example, ins, outs, dynamic_shapes):
             verbose=False,
         )
 
-    try:
-        return run(dynamic_shapes)
-    except Exception as e:
-        text = "\n".join(str(x) for x in (e, e.__cause__, e.__context__) if x)
-        if "Constraints violated (batch)" not in text:
-            raise
+    if named_batch:
+        try:
+            return run(dynamic_shapes)
+        except Exception as e:
+            text = "\n".join(str(x) for x in (e, e.__cause__, e.__context__) if x)
+            if "Constraints violated (batch)" not in text:
+                raise
     return run({k: v | {0: Dim.DYNAMIC} for k, v in dynamic_shapes.items()})
 
 

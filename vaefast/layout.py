@@ -185,3 +185,8 @@ def check_pixels(X: np.ndarray, scale: float = 255.0, name: str = "inputs") -> N
         row,
         f"values outside [0, {hi_ok:g}]",
     )
+
+
+def chunk_bounds(chunk: int, chunk_rows: int, n: int) -> tuple[int, int]:
+    """[start, stop) of row chunk ``chunk`` of ``n`` rows cut ``chunk_rows`` at a time."""
+    return chunk * chunk_rows, min((chunk + 1) * chunk_rows, n)

@@ -248,9 +248,7 @@ class ExportedVAE:
             try:
                 x = self._to_model(X[start:stop])
             except BadRows as e:  # the row counted from the start of X
-                raise BadRows(
-                    str(e).replace(f"row {e.row}", f"row {start + e.row}"), start + e.row, e.reason
-                ) from None
+                raise e.shifted(start) from None
             m, lv = self._run(self.encoder_session, "x", x, self._ENCODER_OUT)
             if not math.isfinite(m.sum() + lv.sum()):
                 _check_finite((m, lv))

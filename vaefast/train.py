@@ -73,7 +73,7 @@ def train(
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from vaefast.model import architecture, build, loss_function
+    from vaefast.model import architecture, build
 
     input_shape = architecture(arch).input_shape(ds.n_features, ds.image_shape)
     sizes = {
@@ -91,9 +91,6 @@ def train(
     xte = torch.from_numpy(np.ascontiguousarray(arrange(ds.X_test, *layout)))
     history = []
     for epoch in range(1, epochs + 1):
-        model.train()
-        perm = torch.randperm(len(xtr), generator=gen)
-        total = 0.0
         bar = tqdm(
             range(0, len(xtr), batch_size),
             desc=f"epoch {epoch}/{epochs}",
@@ -101,15 +98,7 @@ def train(
             disable=not progress,
             leave=True,
         )
-        for done, start in enumerate(bar, 1):
-            batch = xtr[perm[start : start + batch_size]]
-            optimizer.zero_grad()
-            recon, mu, logvar = model(batch, gen)
-            loss = loss_function(recon, batch, mu, logvar)
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            bar.set_postfix(loss=f"{total / min(done * batch_size, len(xtr)):.2f}")
+        total = _epoch(model, optimizer, xtr, batch_size, gen, bar)
         test_loss = evaluate(model, xte, batch_size, gen)
         history.append({"epoch": epoch, "train_loss": total / len(xtr), "test_loss": test_loss})
         if progress:
@@ -138,6 +127,28 @@ def train(
         write_json(tmp / CONFIG, config)
         _write_pngs(model, xte, ds.image_shape, latent_dim, tmp, gen)
     return config
+
+
+def _epoch(model, optimizer, xtr, batch_size: int, gen, bar) -> float:
+    """One pass over the training rows in a seeded order, ``batch_size`` at a time
+    (``bar`` iterates the batch starts); returns the summed loss."""
+    import torch
+
+    from vaefast.model import loss_function
+
+    model.train()
+    perm = torch.randperm(len(xtr), generator=gen)
+    total = 0.0
+    for done, start in enumerate(bar, 1):
+        batch = xtr[perm[start : start + batch_size]]
+        optimizer.zero_grad()
+        recon, mu, logvar = model(batch, gen)
+        loss = loss_function(recon, batch, mu, logvar)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        bar.set_postfix(loss=f"{total / min(done * batch_size, len(xtr)):.2f}")
+    return total
 
 
 def evaluate(model, x, batch_size: int, generator) -> float:

@@ -46,9 +46,7 @@ def check_features(X: np.ndarray, name: str) -> tuple[np.ndarray, tuple[int, ...
         try:
             check_pixels(block, 255.0, name)
         except BadRows as e:  # the row counted from the start of the file
-            raise BadRows(
-                str(e).replace(f"row {e.row}", f"row {start + e.row}"), start + e.row, e.reason
-            ) from None
+            raise e.shifted(start) from None
     return X, image_shape, 255.0 if is_int else 1.0
 
 
