@@ -155,3 +155,54 @@ def test_embed_with_a_tsne_map_of_every_row(benchmark, images, tmp_path_factory)
         record(benchmark, [wall])
     benchmark.extra_info.update(rows=rows, tsne_max=tsne_max, wall_s=wall, **figures)
     shutil.rmtree(out, ignore_errors=True)
+
+
+PLACE_ROUNDS = int(os.environ.get("VAEFAST_BENCH_PLACE_ROUNDS", "3"))
+
+
+def test_placement_on_two_dask_workers_against_one_process(benchmark, images, tmp_path_factory):
+    """`embed --tsne --tsne-transform interpolated` in a fresh process each round: one
+    process with THREADS threads against a LocalCluster of two one-thread workers (the
+    reference scattered once, a placement task per chunk); placement rates side by side,
+    rounds interleaved (goal: Dask >= 0.9x the one process), and the client's peak RSS."""
+    path, rows = images
+    tsne_max = 2000 if benchmark.disabled else 10_000
+    rounds = 1 if benchmark.disabled else PLACE_ROUNDS
+    runs = {"one-process": [], "dask-2x1": []}
+    for _ in range(rounds):
+        for name in runs:
+            out = tmp_path_factory.mktemp("place") / "p.zarr"
+            dask = ", scheduler='local', workers=2" if name == "dask-2x1" else ""
+            code = (
+                "import json; from vaefast.embedding import embed;"
+                f"s = embed({str(EXPORTED / 'mnist5k-z20')!r}, {str(path)!r}, {str(out)!r}, "
+                f"threads={THREADS if not dask else 'None'}, variant='int8', tsne=True, "
+                f"tsne_max={tsne_max}, tsne_transform='interpolated', progress=False{dask});"
+                "hwm = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]);"
+                "t = s['tsne']; print(json.dumps({'place_s': t['place_s'], "
+                "'points_per_s': t['points_per_s'], 'client_peak_rss_mb': hwm // 1024}))"
+            )
+            result = subprocess.run(
+                [sys.executable, "-c", code],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                timeout=7200,
+            )
+            assert result.returncode == 0, result.stderr[-2000:]
+            runs[name].append(json.loads(result.stdout.strip().splitlines()[-1]))
+            shutil.rmtree(out, ignore_errors=True)
+    rates = {k: [r["points_per_s"] for r in v] for k, v in runs.items()}
+    assert all(np.isfinite(r) and r > 0 for v in rates.values() for r in v)
+    benchmark.group = "t-SNE placement on Dask"
+    if benchmark.disabled:
+        benchmark(lambda: None)
+    else:
+        record(benchmark, [r["place_s"] for r in runs["dask-2x1"]])
+    benchmark.extra_info.update(
+        rows=rows,
+        tsne_max=tsne_max,
+        points_per_s=rates,
+        dask_over_one_process=ratio_spread(rates["dask-2x1"], rates["one-process"]),
+        client_peak_rss_mb={k: max(r["client_peak_rss_mb"] for r in v) for k, v in runs.items()},
+    )

@@ -57,11 +57,16 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def embed_killed_midway(
-    args: list[str], store: Path, timeout: float = 120, sig: int | None = None
+    args: list[str],
+    store: Path,
+    timeout: float = 120,
+    sig: int | None = None,
+    stage: str = "encoded",
 ) -> tuple[int, list]:
-    """Start `vaefast embed ARGS`, and once some, but not all, chunks of ``store`` are done
-    send it ``sig`` (default SIGKILL). Returns its exit status and the processes it had
-    started (psutil, taken just before the signal), to check that none is left."""
+    """Start `vaefast embed ARGS`, and once some, but not all, chunks of ``store`` are
+    done at ``stage`` (encoded, or placed on the t-SNE map) send it ``sig`` (default
+    SIGKILL). Returns its exit status and the processes it had started (psutil, taken
+    just before the signal), to check that none is left."""
     import os
     import signal
     import time
@@ -78,7 +83,7 @@ def embed_killed_midway(
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            done = zarr.open_group(str(store), mode="r")["_progress/encoded"][:]
+            done = zarr.open_group(str(store), mode="r")[f"_progress/{stage}"][:]
             if 2 <= done.sum() < len(done):
                 break
         except Exception:  # the store does not exist yet

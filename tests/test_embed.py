@@ -74,25 +74,30 @@ def test_resume_after_sigkill_gives_identical_store(big_npy, reference_mu, tmp_p
     np.testing.assert_array_equal(open_embeddings(out)["mu"][:], reference_mu)
 
 
-def test_dask_local_cluster_equals_serial(tmp_path):
+@pytest.mark.parametrize("transform", ["exact", "interpolated"])
+def test_dask_local_cluster_equals_serial(tmp_path, transform):
+    """Encoding and the t-SNE placement as Dask tasks (the reference fitted once, scattered
+    to the workers): the store equals a single process's, positions included."""
     pytest.importorskip("distributed")
     from vaefast import data
 
-    X = data.read("mnist5k").X
-    np.save(tmp_path / "x.npy", X)
-    embed(MODEL, str(tmp_path / "x.npy"), tmp_path / "serial.zarr", chunk_rows=1000, progress=False)
-    embed(
+    np.save(tmp_path / "x.npy", data.read("mnist5k").X[:3000])
+    common = dict(chunk_rows=500, tsne=True, tsne_max=400, tsne_transform=transform)
+    embed(MODEL, str(tmp_path / "x.npy"), tmp_path / "serial.zarr", progress=False, **common)
+    stats = embed(
         MODEL,
         str(tmp_path / "x.npy"),
         tmp_path / "dask.zarr",
-        chunk_rows=1000,
         scheduler="local",
         workers=2,
         progress=False,
+        **common,
     )
+    assert stats["tsne"]["placed_rows"] == 2600
     a, b = open_embeddings(tmp_path / "serial.zarr"), open_embeddings(tmp_path / "dask.zarr")
-    np.testing.assert_array_equal(a["mu"][:], b["mu"][:])
-    np.testing.assert_array_equal(a["logvar"][:], b["logvar"][:])
+    for name in ("mu", "logvar", "tsne"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])
+    assert np.isfinite(b["tsne"][:]).all()
 
 
 def test_peak_memory_does_not_hold_the_input(big_npy, tmp_path):
@@ -222,3 +227,154 @@ def test_embed_tsne_summary_gives_encode_fit_and_placement_apart(tmp_path):
     assert "t-SNE placement" in result.stderr  # the progress bar
     store = open_embeddings(tmp_path / "e.zarr")
     assert np.isfinite(store["tsne"][:]).all()
+
+
+@pytest.fixture
+def tcp_cluster():
+    """A real `dask scheduler` and two one-thread `dask worker`s on loopback, as a user
+    starts them; their address. Stopped (and waited for) after the test."""
+    distributed = pytest.importorskip("distributed")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    common = dict(cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [
+        subprocess.Popen(
+            [*dask, "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"],
+            **common,
+        )
+    ]
+    worker = [sys.executable, "-m", "distributed.cli.dask_worker", address]
+    procs += [
+        subprocess.Popen([*worker, "--nthreads", "1", "--no-dashboard"], **common) for _ in range(2)
+    ]
+    try:
+        with distributed.Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        _stop(procs)
+
+
+def test_an_external_tcp_cluster_equals_serial(tmp_path, tcp_cluster):
+    from vaefast import data
+
+    np.save(tmp_path / "x.npy", data.read("mnist5k").X[:2000])
+    common = dict(chunk_rows=500, tsne=True, tsne_max=300, progress=False)
+    embed(MODEL, str(tmp_path / "x.npy"), tmp_path / "serial.zarr", **common)
+    embed(MODEL, str(tmp_path / "x.npy"), tmp_path / "tcp.zarr", scheduler=tcp_cluster, **common)
+    a, b = open_embeddings(tmp_path / "serial.zarr"), open_embeddings(tmp_path / "tcp.zarr")
+    for name in ("mu", "logvar", "tsne"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])
+
+
+def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    import socket
+
+    from vaefast import embedding
+
+    monkeypatch.setattr(embedding, "CONNECT_TIMEOUT", "2s")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    np.save(tmp_path / "x.npy", np.zeros((10, 784), np.float32))
+    with pytest.raises(
+        VaefastError, match=rf"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}"
+    ):
+        embed(
+            MODEL, str(tmp_path / "x.npy"), tmp_path / "e.zarr", scheduler=f"tcp://127.0.0.1:{port}"
+        )
+    assert not (tmp_path / "e.zarr").exists()
+
+
+def test_a_run_killed_while_dask_places_resumes_identically(tmp_path):
+    """SIGKILL of the client while the workers place the map's rows: the same command
+    finishes the placement from its markers, and the store equals an uninterrupted one."""
+    pytest.importorskip("distributed")
+    from vaefast import data
+
+    np.save(tmp_path / "x.npy", data.read("mnist5k").X)
+    args = ["--tsne", "--tsne-max", "300", "--chunk-rows", "250", "--quiet"]
+    out = tmp_path / "killed.zarr"
+    dask = ["--scheduler", "local", "--workers", "2"]
+    embed_killed_midway(
+        [str(MODEL), str(tmp_path / "x.npy"), "--out", str(out), *args, *dask], out, stage="placed"
+    )
+    placed = open_embeddings_progress(out, "placed")
+    assert 0 < placed.sum() < len(placed)
+    result = run_cli("embed", str(MODEL), str(tmp_path / "x.npy"), "--out", str(out), *args, *dask)
+    assert result.returncode == 0, result.stderr
+    embed(
+        MODEL,
+        str(tmp_path / "x.npy"),
+        tmp_path / "whole.zarr",
+        chunk_rows=250,
+        tsne=True,
+        tsne_max=300,
+        progress=False,
+    )
+    a, b = open_embeddings(tmp_path / "whole.zarr"), open_embeddings(out)
+    for name in ("mu", "tsne"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])
+
+
+def open_embeddings_progress(store, stage: str) -> np.ndarray:
+    import zarr
+
+    return zarr.open_group(str(store), mode="r")[f"_progress/{stage}"][:]
+
+
+def test_a_worker_without_vaefast_is_named_in_one_line_and_nothing_is_written(tmp_path):
+    """A `dask worker` whose Python cannot import vaefast (the package hidden from it):
+    without the check, its tasks would be retried forever."""
+    distributed = pytest.importorskip("distributed")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scheduler = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"]
+    hidden = (
+        "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)];"
+        f"sys.argv = ['dask-worker', {address!r}, '--nthreads', '1', '--no-dashboard', "
+        "'--no-nanny']; from distributed.cli.dask_worker import main; main()"
+    )
+    procs = [
+        subprocess.Popen([*scheduler, "--port", str(port), "--dashboard-address", ":0"], **quiet),
+        subprocess.Popen([sys.executable, "-c", hidden], cwd=tmp_path, **quiet),
+    ]
+    try:
+        with distributed.Client(address, timeout="60s") as client:
+            client.wait_for_workers(1, timeout=60)
+        np.save(tmp_path / "x.npy", np.zeros((10, 784), np.float32))
+        out = tmp_path / "e.zarr"
+        result = run_cli(
+            "embed", str(MODEL), str(tmp_path / "x.npy"), "--out", str(out), "--scheduler", address
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            "vaefast embed: error: a Dask worker cannot import vaefast: install vaefast (and "
+            "its extras) on every worker"
+        ]
+        assert not out.exists()
+    finally:
+        _stop(procs)
+
+
+def _stop(procs: list) -> None:
+    """Stop a scheduler and its workers as a user would: the workers first (SIGTERM; a
+    worker still closing after 30 s is killed), then the scheduler."""
+    for p in reversed(procs):
+        p.terminate()
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

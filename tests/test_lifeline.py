@@ -52,8 +52,9 @@ def clean(inputs, tmp_path_factory) -> dict[str, np.ndarray]:
     return out
 
 
-def _left(children: list, within: float = 1.0) -> list:
-    """Those of ``children`` still alive ``within`` seconds from now."""
+def _left(children: list, within: float = 10.0) -> list:
+    """Those of ``children`` still alive after ``within`` seconds (polled: a busy machine
+    may take longer than an idle one to deliver the signal and reap them)."""
     import psutil
 
     def alive(p) -> bool:
@@ -62,8 +63,11 @@ def _left(children: list, within: float = 1.0) -> list:
         except psutil.NoSuchProcess:
             return False
 
-    time.sleep(within)
+    deadline = time.monotonic() + within
     left = [p for p in children if alive(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [p for p in left if alive(p)]
     for p in left:
         p.kill()
     return left

@@ -8,6 +8,7 @@ chunks and ends identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -21,12 +22,13 @@ from vaefast import manifest, runtime, store
 from vaefast.memory import trim
 from vaefast.data import Source, preprocess_for, reopen
 from vaefast.engines import DEFAULT_PROVIDERS
-from vaefast.errors import BadFile, BadRows, VaefastError
+from vaefast.errors import BadFile, BadRows, VaefastError, first_line
 from vaefast.layout import chunk_bounds
 from vaefast.variants import REFERENCE
 
 CHUNK_BYTES = 1 << 28  # default rows per chunk: at most this many bytes of float32 input
 BATCH_BYTES = 1 << 25  # default rows per ONNX Runtime call: this many bytes of input
+CONNECT_TIMEOUT = "10s"  # a tcp:// scheduler that does not answer within this is an error
 
 _SESSIONS: dict[tuple, runtime.ExportedVAE] = {}  # one ONNX Runtime session per process
 _SOURCES: dict[tuple, Source] = {}  # and one opened input (built-in specs load once)
@@ -263,17 +265,18 @@ def embed(
     params = {"tsne": tsne, "tsne_max": tsne_max, "seed": seed, "dtype": dtype} | (
         {"tsne_transform": tsne_transform} if tsne else {}
     )
-    group = _open_store(job, vae, source, vae.latent_shape_for(sample), params, force)
-    if store.info(group).get("complete"):
-        return {"rows": source.n, "seconds": 0.0, "rows_per_s": None, "already_complete": True}
-    stats = _encode_all(job, vae, source, group, scheduler, workers, progress)
-    if tsne:  # the map needs no model: its session and buffers go first (peak memory)
-        del vae
-        _SESSIONS.clear()
-        skipped = sorted(store.skipped_rows(group))
-        stats["tsne"] = _map(
-            group, tsne_max, seed, chunk_rows, threads, progress, tsne_transform, skipped
-        )
+    with _client(scheduler, workers) as client:  # an unreachable one: nothing written
+        group = _open_store(job, vae, source, vae.latent_shape_for(sample), params, force)
+        if store.info(group).get("complete"):
+            return {"rows": source.n, "seconds": 0.0, "rows_per_s": None, "already_complete": True}
+        stats = _encode_all(job, vae, source, group, client, progress)
+        if tsne:  # the map needs no model: its session and buffers go first (peak memory)
+            del vae
+            _SESSIONS.clear()
+            skipped = sorted(store.skipped_rows(group))
+            stats["tsne"] = _map(
+                group, job, tsne_max, seed, progress, tsne_transform, skipped, client
+            )
     store.mark_complete(group)
     return stats
 
@@ -307,8 +310,8 @@ def _open_store(job: Job, vae, source: Source, latent_shape, params: dict, force
     )
 
 
-def _encode_all(job: Job, vae, source: Source, group, scheduler, workers, progress) -> dict:
-    """Encode the store's pending chunks (here, or on Dask with ``scheduler``); a bad
+def _encode_all(job: Job, vae, source: Source, group, client, progress: bool) -> dict:
+    """Encode the store's pending chunks (here, or as tasks of the Dask ``client``); a bad
     value removes the store (it could never finish), a bad file keeps the finished
     chunks. Returns the run's figures."""
     from tqdm.auto import tqdm
@@ -329,10 +332,10 @@ def _encode_all(job: Job, vae, source: Source, group, scheduler, workers, progre
     upscaled = getattr(source, "upscaled", 0)  # images counted from here (not the probe)
     t0 = time.perf_counter()
     try:
-        if scheduler is None:
+        if client is None:
             _encode_pipelined(vae, source, job, todo, bar)
         else:
-            _run_dask(scheduler, workers, job, todo, bar)
+            _run_tasks(client, encode_chunk, job, todo, bar)
     except BadRows as e:
         store.remove(job.out)
         raise VaefastError(
@@ -362,11 +365,16 @@ def _encode_all(job: Job, vae, source: Source, group, scheduler, workers, progre
     }
 
 
-def _run_dask(scheduler: str, workers: int, job: Job, todo: list[int], bar) -> None:
-    """The chunks of ``todo`` as Dask tasks on a LocalCluster of ``workers`` processes
-    (``scheduler`` "local") or the cluster at a ``tcp://`` address."""
+@contextlib.contextmanager
+def _client(scheduler: str | None, workers: int):
+    """A Dask client for the run (None without ``scheduler``): a LocalCluster of
+    ``workers`` one-thread processes ("local") or the cluster at a ``tcp://`` address;
+    closed, with its cluster, however the run ends."""
+    if scheduler is None:
+        yield None
+        return
     try:
-        from distributed import Client, LocalCluster, as_completed
+        from distributed import Client, LocalCluster
     except ImportError:
         raise VaefastError("--scheduler needs Dask: pip install 'vaefast[dask]'") from None
     if scheduler == "local":
@@ -383,41 +391,105 @@ def _run_dask(scheduler: str, workers: int, job: Job, todo: list[int], bar) -> N
         )
         client = Client(cluster)
     elif scheduler.startswith("tcp://"):
-        cluster, client = None, Client(scheduler)
+        try:
+            cluster, client = None, Client(scheduler, timeout=CONNECT_TIMEOUT)
+        except OSError as e:  # refused, or no answer within the timeout
+            raise VaefastError(
+                f"cannot reach the Dask scheduler at {scheduler}: {first_line(e, 160)}"
+            ) from None
     else:
         raise VaefastError(f"unknown scheduler {scheduler!r}; use local or tcp://HOST:PORT")
     try:
-        futures = [
-            client.submit(encode_chunk, job, c, key=f"vaefast-encode-{c}-{job.out}", pure=False)
-            for c in todo
-        ]
-        for future in as_completed(futures):
-            bar.update(future.result())
+        _check_workers(client)
+        yield client
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
 
 
+def _check_workers(client) -> None:
+    """Every worker can import vaefast: a task whose function a worker cannot unpickle
+    never finishes (Dask retries it), so a worker without the package is named in one
+    line before any task is sent."""
+    import importlib
+
+    try:
+        client.run(importlib.import_module, __name__)
+    except ModuleNotFoundError as e:
+        raise VaefastError(
+            f"a Dask worker cannot import {e.name}: install vaefast (and its extras) on "
+            "every worker"
+        ) from None
+
+
+def _run_tasks(client, task, job: Job, chunks: list[int], bar, *args) -> None:
+    """``task(job, *args, chunk)`` for each chunk on the cluster, ``bar`` advanced by each
+    result as it comes."""
+    from distributed import as_completed
+
+    name = task.__name__.replace("_", "-")
+    futures = [
+        client.submit(task, job, *args, c, key=f"vaefast-{name}-{c}-{job.out}", pure=False)
+        for c in chunks
+    ]
+    for future in as_completed(futures):
+        bar.update(future.result())
+
+
+def place_chunk(job: Job, reference: tuple, method: str, chunk: int) -> int:
+    """Place the rows of chunk ``chunk`` against the reference map (index, rows,
+    positions and its prepared placement, ``vaefast.tsne.transform.prepare``) and write
+    their positions, then the chunk's marker; return how many rows were placed. A plain
+    function of plain values, as ``encode_chunk``: each point is placed alone against the
+    fixed reference, so the positions do not depend on which worker places which chunk."""
+    import zarr
+
+    from vaefast.tsne.mapping import place_chunks
+    from vaefast.tsne.threads import numba_threads
+
+    group = zarr.open_group(job.out, mode="r+")
+    index, X_ref, Y_ref, prepared = reference
+    placed = 0
+    with numba_threads(job.threads or _worker_threads()):
+        for _, start, stop, Y in place_chunks(
+            lambda a, b: store.read_mu(group, slice(a, b)),
+            store.n_rows(group),
+            index,
+            X_ref,
+            Y_ref,
+            job.chunk_rows,
+            [chunk],
+            method,
+            prepared,
+        ):
+            store.write_positions(group, chunk, start, Y)
+            fresh = ~np.isin(np.arange(start, stop), index) & np.isfinite(Y).all(axis=1)
+            placed += int(np.count_nonzero(fresh))
+    return placed
+
+
 def _map(
     group,
+    job: Job,
     tsne_max: int,
     seed: int,
-    chunk_rows: int,
-    threads: int | None,
     progress: bool,
     method: str = "exact",
     skipped: list[int] = (),
+    client=None,
 ) -> dict[str, Any]:
     """The t-SNE map of ``mu`` by ``vaefast.tsne.mapping``'s rule, stored resumably: the
-    reference map first (its index written last), then placed rows chunk by chunk.
-    Skipped rows (no μ) get no position (NaN) and are never in the reference."""
+    reference map first (its index written last), then placed rows chunk by chunk —
+    here, or as tasks of the Dask ``client`` (the reference and its prepared placement
+    scattered to the workers once). Skipped rows (no μ) get no position (NaN) and are
+    never in the reference."""
     from tqdm.auto import tqdm
 
-    from vaefast.tsne.mapping import fit_reference, place_chunks, reference_rows
-    from vaefast.tsne.threads import numba_threads
+    from vaefast.tsne.mapping import fit_reference, reference_rows
+    from vaefast.tsne.transform import prepare
 
-    n = store.n_rows(group)
+    n, chunk_rows = store.n_rows(group), job.chunk_rows
     valid = np.setdiff1d(np.arange(n), np.asarray(skipped, np.int64))
     t0 = time.perf_counter()
     stats: dict[str, Any] = {
@@ -429,7 +501,7 @@ def _map(
         index = valid[reference_rows(len(valid), tsne_max, seed)]
         X_ref = store.read_mu(group, index)
         trim(collect=True)  # ~60 MB free in malloc's arenas at 1M rows; P is next
-        reference = fit_reference(X_ref, seed, threads, progress)
+        reference = fit_reference(X_ref, seed, job.threads, progress)
         store.save_reference(group, index, reference.embedding)
         stats |= {
             "kl": reference.kl,
@@ -458,19 +530,13 @@ def _map(
         disable=not progress or not to_place,
         smoothing=0.1,
     )
-    with numba_threads(threads):
-        for chunk, start, stop, Y in place_chunks(
-            lambda a, b: store.read_mu(group, slice(a, b)),
-            n,
-            index,
-            X_ref,
-            Y_ref,
-            chunk_rows,
-            todo,
-            method,
-        ):
-            store.write_positions(group, chunk, start, Y)
-            bar.update(new_rows(start, stop))
+    shared = (index, X_ref, Y_ref, prepare(Y_ref, method) if to_place else None)
+    if client is None:
+        for chunk in todo:
+            bar.update(place_chunk(job, shared, method, chunk))
+    elif todo:
+        [scattered] = client.scatter([shared], broadcast=True)
+        _run_tasks(client, place_chunk, job, todo, bar, scattered, method)
     bar.close()
     t2 = time.perf_counter()
     if len(valid) > tsne_max:

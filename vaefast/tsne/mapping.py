@@ -16,7 +16,7 @@ from vaefast.errors import VaefastError
 from vaefast.tsne.affinities import joint_probabilities
 from vaefast.tsne.fit import Fit, auto_learning_rate, check_points, fit_embedding, scaled_start
 from vaefast.tsne.threads import blas_threads, numba_threads
-from vaefast.tsne.transform import place
+from vaefast.tsne.transform import Prepared, place, prepare
 
 DEFAULT_MAX_EXACT = 10_000  # exact t-SNE of all points up to this N
 PERPLEXITY = 30.0
@@ -93,12 +93,15 @@ def place_chunks(
     chunk_rows: int,
     chunks: list[int] | None = None,
     method: str = "exact",
+    prepared: Prepared | None = None,
 ) -> Iterator[tuple[int, int, int, np.ndarray]]:
     """Positions of rows chunk by chunk: reference rows keep their exact position, the
-    others are placed by transform (``method``: a name in ``transform.PLACEMENTS``);
+    others are placed by transform (``method``: a name in ``transform.PLACEMENTS``;
+    ``prepared``: the map's ``transform.prepare``, made here once if not given);
     rows with no point (NaN: an input skipped as undecodable) get NaN.
     Yields (chunk, start, stop, Y [stop - start, 2])."""
     position = {int(r): k for k, r in enumerate(index)}
+    prepared = prepared or prepare(Y_ref, method)
     todo = range(-(-n // chunk_rows)) if chunks is None else chunks
     for chunk in todo:
         start, stop = chunk * chunk_rows, min((chunk + 1) * chunk_rows, n)
@@ -110,7 +113,7 @@ def place_chunks(
             X_new = X(start, stop)
             new = ~in_ref & np.isfinite(X_new).all(axis=1)
             if new.any():
-                out[new] = place(X_new[new], X_ref, Y_ref, method=method)
+                out[new] = place(X_new[new], X_ref, Y_ref, method=method, prepared=prepared)
         yield chunk, start, stop, out
 
 

@@ -76,6 +76,23 @@ PLACEMENTS: dict[str, Placement] = {
 }
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What placing against a fixed map needs beyond its points, computed once per map
+    and shared by every call (and every Dask task): its positions as the kernels read
+    them (``split_coordinates``) and, for "interpolated", its tabulated repulsion grid."""
+
+    hl: np.ndarray
+    grid: np.ndarray
+    frame: np.ndarray
+
+
+def prepare(Y_ref: np.ndarray, method: str = "exact", backend: str = DEFAULT) -> Prepared:
+    """The shared set-up of placements against the map Y_ref [N, 2] by ``method``."""
+    hl = split_coordinates(Y_ref)
+    return Prepared(hl, *placement(method).grid(hl, kernels(backend)))
+
+
 def placement(name: str) -> Placement:
     """The registry entry of a placement method, or a clear error."""
     if name not in PLACEMENTS:
@@ -99,28 +116,28 @@ def place(
     attract: int = 90,
     backend: str = DEFAULT,
     n_jobs: int | None = None,
+    prepared: Prepared | None = None,
 ) -> np.ndarray:
     """Embed rows of X_new [M, D] into the reference embedding Y_ref [N, 2] of X_ref [N, D].
 
     ``method``: a name in ``PLACEMENTS`` ("exact", or the opt-in "interpolated", whose
     P covers the ``attract`` nearest references). With many features
     (``affinities.GEMM_MIN_FEATURES``) the distances to the reference come from BLAS
-    GEMMs (``n_jobs`` threads), a block of new points at a time."""
+    GEMMs (``n_jobs`` threads), a block of new points at a time. ``prepared``: this
+    map's ``prepare(Y_ref, method, backend)``, when placing against it many times."""
     if not 0 < perplexity < X_ref.shape[0]:
         raise VaefastError(
             f"perplexity ({perplexity}) must be positive and less than the "
             f"{X_ref.shape[0]} fitted points"
         )
-    how = placement(method)
+    prepared = prepared or prepare(Y_ref, method, backend)
     k = min(k, X_ref.shape[0])
     kern = kernels(backend)
     out = np.empty((X_new.shape[0], 2))
-    hl = split_coordinates(Y_ref)
-    grid, frame = how.grid(hl, kern)
     args = (
-        hl,
-        grid,
-        frame,
+        prepared.hl,
+        prepared.grid,
+        prepared.frame,
         k,
         max(attract, k),
         log_perplexity(perplexity),
