@@ -74,8 +74,16 @@ def embed_killed_midway(
     import psutil
     import zarr
 
+    # `python -m vaefast.cli embed ARGS` with Python's own SIGINT handler even where this
+    # process was started in the background (which ignores SIGINT, and the child would
+    # inherit that): the run sees Ctrl-C as a terminal sends it
+    start = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+        "sys.argv = ['vaefast', *sys.argv[1:]];"
+        "runpy.run_module('vaefast.cli', run_name='__main__')"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vaefast.cli", "embed", *args],
+        [sys.executable, "-c", start, "embed", *args],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
