@@ -234,11 +234,7 @@ def tcp_cluster():
     """A real `dask scheduler` and two one-thread `dask worker`s on loopback, as a user
     starts them; their address. Stopped (and waited for) after the test."""
     distributed = pytest.importorskip("distributed")
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
     common = dict(cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -274,14 +270,10 @@ def test_an_external_tcp_cluster_equals_serial(tmp_path, tcp_cluster):
 
 def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
     pytest.importorskip("distributed")
-    import socket
-
     from vaefast import embedding
 
     monkeypatch.setattr(embedding, "CONNECT_TIMEOUT", "2s")
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()  # a port nothing listens on
     np.save(tmp_path / "x.npy", np.zeros((10, 784), np.float32))
     with pytest.raises(
         VaefastError, match=rf"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}"
@@ -333,11 +325,7 @@ def test_a_worker_without_vaefast_is_named_in_one_line_and_nothing_is_written(tm
     """A `dask worker` whose Python cannot import vaefast (the package hidden from it):
     without the check, its tasks would be retried forever."""
     distributed = pytest.importorskip("distributed")
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     scheduler = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"]
@@ -378,3 +366,12 @@ def _stop(procs: list) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on (the OS's pick)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
