@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # torch==2.13.0 is pinned here: it installs a CPU build offline on these machines.
 PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: install demo test lint bench export clean
+.PHONY: install demo test lint bench export web clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench: $(STAMP)
 
 export: $(STAMP)
 	$(PY) -m vaefast.shipped exported
+
+# the explorer's page: npm packages from the committed lockfile, bundled by esbuild into
+# vaefast/explore/static (committed: users and CI need no Node)
+web:
+	cd vaefast/explore/web && npm ci --no-audit --no-fund && node build.mjs
 
 clean:
 	rm -rf out .pytest_cache .benchmarks

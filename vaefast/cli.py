@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from vaefast.errors import VaefastError
 
@@ -292,6 +293,45 @@ def _plot(args: argparse.Namespace) -> None:
     )
     for path in written:
         print(f"wrote {path}")
+
+
+def _explore(args: argparse.Namespace) -> None:
+    import time
+    import webbrowser
+
+    from vaefast import explore
+
+    if args.data is not None:
+        from vaefast.embedding import embed
+
+        embed(args.model, args.data, args.store, tsne=True, progress=not args.quiet)
+    elif not Path(args.store).exists():
+        raise VaefastError(f"{args.store}: no such embedding store (give --data to embed one)")
+    server = explore.serve(
+        args.model,
+        args.store,
+        **_given(
+            args,
+            "host",
+            "port",
+            "token",
+            "providers",
+            "variant",
+            "precision",
+            "max_points",
+            "threads",
+        ),
+    )
+    print(f"vaefast explore: serving {args.store} at {server.url} (Ctrl-C stops)", flush=True)
+    if not args.no_browser:
+        webbrowser.open(server.url)
+    try:
+        while server._thread.is_alive():
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print("vaefast explore: stopped", file=sys.stderr)
+    finally:
+        server.close()
 
 
 def _bench_recommend(args: argparse.Namespace) -> None:
@@ -711,6 +751,28 @@ def _plot_parser(sub) -> None:
     p.set_defaults(func=_plot)
 
 
+def _explore_parser(sub) -> None:
+    p = sub.add_parser(
+        "explore",
+        help="a local web page over an embedding store: hover, decode, select (no torch)",
+        description="Serve STORE (a finished `vaefast embed` store of MODEL_DIR, or one "
+        "embedded first from --data) as an interactive map in the browser.",
+        formatter_class=_help_for("vaefast.explore:serve"),
+    )
+    p.add_argument("model", metavar="MODEL_DIR", help="exported model folder")
+    p.add_argument("store", metavar="STORE", help="embedding store (written first with --data)")
+    _option(p, "--data", DATA_HELP + "; embed it (with --tsne) into STORE first, resumable")
+    _option(p, "--host", "address to listen on; any but loopback needs a token")
+    _option(p, "--port", "0: a free one", type=int)
+    _option(p, "--token", "required on every request (default: random off loopback)")
+    _option(p, "--max-points", "rows drawn at once; above, a sample and zoom fetches", type=int)
+    _option(p, "--threads", "ONNX Runtime threads for decoding", type=int)
+    p.add_argument("--no-browser", action="store_true", help="print the URL only")
+    p.add_argument("--quiet", action="store_true", help="no progress bar while embedding")
+    _add_runtime_options(p)
+    p.set_defaults(func=_explore)
+
+
 def _bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmark reports (run the suites with `make bench`)")
     bench = p.add_subparsers(dest="bench_command", metavar="ACTION", required=True)
@@ -738,6 +800,7 @@ COMMANDS = (
     _embeddings_parser,
     _tsne_parser,
     _plot_parser,
+    _explore_parser,
     _bench_parser,
 )
 

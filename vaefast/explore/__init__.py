@@ -1,0 +1,114 @@
+"""The latent explorer: a local web server and a WebGL page over a finished embedding
+store — hover a point for its image, reconstruction and σ; click for decodes of
+μ + σ·ε, neighbours in μ space and in the map, and latent traversal; lasso a region.
+
+``serve(model, store)`` starts it in a background thread and returns a :class:`Server`
+with its ``url`` and ``close()``; ``vaefast explore`` is a thin call of it. Needs the
+``explore`` extra (Starlette, uvicorn); the page's bundle ships in the package.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+
+from vaefast.engines import DEFAULT_PROVIDERS
+from vaefast.errors import VaefastError
+
+__all__ = ["Server", "serve"]
+
+
+@dataclass
+class Server:
+    """A running explorer: open ``url`` in a browser; ``close()`` stops it."""
+
+    url: str
+    host: str
+    port: int
+    token: str | None
+    _server: object
+    _thread: threading.Thread
+    _explorer: object
+
+    def close(self) -> None:
+        """Stop serving and release the decoder (idempotent)."""
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._explorer.decoder.close()
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise VaefastError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(128)
+    return sock
+
+
+def serve(
+    model: str | os.PathLike,
+    store: str | os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    providers: str = DEFAULT_PROVIDERS,
+    variant: str = "fp32",
+    precision: str | None = None,
+    max_points: int | None = None,
+    threads: int | None = None,
+) -> Server:
+    """Serve the explorer of ``store`` (a finished ``vaefast embed`` store of ``model``).
+
+    ``providers``, ``variant`` and ``precision`` choose the decoding runtime as for
+    :func:`vaefast.runtime.load`. ``host``: 127.0.0.1 by default; any non-loopback
+    address needs a token (``token``, or a random one put in the URL). ``port`` 0 picks a
+    free one. ``max_points``: rows drawn at once (default ``app.MAX_POINTS``); above it
+    the overview is a seeded sample and zooming in fetches the rows of the view.
+    """
+    try:
+        import uvicorn
+        from starlette.applications import Starlette  # noqa: F401
+    except ImportError as e:
+        raise VaefastError(f"the explorer needs {e.name}: pip install 'vaefast[explore]'") from None
+    from vaefast import runtime
+    from vaefast.explore import app, auth
+    from vaefast.explore.columns import Columns
+
+    vae = runtime.load(
+        model, providers=providers, variant=variant, threads=threads, precision=precision
+    )
+    cols = Columns(store, vae.meta["weights_sha256"], str(model))
+    explorer = app.Explorer(vae, cols, max_points or app.MAX_POINTS)
+    token = auth.token_for(host, token)
+    sock = _bind(host, port)
+    config = uvicorn.Config(
+        auth.Guard(app.build(explorer), token),
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="vaefast-explore", daemon=True
+    )
+    thread.start()
+    port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    logging.getLogger("vaefast.explore").info("serving %s", url)
+    return Server(url, host, port, token, server, thread, explorer)

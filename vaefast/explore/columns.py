@@ -1,0 +1,299 @@
+"""A finished embedding store as the explorer draws it: 2-D maps, per-row colour values
+and the level-of-detail selection of the rows in a view.
+
+Everything here is read through :mod:`vaefast.store`, a row chunk at a time; the
+server holds the maps (8 bytes a row each), the labels, mean σ, a seeded rank per row
+and, when it fits ``MU_CACHE_BYTES``, μ itself (for neighbours, traversal and colour by
+a latent dimension; otherwise those read the store a chunk at a time).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vaefast import store
+from vaefast.errors import VaefastError
+from vaefast.layout import chunk_bounds
+
+MU_CACHE_BYTES = 512 * 2**20  # μ held in memory up to this size
+TRAVERSAL_DIMS = 8  # latent dimensions offered for traversal when Z is large
+MAPS = ("tsne", "mu", "pca")  # what a map can be: the store's t-SNE, μ itself (Z = 2), PCA of μ
+
+
+def _frame(xy: np.ndarray) -> tuple[float, float, float]:
+    """(centre x, centre y, half width) that put positions into [-1, 1], aspect kept."""
+    if not np.isfinite(xy).any():
+        return 0.0, 0.0, 1.0
+    lo, hi = np.nanmin(xy, axis=0), np.nanmax(xy, axis=0)
+    centre = (lo + hi) / 2
+    return float(centre[0]), float(centre[1]), float(np.max(hi - lo)) / 2 or 1.0
+
+
+@dataclass
+class Selection:
+    """Rows chosen for a view, in the order they are sent."""
+
+    rows: np.ndarray  # uint32
+    total: int  # rows in the view before the limit
+
+
+class Columns:
+    """The rows of one finished store, ready to be drawn and questioned."""
+
+    def __init__(
+        self, path: str | os.PathLike, model_sha256: str, model_dir: str, seed: int = 0
+    ) -> None:
+        self.path = Path(path)
+        self.group = store.open_embeddings(path)
+        self.attrs = store.info(self.group)
+        if self.attrs["model_sha256"] != model_sha256:
+            raise VaefastError(f"{path} was embedded with another model than {model_dir}")
+        g = self.group
+        self.n = store.n_rows(g)
+        self.latent_shape = tuple(int(s) for s in g["mu"].shape[1:])
+        self.z = int(np.prod(self.latent_shape))
+        self.skipped = store.skipped_rows(g)
+        self.labels = np.asarray(g["labels"][:], np.int64) if "labels" in g else None
+        self.label_names = self.attrs.get("label_names")
+        self.ids = np.asarray(g["ids"][:], dtype=object) if "ids" in g else None
+        self.mu = None
+        if self.n * self.z * 4 <= MU_CACHE_BYTES:
+            self.mu = store.read_mu(g, slice(0, self.n))
+        self.sigma_mean, self._stats = self._scan()
+        self.drawn = np.isfinite(self.sigma_mean)
+        rank = np.random.default_rng(seed).permutation(self.n).astype(np.uint32)
+        self.rank = rank  # a row's place in the seeded overview sample (lower: shown sooner)
+        self._maps: dict[str, np.ndarray] = {}
+        self.frames: dict[str, tuple[float, float, float]] = {}  # map -> _frame
+
+    # --- per-row values -------------------------------------------------------------
+
+    def chunks(self):
+        """(start, stop) of each row chunk of the store."""
+        step = self.group["mu"].chunks[0]
+        return (chunk_bounds(c, step, self.n) for c in range(-(-self.n // step)))
+
+    def _scan(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Mean σ per row and μ's mean, variance, and second moments (for PCA), in one
+        pass over the store."""
+        sigma = np.empty(self.n, np.float32)
+        count, total = 0, np.zeros(self.z)
+        gram = np.zeros((self.z, self.z)) if self.z <= 4096 else None
+        for start, stop in self.chunks():
+            logvar = np.asarray(self.group["logvar"][start:stop], np.float32)
+            sigma[start:stop] = np.exp(0.5 * logvar.reshape(stop - start, -1)).mean(axis=1)
+            mu = self.mu_rows(slice(start, stop)).astype(np.float64)
+            mu = mu[np.isfinite(mu).all(axis=1)]
+            count, total = count + len(mu), total + mu.sum(axis=0)
+            if gram is not None:
+                gram += mu.T @ mu
+        mean = total / max(count, 1)
+        stats = {"mean": mean, "count": np.array(count)}
+        if gram is not None:
+            cov = gram / max(count, 1) - np.outer(mean, mean)
+            stats["cov"] = cov
+            stats["var"] = np.diag(cov).copy()
+        return sigma, stats
+
+    def mu_rows(self, rows) -> np.ndarray:
+        """μ of ``rows`` (a slice or sorted row numbers) as float32 [k, Z]."""
+        if self.mu is not None:
+            return self.mu[rows]
+        return store.read_mu(self.group, rows)
+
+    def sigma_rows(self, rows: slice) -> np.ndarray:
+        """σ of ``rows`` as float32 [k, Z] (read from the store)."""
+        logvar = np.asarray(self.group["logvar"][rows], np.float32)
+        return np.exp(0.5 * logvar.reshape(len(logvar), -1))
+
+    def label_name(self, label: int | None) -> str | None:
+        if label is None or label < 0:
+            return None
+        names = self.label_names
+        return names[label] if names and label < len(names) else str(label)
+
+    def traversal_dims(self) -> list[dict[str, float]]:
+        """The dimensions offered for traversal: all of them up to ``TRAVERSAL_DIMS``,
+        else those with the largest variance of μ, with the range a slider covers
+        (mean ± 3 standard deviations)."""
+        var = self._stats.get("var")
+        if var is None:  # too large for the covariance: a sample of rows
+            var = self.mu_rows(np.sort(np.argsort(self.rank)[:10_000])).var(axis=0)
+        dims = np.argsort(-var, kind="stable")[:TRAVERSAL_DIMS]
+        mean = self._stats["mean"]
+        return [
+            {
+                "dim": int(d),
+                "lo": float(mean[d] - 3 * np.sqrt(var[d])),
+                "hi": float(mean[d] + 3 * np.sqrt(var[d])),
+            }
+            for d in sorted(dims)
+        ]
+
+    # --- maps -------------------------------------------------------------------------
+
+    def maps(self) -> list[str]:
+        """The maps this store can show, best first."""
+        have = ["tsne"] if "tsne" in self.group else []
+        if self.z == 2:
+            have.append("mu")
+        return have + ["pca"]
+
+    def positions(self, name: str) -> np.ndarray:
+        """Normalised 2-D positions [N, 2] float32 of map ``name`` (NaN: skipped rows)."""
+        if name not in self.maps():
+            raise KeyError(name)
+        if name not in self._maps:
+            if name == "tsne":
+                xy = np.asarray(self.group["tsne"][:], np.float64)
+            elif name == "mu":
+                xy = self.mu_rows(slice(0, self.n)).astype(np.float64)
+            else:
+                xy = self._pca()
+            xy[~self.drawn] = np.nan
+            cx, cy, half = self.frames[name] = _frame(xy)
+            self._maps[name] = ((xy - (cx, cy)) / half).astype(np.float32)
+        return self._maps[name]
+
+    def _pca(self) -> np.ndarray:
+        """The rows projected on μ's two principal axes (from the one-pass covariance, or a
+        sample's when Z is too large for it); a sign convention makes it deterministic."""
+        mean = self._stats["mean"]
+        cov = self._stats.get("cov")
+        if cov is None:
+            sample = self.mu_rows(np.sort(np.argsort(self.rank)[:10_000])).astype(np.float64)
+            cov = np.cov(sample[np.isfinite(sample).all(axis=1)], rowvar=False)
+        _, vecs = np.linalg.eigh(cov)
+        axes = vecs[:, ::-1][:, :2]
+        axes *= np.where(axes[np.abs(axes).argmax(axis=0), [0, 1]] < 0, -1.0, 1.0)
+        out = np.empty((self.n, 2))
+        for start, stop in self.chunks():
+            out[start:stop] = (self.mu_rows(slice(start, stop)) - mean) @ axes
+        return out
+
+    # --- views ------------------------------------------------------------------------
+
+    def select(
+        self, name: str, box: tuple[float, float, float, float] | None, limit: int
+    ) -> Selection:
+        """The drawn rows of map ``name`` inside ``box`` (x0, y0, x1, y1; None: all), at
+        most ``limit`` of them: those first in the seeded sample, so a view's points are a
+        superset of the overview's there and the same request gives the same rows."""
+        xy = self.positions(name)
+        keep = self.drawn.copy()
+        if box is not None:
+            x0, y0, x1, y1 = box
+            keep &= (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
+        rows = np.flatnonzero(keep)
+        total = len(rows)
+        if total > limit:
+            rows = np.sort(rows[np.argpartition(self.rank[rows], limit - 1)[:limit]])
+        return Selection(rows.astype(np.uint32), total)
+
+    def points(self, name: str, sel: Selection) -> bytes:
+        """The selected rows as the page draws them, little-endian, 16 bytes a point:
+        uint32 count k, then row uint32[k], x float32[k], y float32[k], label int16[k]
+        (-1: none) and mean σ as uint16[k] over the store's range of mean σ."""
+        rows = sel.rows
+        xy = self.positions(name)[rows]
+        labels = (
+            np.full(len(rows), -1, np.int16)
+            if self.labels is None
+            else np.clip(self.labels[rows], -1, 32767).astype("<i2")
+        )
+        lo, hi = self.sigma_range()
+        scaled = (self.sigma_mean[rows] - lo) / ((hi - lo) or 1.0)
+        sigma = np.round(np.clip(scaled, 0, 1) * 65535).astype("<u2")
+        return b"".join(
+            [
+                np.uint32(len(rows)).astype("<u4").tobytes(),
+                rows.astype("<u4").tobytes(),
+                np.ascontiguousarray(xy[:, 0], "<f4").tobytes(),
+                np.ascontiguousarray(xy[:, 1], "<f4").tobytes(),
+                labels.tobytes(),
+                sigma.tobytes(),
+            ]
+        )
+
+    def dimension(self, dim: int, rows: np.ndarray) -> bytes:
+        """μ's dimension ``dim`` of ``rows`` (sorted, as :meth:`select` gives them) as
+        little-endian uint16 over its range in the store (mean ± 3 standard deviations)."""
+        lo, hi = self.dim_range(dim)
+        values = self.mu_rows(rows)[:, dim] if len(rows) else np.zeros(0)
+        scaled = (values - lo) / ((hi - lo) or 1.0)
+        return np.round(np.clip(scaled, 0, 1) * 65535).astype("<u2").tobytes()
+
+    def dim_range(self, dim: int) -> tuple[float, float]:
+        mean = float(self._stats["mean"][dim])
+        var = self._stats.get("var")
+        sd = float(np.sqrt(var[dim])) if var is not None else 1.0
+        return mean - 3 * sd, mean + 3 * sd
+
+    def sigma_range(self) -> tuple[float, float]:
+        s = self.sigma_mean[self.drawn]
+        return (float(s.min()), float(s.max())) if len(s) else (0.0, 1.0)
+
+    # --- one row ----------------------------------------------------------------------
+
+    def row(self, r: int) -> dict[str, Any]:
+        """What the page shows about row ``r``."""
+        label = None if self.labels is None else int(self.labels[r])
+        out: dict[str, Any] = {
+            "row": r,
+            "id": None if self.ids is None else str(self.ids[r]),
+            "label": label,
+            "label_name": self.label_name(label),
+            "skipped": self.skipped.get(r),
+        }
+        if r in self.skipped:
+            return out
+        out["sigma_mean"] = float(self.sigma_mean[r])
+        out["mu"] = self.mu_rows(slice(r, r + 1))[0].tolist()
+        out["sigma"] = self.sigma_rows(slice(r, r + 1))[0].tolist()
+        out["maps"] = {m: self.positions(m)[r].tolist() for m in self._maps}
+        return out
+
+    def search(self, text: str, limit: int) -> list[int]:
+        """Rows whose id contains ``text`` or whose label name (or number) equals it."""
+        text = text.strip()
+        hits = np.zeros(self.n, bool)
+        if self.labels is not None:
+            names = self.label_names or []
+            wanted = [i for i, name in enumerate(names) if name == text]
+            if text.lstrip("-").isdigit():
+                wanted.append(int(text))
+            hits |= np.isin(self.labels, wanted)
+        if self.ids is not None and text:
+            hits |= np.fromiter((text in i for i in self.ids), bool, self.n)
+        elif text.isdigit() and int(text) < self.n:
+            hits[int(text)] = True
+        return np.flatnonzero(hits)[:limit].tolist()
+
+    def meta(self) -> dict[str, Any]:
+        """The store's facts the page starts from."""
+        if "mu" in self.maps():
+            self.positions("mu")  # its frame maps the plane back to z
+        lo, hi = self.sigma_range()
+        return {
+            "rows": self.n,
+            "drawn": int(self.drawn.sum()),
+            "skipped": len(self.skipped),
+            "latent_shape": list(self.latent_shape),
+            "z": self.z,
+            "spatial": len(self.latent_shape) == 3,
+            "maps": self.maps(),
+            "labels": self.labels is not None,
+            "label_names": self.label_names,
+            "label_count": 0 if self.labels is None else int(self.labels.max(initial=-1)) + 1,
+            "sigma_range": [lo, hi],
+            "traversal": self.traversal_dims(),
+            "input": self.attrs["input"].get("spec"),
+            "skipped_rows": [
+                {"row": r, "reason": why} for r, why in list(self.skipped.items())[:100]
+            ],
+        } | ({"mu_frame": list(self.frames["mu"])} if "mu" in self.maps() else {})

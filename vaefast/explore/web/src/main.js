@@ -1,0 +1,456 @@
+// The vaefast explorer page: a client of the documented HTTP API (/api/...) and nothing
+// else. The map is drawn by regl-scatterplot; everything else is plain DOM.
+import createScatterplot from 'regl-scatterplot';
+
+import { linearScale, labelColours, ramp, rampCss } from './colours.js';
+import { readPoints, rowIndex, readUint16 } from './points.js';
+
+const MOTION_POINTS = 60000; // points drawn while the view moves (software WebGL: ~5+ frames/s)
+const REST_MS = 250; // the view is at rest this long after its last change
+const $ = (id) => document.getElementById(id);
+const TYPES = { zDataType: 'categorical', wDataType: 'continuous' };
+
+// Read-only state for tests (not for features).
+const state = {
+  ready: false, points: 0, total: 0, rows: null, hovered: null, tooltipRow: null,
+  tooltipComplete: false, panelRow: null, selection: [], pinned: [], colour: 'label',
+  map: null, fetches: 0, motionFrames: 0, moving: false, planeDecodes: 0,
+};
+window.vaefastExplorer = state;
+
+const api = (path, options) => fetch(path, options).then(async (r) => {
+  if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || r.statusText);
+  return r;
+});
+const json = (path, options) => api(path, options).then((r) => r.json());
+
+function hashState() {
+  return Object.fromEntries(new URLSearchParams(location.hash.slice(1)));
+}
+
+function saveHash(sp) {
+  const h = new URLSearchParams({ map: state.map, color: state.colour });
+  if (state.colour === 'dim') h.set('dim', $('dim').value);
+  const [x, y] = sp.get('cameraTarget');
+  h.set('view', [x, y, sp.get('cameraDistance')].map((v) => v.toFixed(5)).join(','));
+  if (state.panelRow !== null) h.set('row', state.panelRow);
+  h.set('size', $('size').value);
+  history.replaceState(null, '', `${location.pathname}${location.search}#${h}`);
+}
+
+async function main() {
+  const meta = await json('/api/meta');
+  state.meta = meta;
+  const saved = hashState();
+  setupControls(meta, saved);
+  if (meta.inputs_note) banner(meta.inputs_note);
+  const canvas = $('map');
+  const xScale = linearScale([-1, 1], [0, canvas.clientWidth]);
+  const yScale = linearScale([-1, 1], [canvas.clientHeight, 0]);
+  const sp = createScatterplot({
+    canvas, xScale, yScale, pointSize: Number($('size').value),
+    opacity: 0.8, pointColorHover: [1, 1, 1, 1], lassoInitiator: false,
+  });
+  state.scatterplot = sp;
+  const view = { sp, meta, xScale, yScale, points: null };
+  await loadPoints(view, null);
+  if (saved.view) {
+    const [x, y, d] = saved.view.split(',').map(Number);
+    if ([x, y, d].every(Number.isFinite)) sp.set({ cameraTarget: [x, y], cameraDistance: d });
+  }
+  wireEvents(view);
+  if (saved.row !== undefined && /^\d+$/.test(saved.row)) openPanel(view, Number(saved.row));
+  state.ready = true;
+}
+
+function setupControls(meta, saved) {
+  const mapSel = $('mapsel');
+  for (const m of meta.maps) mapSel.add(new Option({ tsne: 't-SNE of μ', mu: 'μ (Z = 2)', pca: 'PCA of μ' }[m], m));
+  state.map = meta.maps.includes(saved.map) ? saved.map : meta.maps[0];
+  mapSel.value = state.map;
+  const colour = $('colour');
+  if (!meta.labels) colour.querySelector('option[value=label]').remove();
+  state.colour = ['label', 'sigma', 'dim'].includes(saved.color) && (meta.labels || saved.color !== 'label')
+    ? saved.color : (meta.labels ? 'label' : 'sigma');
+  colour.value = state.colour;
+  $('dim').max = meta.z - 1;
+  if (saved.dim && /^\d+$/.test(saved.dim) && Number(saved.dim) < meta.z) $('dim').value = saved.dim;
+  $('dim').hidden = state.colour !== 'dim';
+  if (saved.size && Number(saved.size) >= 1) $('size').value = saved.size;
+  $('count').textContent = `${meta.rows.toLocaleString()} rows, Z = ${meta.latent_shape.join('×')}`
+    + (meta.skipped ? `, ${meta.skipped} skipped (not drawn)` : '');
+  if (meta.skipped) {
+    $('skipped').hidden = false;
+    $('skipped-list').textContent = meta.skipped_rows.map((s) => `row ${s.row}: ${s.reason}`).join('\n');
+  }
+}
+
+function banner(text) {
+  const b = $('banner');
+  b.textContent = text;
+  b.hidden = false;
+}
+
+// --- points ---------------------------------------------------------------------------
+
+async function loadPoints(view, box) {
+  const { sp, meta } = view;
+  const q = new URLSearchParams({ map: state.map });
+  if (box) box.forEach((v, i) => q.set(['x0', 'y0', 'x1', 'y1'][i], v));
+  state.fetches += 1;
+  const r = await api(`/api/points?${q}`);
+  const pts = readPoints(await r.arrayBuffer(), meta.label_count);
+  pts.totalInView = Number(r.headers.get('X-Total-Rows'));
+  view.points = pts;
+  state.rows = pts.rows;
+  state.points = pts.rows.length;
+  state.total = pts.totalInView;
+  if (state.colour === 'dim') {
+    const { values, range } = await dimension(view);
+    pts.w = values;
+    view.dimRange = range;
+  }
+  await sp.draw({ x: pts.x, y: pts.y, z: pts.z, w: pts.w }, TYPES);
+  applyColour(view);
+  restoreSelection(view);
+}
+
+async function dimension(view) {
+  const q = new URLSearchParams({ map: state.map, dim: $('dim').value });
+  const box = view.box;
+  if (box) box.forEach((v, i) => q.set(['x0', 'y0', 'x1', 'y1'][i], v));
+  const r = await api(`/api/dimension?${q}`);
+  const range = r.headers.get('X-Range').split(',').map(Number);
+  return { values: readUint16(await r.arrayBuffer()), range };
+}
+
+function applyColour(view) {
+  const { sp, meta } = view;
+  const legend = $('legend');
+  legend.replaceChildren();
+  if (state.colour === 'label') {
+    const colours = labelColours(meta.label_count);
+    sp.set({ colorBy: 'valueA', pointColor: colours.map((c) => c.rgba) });
+    colours.forEach((c, i) => {
+      const name = i < meta.label_count ? (meta.label_names?.[i] ?? String(i)) : 'no label';
+      const item = document.createElement('span');
+      item.className = 'swatch';
+      item.innerHTML = `<i style="background:${c.css}"></i>`;
+      item.append(name);
+      legend.append(item);
+    });
+  } else {
+    sp.set({ colorBy: 'valueB', pointColor: ramp(64) });
+    const [lo, hi] = state.colour === 'sigma'
+      ? meta.sigma_range : view.dimRange;
+    const what = state.colour === 'sigma' ? 'mean σ' : `μ[${$('dim').value}]`;
+    legend.innerHTML = `<span>${what} ${lo.toFixed(3)}</span><b class="bar" style="background:${rampCss()}"></b><span>${hi.toFixed(3)}</span>`;
+  }
+}
+
+function visibleBox(view) {
+  const [x0, x1] = view.xScale.domain();
+  const [y0, y1] = view.yScale.domain();
+  return [Math.min(x0, x1), Math.min(y0, y1), Math.max(x0, x1), Math.max(y0, y1)];
+}
+
+// While the view moves, draw a sample of the points; at rest, the full set (and, for
+// stores larger than one draw, the rows of the view fetched from the server).
+function onViewChange(view) {
+  const { sp } = view;
+  state.motionFrames += 1;
+  if (!state.moving) {
+    state.moving = true;
+    if (state.points > MOTION_POINTS) {
+      const step = state.points / MOTION_POINTS;
+      const sample = Array.from({ length: MOTION_POINTS }, (_, i) => Math.floor(i * step));
+      sp.filter(sample, { preventEvent: true });
+    }
+  }
+  clearTimeout(view.restTimer);
+  view.restTimer = setTimeout(() => onRest(view), REST_MS);
+}
+
+async function onRest(view) {
+  const { sp, meta } = view;
+  state.moving = false;
+  if (state.points > MOTION_POINTS) await sp.unfilter({ preventEvent: true });
+  restoreSelection(view);
+  saveHash(sp);
+  if (view.points.totalInView > state.points || view.box) {
+    const box = visibleBox(view);
+    const inside = box[0] >= -1.05 || box[1] >= -1.05 || box[2] <= 1.05 || box[3] <= 1.05;
+    const wanted = inside && state.total > meta.max_points ? box : null;
+    if (wanted || view.box) {
+      view.box = wanted;
+      await loadPoints(view, wanted);
+    }
+  }
+}
+
+// --- selection ------------------------------------------------------------------------
+
+function restoreSelection(view) {
+  const idx = state.selection.map((r) => rowIndex(view.points.rows, r)).filter((i) => i >= 0);
+  view.sp.select(idx, { preventEvent: true });
+}
+
+async function showSelection(view, rows) {
+  state.selection = rows;
+  const box = $('selection');
+  if (!rows.length) {
+    box.hidden = true;
+    return;
+  }
+  const body = new Uint32Array(rows).buffer;
+  const stats = await json('/api/selection', { method: 'POST', body });
+  box.hidden = false;
+  $('sel-count').textContent = `${stats.count.toLocaleString()} selected`
+    + (stats.sigma_mean === null ? '' : `, mean σ ${stats.sigma_mean.toFixed(3)}`);
+  const hist = $('sel-hist');
+  hist.replaceChildren();
+  const entries = Object.entries(stats.labels || {});
+  const most = Math.max(1, ...entries.map(([, c]) => c));
+  for (const [name, c] of entries) {
+    const row = document.createElement('div');
+    row.innerHTML = `<span>${name}</span><b style="width:${(100 * c) / most}%"></b><span>${c}</span>`;
+    hist.append(row);
+  }
+  state.selectionStats = stats;
+}
+
+async function downloadSelection() {
+  const body = new Uint32Array(state.selection).buffer;
+  const blob = await (await api('/api/selection?format=csv', { method: 'POST', body })).blob();
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(blob);
+  a.download = 'selection.csv';
+  a.click();
+}
+
+// --- hover, panel, decoding -------------------------------------------------------------
+
+function imageLoaded(img, src) {
+  return new Promise((resolve) => {
+    img.onload = () => resolve(true);
+    img.onerror = () => resolve(false);
+    img.src = src;
+  });
+}
+
+async function showTooltip(view, index, event) {
+  const row = view.points.rows[index];
+  state.hovered = row;
+  state.tooltipComplete = false;
+  const tip = $('tooltip');
+  tip.hidden = false;
+  placeTooltip(event);
+  const info = await json(`/api/rows/${row}`);
+  if (state.hovered !== row) return;
+  $('tip-text').textContent = [`row ${row}`, info.id && `id ${info.id}`,
+    info.label_name !== null && `label ${info.label_name}`,
+    `mean σ ${info.sigma_mean.toFixed(3)}`].filter(Boolean).join(' · ');
+  const loads = [imageLoaded($('tip-recon'), `/api/rows/${row}/reconstruction.png`)];
+  $('tip-input').hidden = !view.meta.inputs;
+  if (view.meta.inputs) loads.push(imageLoaded($('tip-input'), `/api/rows/${row}/input.png`));
+  $('tip-sigma').hidden = !view.meta.spatial;
+  if (view.meta.spatial) loads.push(imageLoaded($('tip-sigma'), `/api/rows/${row}/sigma.png`));
+  await Promise.all(loads);
+  if (state.hovered === row) {
+    state.tooltipRow = row;
+    state.tooltipComplete = true;
+  }
+}
+
+function placeTooltip(event) {
+  if (!event) return;
+  const tip = $('tooltip');
+  tip.style.left = `${event.clientX + 16}px`;
+  tip.style.top = `${event.clientY + 16}px`;
+}
+
+async function decodeInto(img, z) {
+  const r = await api('/api/decode', {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ z }),
+  });
+  const url = URL.createObjectURL(await r.blob());
+  await imageLoaded(img, url);
+  URL.revokeObjectURL(url);
+}
+
+// Z = 2: hovering empty space decodes that point of the plane.
+let planeBusy = false;
+let planeNext = null;
+async function decodePlane(view, event) {
+  const { meta } = view;
+  if (meta.z !== 2 || state.map !== 'mu' || state.hovered !== null) return;
+  const rect = $('map').getBoundingClientRect();
+  const x = view.xScale.invert(event.clientX - rect.left);
+  const y = view.yScale.invert(event.clientY - rect.top);
+  const [cx, cy, half] = meta.mu_frame;
+  planeNext = [[cx + x * half, cy + y * half]];
+  if (planeBusy) return;
+  planeBusy = true;
+  while (planeNext) {
+    const z = planeNext;
+    planeNext = null;
+    const tip = $('tooltip');
+    tip.hidden = false;
+    placeTooltip(event);
+    $('tip-input').hidden = true;
+    $('tip-sigma').hidden = true;
+    $('tip-text').textContent = `decoded z = (${z[0].map((v) => v.toFixed(2)).join(', ')})`;
+    await decodeInto($('tip-recon'), z).catch(() => {});
+    state.planeDecodes += 1;
+    state.planeZ = z[0];
+  }
+  planeBusy = false;
+}
+
+async function openPanel(view, row) {
+  const info = await json(`/api/rows/${row}`).catch(() => null);
+  if (!info || info.skipped) return;
+  state.panelRow = row;
+  state.panelInfo = info;
+  const { meta } = view;
+  $('panel').hidden = false;
+  $('p-title').textContent = `row ${row}` + (info.id ? ` — ${info.id}` : '')
+    + (info.label_name !== null ? ` — label ${info.label_name}` : '');
+  $('p-input').hidden = !meta.inputs;
+  const loads = [imageLoaded($('p-recon'), `/api/rows/${row}/reconstruction.png`),
+    imageLoaded($('p-samples'), `/api/rows/${row}/samples.png?n=8`)];
+  if (meta.inputs) loads.push(imageLoaded($('p-input'), `/api/rows/${row}/input.png`));
+  const near = await json(`/api/rows/${row}/neighbours?k=8&map=${state.map}`);
+  state.neighbours = near;
+  for (const [key, el] of [['latent', 'p-near-mu'], ['map', 'p-near-map']]) {
+    $(el).replaceChildren(...near[key].map((r) => {
+      const img = document.createElement('img');
+      img.src = meta.inputs ? `/api/rows/${r}/input.png` : `/api/rows/${r}/reconstruction.png`;
+      img.title = `row ${r}`;
+      img.onclick = () => openPanel(view, r);
+      return img;
+    }));
+  }
+  buildTraversal(view, info);
+  await Promise.all(loads);
+  saveHash(view.sp);
+}
+
+// Latent traversal: one slider per offered dimension (per channel for spatial latents),
+// decoded live while dragging: one request in flight, the latest position wins.
+function buildTraversal(view, info) {
+  const { meta } = view;
+  const box = $('p-traverse');
+  box.replaceChildren();
+  const z = info.mu.slice();
+  const channels = meta.spatial ? meta.latent_shape[0] : 0;
+  const per = meta.spatial ? meta.latent_shape[1] * meta.latent_shape[2] : 0;
+  const offsets = new Array(channels).fill(0);
+  const sliders = meta.spatial
+    ? offsets.map((_, c) => ({ label: `channel ${c}`, lo: -3, hi: 3, value: 0, set: (v) => { offsets[c] = v; } }))
+    : meta.traversal.map((t) => ({
+      label: `z[${t.dim}]`, lo: Math.min(t.lo, z[t.dim]), hi: Math.max(t.hi, z[t.dim]), value: z[t.dim],
+      set: (v) => { z[t.dim] = v; },
+    }));
+  let busy = false;
+  let pending = false;
+  const current = () => (meta.spatial
+    ? info.mu.map((v, i) => v + offsets[Math.floor(i / per)]) : z.slice());
+  const run = async () => {
+    if (busy) { pending = true; return; }
+    busy = true;
+    do {
+      pending = false;
+      await decodeInto($('p-traversal'), [current()]).catch(() => {});
+      state.traversalDecodes = (state.traversalDecodes || 0) + 1;
+    } while (pending);
+    busy = false;
+  };
+  for (const s of sliders) {
+    const label = document.createElement('label');
+    const input = document.createElement('input');
+    Object.assign(input, { type: 'range', min: s.lo, max: s.hi, step: (s.hi - s.lo) / 200, value: s.value });
+    input.oninput = () => { s.set(Number(input.value)); run(); };
+    label.append(s.label, input);
+    box.append(label);
+  }
+  state.traversal = { current, run };
+  run();
+}
+
+async function pin(view) {
+  const row = state.panelRow;
+  if (row === null) return;
+  state.pinned = [...state.pinned.filter((r) => r !== row), row].slice(-2);
+  $('pins').textContent = `pinned: ${state.pinned.map((r) => `row ${r}`).join(' and ')}`;
+  if (state.pinned.length < 2) return;
+  const [a, b] = await Promise.all(state.pinned.map((r) => json(`/api/rows/${r}`)));
+  const steps = 8;
+  const z = Array.from({ length: steps }, (_, k) => a.mu.map((v, i) => v + ((b.mu[i] - v) * k) / (steps - 1)));
+  $('interp').hidden = false;
+  await decodeInto($('interp-img'), z);
+  state.interpolated = state.pinned.slice();
+}
+
+// --- wiring ---------------------------------------------------------------------------
+
+function wireEvents(view) {
+  const { sp } = view;
+  let lastMouse = null;
+  $('map').addEventListener('mousemove', (e) => {
+    lastMouse = e;
+    placeTooltip(e);
+    decodePlane(view, e);
+  });
+  sp.subscribe('pointover', (i) => showTooltip(view, i, lastMouse));
+  sp.subscribe('pointout', () => {
+    state.hovered = null;
+    state.tooltipComplete = false;
+    $('tooltip').hidden = true;
+  });
+  $('map').addEventListener('click', () => {
+    if (state.hovered !== null) openPanel(view, state.hovered);
+  });
+  sp.subscribe('select', ({ points }) => showSelection(view, Array.from(points, (i) => view.points.rows[i])));
+  sp.subscribe('deselect', () => showSelection(view, []));
+  sp.subscribe('view', () => onViewChange(view));
+  $('mapsel').onchange = async () => {
+    state.map = $('mapsel').value;
+    view.box = null;
+    await loadPoints(view, null);
+    sp.reset();
+  };
+  $('colour').onchange = async () => {
+    state.colour = $('colour').value;
+    $('dim').hidden = state.colour !== 'dim';
+    await recolour(view);
+  };
+  $('dim').onchange = () => recolour(view);
+  $('size').oninput = () => { sp.set({ pointSize: Number($('size').value) }); saveHash(sp); };
+  $('search').onchange = async () => {
+    const { rows } = await json(`/api/search?q=${encodeURIComponent($('search').value)}`);
+    await showSelection(view, rows);
+    restoreSelection(view);
+  };
+  $('download').onclick = downloadSelection;
+  $('pin').onclick = () => pin(view);
+  $('close').onclick = () => { $('panel').hidden = true; state.panelRow = null; saveHash(sp); };
+  window.addEventListener('resize', () => sp.refresh());
+}
+
+async function recolour(view) {
+  const pts = view.points;
+  if (state.colour === 'dim') {
+    const { values, range } = await dimension(view);
+    pts.w = values;
+    view.dimRange = range;
+  } else {
+    pts.w = pts.sigma;
+  }
+  await view.sp.draw({ x: pts.x, y: pts.y, z: pts.z, w: pts.w }, TYPES);
+  applyColour(view);
+  restoreSelection(view);
+  saveHash(view.sp);
+}
+
+main().catch((e) => { banner(`explorer failed: ${e.message}`); state.error = e.message; });
