@@ -83,6 +83,7 @@ def embed_and_map(out: Path, exported: Path) -> Path:
         f"[t-SNE] exact, N={t['n']}, Z=20: KL {t['kl']:.4f} after {t['iterations']} "
         f"iterations in {t['seconds']:.2f} s ({t['pairs_per_s']:.2e} pairs/s)"
     )
+    print(f"[explore] in a browser: vaefast explore {exported} {store}")
     return store
 
 

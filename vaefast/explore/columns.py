@@ -290,6 +290,7 @@ class Columns:
             "labels": self.labels is not None,
             "label_names": self.label_names,
             "label_count": 0 if self.labels is None else int(self.labels.max(initial=-1)) + 1,
+            "unlabelled": self.n if self.labels is None else int((self.labels < 0).sum()),
             "sigma_range": [lo, hi],
             "traversal": self.traversal_dims(),
             "input": self.attrs["input"].get("spec"),

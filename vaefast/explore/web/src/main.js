@@ -132,6 +132,7 @@ function applyColour(view) {
     const colours = labelColours(meta.label_count);
     sp.set({ colorBy: 'valueA', pointColor: colours.map((c) => c.rgba) });
     colours.forEach((c, i) => {
+      if (i === meta.label_count && !meta.unlabelled) return;
       const name = i < meta.label_count ? (meta.label_names?.[i] ?? String(i)) : 'no label';
       const item = document.createElement('span');
       item.className = 'swatch';

@@ -1,0 +1,291 @@
+"""The explorer's page in a real browser: Debian's Chromium, software WebGL, driven by
+Playwright (never ``playwright install``). What a user sees: points drawn, a hovered
+row's own image and its reconstruction, a lasso's rows, colour modes, traversal,
+interpolation, the plane decoded at Z = 2, the URL restoring the view, the token."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("starlette")
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip(
+        "Chromium is not installed (apt-get install chromium); the page tests need it",
+        allow_module_level=True,
+    )
+
+from tests.helpers import ROOT  # noqa: E402
+from tests.test_explore import Z2, Z20, _inputs  # noqa: E402
+from vaefast import runtime  # noqa: E402
+from vaefast.embedding import embed  # noqa: E402
+from vaefast.explore import serve  # noqa: E402
+
+# Software WebGL, and nothing that reaches for the network (WEB-NOTES.md)
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+SCREENSHOT = ROOT / "docs" / "explorer.png"  # the README's; rewritten with VAEFAST_SCREENSHOT=1
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("page")
+    X, y = _inputs(folder)
+    embed(Z20, str(folder / "x.npz"), folder / "z20.zarr", tsne=True, progress=False)
+    embed(Z2, str(folder / "x.npz"), folder / "z2.zarr", progress=False)
+    return folder, X, y
+
+
+@pytest.fixture(scope="module")
+def server(stores):
+    folder, _, _ = stores
+    with serve(Z20, folder / "z20.zarr", providers="cpu") as srv:
+        yield srv
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(server.url)
+    _ready(pg)
+    yield pg
+    context.close()
+    assert not errors
+
+
+def _ready(pg) -> None:
+    pg.wait_for_function(
+        "window.vaefastExplorer && (vaefastExplorer.ready || vaefastExplorer.error)", timeout=60_000
+    )
+    assert pg.evaluate("vaefastExplorer.error") is None
+
+
+def _screen(pg, row: int) -> tuple[float, float]:
+    """Where row ``row`` is drawn, in page pixels."""
+    box = pg.locator("#map").bounding_box()
+    x, y = pg.evaluate(
+        "r => vaefastExplorer.scatterplot.getScreenPosition("
+        "Array.prototype.indexOf.call(vaefastExplorer.rows, r))",
+        row,
+    )
+    return box["x"] + x, box["y"] + y
+
+
+def _positions(pg) -> np.ndarray:
+    """Where every drawn point is, in canvas pixels, in the order of ``rows``."""
+    return np.array(
+        pg.evaluate(
+            "Array.from(vaefastExplorer.rows, "
+            "(r, i) => vaefastExplorer.scatterplot.getScreenPosition(i))"
+        )
+    )
+
+
+def _isolated_row(pg) -> int:
+    """A row with no other point within 6 px, so the mouse hovers exactly it."""
+    pos = _positions(pg)
+    d = np.sqrt(((pos[:, None] - pos[None]) ** 2).sum(-1)) + np.eye(len(pos)) * 1e9
+    candidates = np.flatnonzero(d.min(axis=1) > 6)
+    centre = pos.mean(axis=0)
+    return int(candidates[np.argmin(((pos[candidates] - centre) ** 2).sum(-1))])
+
+
+def _pixels(pg, selector: str) -> np.ndarray:
+    """The loaded <img>'s pixels (grey channel), read back through a canvas."""
+    data = pg.evaluate(
+        """sel => { const img = document.querySelector(sel);
+        const c = document.createElement('canvas');
+        c.width = img.naturalWidth; c.height = img.naturalHeight;
+        const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);
+        const data = ctx.getImageData(0, 0, c.width, c.height).data;
+        return [c.width, c.height, Array.from(data)]; }""",
+        selector,
+    )
+    w, h, rgba = data
+    return np.asarray(rgba, np.uint8).reshape(h, w, 4)[..., 0]
+
+
+def _as_png(images: np.ndarray) -> np.ndarray:
+    return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def test_the_map_draws_every_row(page):
+    assert page.evaluate("vaefastExplorer.points") == 400
+    shot = np.asarray(Image.open(io.BytesIO(page.locator("#map").screenshot())))[..., :3]
+    shot = shot.astype(int)
+    coloured = (np.abs(shot - shot[0, 0]).sum(-1) > 60).sum()
+    assert coloured > 400  # points, not a blank canvas
+
+
+def test_hovering_a_row_shows_its_own_image_and_the_runtimes_reconstruction(page, stores):
+    _, X, _ = stores
+    row = _isolated_row(page)
+    page.mouse.move(*_screen(page, row))
+    page.wait_for_function(
+        f"vaefastExplorer.tooltipComplete && vaefastExplorer.tooltipRow === {row}"
+    )
+    np.testing.assert_array_equal(_pixels(page, "#tip-input"), X[row].reshape(28, 28))
+    vae = runtime.load(Z20, providers="cpu")
+    expected = _as_png(vae.decode(vae.encode(X[row : row + 1])[0])[0].reshape(28, 28))
+    assert np.abs(_pixels(page, "#tip-recon").astype(int) - expected).max() <= 1
+    assert f"row {row}" in page.locator("#tip-text").inner_text()
+
+
+def test_a_lasso_selects_the_rows_inside_it(page):
+    box = page.locator("#map").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    square = [
+        (cx - 150, cy - 120),
+        (cx + 150, cy - 120),
+        (cx + 150, cy + 120),
+        (cx - 150, cy + 120),
+    ]
+    page.keyboard.down("Shift")
+    page.mouse.move(*square[0])
+    page.mouse.down()
+    for x, y in square[1:] + square[:1]:
+        page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+    page.keyboard.up("Shift")
+    page.wait_for_function("vaefastExplorer.selection.length > 0")
+    pos = _positions(page) + (box["x"], box["y"])
+    inside = (np.abs(pos[:, 0] - cx) < 150) & (np.abs(pos[:, 1] - cy) < 120)
+    margin = (np.abs(np.abs(pos[:, 0] - cx) - 150) < 3) | (np.abs(np.abs(pos[:, 1] - cy) - 120) < 3)
+    selected = set(page.evaluate("vaefastExplorer.selection"))
+    rows = np.asarray(page.evaluate("Array.from(vaefastExplorer.rows)"))
+    assert set(rows[inside & ~margin]) <= selected <= set(rows[inside | margin])
+    page.wait_for_function(f"vaefastExplorer.selectionStats?.count === {len(selected)}")
+    assert page.locator("#sel-count").inner_text().startswith(f"{len(selected)} selected")
+
+
+def test_colour_modes_change_the_drawn_colours_and_the_legend(page):
+    before = page.locator("#map").screenshot()
+    page.select_option("#colour", "sigma")
+    page.wait_for_function("location.hash.includes('color=sigma')")
+    assert "mean σ" in page.locator("#legend").inner_text()
+    assert page.locator("#map").screenshot() != before
+    page.select_option("#colour", "dim")
+    page.fill("#dim", "4")
+    page.dispatch_event("#dim", "change")
+    page.wait_for_function("location.hash.includes('dim=4')")
+    assert "μ[4]" in page.locator("#legend").inner_text()
+
+
+def test_clicking_a_row_opens_samples_neighbours_traversal_and_interpolation(page, stores):
+    _, X, _ = stores
+    vae = runtime.load(Z20, providers="cpu")
+    rows = []
+    for _ in range(2):
+        row = (
+            _isolated_row(page)
+            if not rows
+            else int(page.evaluate("vaefastExplorer.neighbours.map[0]"))
+        )
+        page.mouse.move(*_screen(page, row))
+        page.wait_for_function(f"vaefastExplorer.hovered === {row}")
+        page.mouse.click(*_screen(page, row))
+        page.wait_for_function(
+            f"vaefastExplorer.panelRow === {row} && vaefastExplorer.traversalDecodes > 0"
+        )
+        rows.append(row)
+        page.click("#pin")
+    assert page.evaluate("vaefastExplorer.neighbours.latent.length") == 8
+    page.wait_for_function("document.querySelector('#p-samples').naturalWidth === 8 * 28")
+    # traversal: drag the first slider to its end; the image is the decode of that z
+    slider = page.locator("#p-traverse input").first
+    slider.evaluate("s => { s.value = s.max; s.dispatchEvent(new Event('input')); }")
+    page.wait_for_timeout(300)
+    page.wait_for_function("vaefastExplorer.traversalDecodes >= 2")
+    z = np.float32([page.evaluate("vaefastExplorer.traversal.current()")])
+    page.wait_for_timeout(300)
+    expected = _as_png(vae.decode(z)[0].reshape(28, 28))
+    assert np.abs(_pixels(page, "#p-traversal").astype(int) - expected).max() <= 1
+    # interpolation between the two pinned rows: eight decodes from one μ to the other
+    page.wait_for_function(
+        "vaefastExplorer.interpolated && vaefastExplorer.interpolated.length === 2"
+    )
+    strip = _pixels(page, "#interp-img")
+    assert strip.shape == (28, 8 * 28)
+    mu = vae.encode(X[rows])[0]
+    ends = _as_png(vae.decode(mu).reshape(2, 28, 28))
+    assert np.abs(strip[:, :28].astype(int) - ends[0]).max() <= 1
+    assert np.abs(strip[:, -28:].astype(int) - ends[1]).max() <= 1
+    if os.environ.get("VAEFAST_SCREENSHOT"):
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.mouse.move(*_screen(page, rows[0]))
+        page.wait_for_function("vaefastExplorer.tooltipComplete")
+        page.screenshot(path=str(SCREENSHOT))
+
+
+def test_the_url_restores_map_colour_and_the_open_row(page, server):
+    page.goto(server.url + "#map=pca&color=sigma&row=12&size=5")
+    page.reload()
+    _ready(page)
+    page.wait_for_function("vaefastExplorer.panelRow === 12")
+    assert page.evaluate("[vaefastExplorer.map, vaefastExplorer.colour]") == ["pca", "sigma"]
+    assert page.input_value("#size") == "5"
+
+
+def test_hovering_empty_space_at_z2_decodes_that_point_of_the_plane(browser, stores):
+    folder, _, _ = stores
+    vae = runtime.load(Z2, providers="cpu")
+    with serve(Z2, folder / "z2.zarr", providers="cpu") as srv:
+        context = browser.new_context(viewport={"width": 900, "height": 700})
+        pg = context.new_page()
+        pg.goto(srv.url)
+        _ready(pg)
+        assert pg.evaluate("vaefastExplorer.map") == "mu"
+        box = pg.locator("#map").bounding_box()
+        pg.mouse.move(box["x"] + 5, box["y"] + 5)  # a corner: no point there
+        pg.mouse.move(box["x"] + 8, box["y"] + 8)
+        pg.wait_for_function("vaefastExplorer.planeDecodes > 0")
+        pg.wait_for_timeout(200)
+        z = np.float32([pg.evaluate("vaefastExplorer.planeZ")])
+        expected = _as_png(vae.decode(z)[0].reshape(28, 28))
+        assert np.abs(_pixels(pg, "#tip-recon").astype(int) - expected).max() <= 1
+        context.close()
+
+
+def test_a_page_without_the_token_is_refused(browser, stores):
+    folder, _, _ = stores
+    with serve(Z20, folder / "z20.zarr", providers="cpu", token="s3cret") as srv:
+        context = browser.new_context()
+        pg = context.new_page()
+        response = pg.goto(f"http://127.0.0.1:{srv.port}/")
+        assert response.status == 403 and "token" in pg.content()
+        pg.goto(srv.url)
+        _ready(pg)  # the URL's token, then the cookie, let every request in
+        assert pg.evaluate("vaefastExplorer.points") == 400
+        context.close()
+
+
+def test_the_readme_shows_the_screenshot_the_suite_takes():
+    assert SCREENSHOT.exists() and "docs/explorer.png" in (ROOT / "README.md").read_text()
+    assert Path(SCREENSHOT).stat().st_size > 10_000
