@@ -408,3 +408,16 @@ def test_the_readme_documents_every_endpoint_and_only_those(explorer):
     text = (ROOT / "README.md").read_text()
     documented = set(re.findall(r"^\| `((?:GET|POST) /api/[^?`\[]*)", text, re.M))
     assert documented == routes
+
+
+def test_the_listening_socket_names_tcp_so_responses_are_not_delayed():
+    """asyncio sets TCP_NODELAY only on sockets created with IPPROTO_TCP; without it a
+    keep-alive response waits ~40 ms for the browser's delayed ACK (measured: 44 ms vs
+    4 ms a decode round trip)."""
+    from vaefast.explore import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

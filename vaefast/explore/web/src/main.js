@@ -5,7 +5,13 @@ import createScatterplot from 'regl-scatterplot';
 import { linearScale, labelColours, ramp, rampCss } from './colours.js';
 import { readPoints, rowIndex, readUint16 } from './points.js';
 
-const MOTION_POINTS = 60000; // points drawn while the view moves (software WebGL: ~5+ frames/s)
+// Points drawn while the view moves: sized after each motion from its frame times to keep
+// 6-12 frames/s (software WebGL draws ~30,000 points at ~10 frames/s, a million at ~1.5);
+// `#motion=N` in the URL fixes it (0: always all, for a machine with a fast GPU).
+let MOTION_POINTS = 30000;
+let MOTION_FIXED = false;
+const MOTION_FPS = [6, 12];
+const MOTION_MIN = 5000;
 const REST_MS = 250; // the view is at rest this long after its last change
 const $ = (id) => document.getElementById(id);
 const TYPES = { zDataType: 'categorical', wDataType: 'continuous' };
@@ -35,6 +41,8 @@ function saveHash(sp) {
   h.set('view', [x, y, sp.get('cameraDistance')].map((v) => v.toFixed(5)).join(','));
   if (state.panelRow !== null) h.set('row', state.panelRow);
   h.set('size', $('size').value);
+  const { motion } = hashState();
+  if (motion !== undefined) h.set('motion', motion);
   history.replaceState(null, '', `${location.pathname}${location.search}#${h}`);
 }
 
@@ -42,6 +50,10 @@ async function main() {
   const meta = await json('/api/meta');
   state.meta = meta;
   const saved = hashState();
+  if (/^\d+$/.test(saved.motion || '')) {
+    MOTION_POINTS = Number(saved.motion) || Infinity;
+    MOTION_FIXED = true;
+  }
   setupControls(meta, saved);
   if (meta.inputs_note) banner(meta.inputs_note);
   const canvas = $('map');
@@ -52,8 +64,10 @@ async function main() {
     opacity: 0.8, pointColorHover: [1, 1, 1, 1], lassoInitiator: false,
   });
   state.scatterplot = sp;
-  const view = { sp, meta, xScale, yScale, points: null };
+  const view = { sp, meta, xScale, yScale, points: null, frameTimes: [] };
   await loadPoints(view, null);
+  finishFrame(sp);
+  state.firstFrameMs = performance.now(); // since navigation started
   if (saved.view) {
     const [x, y, d] = saved.view.split(',').map(Number);
     if ([x, y, d].every(Number.isFinite)) sp.set({ cameraTarget: [x, y], cameraDistance: d });
@@ -62,6 +76,13 @@ async function main() {
   if (saved.row !== undefined && /^\d+$/.test(saved.row)) openPanel(view, Number(saved.row));
   state.ready = true;
 }
+
+// Reading a pixel back waits until the GPU (or SwiftShader) has finished the frame.
+function finishFrame(sp) {
+  const gl = sp.get('renderer').regl._gl;
+  gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, new Uint8Array(4));
+}
+state.finishFrame = () => finishFrame(state.scatterplot);
 
 function setupControls(meta, saved) {
   const mapSel = $('mapsel');
@@ -158,35 +179,65 @@ function visibleBox(view) {
 // While the view moves, draw a sample of the points; at rest, the full set (and, for
 // stores larger than one draw, the rows of the view fetched from the server).
 function onViewChange(view) {
-  const { sp } = view;
   state.motionFrames += 1;
-  if (!state.moving) {
-    state.moving = true;
-    if (state.points > MOTION_POINTS) {
-      const step = state.points / MOTION_POINTS;
-      const sample = Array.from({ length: MOTION_POINTS }, (_, i) => Math.floor(i * step));
-      sp.filter(sample, { preventEvent: true });
-    }
+  if (state.moving) view.frameTimes.push(performance.now());
+  startMotion(view);
+  scheduleRest(view);
+}
+
+// Called before the first frame of a motion where possible (a drag's first move, a wheel
+// turn), so that no full-set frame is queued ahead of the sampled ones.
+function startMotion(view) {
+  if (state.moving) return;
+  state.moving = true;
+  view.frameTimes = [];
+  if (state.points > MOTION_POINTS) {
+    const step = state.points / MOTION_POINTS;
+    const sample = Array.from({ length: MOTION_POINTS }, (_, i) => Math.floor(i * step));
+    view.sp.filter(sample, { preventEvent: true });
   }
+}
+
+// At rest: no view change for REST_MS and no mouse button held (a slow frame in the middle
+// of a drag is not rest: redrawing the full set then would stall the drag).
+function scheduleRest(view) {
   clearTimeout(view.restTimer);
-  view.restTimer = setTimeout(() => onRest(view), REST_MS);
+  if (!view.dragging) view.restTimer = setTimeout(() => onRest(view), REST_MS);
+}
+
+// The median frame interval of the motion that ended (its first two frames may be queued
+// full-set frames) sizes the next motion's sample.
+function resizeMotionSample(times) {
+  if (MOTION_FIXED || times.length < 5) return;
+  const gaps = times.slice(3).map((t, i) => t - times[i + 2]).sort((a, b) => a - b);
+  const fps = 1000 / gaps[Math.floor(gaps.length / 2)];
+  if (fps < MOTION_FPS[0]) MOTION_POINTS = Math.max(MOTION_MIN, Math.round(MOTION_POINTS * 0.6));
+  else if (fps > MOTION_FPS[1]) MOTION_POINTS = Math.round(MOTION_POINTS * 1.5);
+  state.motionPoints = MOTION_POINTS;
 }
 
 async function onRest(view) {
   const { sp, meta } = view;
   state.moving = false;
   if (state.points > MOTION_POINTS) await sp.unfilter({ preventEvent: true });
+  resizeMotionSample(view.frameTimes);
   restoreSelection(view);
   saveHash(sp);
-  if (view.points.totalInView > state.points || view.box) {
-    const box = visibleBox(view);
-    const inside = box[0] >= -1.05 || box[1] >= -1.05 || box[2] <= 1.05 || box[3] <= 1.05;
-    const wanted = inside && state.total > meta.max_points ? box : null;
-    if (wanted || view.box) {
-      view.box = wanted;
-      await loadPoints(view, wanted);
-    }
-  }
+  if (meta.drawn > meta.max_points) await fetchView(view);
+}
+
+// Stores larger than one draw: at rest, the rows of the visible box (the overview when the
+// whole map is in view), unless the rows already drawn are all of that box's.
+async function fetchView(view) {
+  const box = visibleBox(view);
+  const whole = box[0] <= -1 && box[1] <= -1 && box[2] >= 1 && box[3] >= 1;
+  const wanted = whole ? null : box;
+  const held = view.box && view.points.totalInView <= view.points.rows.length;
+  if (wanted && held && wanted[0] >= view.box[0] && wanted[1] >= view.box[1]
+      && wanted[2] <= view.box[2] && wanted[3] <= view.box[3]) return;
+  if (!wanted && !view.box) return;
+  view.box = wanted;
+  await loadPoints(view, wanted);
 }
 
 // --- selection ------------------------------------------------------------------------
@@ -240,6 +291,7 @@ function imageLoaded(img, src) {
 }
 
 async function showTooltip(view, index, event) {
+  const started = event ? event.timeStamp : performance.now();
   const row = view.points.rows[index];
   state.hovered = row;
   state.tooltipComplete = false;
@@ -260,6 +312,7 @@ async function showTooltip(view, index, event) {
   if (state.hovered === row) {
     state.tooltipRow = row;
     state.tooltipComplete = true;
+    state.tooltipMs = performance.now() - started; // mouse event to both images shown
   }
 }
 
@@ -408,6 +461,13 @@ function wireEvents(view) {
     state.hovered = null;
     state.tooltipComplete = false;
     $('tooltip').hidden = true;
+  });
+  $('map').addEventListener('pointerdown', () => { view.dragging = true; });
+  $('map').addEventListener('pointermove', (e) => { if (view.dragging && e.buttons) startMotion(view); });
+  $('map').addEventListener('wheel', () => { startMotion(view); scheduleRest(view); }, { passive: true });
+  window.addEventListener('pointerup', () => {
+    view.dragging = false;
+    if (state.moving) scheduleRest(view);
   });
   $('map').addEventListener('click', () => {
     if (state.hovered !== null) openPanel(view, state.hovered);
