@@ -250,6 +250,39 @@ def test_embed_stores_spatial_latents_in_float16_and_plots_without_torch(
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["8", "False"]
+    _explorer_shows_spatial_latents(kl_export[0], store, photos[0])
+
+
+def _explorer_shows_spatial_latents(model, store, images) -> None:
+    """The explorer on a spatial float16 store: colour input images as stored, σ maps
+    (mean σ over channels per latent pixel), decodes in colour."""
+    import io
+
+    from PIL import Image
+    from starlette.testclient import TestClient
+
+    from vaefast.explore import app
+    from vaefast.explore.columns import Columns
+
+    vae = runtime.load(model, providers="cpu")
+    ex = app.Explorer(vae, Columns(store, vae.meta["weights_sha256"], str(model)))
+    try:
+        with TestClient(app.build(ex), base_url="http://127.0.0.1") as c:
+            meta = c.get("/api/meta").json()
+            assert meta["spatial"] and meta["latent_shape"] == [4, 16, 16] and meta["z"] == 1024
+
+            def png(path):
+                return np.asarray(Image.open(io.BytesIO(c.get(path).content)))
+
+            np.testing.assert_array_equal(png("/api/rows/9/input.png"), images[9])
+            info = c.get("/api/rows/9").json()
+            sigma = np.float32(info["sigma"]).reshape(4, 16, 16).mean(axis=0)
+            expected = (np.clip(sigma / sigma.max(), 0, 1) * 255 + 0.5).astype(np.uint8)
+            np.testing.assert_array_equal(png("/api/rows/9/sigma.png"), expected)
+            assert png("/api/rows/9/samples.png?n=4").shape == (32, 4 * 32, 3)
+            assert png("/api/rows/9/reconstruction.png").shape == (32, 32, 3)
+    finally:
+        ex.decoder.close()
 
 
 def test_spatial_views_draw_sigma_maps_channels_and_the_scaling_factor(kl_export, photos):

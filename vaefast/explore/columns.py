@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -22,7 +22,6 @@ from vaefast.layout import chunk_bounds
 
 MU_CACHE_BYTES = 512 * 2**20  # μ held in memory up to this size
 TRAVERSAL_DIMS = 8  # latent dimensions offered for traversal when Z is large
-MAPS = ("tsne", "mu", "pca")  # what a map can be: the store's t-SNE, μ itself (Z = 2), PCA of μ
 
 
 def _frame(xy: np.ndarray) -> tuple[float, float, float]:
@@ -138,29 +137,21 @@ class Columns:
     # --- maps -------------------------------------------------------------------------
 
     def maps(self) -> list[str]:
-        """The maps this store can show, best first."""
-        have = ["tsne"] if "tsne" in self.group else []
-        if self.z == 2:
-            have.append("mu")
-        return have + ["pca"]
+        """The maps this store can show, best first (``MAPS``' order)."""
+        return [name for name, kind in MAPS.items() if kind.available(self)]
 
     def positions(self, name: str) -> np.ndarray:
         """Normalised 2-D positions [N, 2] float32 of map ``name`` (NaN: skipped rows)."""
         if name not in self.maps():
             raise KeyError(name)
         if name not in self._maps:
-            if name == "tsne":
-                xy = np.asarray(self.group["tsne"][:], np.float64)
-            elif name == "mu":
-                xy = self.mu_rows(slice(0, self.n)).astype(np.float64)
-            else:
-                xy = self._pca()
+            xy = MAPS[name].positions(self)
             xy[~self.drawn] = np.nan
             cx, cy, half = self.frames[name] = _frame(xy)
             self._maps[name] = ((xy - (cx, cy)) / half).astype(np.float32)
         return self._maps[name]
 
-    def _pca(self) -> np.ndarray:
+    def pca(self) -> np.ndarray:
         """The rows projected on μ's two principal axes (from the one-pass covariance, or a
         sample's when Z is too large for it); a sign convention makes it deterministic."""
         mean = self._stats["mean"]
@@ -287,6 +278,7 @@ class Columns:
             "z": self.z,
             "spatial": len(self.latent_shape) == 3,
             "maps": self.maps(),
+            "map_titles": {name: MAPS[name].title for name in self.maps()},
             "labels": self.labels is not None,
             "label_names": self.label_names,
             "label_count": 0 if self.labels is None else int(self.labels.max(initial=-1)) + 1,
@@ -298,3 +290,26 @@ class Columns:
                 {"row": r, "reason": why} for r, why in list(self.skipped.items())[:100]
             ],
         } | ({"mu_frame": list(self.frames["mu"])} if "mu" in self.maps() else {})
+
+
+@dataclass(frozen=True)
+class MapKind:
+    """A 2-D map of a store's rows: its title, whether a store has it, its positions
+    [N, 2] float64 (skipped rows are set to NaN by the caller)."""
+
+    title: str
+    available: Callable[[Columns], bool]
+    positions: Callable[[Columns], np.ndarray]
+
+
+MAPS: dict[str, MapKind] = {  # best first: the page opens the first a store has
+    "tsne": MapKind(
+        "t-SNE of μ",
+        lambda c: "tsne" in c.group,
+        lambda c: np.asarray(c.group["tsne"][:], np.float64),
+    ),
+    "mu": MapKind(
+        "μ (Z = 2)", lambda c: c.z == 2, lambda c: c.mu_rows(slice(0, c.n)).astype(np.float64)
+    ),
+    "pca": MapKind("PCA of μ", lambda c: True, Columns.pca),
+}

@@ -86,7 +86,7 @@ state.finishFrame = () => finishFrame(state.scatterplot);
 
 function setupControls(meta, saved) {
   const mapSel = $('mapsel');
-  for (const m of meta.maps) mapSel.add(new Option({ tsne: 't-SNE of μ', mu: 'μ (Z = 2)', pca: 'PCA of μ' }[m], m));
+  for (const m of meta.maps) mapSel.add(new Option(meta.map_titles[m], m));
   state.map = meta.maps.includes(saved.map) ? saved.map : meta.maps[0];
   mapSel.value = state.map;
   const colour = $('colour');
