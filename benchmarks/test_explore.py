@@ -34,7 +34,7 @@ CHROMIUM = shutil.which("chromium")
 if CHROMIUM is None:
     pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
-from tests.test_explore_page import CHROMIUM_ARGS  # noqa: E402
+from tests.test_explore_page import CHROMIUM_ARGS, lasso_drag  # noqa: E402
 
 MODEL = EXPORTED / "mnist5k-z20"
 ROUNDS = int(os.environ.get("VAEFAST_BENCH_EXPLORE_ROUNDS", "3"))
@@ -175,22 +175,6 @@ DECODE_ROUND_TRIPS = """async (n) => {
   return out;
 }"""
 
-LASSO = """async (box) => {
-  const sp = vaefastExplorer.scatterplot;
-  const [x0, y0, x1, y1] = box;
-  const t = performance.now();
-  const done = new Promise((resolve) => sp.subscribe('select', resolve, 1));
-  sp.lassoSelect([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]);
-  await done;
-  const selected = performance.now() - t;
-  while (!vaefastExplorer.selectionStats ||
-         vaefastExplorer.selectionStats.count !== vaefastExplorer.selection.length) {
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  return [selected, performance.now() - t, vaefastExplorer.selection.length];
-}"""
-
-
 LASSO_BOX = """(share) => {
   // a box around the median point holding about `share` of the drawn points (bisection)
   const pts = vaefastExplorer.scatterplot.get('points');
@@ -207,6 +191,26 @@ LASSO_BOX = """(share) => {
   }
   return box((lo + hi) / 2);
 }"""
+
+
+def _lasso(page, box: list[float]) -> tuple[float, float, int]:
+    """Shift-drag a lasso around the data ``box``: ms to find and select its rows, ms to
+    their summary shown, and how many."""
+    x0, y0, x1, y1 = box
+    corners = [
+        page.evaluate(f"vaefastExplorer.toScreen({x}, {y})")
+        for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))
+    ]
+    origin = page.locator("#map").bounding_box()
+    path = [(origin["x"] + cx, origin["y"] + cy) for cx, cy in corners]
+    page.evaluate("vaefastExplorer.lassoSummaryMs = null")
+    lasso_drag(page, path)
+    page.wait_for_function("vaefastExplorer.lassoSummaryMs !== null", timeout=60_000)
+    return (
+        page.evaluate("vaefastExplorer.lassoMs"),
+        page.evaluate("vaefastExplorer.lassoSummaryMs"),
+        len(page.evaluate("vaefastExplorer.selection")),
+    )
 
 
 def _report(benchmark, figures: dict, seconds: list[float]) -> None:
@@ -247,7 +251,7 @@ def test_explorer_at_a_million_rows(benchmark, browser, tmp_path_factory, reques
         context, page = _open(browser, server.url)
         hovers = _hovers(page, 5 if benchmark.disabled else 25)
         decodes = page.evaluate(DECODE_ROUND_TRIPS, 10 if benchmark.disabled else 60)[5:]
-        lasso_ms, summary_ms, selected = page.evaluate(LASSO, page.evaluate(LASSO_BOX, 0.2))
+        lasso_ms, summary_ms, selected = _lasso(page, page.evaluate(LASSO_BOX, 0.2))
         body = urllib.request.urlopen(server.url + "api/points", timeout=60).read()
         context.close()
         rss = server.peak_rss_mb()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,20 @@ def _screen(pg, row: int) -> tuple[float, float]:
     return box["x"] + x, box["y"] + y
 
 
+def lasso_drag(pg, corners: list[tuple[float, float]], steps: int = 12) -> None:
+    """Shift-drag a lasso through ``corners`` (page pixels) and back to the first, a move
+    every 20 ms as a hand would (the lasso drops moves closer than its minimum delay)."""
+    pg.keyboard.down("Shift")
+    pg.mouse.move(*corners[0])
+    pg.mouse.down()
+    for (ax, ay), (bx, by) in zip(corners, corners[1:] + corners[:1]):
+        for t in np.linspace(0, 1, steps + 1)[1:]:
+            pg.mouse.move(ax + (bx - ax) * t, ay + (by - ay) * t)
+            time.sleep(0.02)
+    pg.mouse.up()
+    pg.keyboard.up("Shift")
+
+
 def _positions(pg) -> np.ndarray:
     """Where every drawn point is, in canvas pixels, in the order of ``rows``."""
     return np.array(
@@ -167,13 +182,7 @@ def test_a_lasso_selects_the_rows_inside_it(page):
         (cx + 150, cy + 120),
         (cx - 150, cy + 120),
     ]
-    page.keyboard.down("Shift")
-    page.mouse.move(*square[0])
-    page.mouse.down()
-    for x, y in square[1:] + square[:1]:
-        page.mouse.move(x, y, steps=8)
-    page.mouse.up()
-    page.keyboard.up("Shift")
+    lasso_drag(page, square)
     page.wait_for_function("vaefastExplorer.selection.length > 0")
     pos = _positions(page) + (box["x"], box["y"])
     inside = (np.abs(pos[:, 0] - cx) < 150) & (np.abs(pos[:, 1] - cy) < 120)

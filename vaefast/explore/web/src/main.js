@@ -3,7 +3,7 @@
 import createScatterplot from 'regl-scatterplot';
 
 import { linearScale, labelColours, ramp, rampCss } from './colours.js';
-import { readPoints, rowIndex, readUint16 } from './points.js';
+import { pointsInPolygon, readPoints, rowIndex, readUint16 } from './points.js';
 
 // Points drawn while the view moves: sized after each motion from its frame times to keep
 // 6-12 frames/s (software WebGL draws ~30,000 points at ~10 frames/s, a million at ~1.5);
@@ -57,6 +57,8 @@ async function main() {
   setupControls(meta, saved);
   if (meta.inputs_note) banner(meta.inputs_note);
   const canvas = $('map');
+  // regl-scatterplot keeps the scales' domains on the visible data box (after a reset
+  // below, and as the view moves)
   const xScale = linearScale([-1, 1], [0, canvas.clientWidth]);
   const yScale = linearScale([-1, 1], [canvas.clientHeight, 0]);
   const sp = createScatterplot({
@@ -65,7 +67,9 @@ async function main() {
   });
   state.scatterplot = sp;
   const view = { sp, meta, xScale, yScale, points: null, frameTimes: [] };
+  state.toScreen = (x, y) => [xScale(x), yScale(y)]; // data -> canvas pixels
   await loadPoints(view, null);
+  sp.reset({ preventEvent: true });
   finishFrame(sp);
   state.firstFrameMs = performance.now(); // since navigation started
   if (saved.view) {
@@ -115,7 +119,7 @@ function banner(text) {
 // --- points ---------------------------------------------------------------------------
 
 async function loadPoints(view, box) {
-  const { sp, meta } = view;
+  const { meta } = view;
   const q = new URLSearchParams({ map: state.map });
   if (box) box.forEach((v, i) => q.set(['x0', 'y0', 'x1', 'y1'][i], v));
   state.fetches += 1;
@@ -131,7 +135,7 @@ async function loadPoints(view, box) {
     pts.w = values;
     view.dimRange = range;
   }
-  await sp.draw({ x: pts.x, y: pts.y, z: pts.z, w: pts.w }, TYPES);
+  await draw(view);
   applyColour(view);
   restoreSelection(view);
 }
@@ -143,6 +147,17 @@ async function dimension(view) {
   const r = await api(`/api/dimension?${q}`);
   const range = r.headers.get('X-Range').split(',').map(Number);
   return { values: readUint16(await r.arrayBuffer()), range };
+}
+
+// One draw at a time (regl-scatterplot ignores a draw while the previous one is running):
+// each waits for the one before and draws the points as they are by then.
+let drawing = Promise.resolve();
+function draw(view) {
+  drawing = drawing.then(() => {
+    const pts = view.points;
+    return view.sp.draw({ x: pts.x, y: pts.y, z: pts.z, w: pts.w }, TYPES);
+  });
+  return drawing;
 }
 
 function applyColour(view) {
@@ -269,6 +284,22 @@ async function showSelection(view, rows) {
     hist.append(row);
   }
   state.selectionStats = stats;
+}
+
+// The lasso is drawn over the motion sample (smooth with software WebGL); its rows are then
+// found among all the points drawn, here, and selected once the full set is back.
+async function finishLasso(view, polygon) {
+  const started = performance.now();
+  const inside = pointsInPolygon(view.points.x, view.points.y, polygon);
+  state.moving = false;
+  if (view.sp.get('filteredPoints').length < state.points) await view.sp.unfilter({ preventEvent: true });
+  view.sp.select(inside, { preventEvent: true });
+  view.lassoIndices = inside;
+  view.lassoEnded = true; // until the next press
+  view.lassoing = false;
+  state.lassoMs = performance.now() - started; // rows found and selected
+  await showSelection(view, Array.from(inside, (i) => view.points.rows[i]));
+  state.lassoSummaryMs = performance.now() - started; // and their summary shown
 }
 
 async function downloadSelection() {
@@ -462,7 +493,7 @@ function wireEvents(view) {
     state.tooltipComplete = false;
     $('tooltip').hidden = true;
   });
-  $('map').addEventListener('pointerdown', () => { view.dragging = true; });
+  $('map').addEventListener('pointerdown', () => { view.dragging = true; view.lassoEnded = false; });
   $('map').addEventListener('pointermove', (e) => { if (view.dragging && e.buttons) startMotion(view); });
   $('map').addEventListener('wheel', () => { startMotion(view); scheduleRest(view); }, { passive: true });
   window.addEventListener('pointerup', () => {
@@ -470,9 +501,21 @@ function wireEvents(view) {
     if (state.moving) scheduleRest(view);
   });
   $('map').addEventListener('click', () => {
-    if (state.hovered !== null) openPanel(view, state.hovered);
+    if (state.hovered !== null && !view.lassoEnded) openPanel(view, state.hovered);
   });
-  sp.subscribe('select', ({ points }) => showSelection(view, Array.from(points, (i) => view.points.rows[i])));
+  sp.subscribe('select', ({ points }) => {
+    if (view.lassoing) return;
+    if (view.lassoEnded) { // a lasso closed where it began reads as a click: keep the lasso's
+      sp.select(view.lassoIndices, { preventEvent: true });
+      return;
+    }
+    showSelection(view, Array.from(points, (i) => view.points.rows[i]));
+  });
+  sp.subscribe('lassoStart', () => {
+    view.lassoing = true;
+    startMotion(view);
+  });
+  sp.subscribe('lassoEnd', ({ coordinates }) => finishLasso(view, coordinates));
   sp.subscribe('deselect', () => showSelection(view, []));
   sp.subscribe('view', () => onViewChange(view));
   $('mapsel').onchange = async () => {
@@ -508,7 +551,7 @@ async function recolour(view) {
   } else {
     pts.w = pts.sigma;
   }
-  await view.sp.draw({ x: pts.x, y: pts.y, z: pts.z, w: pts.w }, TYPES);
+  await draw(view);
   applyColour(view);
   restoreSelection(view);
   saveHash(view.sp);

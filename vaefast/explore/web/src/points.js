@@ -39,3 +39,31 @@ export function rowIndex(rows, row) {
   }
   return -1;
 }
+
+// Indices of the points (x[i], y[i]) inside the polygon [[x, y], ...] (even-odd rule),
+// testing only those inside its bounding box.
+export function pointsInPolygon(x, y, polygon) {
+  const n = polygon.length;
+  let x0 = Infinity;
+  let y0 = Infinity;
+  let x1 = -Infinity;
+  let y1 = -Infinity;
+  for (const [px, py] of polygon) {
+    x0 = Math.min(x0, px); x1 = Math.max(x1, px);
+    y0 = Math.min(y0, py); y1 = Math.max(y1, py);
+  }
+  const out = [];
+  for (let i = 0; i < x.length; i += 1) {
+    const px = x[i];
+    const py = y[i];
+    if (px < x0 || px > x1 || py < y0 || py > y1) continue;
+    let inside = false;
+    for (let a = 0, b = n - 1; a < n; b = a, a += 1) {
+      const [ax, ay] = polygon[a];
+      const [bx, by] = polygon[b];
+      if ((ay > py) !== (by > py) && px < ((bx - ax) * (py - ay)) / (by - ay) + ax) inside = !inside;
+    }
+    if (inside) out.push(i);
+  }
+  return out;
+}
