@@ -421,3 +421,35 @@ def test_the_listening_socket_names_tcp_so_responses_are_not_delayed():
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+def test_an_image_folder_store_shows_ids_and_sets_skipped_rows_apart(tmp_path, vae):
+    """Rows of an image folder carry their file names (search finds them); a file that
+    could not be decoded is listed with its reason and never drawn."""
+    from tests.helpers import photo_crops, write_image_folder
+
+    names = write_image_folder(tmp_path / "imgs", photo_crops(12, 40, 40, seed=3), classes=3)
+    (tmp_path / "imgs" / names[5]).write_bytes(b"not a jpeg")
+    embed(Z20, f"images:{tmp_path / 'imgs'}", tmp_path / "e.zarr", skip_bad=True, progress=False)
+    ex = app.Explorer(vae, Columns(tmp_path / "e.zarr", vae.meta["weights_sha256"], str(Z20)))
+    try:
+        with TestClient(app.build(ex), base_url="http://127.0.0.1") as c:
+            meta = c.get("/api/meta").json()
+            assert meta["rows"] == 12 and meta["drawn"] == 11 and meta["skipped"] == 1
+            assert meta["skipped_rows"][0]["row"] == 5 and meta["skipped_rows"][0]["id"] == names[5]
+            assert "not an image" in meta["skipped_rows"][0]["reason"]
+            assert meta["label_names"] == ["class_0", "class_1", "class_2"]
+            rows = _points(c.get("/api/points").content)["rows"].tolist()
+            assert rows == [r for r in range(12) if r != 5]
+            info = c.get("/api/rows/5").json()
+            assert info["id"] == names[5] and info["skipped"] and "mu" not in info
+            r = c.get("/api/rows/5/reconstruction.png")
+            assert r.status_code == 404 and "skipped" in r.json()["error"]
+            assert c.get("/api/rows/7").json()["id"] == names[7]
+            assert c.get(f"/api/search?q={names[7].split('/')[1]}").json()["rows"] == [7]
+            in_class_1 = [i for i, name in enumerate(names) if name.startswith("class_1/")]
+            assert c.get("/api/search?q=class_1").json()["rows"] == in_class_1
+            csv_text = c.post("/api/selection?format=csv", content=np.array([7], "<u4").tobytes())
+            assert csv_text.text.splitlines()[1] == f"7,{names[7]},class_1"
+    finally:
+        ex.decoder.close()

@@ -100,8 +100,7 @@ class Latents:
 
         stored = store.load(path)
         attrs = stored["attrs"]
-        if attrs["model_sha256"] != vae.meta["weights_sha256"]:
-            raise VaefastError(f"{path} was embedded with another model than {vae.folder}")
+        store.check_model(attrs, vae.meta["weights_sha256"], path, vae.folder)
         recorded = attrs["input"]
         source = reopen(recorded, 1)
         if source.fingerprint() != recorded:

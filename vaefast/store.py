@@ -189,6 +189,13 @@ def open_embeddings(path: str | os.PathLike):
     return zarr.open_group(str(path), mode="r")
 
 
+def check_model(attrs: dict[str, Any], weights_sha256: str, path, model) -> None:
+    """A store is read with the model that embedded it (its weights' sha256), or refused
+    in one line naming both."""
+    if attrs["model_sha256"] != weights_sha256:
+        raise VaefastError(f"{path} was embedded with another model than {model}")
+
+
 def info(group) -> dict[str, Any]:
     """The store's ``vaefast`` attributes (format, model, input, params, ...)."""
     return dict(group.attrs["vaefast"])

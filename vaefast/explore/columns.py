@@ -17,7 +17,6 @@ from typing import Any, Callable
 import numpy as np
 
 from vaefast import store
-from vaefast.errors import VaefastError
 from vaefast.layout import chunk_bounds
 
 MU_CACHE_BYTES = 512 * 2**20  # μ held in memory up to this size
@@ -50,8 +49,7 @@ class Columns:
         self.path = Path(path)
         self.group = store.open_embeddings(path)
         self.attrs = store.info(self.group)
-        if self.attrs["model_sha256"] != model_sha256:
-            raise VaefastError(f"{path} was embedded with another model than {model_dir}")
+        store.check_model(self.attrs, model_sha256, path, model_dir)
         g = self.group
         self.n = store.n_rows(g)
         self.latent_shape = tuple(int(s) for s in g["mu"].shape[1:])
@@ -287,7 +285,8 @@ class Columns:
             "traversal": self.traversal_dims(),
             "input": self.attrs["input"].get("spec"),
             "skipped_rows": [
-                {"row": r, "reason": why} for r, why in list(self.skipped.items())[:100]
+                {"row": r, "id": None if self.ids is None else str(self.ids[r]), "reason": why}
+                for r, why in list(self.skipped.items())[:100]
             ],
         } | ({"mu_frame": list(self.frames["mu"])} if "mu" in self.maps() else {})
 

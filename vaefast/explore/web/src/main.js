@@ -106,7 +106,7 @@ function setupControls(meta, saved) {
     + (meta.skipped ? `, ${meta.skipped} skipped (not drawn)` : '');
   if (meta.skipped) {
     $('skipped').hidden = false;
-    $('skipped-list').textContent = meta.skipped_rows.map((s) => `row ${s.row}: ${s.reason}`).join('\n');
+    $('skipped-list').textContent = meta.skipped_rows.map((s) => `row ${s.row}${s.id ? ` (${s.id})` : ''}: ${s.reason}`).join('\n');
   }
 }
 
