@@ -315,6 +315,74 @@ def test_a_run_killed_while_dask_places_resumes_identically(tmp_path):
         np.testing.assert_array_equal(a[name][:], b[name][:])
 
 
+def test_a_worker_killed_mid_placement_is_retried_and_the_store_is_identical(tmp_path, tcp_cluster):
+    """SIGKILL of one `dask worker` while the map's rows are being placed: its tasks run
+    again (on the other worker, or on the one its nanny restarts), the command ends
+    normally, and the store equals a single process's."""
+    import os
+    import signal
+    import time
+
+    import distributed
+
+    from vaefast import data
+
+    np.save(tmp_path / "x.npy", data.read("mnist5k").X)
+    args = ["--tsne", "--tsne-max", "300", "--chunk-rows", "250", "--quiet"]
+    out = tmp_path / "dask.zarr"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vaefast.cli",
+            "embed",
+            str(MODEL),
+            str(tmp_path / "x.npy"),
+            "--out",
+            str(out),
+            "--scheduler",
+            tcp_cluster,
+            *args,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                placed = open_embeddings_progress(out, "placed")
+                if 1 <= placed.sum() < len(placed) - 4:
+                    break
+            except Exception:  # not written yet
+                pass
+            time.sleep(0.01)
+        else:
+            pytest.fail("the placement was never seen in progress")
+        with distributed.Client(tcp_cluster, timeout="30s") as client:
+            pid = next(iter(client.run(os.getpid).values()))
+        os.kill(pid, signal.SIGKILL)
+        assert open_embeddings_progress(out, "placed").sum() < len(placed)  # killed mid-way
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    embed(
+        MODEL,
+        str(tmp_path / "x.npy"),
+        tmp_path / "whole.zarr",
+        chunk_rows=250,
+        tsne=True,
+        tsne_max=300,
+        progress=False,
+    )
+    a, b = open_embeddings(tmp_path / "whole.zarr"), open_embeddings(out)
+    for name in ("mu", "logvar", "tsne"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])
+
+
 def open_embeddings_progress(store, stage: str) -> np.ndarray:
     import zarr
 
