@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -206,3 +207,85 @@ def test_placement_on_two_dask_workers_against_one_process(benchmark, images, tm
         dask_over_one_process=ratio_spread(rates["dask-2x1"], rates["one-process"]),
         client_peak_rss_mb={k: max(r["client_peak_rss_mb"] for r in v) for k, v in runs.items()},
     )
+
+
+def _peaks(pid: int, stop: threading.Event, out: dict[int, float]) -> None:
+    """Peak RSS (VmHWM, MB) of process ``pid`` and every process it starts, read each
+    second until ``stop`` (the last reading of a process is its peak to within a second
+    of its end)."""
+    import psutil
+
+    while not stop.is_set():
+        try:
+            procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        for p in procs:
+            try:
+                status = open(f"/proc/{p.pid}/status").read()
+                out[p.pid] = int(status.split("VmHWM:")[1].split()[0]) / 1024
+            except (OSError, IndexError):
+                pass
+        stop.wait(1.0)
+
+
+MAP_ROWS = int(os.environ.get("VAEFAST_BENCH_MAP_ROWS", "10000000"))
+
+
+def test_ten_million_rows_embedded_and_mapped(benchmark, tmp_path_factory, request):
+    """`embed --tsne --tsne-transform interpolated` of MAP_ROWS rows (mnist5k digits with
+    noise through the shipped int8 encoder), end to end, in one process with THREADS
+    threads and on a LocalCluster of two one-thread workers: per-phase times and the
+    peak RSS of every process (goals: <= 15 min, <= 600 MB each)."""
+    from vaefast import data
+
+    rows = 20_000 if benchmark.disabled else MAP_ROWS
+    path = tmp_path_factory.mktemp("map10m") / "images.npy"
+    base = data.read("mnist5k").X
+    X = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(rows, 784))
+    rng = np.random.default_rng(0)
+    for start in range(0, rows, 200_000):
+        pick = base[rng.integers(0, len(base), min(200_000, rows - start))].astype(np.int16)
+        X[start : start + len(pick)] = np.clip(pick + rng.integers(-20, 21, pick.shape), 0, 255)
+    X.flush()
+    del X
+    runs = {}
+    for name in ("one-process", "dask-2x1"):
+        out = tmp_path_factory.mktemp("map") / "m.zarr"
+        dask = ", scheduler='local', workers=2" if name == "dask-2x1" else ""
+        code = (
+            "import json, time; from vaefast.embedding import embed; t0 = time.perf_counter();"
+            f"s = embed({str(EXPORTED / 'mnist5k-z20')!r}, {str(path)!r}, {str(out)!r}, "
+            f"threads={THREADS if not dask else 'None'}, variant='int8', tsne=True, "
+            f"tsne_max={2000 if benchmark.disabled else 10_000}, "
+            f"tsne_transform='interpolated', progress=False{dask});"
+            "t = s['tsne']; print(json.dumps({'wall_s': time.perf_counter() - t0, "
+            "'encode_s': s['seconds'], 'fit_s': t['fit_s'], 'place_s': t['place_s'], "
+            "'points_per_s': t['points_per_s']}))"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        stop, peaks = threading.Event(), {}
+        sampler = threading.Thread(target=_peaks, args=(proc.pid, stop, peaks))
+        sampler.start()
+        stdout, stderr = proc.communicate(timeout=7200)
+        stop.set()
+        sampler.join()
+        assert proc.returncode == 0, stderr.decode()[-2000:]
+        runs[name] = json.loads(stdout.decode().strip().splitlines()[-1]) | {
+            "peak_rss_mb_per_process": sorted(peaks.values(), reverse=True)
+        }
+        shutil.rmtree(out, ignore_errors=True)
+    path.unlink()
+    benchmark.group = "10M rows mapped"
+    if benchmark.disabled:
+        benchmark(lambda: None)
+    else:
+        record(benchmark, [r["wall_s"] for r in runs.values()])
+    benchmark.extra_info.update(rows=rows, runs=runs)
+    print(json.dumps(runs, indent=1))
+    assert all(r["wall_s"] > 0 and r["peak_rss_mb_per_process"] for r in runs.values())
+    if not benchmark.disabled:
+        assert min(r["wall_s"] for r in runs.values()) <= 15 * 60
+        assert max(max(r["peak_rss_mb_per_process"]) for r in runs.values()) <= 600
