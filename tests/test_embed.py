@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import EXPORTED, ROOT, embed_killed_midway, run_cli, write_idx
 from vaefast import manifest, runtime
@@ -443,3 +445,19 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    data_=st.data(),
+)
+def test_valid_rows_are_the_rows_left_when_the_skipped_are_taken_out(n, data_):
+    """The reference sample's rows among rows not skipped, found without listing every
+    valid row (O(skipped) memory at 10M rows)."""
+    from vaefast.embedding import valid_rows
+
+    skipped = np.array(sorted(data_.draw(st.sets(st.integers(0, n - 1), max_size=n - 1))), np.int64)
+    valid = np.setdiff1d(np.arange(n), skipped)
+    ranks = np.array(sorted(data_.draw(st.sets(st.integers(0, len(valid) - 1)))), np.int64)
+    np.testing.assert_array_equal(valid_rows(ranks, skipped), valid[ranks])

@@ -469,6 +469,19 @@ def place_chunk(job: Job, reference: tuple, method: str, chunk: int) -> int:
     return placed
 
 
+def valid_rows(ranks: np.ndarray, skipped: np.ndarray) -> np.ndarray:
+    """The rows of the ``ranks``-th rows that were not skipped (``skipped``: sorted rows),
+    without listing the valid rows: the k-th valid row is k plus the skipped rows at or
+    before it, and ``skipped[i] - i`` counts them by searchsorted."""
+    ranks = np.asarray(ranks, np.int64)
+    return ranks + np.searchsorted(skipped - np.arange(len(skipped)), ranks, side="right")
+
+
+def _count_in(rows: np.ndarray, start: int, stop: int) -> int:
+    """How many of the sorted ``rows`` are in [start, stop)."""
+    return int(np.searchsorted(rows, stop) - np.searchsorted(rows, start))
+
+
 def _map(
     group,
     job: Job,
@@ -490,15 +503,16 @@ def _map(
     from vaefast.tsne.transform import prepare
 
     n, chunk_rows = store.n_rows(group), job.chunk_rows
-    valid = np.setdiff1d(np.arange(n), np.asarray(skipped, np.int64))
+    gaps = np.sort(np.asarray(list(skipped), np.int64))  # skipped rows: O(skipped), not O(N)
+    n_valid = n - len(gaps)
     t0 = time.perf_counter()
     stats: dict[str, Any] = {
-        "method": "exact" if len(valid) <= tsne_max else "reference+transform",
-        "n": len(valid),
+        "method": "exact" if n_valid <= tsne_max else "reference+transform",
+        "n": n_valid,
     }
     found = store.reference(group)
     if found is None:
-        index = valid[reference_rows(len(valid), tsne_max, seed)]
+        index = valid_rows(reference_rows(n_valid, tsne_max, seed), gaps)
         X_ref = store.read_mu(group, index)
         trim(collect=True)  # ~60 MB free in malloc's arenas at 1M rows; P is next
         reference = fit_reference(X_ref, seed, job.threads, progress)
@@ -517,9 +531,7 @@ def _map(
     todo = store.pending(group, "placed")
 
     def new_rows(start: int, stop: int) -> int:  # rows of [start, stop) to place
-        return int(np.count_nonzero((valid >= start) & (valid < stop))) - int(
-            np.count_nonzero((index >= start) & (index < stop))
-        )
+        return stop - start - _count_in(gaps, start, stop) - _count_in(index, start, stop)
 
     to_place = sum(new_rows(*chunk_bounds(c, chunk_rows, n)) for c in todo)
     bar = tqdm(
@@ -539,7 +551,7 @@ def _map(
         _run_tasks(client, place_chunk, job, todo, bar, scattered, method)
     bar.close()
     t2 = time.perf_counter()
-    if len(valid) > tsne_max:
+    if n_valid > tsne_max:
         stats["reference"] = tsne_max
     stats |= {
         "fit_s": t1 - t0,
