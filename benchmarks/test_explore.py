@@ -34,7 +34,7 @@ CHROMIUM = shutil.which("chromium")
 if CHROMIUM is None:
     pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
-from tests.test_explore_page import CHROMIUM_ARGS, lasso_drag  # noqa: E402
+from tests.test_explore_page import headless_chromium, lasso_drag  # noqa: E402
 
 MODEL = EXPORTED / "mnist5k-z20"
 ROUNDS = int(os.environ.get("VAEFAST_BENCH_EXPLORE_ROUNDS", "3"))
@@ -98,10 +98,8 @@ class ExploreProcess:
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with headless_chromium() as b:
         yield b
-        b.close()
 
 
 def _open(browser, url: str, width: int = 1280, height: int = 800):

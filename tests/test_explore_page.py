@@ -5,6 +5,7 @@ interpolation, the plane decoded at Z = 2, the URL restoring the view, the token
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -44,12 +45,21 @@ CHROMIUM_ARGS = [
 SCREENSHOT = ROOT / "docs" / "explorer.png"  # the README's; rewritten with VAEFAST_SCREENSHOT=1
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextlib.contextmanager
+def headless_chromium():
+    """Debian's Chromium, headless with software WebGL, launched by Playwright."""
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with headless_chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
