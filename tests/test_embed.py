@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -100,6 +101,28 @@ def test_dask_local_cluster_equals_serial(tmp_path, transform):
     for name in ("mu", "logvar", "tsne"):
         np.testing.assert_array_equal(a[name][:], b[name][:])
     assert np.isfinite(b["tsne"][:]).all()
+
+
+def test_the_local_cluster_listens_on_loopback_only():
+    """`--scheduler local` listens on loopback only (the scheduler, its HTTP server, the
+    nannies and workers), on free ports: not on distributed's default 8787, which two
+    runs at once (or a user's own cluster) would contend for."""
+    pytest.importorskip("distributed")
+    import psutil
+
+    from vaefast.embedding import _client
+
+    with _client("local", 1) as client:
+        pids = [os.getpid(), *client.run(os.getpid).values()]
+        listening = [
+            c.laddr
+            for pid in pids
+            for c in psutil.Process(pid).net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        ]
+    assert len(listening) >= 3  # the scheduler, its HTTP server, the worker
+    assert {addr.ip for addr in listening} == {"127.0.0.1"}, listening
+    assert 8787 not in {addr.port for addr in listening}
 
 
 def test_peak_memory_does_not_hold_the_input(big_npy, tmp_path):

@@ -381,12 +381,15 @@ def _client(scheduler: str | None, workers: int):
         import logging
 
         # silence_logs: the workers' warnings when an interrupt cancels their tasks are
-        # not the user's business (the CLI says what happened in one line)
+        # not the user's business (the CLI says what happened in one line). No dashboard;
+        # the scheduler's HTTP server (health, metrics) takes a free loopback port, not
+        # 8787, which a second run (or a user's own cluster) holds: distributed warns then
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
             silence_logs=logging.ERROR,
         )
         client = Client(cluster)
