@@ -490,3 +490,28 @@ def test_interpolated_placement_lands_near_the_exact_one():
         VaefastError, match="unknown transform method 'fft'; use one of exact, interpolated"
     ):
         tsne.transform(X[test], method="fft")
+
+
+@pytest.mark.parametrize("method", ["exact", "interpolated"])
+def test_a_placed_point_ignores_how_the_rows_are_split(method):
+    """Each thread's workspaces are reused across its blocks (``LANES`` of them): a
+    point's position is its own whatever the row count, block boundary, lane or thread
+    count around it — down to the bit."""
+    import numba
+
+    from vaefast.tsne.transform import place
+
+    rng = np.random.default_rng(0)
+    X_ref = rng.standard_normal((800, 8)).astype(np.float32)
+    Y_ref = rng.standard_normal((800, 2)) * 10
+    X_new = rng.standard_normal((3001, 8)).astype(np.float32)  # > LANES blocks of 4
+    whole = place(X_new, X_ref, Y_ref, method=method)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        for lo, hi in ((0, 1), (1, 6), (6, 1027), (1027, 3001)):
+            np.testing.assert_array_equal(
+                place(X_new[lo:hi], X_ref, Y_ref, method=method), whole[lo:hi]
+            )
+    finally:
+        numba.set_num_threads(before)

@@ -24,6 +24,7 @@ from vaefast.tsne._affinity_kernels import (
 
 
 PLACE_BLOCK = 4  # new points that go through the reference together (loads shared)
+LANES = 256  # a placement's parallel lanes, each with its workspaces (see place_points)
 # A new point's p below this is taken as 0: such a p (the row sums to 1) is far below
 # float32's resolution of the sums it enters, and p * w * d would fall into float32's
 # denormal range, where arithmetic runs at a fraction of its speed (1.75x slower
@@ -182,6 +183,7 @@ def _place_block(
     momentum,
     max_grad_norm,
     min_gain,
+    prow,
     out,
 ):
     """Up to PLACE_BLOCK new points, each alone against the fixed reference embedding
@@ -192,10 +194,11 @@ def _place_block(
     Z, with Z its own normalizer and the gradient clipped to ``max_grad_norm``
     (openTSNE's transform semantics, computed exactly) from the median position of its
     ``k`` nearest references. The points share passes over the references; each point's
-    arithmetic is its own."""
+    arithmetic is its own. ``prow`` [PLACE_BLOCK, N] float32: the caller's workspace
+    for the P rows (rows past ``m`` are zeroed here)."""
     m = dists.shape[0]
     n = dists.shape[1]
-    prow = np.zeros((PLACE_BLOCK, n), np.float32)
+    prow[m:] = 0.0
     row = np.empty(n)
     pos = np.zeros((PLACE_BLOCK, 2))
     nearest = np.empty(k, np.int64)
@@ -246,12 +249,19 @@ def _interpolate(grid, frame, p0, p1):
     iy = int(fy)
     tx = fx - ix
     ty = fy - iy
-    out = np.empty(3)
-    for f in range(3):
-        out[f] = (1.0 - tx) * ((1.0 - ty) * grid[f, ix, iy] + ty * grid[f, ix, iy + 1]) + tx * (
-            (1.0 - ty) * grid[f, ix + 1, iy] + ty * grid[f, ix + 1, iy + 1]
-        )
-    return out[0], out[1], out[2]
+    return (
+        _bilinear(grid, 0, ix, iy, tx, ty),
+        _bilinear(grid, 1, ix, iy, tx, ty),
+        _bilinear(grid, 2, ix, iy, tx, ty),
+    )
+
+
+@njit(cache=True, inline="always")
+def _bilinear(grid, f, ix, iy, tx, ty):
+    """Field ``f`` of ``grid`` between its nodes (ix, iy) and (ix + 1, iy + 1)."""
+    return (1.0 - tx) * ((1.0 - ty) * grid[f, ix, iy] + ty * grid[f, ix, iy + 1]) + tx * (
+        (1.0 - ty) * grid[f, ix + 1, iy] + ty * grid[f, ix + 1, iy + 1]
+    )
 
 
 @njit(cache=True)
@@ -269,11 +279,13 @@ def _place_interpolated(
     momentum,
     max_grad_norm,
     min_gain,
+    zeros,
 ):
     """One new point placed like ``_place_block`` places it, with two approximations
     (FIt-SNE's and openTSNE's): P over its ``attract`` nearest references only (their
     attraction exact), and the repulsion of all references read from the tabulated
-    fields (``grid``; computed exactly wherever the point leaves the grid)."""
+    fields (``grid``; computed exactly wherever the point leaves the grid, with
+    ``zeros`` [PLACE_BLOCK, N] float32 as its P rows)."""
     n = dist.shape[0]
     m = min(attract, n)
     near = np.empty(m, np.int64)
@@ -294,7 +306,6 @@ def _place_interpolated(
     g0s = 1.0
     g1s = 1.0
     pos = np.empty((PLACE_BLOCK, 2))
-    none = np.zeros((PLACE_BLOCK, 0), np.float32)  # zero P rows, made only if needed
     sums = np.empty((PLACE_BLOCK, 5))
     for _ in range(n_iter):
         a0 = 0.0
@@ -307,11 +318,9 @@ def _place_interpolated(
             a1 += w * e1
         z, r0, r1 = _interpolate(grid, frame, p0, p1)
         if z == 0.0:  # off the grid: the exact sums
-            if none.shape[1] == 0:
-                none = np.zeros((PLACE_BLOCK, n), np.float32)
             pos[:, 0] = p0
             pos[:, 1] = p1
-            _block_sums(pos, hl[0], hl[1], hl[2], hl[3], none, sums)
+            _block_sums(pos, hl[0], hl[1], hl[2], hl[3], zeros, sums)
             z, r0, r1 = sums[0, 0], sums[0, 3], sums[0, 4]
         g0 = exaggeration * a0 - r0 / z
         g1 = exaggeration * a1 - r1 / z
@@ -366,9 +375,12 @@ def _place_rows(
     momentum,
     max_grad_norm,
     min_gain,
+    prow,
+    zeros,
     out,
 ):
-    """Rows of ``dists`` placed exactly (an empty ``grid``) or interpolated."""
+    """Rows of ``dists`` placed exactly (an empty ``grid``; ``prow``: the P rows'
+    workspace) or interpolated (``zeros``: zero P rows, read only)."""
     if grid.shape[1] == 0:
         _place_block(
             dists,
@@ -381,6 +393,7 @@ def _place_rows(
             momentum,
             max_grad_norm,
             min_gain,
+            prow,
             out,
         )
         return
@@ -399,7 +412,19 @@ def _place_rows(
             momentum,
             max_grad_norm,
             min_gain,
+            zeros,
         )
+
+
+@njit(cache=True)
+def _workspaces(grid, n):
+    """The placement's [PLACE_BLOCK, n] float32 buffers: P rows (exact: one per thread,
+    written) and zero P rows (interpolated: shared, read only); the other one empty."""
+    exact = grid.shape[1] == 0
+    return (
+        np.empty((PLACE_BLOCK, n if exact else 0), np.float32),
+        np.zeros((PLACE_BLOCK, 0 if exact else n), np.float32),
+    )
 
 
 @njit(parallel=True, cache=True)
@@ -421,32 +446,45 @@ def place_points(
     out,
 ):
     """``_place_rows`` for each block of rows of X_new (float64), their distances to the
-    reference points (XT_ref [D, N] float64) summed over the features (few features)."""
+    reference points (XT_ref [D, N] float64) summed over the features (few features).
+
+    Up to LANES lanes (more than the threads, so that they share the work evenly), each
+    taking every lanes-th block with workspaces made once: made per block, a 160 kB
+    buffer is mapped and unmapped by the kernel each time wherever glibc's mmap threshold
+    is fixed — as in Dask's workers, which set ``MALLOC_TRIM_THRESHOLD_`` (640k page
+    faults and ~20 % more time per 65,536 rows there, measured)."""
     m = X_new.shape[0]
     n = XT_ref.shape[1]
-    for blk in prange((m + PLACE_BLOCK - 1) // PLACE_BLOCK):
-        lo = blk * PLACE_BLOCK
-        hi = min(lo + PLACE_BLOCK, m)
-        dists = np.empty((hi - lo, n), np.float32)
+    blocks = (m + PLACE_BLOCK - 1) // PLACE_BLOCK
+    lanes = min(LANES, blocks)
+    zeros = _workspaces(grid, n)[1]
+    for lane in prange(lanes):
+        prow = _workspaces(grid, n)[0]
+        dists = np.empty((PLACE_BLOCK, n), np.float32)
         acc = np.empty(DIST_BLOCK)
-        for r in range(lo, hi):
-            _sq_distances(X_new[r], XT_ref, 0, dists[r - lo], acc)
-        _place_rows(
-            dists,
-            hl,
-            grid,
-            frame,
-            k,
-            attract,
-            log_perplexity,
-            n_iter,
-            learning_rate,
-            exaggeration,
-            momentum,
-            max_grad_norm,
-            min_gain,
-            out[lo:hi],
-        )
+        for blk in range(lane, blocks, lanes):
+            lo = blk * PLACE_BLOCK
+            hi = min(lo + PLACE_BLOCK, m)
+            for r in range(lo, hi):
+                _sq_distances(X_new[r], XT_ref, 0, dists[r - lo], acc)
+            _place_rows(
+                dists[: hi - lo],
+                hl,
+                grid,
+                frame,
+                k,
+                attract,
+                log_perplexity,
+                n_iter,
+                learning_rate,
+                exaggeration,
+                momentum,
+                max_grad_norm,
+                min_gain,
+                prow,
+                zeros,
+                out[lo:hi],
+            )
 
 
 @njit(parallel=True, cache=True)
@@ -467,24 +505,32 @@ def place_points_from_distances(
     out,
 ):
     """``_place_rows`` for each block of rows of given squared distances D [M, N]
-    float32 (many features: they come from a GEMM)."""
+    float32 (many features: they come from a GEMM); threads and workspaces as
+    ``place_points``."""
     m = D.shape[0]
-    for blk in prange((m + PLACE_BLOCK - 1) // PLACE_BLOCK):
-        lo = blk * PLACE_BLOCK
-        hi = min(lo + PLACE_BLOCK, m)
-        _place_rows(
-            D[lo:hi],
-            hl,
-            grid,
-            frame,
-            k,
-            attract,
-            log_perplexity,
-            n_iter,
-            learning_rate,
-            exaggeration,
-            momentum,
-            max_grad_norm,
-            min_gain,
-            out[lo:hi],
-        )
+    blocks = (m + PLACE_BLOCK - 1) // PLACE_BLOCK
+    lanes = min(LANES, blocks)
+    zeros = _workspaces(grid, D.shape[1])[1]
+    for lane in prange(lanes):
+        prow = _workspaces(grid, D.shape[1])[0]
+        for blk in range(lane, blocks, lanes):
+            lo = blk * PLACE_BLOCK
+            hi = min(lo + PLACE_BLOCK, m)
+            _place_rows(
+                D[lo:hi],
+                hl,
+                grid,
+                frame,
+                k,
+                attract,
+                log_perplexity,
+                n_iter,
+                learning_rate,
+                exaggeration,
+                momentum,
+                max_grad_norm,
+                min_gain,
+                prow,
+                zeros,
+                out[lo:hi],
+            )
