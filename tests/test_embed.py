@@ -125,6 +125,27 @@ def test_the_local_cluster_listens_on_loopback_only():
     assert 8787 not in {addr.port for addr in listening}
 
 
+def _dask_setting(key: str):
+    import dask
+
+    return dask.config.get(key)
+
+
+def test_the_local_cluster_runs_without_its_idle_overhead():
+    """`--scheduler local`'s workers sample no profile and tick once a second (they
+    share the cores with their tasks); the settings do not leak into the caller's
+    configuration."""
+    pytest.importorskip("distributed")
+    import dask
+
+    from vaefast.embedding import LOCAL_CLUSTER_CONFIG, _client
+
+    with _client("local", 1) as client:
+        for key, value in LOCAL_CLUSTER_CONFIG.items():
+            assert set(client.run(_dask_setting, key).values()) == {value}, key
+    assert dask.config.get("distributed.worker.profile.enabled") is True
+
+
 def test_peak_memory_does_not_hold_the_input(big_npy, tmp_path):
     # VmHWM, not ru_maxrss: the latter carries the forking parent's peak across exec
     code = (
