@@ -15,16 +15,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def pytest_xdist_auto_num_workers(config) -> int:
-    """``-n auto`` (``make test``): one worker per core plus one. Tests spend part of their
-    time waiting (CLI subprocesses starting, servers, the browser, Dask's start-up); the
-    extra worker fills it, and beside another busy process it keeps the suite's share of
-    the cores. PYTEST_XDIST_AUTO_NUM_WORKERS still overrides it."""
-    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
-        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
-    return len(os.sched_getaffinity(0)) + 1
-
-
 @pytest.fixture(scope="session")
 def short_run(tmp_path_factory) -> Path:
     """A real 2-epoch training run on 1,000 mnist5k rows (Z=20)."""
