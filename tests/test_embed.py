@@ -140,10 +140,11 @@ def test_the_local_cluster_runs_without_its_idle_overhead():
 
     from vaefast.embedding import LOCAL_CLUSTER_CONFIG, _client
 
+    before = {key: dask.config.get(key) for key in LOCAL_CLUSTER_CONFIG}
     with _client("local", 1) as client:
         for key, value in LOCAL_CLUSTER_CONFIG.items():
             assert set(client.run(_dask_setting, key).values()) == {value}, key
-    assert dask.config.get("distributed.worker.profile.enabled") is True
+    assert {key: dask.config.get(key) for key in LOCAL_CLUSTER_CONFIG} == before
 
 
 def test_peak_memory_does_not_hold_the_input(big_npy, tmp_path):
