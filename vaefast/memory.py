@@ -109,29 +109,50 @@ class Steps:
         }
 
 
-def fit_batch(call: Callable[[int], Any], most: int, budget: int, step: str) -> tuple[int, int]:
-    """The largest batch <= ``most`` that ``call(batch)`` runs in while the process stays
-    within ``budget`` bytes — measured at 1 and 2 rows, extrapolated, and checked (halved
-    while over) unless the extrapolation is under half the budget — and the bytes one more
-    row costs. ``call`` should hold no memory between calls (ONNX Runtime: no arena). One
-    line naming the step, its need and the budget if even one row does not fit."""
-    need = {}
-    for b in (1, 2)[:most]:
-        reset_peak()
-        before = rss()
-        call(b)
-        need[b] = max(peak(), before)
-    if need[1] > budget:
+def _need(call: Callable[[int], Any], batch: int) -> int:
+    """The process's peak RSS while ``call(batch)`` runs, in bytes."""
+    reset_peak()
+    before = rss()
+    call(batch)
+    return max(peak(), before)
+
+
+def _within(need: int, budget: int, step: str) -> int:
+    """``need``, or one line naming the step, its need and the budget if it is over."""
+    if need > budget:
         raise VaefastError(
-            f"{step} needs {need[1] / MB:,.0f} MB at batch 1, over the memory "
+            f"{step} needs {need / MB:,.0f} MB at batch 1, over the memory "
             f"budget of {budget / MB:,.0f} MB; raise it with --memory-budget"
         )
-    if most == 1:
-        return 1, need[1]
-    per_row = max(need[2] - need[1], 1 << 16)
-    room = int(HEADROOM * budget) - need[2]  # allocators grow in steps: keep some back
+    return need
+
+
+def row_cost(call: Callable[[int], Any], budget: int, step: str) -> tuple[int, int]:
+    """(bytes the process needs while ``call(1)`` runs, bytes one more row costs),
+    measured at 1 and 2 rows; refused in one line if even one row is over ``budget``."""
+    need1 = _within(_need(call, 1), budget, step)
+    return need1, max(_need(call, 2) - need1, 1 << 16)
+
+
+def fit_batch(
+    call: Callable[[int], Any],
+    most: int,
+    budget: int,
+    step: str,
+    cost: tuple[int, int] | None = None,
+) -> tuple[int, int]:
+    """The largest batch <= ``most`` that ``call(batch)`` runs in while the process stays
+    within ``budget`` bytes — extrapolated from ``row_cost`` (``cost``, where already
+    measured), and checked (halved while over) unless the extrapolation is under half the
+    budget — and the bytes one more row costs (at ``most == 1``: what batch 1 needs).
+    ``call`` should hold no memory between calls (ONNX Runtime: no arena)."""
+    if most == 1 and cost is None:
+        return 1, _within(_need(call, 1), budget, step)
+    need1, per_row = cost or row_cost(call, budget, step)
+    need2 = need1 + per_row
+    room = int(HEADROOM * budget) - need2  # allocators grow in steps: keep some back
     batch = int(min(most, 2 + room // per_row)) if room > 0 else 1
-    if need[2] + (batch - 2) * per_row <= budget // 2:
+    if need2 + (batch - 2) * per_row <= budget // 2:
         return batch, per_row  # far inside the budget: not worth a run to check
     while batch > 2:
         reset_peak()

@@ -43,6 +43,14 @@ DEFAULT_BATCH = 4096
 BATCH_BYTES = 256 << 20  # default batches: at most this much memory for what a row creates
 
 
+def default_batch_rows(bytes_per_row: int | None) -> int:
+    """Rows per ONNX Runtime call by default: 4,096, fewer where the export measured that
+    a row's activations are large (attention over 64x64 latents: ~20 MB a row)."""
+    if not bytes_per_row:
+        return DEFAULT_BATCH
+    return int(min(DEFAULT_BATCH, max(1, BATCH_BYTES // bytes_per_row)))
+
+
 class ExportedVAE:
     """An exported encoder/decoder pair; all methods take and return numpy arrays."""
 
@@ -70,12 +78,8 @@ class ExportedVAE:
         shape = meta.get("image_shape")
         self.image_shape = tuple(shape) if shape else None
         self.label_names = meta.get("label_names")
-        per_row = (meta.get("memory") or {}).get("onnx_bytes_per_row")
-        #: rows per ONNX Runtime call by default: 4,096, fewer where the export measured
-        #: that a row's activations are large (attention over 64x64 latents: ~20 MB)
-        self.batch_rows = (
-            int(min(DEFAULT_BATCH, max(1, BATCH_BYTES // per_row))) if per_row else DEFAULT_BATCH
-        )
+        #: rows per ONNX Runtime call by default (``default_batch_rows``)
+        self.batch_rows = default_batch_rows((meta.get("memory") or {}).get("onnx_bytes_per_row"))
         self.on_gpu = engines.on_gpu(encoder)
         self._encoder_run, self._decoder_run = encoder.run, decoder.run
         # the fast path of encode/decode: CPU, [0, 1] inputs, outputs already in [0, 1]
