@@ -107,6 +107,10 @@ def test_peak_memory_of_latent_diffusion_commands(benchmark, models, case):
     shutil.rmtree(out, ignore_errors=True)
     if case == "flux-plot-all":
         exported = root / "flux-plot.model"
+        if benchmark.disabled and (root / "sd-export-int8-static.out").exists():
+            # make test's small models differ in latent channels only: plot the export
+            # the int8-static case made rather than export again
+            exported = root / "sd-export-int8-static.out"
         if not exported.exists():
             subprocess.run(
                 [*cli, "export", "--diffusers", str(models["flux"]), "--out", str(exported)],
