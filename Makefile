@@ -19,9 +19,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m vaefast.demo --out out/demo
 
+# one file per worker, in tests/conftest.py's order (long files first): xdist would otherwise
+# reorder files by their number of tests
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider --benchmark-disable --durations=15 \
-		-n auto --dist loadfile
+		-n auto --dist loadfile --no-loadscope-reorder
 
 # ruff: lint (pyflakes + pycodestyle) and the formatter's check; `ruff format` fixes the latter
 lint: $(STAMP)

@@ -22,6 +22,8 @@ import pytest
 
 from benchmarks.conftest import EXPORTED, ROOT, SLOW_ROUNDS, THREADS, ratio_spread, record
 
+pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
+
 ENCODER_FLOPS_PER_ROW = 2 * (784 * 400 + 2 * 400 * 20)  # fc1, fc21, fc22 multiply-adds
 
 

@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 from tests.helpers import EXPORTED, ROOT, embed_killed_midway, run_cli, write_idx
 from vaefast import manifest, runtime
 from vaefast.embedding import embed
-from vaefast.store import open_embeddings
 from vaefast.errors import VaefastError
+from vaefast.store import open_embeddings
+
+pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
 
 MODEL = EXPORTED / "mnist5k-z20"
 

@@ -26,6 +26,8 @@ from vaefast import data, store
 from vaefast.data.decode import Preprocess, decode
 from vaefast.embedding import embed
 
+pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
+
 MODEL = EXPORTED / "mnist5k-conv-z16"  # 1x28x28: photos become grey 28x28 crops
 
 

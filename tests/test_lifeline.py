@@ -22,6 +22,8 @@ from tests.helpers import (
 )
 from vaefast.embedding import embed
 
+pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
+
 MODEL = EXPORTED / "mnist5k-conv-z16"
 N = 480
 

@@ -14,6 +14,8 @@ import pytest
 
 from tests.helpers import EXPORTED, ROOT, run_cli
 
+pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
+
 PACKAGE = ROOT / "vaefast"
 RUNTIME_PATH = (
     "vaefast.runtime",
