@@ -4,14 +4,20 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-# torch==2.13.0 is pinned here: it installs a CPU build offline on these machines.
-PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
+# torch==2.13.0 is pinned in constraints.txt: it installs a CPU build offline on these machines.
+# uv installs (bootstrapped by pip into the venv): it downloads and unpacks in parallel and
+# byte-compiles on every core, 56 s against pip's 134 s for the same packages here. uv reads
+# no pip configuration, so pip's find-links (where that CPU build lies) are passed on.
+FIND_LINKS = $(sort $(PIP_FIND_LINKS) $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+UV_INSTALL = $(BIN)/uv pip install -q --python $(PY) --compile-bytecode -c constraints.txt \
+	$(foreach d,$(FIND_LINKS),--find-links $(d))
 
 .PHONY: install demo test lint bench export web clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) -e '.[all]'
+	$(PY) -m pip install -q --disable-pip-version-check uv
+	$(UV_INSTALL) -e '.[all]'
 	touch $(STAMP)
 
 install: $(STAMP)
