@@ -132,11 +132,12 @@ def _tsne(args: argparse.Namespace) -> None:
 
     from vaefast.atomic import atomic_file
     from vaefast.points import read_points
-    from vaefast.tsne import TSNE
 
+    X = read_points(args.input)  # a bad input refused before Numba and scikit-learn load
+
+    from vaefast.tsne import TSNE
     from vaefast.tsne.mapping import perplexity_for
 
-    X = read_points(args.input)
     t0 = time.perf_counter()
     perplexity = args.perplexity if args.perplexity is not None else perplexity_for(len(X))
     tsne = TSNE(

@@ -720,13 +720,13 @@ def load_module(target: str, weights: str | os.PathLike | None = None):
     """Build a model from ``path/to/file.py:function`` and load ``weights`` into it:
     safetensors, or a PyTorch state dict read with ``weights_only=True`` (never a pickle
     of arbitrary objects)."""
-    import torch
-
     path, sep, fn_name = target.rpartition(":")
     if not sep or not path.endswith(".py") or not fn_name.isidentifier():
         raise VaefastError(f"--module {target!r}: write it as path/to/file.py:function")
     if not Path(path).is_file():
         raise VaefastError(f"--module {target!r}: {path} not found")
+    import torch
+
     spec = importlib.util.spec_from_file_location(f"vaefast_user_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:

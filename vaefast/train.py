@@ -60,7 +60,8 @@ def train(
     out = Path(out)
     if out.exists() and not force:
         raise VaefastError(f"output {out} already exists; choose another --out or pass --force")
-    from vaefast.model import architecture
+    data_mod.parse_spec(data)  # an unknown kind of spec: refused before torch loads
+    from vaefast.model import architecture, build
 
     architecture(arch)  # an unknown name: refused before the data is read
     ds = data_mod.load(data)
@@ -72,8 +73,6 @@ def train(
     import torch
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
-
-    from vaefast.model import architecture, build
 
     input_shape = architecture(arch).input_shape(ds.n_features, ds.image_shape)
     sizes = {
