@@ -109,7 +109,7 @@ def _screen(pg, row: int) -> tuple[float, float]:
     return box["x"] + x, box["y"] + y
 
 
-def lasso_drag(pg, corners: list[tuple[float, float]], steps: int = 12) -> None:
+def lasso_drag(pg, corners: list[tuple[float, float]], steps: int = 4) -> None:
     """Shift-drag a lasso through ``corners`` (page pixels) and back to the first, a move
     every 20 ms as a hand would (the lasso drops moves closer than its minimum delay)."""
     pg.keyboard.down("Shift")
