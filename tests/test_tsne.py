@@ -350,7 +350,11 @@ def test_cli_maps_an_embedding_store(tmp_path):
     from tests.helpers import run_cli
     from vaefast.embedding import embed
 
-    embed(EXPORTED / "mnist5k-z20", "mnist5k", tmp_path / "e.zarr", progress=False)
+    from vaefast import data
+
+    images = tmp_path / "images.npy"  # 600 rows: what is checked is reading a store
+    np.save(images, data.read("mnist5k").X[:600])
+    embed(EXPORTED / "mnist5k-z20", str(images), tmp_path / "e.zarr", progress=False)
     result = run_cli(
         "tsne",
         str(tmp_path / "e.zarr"),
@@ -361,7 +365,7 @@ def test_cli_maps_an_embedding_store(tmp_path):
         "--quiet",
     )
     assert result.returncode == 0, result.stderr
-    assert np.load(tmp_path / "t.npy").shape == (5000, 2)
+    assert np.load(tmp_path / "t.npy").shape == (600, 2)
     bad = run_cli("tsne", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "u.npy"))
     assert bad.returncode == 2 and "file not found" in bad.stderr
     assert not (tmp_path / "u.npy").exists()
