@@ -151,8 +151,11 @@ def _tsne(args: argparse.Namespace) -> None:
     with atomic_file(args.out) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, tsne.embedding_.astype(np.float32))
+    # scikit-learn's KL is its float max when no iteration past early exaggeration ran
+    kl = tsne.kl_divergence_
+    kl = f"KL {kl:.4f}" if kl < np.finfo(float).max else "KL not computed (early exaggeration only)"
     print(
-        f"wrote {args.out}: {len(X)} points, KL {tsne.kl_divergence_:.4f} after "
+        f"wrote {args.out}: {len(X)} points, {kl} after "
         f"{tsne.n_iter_ + 1} iterations in {seconds:.2f} s "
         f"({tsne.timings_['pairs_per_s']:.2e} pairs/s)"
     )
