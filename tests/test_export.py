@@ -104,3 +104,18 @@ def test_corrupt_run_is_refused(short_run, tmp_path):
     with pytest.raises(VaefastError, match="corrupt weights"):
         export(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_exporters_function_table_is_built_once_and_torch_is_left_as_it_was(short_export):
+    """torch.onnx.export would rebuild its table of ONNX functions for each half (~2.5 s
+    each); vaefast's exports in one process share one, and torch's class is restored."""
+    from torch.onnx._internal.exporter import _registration
+
+    from vaefast import export as export_mod
+
+    assert len(export_mod._REGISTRIES) == 1
+    (registry,) = export_mod._REGISTRIES.values()
+    with export_mod._torchlib_registry_once():
+        assert _registration.ONNXRegistry.from_torchlib(registry.opset_version) is registry
+    restored = _registration.ONNXRegistry.__dict__["from_torchlib"]
+    assert restored.__func__.__qualname__ == "ONNXRegistry.from_torchlib"

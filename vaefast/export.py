@@ -1128,14 +1128,48 @@ def _to_onnx(module, example, ins, outs, dynamic_shapes, named_batch: bool = Tru
             verbose=False,
         )
 
-    if named_batch:
-        try:
-            return run(dynamic_shapes)
-        except Exception as e:
-            text = "\n".join(str(x) for x in (e, e.__cause__, e.__context__) if x)
-            if "Constraints violated (batch)" not in text:
-                raise
-    return run({k: v | {0: Dim.DYNAMIC} for k, v in dynamic_shapes.items()})
+    with _torchlib_registry_once():
+        if named_batch:
+            try:
+                return run(dynamic_shapes)
+            except Exception as e:
+                text = "\n".join(str(x) for x in (e, e.__cause__, e.__context__) if x)
+                if "Constraints violated (batch)" not in text:
+                    raise
+        return run({k: v | {0: Dim.DYNAMIC} for k, v in dynamic_shapes.items()})
+
+
+_REGISTRIES: dict[int, Any] = {}
+
+
+@contextlib.contextmanager
+def _torchlib_registry_once():
+    """Within it, torch.onnx.export's table of ONNX functions is built once per process.
+    The exporter rebuilds it on every call, and onnxscript re-parses the source of ~500
+    functions to do so: ~2.5 s of each half's export (a fifth of a small model's whole
+    export, measured). The table depends only on the opset, and nothing of ours adds to it
+    (no custom translations are passed), so one per opset serves every call. Where the
+    exporter's internals differ (another torch), it is left as it is."""
+    try:
+        from torch.onnx._internal.exporter import _registration
+
+        cls = _registration.ONNXRegistry
+        original = cls.__dict__["from_torchlib"]
+        build = original.__func__
+    except (ImportError, AttributeError, KeyError):
+        yield
+        return
+
+    def once(klass, opset_version=_registration._constants.TORCHLIB_OPSET):
+        if opset_version not in _REGISTRIES:
+            _REGISTRIES[opset_version] = build(klass, opset_version)
+        return _REGISTRIES[opset_version]
+
+    cls.from_torchlib = classmethod(once)
+    try:
+        yield
+    finally:
+        cls.from_torchlib = original
 
 
 def _random_inputs(rng: np.random.Generator, b: int, shape, input_range) -> np.ndarray:
