@@ -104,15 +104,35 @@ def test_runtime_matches_eager_in_either_channel_layout(exported, trained, image
         vae.encode(np.zeros((2, 28, 28), np.uint8))
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
-def test_cli_exports_a_model_from_the_users_file(trained, images, tmp_path, suffix):
-    weights = tmp_path / f"w{suffix}"
+def _saved_weights(model, folder, suffix: str):
+    """The model's state dict as users save it: safetensors or ``torch.save``'s .pt."""
+    weights = folder / f"w{suffix}"
     if suffix == ".pt":
-        torch.save(trained.state_dict(), weights)
+        torch.save(model.state_dict(), weights)
     else:
         from safetensors.torch import save_file
 
-        save_file(trained.state_dict(), str(weights))
+        save_file(model.state_dict(), str(weights))
+    return weights
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_a_users_weights_file_loads_into_their_model_in_eval_mode(trained, tmp_path, suffix):
+    """``--module FILE.py:FN --weights W`` as the CLI reads it (``load_module``), from
+    either format: every tensor as saved, the model in eval mode."""
+    from vaefast.export import load_module
+
+    weights = _saved_weights(trained, tmp_path, suffix)
+    model = load_module(f"{ROOT / 'tests/byo_vae.py'}:build_model", weights)
+    assert not model.training
+    loaded = model.state_dict()
+    assert loaded.keys() == trained.state_dict().keys()
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(loaded[name], tensor), name
+
+
+def test_cli_exports_a_model_from_the_users_file(trained, images, tmp_path):
+    weights = _saved_weights(trained, tmp_path, ".safetensors")
     np.save(tmp_path / "x.npy", images[0])
     result = run_cli(
         "export",
