@@ -430,20 +430,21 @@ def test_thread_policy_is_not_moved_by_hiccups_or_unmeasured_calls():
 def test_final_kl_matches_sklearn_as_a_distribution_over_seeds(latent_means):
     """Full runs diverge chaotically after ~50 iterations (as scikit-learn does against
     itself from a perturbed start), so parity of the final KL is stated over seeds: the
-    medians over 10 seeds (same random starts) within 5%. The final KLs spread with sd
-    ~0.02 around 0.70 for either implementation, so the difference of two 10-seed medians
-    has a standard error of ~1.6%: 5% is ~3 standard errors. ``make bench`` states it
-    over 30 seeds within 3% (measured: 0.708 vs 0.697, 1.6%)."""
+    means over 14 seeds (same random starts) within 5%. On 200 latent means, over 40
+    seeds: means 0.632 (ours) vs 0.637, sd 0.024 / 0.026. Resampling those 80 runs, two
+    14-seed means of one distribution differ by over 5% in 0.07% of draws (10-seed
+    medians, which this test compared before: 1.1%). ``make bench`` states it over 30
+    seeds within 3%."""
     from sklearn.manifold import TSNE as SklearnTSNE
 
-    X = latent_means[:300]
+    X = latent_means[:200]
     ours, theirs = [], []
-    for seed in range(10):
+    for seed in range(14):
         ours.append(TSNE(init="random", random_state=seed).fit(X).kl_divergence_)
         theirs.append(
             SklearnTSNE(method="exact", init="random", random_state=seed).fit(X).kl_divergence_
         )
-    assert abs(np.median(ours) - np.median(theirs)) <= 0.05 * np.median(theirs), (ours, theirs)
+    assert abs(np.mean(ours) - np.mean(theirs)) <= 0.05 * np.mean(theirs), (ours, theirs)
 
 
 def test_is_a_scikit_learn_estimator():
