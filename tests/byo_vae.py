@@ -230,7 +230,7 @@ def small_autoencoder_kl(channels: int = 3, side: int = 32, seed: int = 0):
     ).eval()
 
 
-def train_kl_briefly(model, images, steps: int = 60, seed: int = 0):
+def train_kl_briefly(model, images, steps: int = 30, seed: int = 0):
     """A few Adam steps of a diffusers AutoencoderKL on [-1, 1] images [N, H, W, C] uint8
     (MSE of the decoded sample + a small KL, as latent-diffusion autoencoders train)."""
 

@@ -37,8 +37,9 @@ def photos():
 @pytest.fixture(scope="module")
 def kl_vae(photos):
     """A small AutoencoderKL trained briefly on the photo patches: weights that mean
-    something, so that quantized variants' agreement is a real figure."""
-    return byo_vae.train_kl_briefly(byo_vae.small_autoencoder_kl(), photos[0][:256], steps=60)
+    something, so that quantized variants' agreement is a real figure (30 steps: int8-static
+    reconstructions at 43 dB PSNR to fp32 and kNN@10 overlap 0.99; 60 steps: 42 dB, 1.0)."""
+    return byo_vae.train_kl_briefly(byo_vae.small_autoencoder_kl(), photos[0][:256], steps=30)
 
 
 @pytest.fixture(scope="module")
