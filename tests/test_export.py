@@ -107,7 +107,7 @@ def test_corrupt_run_is_refused(short_run, tmp_path):
 
 
 def test_the_exporters_function_table_is_built_once_and_torch_is_left_as_it_was(short_export):
-    """torch.onnx.export would rebuild its table of ONNX functions for each half (~2.5 s
+    """torch.onnx.export would rebuild its table of ONNX functions for each half (~1 s
     each); vaefast's exports in one process share one, and torch's class is restored."""
     from torch.onnx._internal.exporter import _registration
 
