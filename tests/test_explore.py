@@ -17,7 +17,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -229,6 +229,8 @@ def test_search_finds_rows_by_label_and_without_ids_by_row_number(client, stored
     value=st.one_of(st.integers(-(2**40), 2**40).map(str), st.text(max_size=12)),
     key=st.sampled_from(["k", "n", "seed", "limit", "map", "x0", "dim", "q", "format"]),
 )
+@example(path="/api/rows/{}/reconstruction.png", value="¹", key="k")  # isdigit, not int
+@example(path="/api/search", value="¹", key="q")
 def test_any_malformed_request_is_a_json_4xx_never_a_500(client, path, value, key):
     from urllib.parse import quote
 

@@ -69,7 +69,7 @@ class Explorer:
 
     def _row(self, request: Request, drawn: bool = True) -> int:
         text = request.path_params["row"]
-        if not text.isdigit() or int(text) >= self.cols.n:
+        if not (text.isascii() and text.isdigit()) or int(text) >= self.cols.n:  # not "¹"
             raise HTTPException(404, f"no row {text!r}; rows are 0..{self.cols.n - 1}")
         r = int(text)
         if drawn and not self.cols.drawn[r]:

@@ -254,12 +254,12 @@ class Columns:
         if self.labels is not None:
             names = self.label_names or []
             wanted = [i for i, name in enumerate(names) if name == text]
-            if text.lstrip("-").isdigit():
+            if text.isascii() and text.lstrip("-").isdigit():  # int() refuses "¹"
                 wanted.append(int(text))
             hits |= np.isin(self.labels, wanted)
         if self.ids is not None and text:
             hits |= np.fromiter((text in i for i in self.ids), bool, self.n)
-        elif text.isdigit() and int(text) < self.n:
+        elif text.isascii() and text.isdigit() and int(text) < self.n:
             hits[int(text)] = True
         return np.flatnonzero(hits)[:limit].tolist()
 
