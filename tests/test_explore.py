@@ -231,6 +231,7 @@ def test_search_finds_rows_by_label_and_without_ids_by_row_number(client, stored
 )
 @example(path="/api/rows/{}/reconstruction.png", value="¹", key="k")  # isdigit, not int
 @example(path="/api/search", value="¹", key="q")
+@example(path="/api/search", value="--5", key="q")  # a label number's "-", twice
 def test_any_malformed_request_is_a_json_4xx_never_a_500(client, path, value, key):
     from urllib.parse import quote
 

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from vaefast.explore import neighbours
-from vaefast.explore.columns import Columns
+from vaefast.explore.columns import Columns, as_integer
 from vaefast.explore.images import Busy, Decoder, Inputs, png
 
 log = logging.getLogger("vaefast.explore")
@@ -69,9 +69,9 @@ class Explorer:
 
     def _row(self, request: Request, drawn: bool = True) -> int:
         text = request.path_params["row"]
-        if not (text.isascii() and text.isdigit()) or int(text) >= self.cols.n:  # not "¹"
+        r = as_integer(text)
+        if r is None or r >= self.cols.n:
             raise HTTPException(404, f"no row {text!r}; rows are 0..{self.cols.n - 1}")
-        r = int(text)
         if drawn and not self.cols.drawn[r]:
             raise HTTPException(404, f"row {r} was skipped: {self.cols.skipped.get(r)}")
         return r

@@ -10,6 +10,7 @@ a latent dimension; otherwise those read the store a chunk at a time).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +22,13 @@ from vaefast.layout import chunk_bounds
 
 MU_CACHE_BYTES = 512 * 2**20  # μ held in memory up to this size
 TRAVERSAL_DIMS = 8  # latent dimensions offered for traversal when Z is large
+
+
+def as_integer(text: str, signed: bool = False) -> int | None:
+    """The integer ``text`` spells in ASCII digits (a leading ``-`` when ``signed``), else
+    None: a row or label number from a request, where ``str.isdigit`` would also pass
+    ``"¹"`` and ``lstrip("-")`` ``"--5"``, both of which ``int()`` refuses."""
+    return int(text) if re.fullmatch(r"-?[0-9]+" if signed else "[0-9]+", text) else None
 
 
 def _frame(xy: np.ndarray) -> tuple[float, float, float]:
@@ -254,13 +262,13 @@ class Columns:
         if self.labels is not None:
             names = self.label_names or []
             wanted = [i for i, name in enumerate(names) if name == text]
-            if text.isascii() and text.lstrip("-").isdigit():  # int() refuses "¹"
-                wanted.append(int(text))
-            hits |= np.isin(self.labels, wanted)
+            label = as_integer(text, signed=True)
+            hits |= np.isin(self.labels, wanted if label is None else [*wanted, label])
+        row = as_integer(text)
         if self.ids is not None and text:
             hits |= np.fromiter((text in i for i in self.ids), bool, self.n)
-        elif text.isascii() and text.isdigit() and int(text) < self.n:
-            hits[int(text)] = True
+        elif row is not None and row < self.n:
+            hits[row] = True
         return np.flatnonzero(hits)[:limit].tolist()
 
     def meta(self) -> dict[str, Any]:
