@@ -119,6 +119,39 @@ def test_running_never_imports_torch(tmp_path, code):
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 
+def test_train_refuses_a_name_or_data_it_cannot_take_before_torch_loads(tmp_path):
+    """The architectures' table is torch-free: ``train --help`` lists it, an unknown
+    ``--arch`` and images whose sides the conv VAE cannot halve twice are refused by it."""
+    np.save(tmp_path / "odd.npy", np.zeros((20, 10, 10), np.uint8))
+    out = str(tmp_path / "out")
+    calls = [
+        ["train", "--help"],
+        ["train", "--arch", "resnet", "--out", out],
+        ["train", "--data", str(tmp_path / "odd.npy"), "--arch", "conv", "--out", out],
+    ]
+    code = (
+        "import contextlib, io, sys; from vaefast.cli import main\n"
+        f"for argv in {calls!r}:\n"
+        "    err, code = io.StringIO(), None\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):\n"
+        "        try:\n"
+        "            code = main(argv)\n"
+        "        except SystemExit as e:\n"
+        "            code = e.code\n"
+        "    print(code, err.getvalue().strip().splitlines()[-1:])\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    lines = out.stdout.strip().splitlines()
+    assert out.returncode == 0 and len(lines) == 4, out.stdout + out.stderr
+    assert lines[0] == "0 []"
+    assert lines[1].startswith("2 ") and "invalid choice: 'resnet'" in lines[1]
+    assert lines[2].startswith("2 ") and "sides divisible by 4, got 10x10" in lines[2]
+    assert lines[3] == "False"
+
+
 def test_maps_never_import_scikit_learn(tmp_path):
     """embed --tsne and map_points fit and place without scikit-learn, which would bring
     pandas and pyarrow with it (~65 MB of embed's 600 MB budget)."""

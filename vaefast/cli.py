@@ -353,6 +353,7 @@ def _bench_report(args: argparse.Namespace) -> None:
 # choices read from the owning module's table when the option is given (and listed in
 # --help), so that parsing stays free of heavy imports
 CHOICES = {
+    "arch": ("vaefast.architectures", "ARCHITECTURES"),
     "decoder_output": ("vaefast.export", "DECODER_OUTPUTS"),
     "dtype": ("vaefast.store", "DTYPES"),
     "to": ("vaefast.store", "EXPORT_FORMATS"),
@@ -431,6 +432,12 @@ class _Help(argparse.HelpFormatter):
             from vaefast.data import spec_usage
 
             return text.replace(DATA_HELP, f"data spec: {spec_usage()} (see README)")
+        if dest == "arch":
+            from vaefast.architectures import ARCHITECTURES
+
+            return "architecture: " + "; ".join(
+                f"{n}: {a.describe}" for n, a in ARCHITECTURES.items()
+            )
         if dest in CHOICES:
             return f"{text} ({' | '.join(_table(dest))})".lstrip()
         if dest == "formats":
@@ -469,10 +476,6 @@ class _Help(argparse.HelpFormatter):
             return "what runs the model: " + "; ".join(
                 f"{', '.join(e.providers)}: {e.describe}" for e in ENGINES.values()
             )
-        if dest == "arch":
-            from vaefast.model import ARCHITECTURES
-
-            return "architecture: " + ", ".join(ARCHITECTURES)
         if dest == "tsne_transform":
             from vaefast.tsne.transform import PLACEMENTS
 
@@ -512,7 +515,7 @@ def _train_parser(sub) -> None:
         formatter_class=_help_for("vaefast.train:train"),
     )
     _option(p, "--data", DATA_HELP)
-    _option(p, "--arch", "(from vaefast.model.ARCHITECTURES)", metavar="ARCH")
+    _option(p, "--arch", "(from vaefast.architectures.ARCHITECTURES)", metavar="ARCH")
     _option(p, "--latent-dim", "latent dimensions", type=int, metavar="Z")
     _option(p, "--hidden-dim", "hidden units (mlp)", type=int, metavar="H")
     _option(p, "--epochs", "passes over the training rows", type=int, metavar="E")

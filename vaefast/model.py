@@ -1,23 +1,23 @@
-"""VAE architectures (torch), their one registry, and the loss.
+"""VAE architectures (torch) and the loss.
 
-``ARCHITECTURES`` maps a name to a class; ``build(config)`` makes the model a run's
-``config.json`` describes, for training, ``load_run`` and export alike. Every
-architecture has ``encode(x) -> (mu, logvar)``, ``decode(z) -> x_hat`` in [0, 1],
-``reparameterize`` and ``forward``, and an ``input_shape`` (the sample shape it takes).
-Adding one is one class here plus its entry in ``ARCHITECTURES``.
+``build(config)`` makes the model a run's ``config.json`` describes, for training,
+``load_run`` and export alike, through the registry ``vaefast.architectures.ARCHITECTURES``
+(torch-free; each entry names its class here). Every architecture has
+``encode(x) -> (mu, logvar)``, ``decode(z) -> x_hat`` in [0, 1], ``reparameterize`` and
+``forward``, an ``input_shape`` (the sample shape it takes) and ``from_sizes(config)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaefast.architectures import architecture, check_conv_sides
 from vaefast.errors import VaefastError
-from vaefast.layout import channels_first
 
 
 class _VAE(nn.Module):
@@ -53,6 +53,16 @@ class VAE(_VAE):
         self.fc3 = nn.Linear(latent_dim, hidden_dim)
         self.fc4 = nn.Linear(hidden_dim, input_dim)
 
+    @classmethod
+    def from_sizes(cls, sizes: dict[str, Any]) -> VAE:
+        """From a config's ``model`` entry (``input_dim``, or the ``input_shape`` flattened)."""
+        input_dim = (
+            int(sizes["input_dim"])
+            if "input_dim" in sizes
+            else math.prod(int(s) for s in sizes["input_shape"])
+        )
+        return cls(input_dim, int(sizes["hidden_dim"]), int(sizes["latent_dim"]))
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h1 = F.relu(self.fc1(x))
         return self.fc21(h1), self.fc22(h1)
@@ -76,8 +86,7 @@ class ConvVAE(_VAE):
     ):
         super().__init__()
         c, h, w = (int(s) for s in input_shape)
-        if h % 4 or w % 4:
-            raise VaefastError(f"the conv VAE needs image sides divisible by 4, got {h}x{w}")
+        check_conv_sides(h, w)
         self.input_shape, self.hidden_dim, self.latent_dim = (c, h, w), hidden_dim, latent_dim
         self.feature_shape = (64, h // 4, w // 4)
         flat = 64 * (h // 4) * (w // 4)
@@ -99,6 +108,11 @@ class ConvVAE(_VAE):
             nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(32, c, 4, 2, 1)
         )
 
+    @classmethod
+    def from_sizes(cls, sizes: dict[str, Any]) -> ConvVAE:
+        """From a config's ``model`` entry (``input_shape`` [C, H, W])."""
+        return cls(tuple(sizes["input_shape"]), int(sizes["hidden_dim"]), int(sizes["latent_dim"]))
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.enc(x)
         return self.fc_mu(h), self.fc_logvar(h)
@@ -106,50 +120,6 @@ class ConvVAE(_VAE):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         h = self.dec_fc(z).view(-1, *self.feature_shape)
         return torch.sigmoid(self.dec(h))
-
-
-def _mlp(sizes: dict[str, Any]) -> VAE:
-    input_dim = (
-        int(sizes["input_dim"])
-        if "input_dim" in sizes
-        else int(torch.tensor(sizes["input_shape"]).prod())
-    )
-    return VAE(input_dim, int(sizes["hidden_dim"]), int(sizes["latent_dim"]))
-
-
-def _conv(sizes: dict[str, Any]) -> ConvVAE:
-    return ConvVAE(tuple(sizes["input_shape"]), int(sizes["hidden_dim"]), int(sizes["latent_dim"]))
-
-
-def _conv_input(n_features: int, image_shape) -> tuple[int, ...]:
-    if image_shape is None:
-        raise VaefastError(
-            f"the conv VAE needs image data; these samples are {n_features} "
-            "features with no image shape"
-        )
-    return channels_first(image_shape)
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """One registry entry: how to build the model from its config, and which input
-    shape it takes for data of ``n_features`` features shown as ``image_shape``."""
-
-    build: Callable[[dict[str, Any]], _VAE]
-    input_shape: Callable[[int, Any], tuple[int, ...]]
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "mlp": Architecture(_mlp, lambda n_features, image_shape: (n_features,)),
-    "conv": Architecture(_conv, _conv_input),
-}
-
-
-def architecture(name: str) -> Architecture:
-    """The registry entry of an architecture, or a clear error."""
-    if name not in ARCHITECTURES:
-        raise VaefastError(f"unknown architecture {name!r}; use one of {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[name]
 
 
 def build(sizes: dict[str, Any]) -> _VAE:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from vaefast import data as data_mod
+from vaefast.architectures import architecture
 from vaefast.atomic import atomic_dir, read_json, write_json
 from vaefast.errors import VaefastError
 from vaefast.images import save_grid
@@ -43,7 +44,7 @@ def train(
     The folder is built in a temporary sibling and renamed on success, so a failed or
     interrupted run leaves nothing at ``out``. ``max_train`` caps the training rows
     (for quick runs and tests). ``arch`` names an entry of
-    ``vaefast.model.ARCHITECTURES`` (``mlp``: the official example; ``conv``: a small
+    ``vaefast.architectures.ARCHITECTURES`` (``mlp``: the official example; ``conv``: a small
     convolutional VAE for image data). Deterministic on CPU for a given seed and
     thread count.
     """
@@ -61,10 +62,9 @@ def train(
     if out.exists() and not force:
         raise VaefastError(f"output {out} already exists; choose another --out or pass --force")
     data_mod.parse_spec(data)  # an unknown kind of spec: refused before torch loads
-    from vaefast.model import architecture, build
-
-    architecture(arch)  # an unknown name: refused before the data is read
+    entry = architecture(arch)  # an unknown name: refused before the data is read
     ds = data_mod.load(data)
+    input_shape = entry.input_shape(ds.n_features, ds.image_shape)  # data it cannot take
     X_train, y_train = ds.X_train, ds.y_train
     if max_train is not None:
         X_train = X_train[:max_train]
@@ -74,7 +74,8 @@ def train(
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    input_shape = architecture(arch).input_shape(ds.n_features, ds.image_shape)
+    from vaefast.model import build
+
     sizes = {
         "arch": arch,
         "input_shape": list(input_shape),
