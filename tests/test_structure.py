@@ -152,16 +152,18 @@ def test_train_refuses_a_name_or_data_it_cannot_take_before_torch_loads(tmp_path
     assert lines[3] == "False"
 
 
-def test_maps_never_import_scikit_learn(tmp_path):
+def test_maps_never_import_scikit_learn_or_dask(tmp_path):
     """embed --tsne and map_points fit and place without scikit-learn, which would bring
-    pandas and pyarrow with it (~65 MB of embed's 600 MB budget)."""
+    pandas and pyarrow with it (~65 MB of embed's 600 MB budget), and, run here rather
+    than on a cluster, without Dask (~19 MB and ~0.4 s of CPU)."""
     code = (
         f"import sys, numpy as np; from vaefast.embedding import embed; "
         f"from vaefast.tsne import map_points; "
         f"embed({str(EXPORTED / 'mnist5k-z20')!r}, 'mnist5k', {str(tmp_path / 'e.zarr')!r}, "
         "tsne=True, tsne_max=300, progress=False); "
         "map_points(np.random.default_rng(0).random((400, 5)), max_exact=300); "
-        "print(sorted(m for m in ('sklearn', 'pandas', 'pyarrow') if m in sys.modules))"
+        "print(sorted(m for m in ('sklearn', 'pandas', 'pyarrow', 'dask', 'distributed') "
+        "if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
