@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from vaefast.errors import VaefastError
 from vaefast.layout import channels_first
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def check_conv_sides(h: int, w: int) -> None:
@@ -46,7 +49,7 @@ class Architecture:
     input_shape: Callable[[int, Any], tuple[int, ...]]
     model_class: str
 
-    def build(self, sizes: dict[str, Any]):
+    def build(self, sizes: dict[str, Any]) -> nn.Module:
         """The untrained torch model of a config's ``model`` entry (imports torch)."""
         model = importlib.import_module("vaefast.model")
         return getattr(model, self.model_class).from_sizes(sizes)

@@ -134,7 +134,8 @@ class Job:
 
 def _worker_threads() -> int | None:
     """The thread count of the Dask worker running this task (None outside a worker).
-    A worker has imported distributed; a local run is not made to (~1.5 s and ~60 MB)."""
+    A worker has imported distributed; a local run is not made to (``embed --tsne``:
+    ~0.4 s of CPU and ~19 MB of peak RSS, measured side by side)."""
     if "distributed" not in sys.modules:
         return None
     try:
