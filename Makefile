@@ -17,13 +17,13 @@ UV_INSTALL = $(BIN)/uv pip install -q --python $(PY) --compile-bytecode -c const
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv
-	$(UV_INSTALL) -e '.[all]'
+	$(UV_INSTALL) -e '.[all,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m vaefast.demo --out out/demo
+	$(BIN)/vaefast demo --out out/demo
 
 # one file per worker, in tests/conftest.py's order (long files first): xdist would otherwise
 # reorder files by their number of tests
@@ -43,7 +43,7 @@ bench: $(STAMP)
 	$(BIN)/vaefast bench report out/bench/results.json --out out/bench/report
 
 export: $(STAMP)
-	$(PY) -m vaefast.shipped exported
+	$(PY) -m vaefast.shipped.build
 
 # the explorer's page: npm packages from the committed lockfile, bundled by esbuild into
 # vaefast/explore/static (committed: users and CI need no Node)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPORTED = ROOT / "exported"
+EXPORTED = ROOT / "vaefast" / "shipped"
 THREADS = int(os.environ.get("VAEFAST_BENCH_THREADS", "2"))
 SLOW_ROUNDS = int(os.environ.get("VAEFAST_BENCH_SLOW_ROUNDS", "5"))  # t-SNE, embed
 

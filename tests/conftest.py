@@ -81,22 +81,35 @@ def pytest_collection_modifyitems(config, items):
     )
 
 
+MARK = "VAEFAST_TEST_PROCESS"  # set while a test runs; every process it starts inherits it
+
+
 @pytest.fixture(autouse=True)
-def no_process_outlives_its_test():
-    """Every process a test starts (CLI runs, decode workers, Dask workers), and every
-    process those start, has ended within a few seconds of the test's end — also those
-    a killed run orphaned (reparented away from us, found by their command line)."""
+def no_process_outlives_its_test(request):
+    """Every process a test starts (CLI runs, decode workers, Dask workers, browsers),
+    and every process those start, has ended within a few seconds of the test's end —
+    also those a killed run orphaned. They are told apart by a mark in the environment
+    they inherit from the test, so a user's own runs beside the suite are never flagged
+    or killed."""
     import time
 
     import psutil
 
     me = psutil.Process()
+    mark = f"{os.getpid()}:{request.node.nodeid}"
     before = {p.pid for p in psutil.process_iter()}
-    start = time.time() - 0.5
-    yield
+    saved = os.environ.get(MARK)
+    os.environ[MARK] = mark
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(MARK, None)
+        else:
+            os.environ[MARK] = saved
     deadline = time.time() + 10
     while True:
-        left = [p for p in _started_since(psutil, me, before, start) if _alive(p)]
+        left = [p for p in started_by(mark, me, before) if _alive(p)]
         if not left or time.time() > deadline:
             break
         time.sleep(0.1)
@@ -106,18 +119,24 @@ def no_process_outlives_its_test():
     assert not left, f"processes outlived the test: {[_describe(p) for p in left]}"
 
 
-def _started_since(psutil, me, before: set[int], start: float) -> list:
-    """Our descendants started since ``start``, and orphans (reparented to init) whose
-    command line names vaefast — not other users' vaefast processes."""
+def started_by(mark: str, me, before: set[int]) -> list:
+    """The processes not in ``before`` that carry ``mark`` (our descendants, and orphans
+    of ours that were reparented away) or descend from us; never another process,
+    whatever its name."""
+    import psutil
+
     ours = {p.pid for p in me.children(recursive=True)}
     found = []
-    for p in psutil.process_iter(["pid", "ppid", "create_time", "cmdline"]):
-        if p.pid in before or p.pid == me.pid or (p.info["create_time"] or 0) < start:
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if p.pid in before or p.pid == me.pid:
             continue
-        cmdline = " ".join(p.info["cmdline"] or [])
-        if "multiprocessing.resource_tracker" in cmdline:
+        if "multiprocessing.resource_tracker" in " ".join(p.info["cmdline"] or []):
             continue  # multiprocessing's one per process; it ends with its parent
-        if p.pid in ours or (p.info["ppid"] == 1 and "vaefast" in cmdline):
+        try:
+            marked = p.environ().get(MARK) == mark
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            marked = False
+        if marked or (p.pid in ours and _alive(p)):
             found.append(p)
     return found
 

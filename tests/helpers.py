@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPORTED = ROOT / "exported"
+EXPORTED = ROOT / "vaefast" / "shipped"  # the shipped models, as a checkout holds them
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = False, magic: int | None = None) -> Path:

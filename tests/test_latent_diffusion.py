@@ -17,7 +17,7 @@ pytest.importorskip("diffusers")
 
 import vaefast  # noqa: E402
 from tests import byo_vae  # noqa: E402
-from tests.helpers import ROOT, embed_killed_midway, run_cli  # noqa: E402
+from tests.helpers import EXPORTED, ROOT, embed_killed_midway, run_cli  # noqa: E402
 from vaefast import runtime  # noqa: E402
 from vaefast.errors import VaefastError  # noqa: E402
 
@@ -464,7 +464,7 @@ def test_embed_names_the_bad_row_and_leaves_no_store(tmp_path, bad, reason):
     out = tmp_path / "e.zarr"
     result = run_cli(
         "embed",
-        str(ROOT / "exported/mnist5k-z20"),
+        str(EXPORTED / "mnist5k-z20"),
         str(tmp_path / "x.npy"),
         "--out",
         str(out),

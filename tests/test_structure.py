@@ -32,7 +32,13 @@ RUNTIME_PATH = (
     "vaefast.variants",
     "vaefast.layout",
 )
-TORCH_SIDE = {"vaefast.model", "vaefast.train", "vaefast.export", "vaefast.shipped", "vaefast.demo"}
+TORCH_SIDE = {
+    "vaefast.model",
+    "vaefast.train",
+    "vaefast.export",
+    "vaefast.shipped.build",
+    "vaefast.demo",
+}
 
 
 def module_name(path: Path) -> str:
@@ -419,3 +425,35 @@ def test_cli_choices_come_from_the_owning_tables():
         assert all(check(value) == value for value in table)
         with pytest.raises(Exception, match="invalid choice"):
             check("no-such-" + dest)
+
+
+def _orphan(env: dict) -> int:
+    """Start a `vaefast`-named process that its parent leaves behind (reparented, as a
+    user's detached run is); its pid."""
+    code = (
+        "import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', "
+        "'import time; time.sleep(120)', 'vaefast', 'tsne'], start_new_session=True, "
+        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+        "print(p.pid)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return int(out.stdout)
+
+
+def test_the_leftover_check_flags_only_what_the_suite_started():
+    """A user's detached `vaefast` run that starts while a test runs is not the test's:
+    the no-leftover check neither flags nor kills it; an orphan of the test's is flagged."""
+    import psutil
+
+    from tests.conftest import MARK, started_by
+
+    me, before = psutil.Process(), {p.pid for p in psutil.process_iter()}
+    users = _orphan({k: v for k, v in os.environ.items() if k != MARK})
+    ours = _orphan(dict(os.environ))
+    try:
+        found = {p.pid for p in started_by(os.environ[MARK], me, before)}
+        assert ours in found and users not in found
+        assert psutil.Process(users).ppid() != me.pid  # an orphan, as a detached run is
+    finally:
+        for pid in (ours, users):
+            psutil.Process(pid).kill()

@@ -6,7 +6,7 @@ Nothing downstream of ``export`` imports torch.
 
 from vaefast.errors import VaefastError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["VaefastError", "__version__", "embed", "export_vae"]
 
 # vaefast.embed(...) / vaefast.export_vae(...) without importing numpy, zarr, ONNX Runtime

@@ -338,6 +338,12 @@ def _explore(args: argparse.Namespace) -> None:
         server.close()
 
 
+def _demo(args: argparse.Namespace) -> None:
+    from vaefast.demo import run
+
+    run(**_given(args, "out"), quick=args.quick)
+
+
 def _bench_recommend(args: argparse.Namespace) -> None:
     from vaefast.recommend import format_table, recommend
 
@@ -422,6 +428,10 @@ class _Help(argparse.HelpFormatter):
 
     def _from_table(self, action: argparse.Action) -> str | None:
         dest, text = action.dest, action.help or ""
+        if dest == "model":
+            from vaefast.shipped import describe
+
+            return f"{text}, or a shipped model's name ({describe()})"
         if dest == "kind":
             from vaefast.plot import VIEWS
 
@@ -626,7 +636,7 @@ def _embed_parser(sub) -> None:
         "interruption.",
         formatter_class=_help_for("vaefast.embedding:embed"),
     )
-    p.add_argument("model", help="exported model folder, e.g. exported/mnist5k-z20")
+    p.add_argument("model", help="exported model folder")
     p.add_argument("input", help=DATA_HELP)
     p.add_argument("--out", required=True, help="zarr store to write, e.g. out/emb.zarr")
     _option(p, "--batch-size", "rows per call (default: fitted to the model)", type=int)
@@ -723,7 +733,7 @@ def _plot_parser(sub) -> None:
         formatter_class=_help_for("vaefast.plot:render"),
     )
     p.add_argument("kind", metavar="KIND", help="(filled in from vaefast.plot.VIEWS)")
-    p.add_argument("model", metavar="MODEL_DIR", help="exported model folder")
+    p.add_argument("model", metavar="MODEL", help="exported model folder")
     _option(p, "--data", DATA_HELP + "; default: the model's training data")
     _option(
         p,
@@ -762,11 +772,11 @@ def _explore_parser(sub) -> None:
     p = sub.add_parser(
         "explore",
         help="a local web page over an embedding store: hover, decode, select (no torch)",
-        description="Serve STORE (a finished `vaefast embed` store of MODEL_DIR, or one "
+        description="Serve STORE (a finished `vaefast embed` store of MODEL, or one "
         "embedded first from --data) as an interactive map in the browser.",
         formatter_class=_help_for("vaefast.explore:serve"),
     )
-    p.add_argument("model", metavar="MODEL_DIR", help="exported model folder")
+    p.add_argument("model", metavar="MODEL", help="exported model folder")
     p.add_argument("store", metavar="STORE", help="embedding store (written first with --data)")
     _option(p, "--data", DATA_HELP + "; embed it (with --tsne) into STORE first, resumable")
     _option(p, "--host", "address to listen on; any but loopback needs a token")
@@ -778,6 +788,24 @@ def _explore_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar while embedding")
     _add_runtime_options(p)
     p.set_defaults(func=_explore)
+
+
+def _demo_parser(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the main job end to end on mnist5k: train, export, embed, map, plot, compare",
+        description="Train the PyTorch example's VAE on mnist5k, export it to ONNX (verified), "
+        "embed with an exact t-SNE, plot every view, print a side-by-side table and the "
+        "command that opens the explorer. Everything is written under --out.",
+        formatter_class=_help_for("vaefast.demo:run"),
+    )
+    _option(p, "--out", "folder for everything the demo writes", metavar="DIR")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a first look in about a minute: fewer epochs, a smaller map, no conv VAE",
+    )
+    p.set_defaults(func=_demo)
 
 
 def _bench_parser(sub) -> None:
@@ -809,7 +837,12 @@ COMMANDS = (
     _plot_parser,
     _explore_parser,
     _bench_parser,
+    _demo_parser,
 )
+
+# the extra each command needs whatever its options (options that need one check it
+# where they are read: vaefast.extras.require)
+NEEDS = {"train": "train", "export": "train", "demo": "train", "explore": "explore"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -818,6 +851,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vaefast",
         description="Train, export, embed, map (exact t-SNE) and plot VAE latent spaces.",
     )
+    from vaefast import __version__
+
+    parser.add_argument("--version", action="version", version=f"vaefast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(sub)
@@ -851,11 +887,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(_ranges_joined(sys.argv[1:] if argv is None else argv))
     from vaefast.lifeline import Terminated, terminate_as_interrupt
 
+    from vaefast.extras import extra_for, require
+
     try:
+        if args.command in NEEDS:
+            diffusers = getattr(args, "diffusers", None)
+            require("diffusers" if diffusers else NEEDS[args.command], "this command")
         with terminate_as_interrupt():
             args.func(args)
     except VaefastError as e:
         print(f"vaefast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional part reached that no check above names
+        if extra_for(e.name) is None:
+            raise
+        print(
+            f"vaefast {args.command}: error: needs {e.name}: "
+            f"pip install 'vaefast[{extra_for(e.name)}]'",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (timeout, scancel, kubectl)
         print(

@@ -1,37 +1,69 @@
-"""`make demo`: the main job end to end on the embedded default data (mnist5k).
+"""`vaefast demo`: the main job end to end on the embedded data (mnist5k), from any folder.
 
-Each stage prints what it measured; every artefact lands under ``--out``.
+Train the PyTorch example's VAE, export it (fp32 + int8, verified), encode through ONNX
+Runtime, batch-embed with an exact t-SNE, plot every view (also of the shipped models),
+and print a side-by-side table and the command that opens the explorer. Every artefact
+lands under ``out``; nothing is written anywhere else. Needs the ``train`` extra.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 
-def run(out: Path, epochs: int = 10, conv_epochs: int = 5) -> None:
-    """Train on mnist5k (the example's MLP, then a conv VAE), export both, encode through
-    ONNX Runtime, batch-embed with t-SNE, plot every view."""
+@dataclass(frozen=True)
+class Plan:
+    """How much one demo does."""
+
+    epochs: int  # the MLP VAE's
+    conv_epochs: int  # the conv VAE's; 0: none trained
+    tsne_max: int  # exact t-SNE on this many rows, the rest placed (embed's tsne_max)
+    plot_points: int  # inputs each plot encodes
+    shipped_plots: tuple[str, ...]  # shipped models plotted beside the trained ones
+    summary_tsne: int  # points of the side-by-side t-SNE
+
+
+PLANS = {
+    "full": Plan(10, 5, 10_000, 5000, ("mnist5k-z20", "mnist5k-z2"), 500),
+    "quick": Plan(2, 0, 1000, 1000, ("mnist5k-z2",), 300),
+}
+
+
+def run(out: str | os.PathLike = "vaefast-demo", quick: bool = False) -> Path:
+    """Train on mnist5k (the example's MLP, then a conv VAE unless ``quick``), export,
+    encode through ONNX Runtime, batch-embed with t-SNE, plot every view and print the
+    side-by-side table; returns the embedding store. ``quick``: a first look in about a
+    minute (fewer epochs, a smaller map, no conv VAE)."""
+    from vaefast.extras import require
+
+    require("train", "the demo")
+    plan = PLANS["quick" if quick else "full"]
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    train_run(out / "run", epochs=epochs)
+    train_run(out / "run", epochs=plan.epochs)
     exported = export_and_encode(out)
-    embed_and_map(out, exported)
-    train_run(out / "conv-run", epochs=conv_epochs, arch="conv", latent_dim=16, hidden_dim=256)
-    conv = export_and_encode(out, "conv-run", "conv-exported")
-    plot_views(
-        out, {"z20": Path("exported/mnist5k-z20"), "z2": Path("exported/mnist5k-z2"), "conv": conv}
-    )
+    store = embed_and_map(out, exported, plan.tsne_max)
+    models = {"mlp": exported} | {n.removeprefix("mnist5k-"): n for n in plan.shipped_plots}
+    if plan.conv_epochs:
+        train_run(
+            out / "conv-run", epochs=plan.conv_epochs, arch="conv", latent_dim=16, hidden_dim=256
+        )
+        models["conv"] = export_and_encode(out, "conv-run", "conv-exported")
+    plot_views(out, models, plan.plot_points)
     print(
         "[bench] quick side-by-side summary: each runtime in its own process, as deployed "
         "(eager: the model's own encode under torch.inference_mode; ONNX Runtime with its "
         "threads spinning); make bench measures with rounds and spreads:"
     )
-    print(quick_summary())
+    print(quick_summary(exported, tsne_n=plan.summary_tsne))
+    print(f"[explore] in a browser: vaefast explore {exported} {store}")
+    return store
 
 
 def train_run(folder: Path, **options) -> None:
@@ -70,24 +102,30 @@ def export_and_encode(out: Path, run: str = "run", name: str = "exported") -> Pa
     return out / name
 
 
-def embed_and_map(out: Path, exported: Path) -> Path:
-    """Batch-embed all of mnist5k into a zarr store with an exact t-SNE of the means."""
+def embed_and_map(out: Path, exported: Path, tsne_max: int = 10_000) -> Path:
+    """Batch-embed all of mnist5k into a zarr store with an exact t-SNE of the means
+    (of ``tsne_max`` rows, the rest placed on that map)."""
     from vaefast.embedding import embed
 
     store = out / "embeddings.zarr"
     shutil.rmtree(store, ignore_errors=True)  # the demo's own output from an earlier run
-    stats = embed(exported, "mnist5k", store, tsne=True, progress=False)
+    stats = embed(exported, "mnist5k", store, tsne=True, tsne_max=tsne_max, progress=False)
     t = stats["tsne"]
     print(f"[embed] {stats['rows']} rows -> {store} at {stats['rows_per_s']:.0f} rows/s")
     print(
-        f"[t-SNE] exact, N={t['n']}, Z=20: KL {t['kl']:.4f} after {t['iterations']} "
-        f"iterations in {t['seconds']:.2f} s ({t['pairs_per_s']:.2e} pairs/s)"
+        f"[t-SNE] exact on {t['reference_rows']} of {t['n']} rows, Z=20: KL {t['kl']:.4f} "
+        f"after {t['iterations']} iterations in {t['fit_s']:.2f} s "
+        f"({t['pairs_per_s']:.2e} pairs/s)"
+        + (
+            f"; the other {t['placed_rows']} placed on that map in {t['place_s']:.2f} s"
+            if t["placed_rows"]
+            else ""
+        )
     )
-    print(f"[explore] in a browser: vaefast explore {exported} {store}")
     return store
 
 
-def plot_views(out: Path, models: dict[str, Path]) -> None:
+def plot_views(out: Path, models: dict[str, str | Path], max_points: int = 5000) -> None:
     """Every latent view for each model (``plots-NAME``), from ONNX alone."""
     import matplotlib
 
@@ -97,7 +135,7 @@ def plot_views(out: Path, models: dict[str, Path]) -> None:
     for name, model in models.items():
         t0 = time.perf_counter()
         folder = out / f"plots-{name}"
-        written = render("all", model, folder, thumbnails=40)
+        written = render("all", model, folder, thumbnails=40, max_points=max_points)
         print(
             f"[plot] {len(written) - 1} views of {model} -> {folder}/index.md "
             f"in {time.perf_counter() - t0:.1f} s"
@@ -105,12 +143,11 @@ def plot_views(out: Path, models: dict[str, Path]) -> None:
 
 
 def quick_summary(
-    exported: str | os.PathLike = "exported/mnist5k-z20", threads: int = 2, tsne_n: int = 500
+    exported: str | os.PathLike = "mnist5k-z20", threads: int = 2, tsne_n: int = 500
 ) -> str:
     """A few-seconds side-by-side table: eager PyTorch (the model's own ``encode``) vs
     ONNX Runtime (fp32, int8) for the encoder at batch 1 and 4096, each in its own
     process, and vaefast's exact t-SNE vs scikit-learn's at N=tsne_n."""
-    import time
 
     from sklearn.manifold import TSNE as SklearnTSNE
 
@@ -160,16 +197,3 @@ def quick_summary(
         f"| KL | {ref.kl_divergence_:.4f} | {ours.kl_divergence_:.4f} | |",
     ]
     return "\n".join(rows)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("out/demo"))
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--conv-epochs", type=int, default=5)
-    args = parser.parse_args()
-    run(args.out, args.epochs, args.conv_epochs)
-
-
-if __name__ == "__main__":
-    main()

@@ -24,6 +24,7 @@ from vaefast.memory import trim
 from vaefast.data import Source, preprocess_for, reopen
 from vaefast.engines import DEFAULT_PROVIDERS
 from vaefast.errors import BadFile, BadRows, VaefastError, first_line
+from vaefast.extras import require
 from vaefast.layout import chunk_bounds
 from vaefast.variants import REFERENCE
 
@@ -240,6 +241,8 @@ def embed(
     """
     if dtype not in store.DTYPES:
         raise VaefastError(f"unknown dtype {dtype!r}; use {' or '.join(store.DTYPES)}")
+    if scheduler is not None:
+        require("dask", "--scheduler")
     out = Path(out)
     prep = preprocess_for(
         input, manifest.image_display_shape(manifest.read_model_json(model_dir)), resize, exif
@@ -386,10 +389,8 @@ def _client(scheduler: str | None, workers: int):
     if scheduler is None:
         yield None
         return
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise VaefastError("--scheduler needs Dask: pip install 'vaefast[dask]'") from None
+    from distributed import Client, LocalCluster
+
     if scheduler == "local":
         import logging
 

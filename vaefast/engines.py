@@ -19,13 +19,13 @@ hardware; ONNX Runtime wins on tiny MLPs at batch 1): ``vaefast bench recommend`
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
 from vaefast.errors import VaefastError, first_line
+from vaefast.extras import missing, require
 
 PRECISIONS = ("bf16", "f32")  # OpenVINO's
 DEFAULT_PROVIDERS = "auto"  # the one default of every command and function
@@ -124,12 +124,9 @@ def openvino_precision() -> str:
 
 
 def _core():
-    try:
-        import openvino as ov
-    except ImportError:
-        raise VaefastError(
-            "providers 'openvino' needs OpenVINO: pip install 'vaefast[openvino]'"
-        ) from None
+    require("openvino", "providers 'openvino'")
+    import openvino as ov
+
     return ov.Core()
 
 
@@ -194,10 +191,6 @@ def _open_openvino(
     return OpenVINOSession(path, threads, precision)
 
 
-def _installed(module: str) -> Callable[[], bool]:
-    return lambda: importlib.util.find_spec(module) is not None
-
-
 @dataclass(frozen=True)
 class Engine:
     """One way of running exported ONNX files: ``open(path, provider chain, threads,
@@ -206,13 +199,14 @@ class Engine:
     fallback. ``precisions()``: what it can run on this machine (best first; ``(None,)``
     where the variant decides). ``all_variants``: runs every exported variant (else fp32
     only). ``report_key``: where export records its agreement with ONNX Runtime fp32
-    (None for the reference engine, whose variants are recorded by name)."""
+    (None for the reference engine, whose variants are recorded by name). ``extra``: the
+    ``vaefast.extras`` entry that installs it (None: the base install)."""
 
     name: str
     open: Callable[..., Any]
     providers: tuple[str, ...]  # the ``providers`` names that select it
     describe: str
-    installed: Callable[[], bool]
+    extra: str | None = None
     chain: Callable[[str | list[str]], list[str]] = lambda providers: []
     check: Callable[[Any, str | list[str]], None] = lambda session, providers: None
     precisions: Callable[[], tuple[str | None, ...]] = lambda: (None,)
@@ -224,6 +218,9 @@ class Engine:
     @property
     def on_cpu(self) -> str:
         return self.cpu or self.providers[0]
+
+    def installed(self) -> bool:
+        return self.extra is None or not missing(self.extra)
 
 
 def _openvino_precisions() -> tuple[str, ...]:
@@ -237,7 +234,6 @@ ENGINES: dict[str, Engine] = {
         ("auto", "cpu", "cuda", "tensorrt"),
         "ONNX Runtime (variants fp32, int8, int8-static, fp16; CUDA and "
         "TensorRT with onnxruntime-gpu)",
-        _installed("onnxruntime"),
         chain=_onnxruntime_chain,
         check=_onnxruntime_check,
         label="ONNX Runtime",
@@ -248,7 +244,7 @@ ENGINES: dict[str, Engine] = {
         _open_openvino,
         ("openvino",),
         "OpenVINO on the CPU, bf16 where the CPU has it (AMX, AVX512_BF16), else f32",
-        _installed("openvino"),
+        extra="openvino",
         precisions=_openvino_precisions,
         all_variants=False,
         report_key="openvino",
@@ -258,11 +254,14 @@ ENGINES: dict[str, Engine] = {
 
 
 def engine_for(providers: str | list[str] = DEFAULT_PROVIDERS) -> Engine:
-    """The engine a ``providers`` value selects (a list: ONNX Runtime provider names)."""
+    """The engine a ``providers`` value selects (a list: ONNX Runtime provider names);
+    one whose extra is missing is refused in one line naming it."""
     if not isinstance(providers, str):
         return ENGINES["onnxruntime"]
     for engine in ENGINES.values():
         if providers in engine.providers:
+            if engine.extra:
+                require(engine.extra, f"providers {providers!r}")
             return engine
     raise VaefastError(f"unknown providers {providers!r}; use {', '.join(provider_names())}")
 

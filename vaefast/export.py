@@ -41,6 +41,7 @@ from vaefast import engines, manifest, memory, runtime
 from vaefast import variants as variants_mod
 from vaefast.atomic import atomic_dir, check_new_output
 from vaefast.errors import VaefastError, first_line
+from vaefast.extras import require
 from vaefast.layout import arrange, check_pixels, describe, display_shape
 from vaefast.metrics import knn_overlap, max_errors
 from vaefast.versions import package_versions
@@ -893,12 +894,9 @@ def load_diffusers(folder: str | os.PathLike):
         pickled = sorted(p.name for p in folder.glob("*.bin"))
         hint = f" ({', '.join(pickled)} is a pickle, which vaefast never loads)" if pickled else ""
         raise VaefastError(f"--diffusers {folder}: no {DIFFUSERS_WEIGHTS}{hint}")
-    try:
-        from diffusers import AutoencoderKL
-    except ImportError:
-        raise VaefastError(
-            "--diffusers needs diffusers: pip install 'vaefast[diffusers]'"
-        ) from None
+    require("diffusers", "--diffusers")
+    from diffusers import AutoencoderKL
+
     try:
         with _quiet():
             # low_cpu_mem_usage=False: what diffusers falls back to without `accelerate`,
@@ -975,7 +973,7 @@ def load_eager(exported_dir: str | os.PathLike):
     model = build(config)
     state = {}
     for name in variants_mod.model_files("fp32"):
-        graph = onnx.load(str(Path(exported_dir) / name)).graph
+        graph = onnx.load(str(manifest.model_folder(exported_dir) / name)).graph
         for init in graph.initializer:
             key = re.sub(r"^(model|vae)\.", "", init.name)
             state[key] = torch.from_numpy(numpy_helper.to_array(init).copy())

@@ -13,19 +13,31 @@ from typing import Any
 from vaefast.atomic import read_json, write_json
 from vaefast.errors import VaefastError
 from vaefast.layout import display_shape
+from vaefast.shipped import SHIPPED
+from vaefast.shipped import folder as shipped_folder
 from vaefast.variants import REFERENCE
 
 MODEL_JSON = "model.json"
 REPORT_JSON = "export_report.json"
 
 
-def read_model_json(folder: str | os.PathLike) -> dict[str, Any]:
-    """Read and check an exported folder's model.json."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise VaefastError(
-            f"exported model folder {folder} not found; create one with `vaefast export`"
-        )
+def model_folder(model: str | os.PathLike) -> Path:
+    """The exported model folder ``model`` names: a folder that exists, or else the name
+    of a shipped model (``vaefast.shipped.SHIPPED``)."""
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if str(model) in SHIPPED:
+        return shipped_folder(str(model))
+    raise VaefastError(
+        f"exported model folder {model} not found; give an exported folder (create one "
+        f"with `vaefast export`) or a shipped model: {', '.join(SHIPPED)}"
+    )
+
+
+def read_model_json(model: str | os.PathLike) -> dict[str, Any]:
+    """Read and check an exported model's model.json (a folder or a shipped name)."""
+    folder = model_folder(model)
     if not (folder / MODEL_JSON).is_file():
         raise VaefastError(f"{folder} has no {MODEL_JSON}; is it a vaefast export?")
     meta = read_json(folder / MODEL_JSON)
@@ -39,9 +51,9 @@ def write_model_json(folder: Path, meta: dict[str, Any]) -> None:
     write_json(folder / MODEL_JSON, meta)
 
 
-def read_report(folder: str | os.PathLike) -> dict[str, Any]:
-    """An exported folder's export_report.json ({} when there is none)."""
-    path = Path(folder) / REPORT_JSON
+def read_report(model: str | os.PathLike) -> dict[str, Any]:
+    """An exported model's export_report.json ({} when there is none)."""
+    path = model_folder(model) / REPORT_JSON
     return read_json(path) if path.is_file() else {}
 
 

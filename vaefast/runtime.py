@@ -1,7 +1,7 @@
 """Torch-free batched inference on exported VAEs with ONNX Runtime (CPU, CUDA, TensorRT).
 
 >>> from vaefast import runtime
->>> vae = runtime.load("exported/mnist5k-z20")
+>>> vae = runtime.load("mnist5k-z20")
 >>> mu, logvar = vae.encode(images)   # uint8 pixels or floats in [0, 1], [N, *input_shape]
 >>> x_hat = vae.decode(mu)             # [N, *input_shape] in [0, 1]
 
@@ -32,6 +32,7 @@ from vaefast.manifest import (
     image_display_shape,
     input_shape,
     latent_shape,
+    model_folder,
     read_model_json,
     size_multiple,
 )
@@ -402,7 +403,7 @@ def load(
     spin: bool = True,
     precision: str | None = None,
 ) -> ExportedVAE:
-    """Open an exported model folder for inference.
+    """Open an exported model folder (or a shipped model by name) for inference.
 
     ``providers``: ``auto`` (CUDA when onnxruntime-gpu sees a GPU, else CPU), ``cpu``,
     ``cuda``, ``tensorrt``, or an explicit ONNX Runtime provider list — or ``openvino``
@@ -411,7 +412,7 @@ def load(
     never a silent fallback. ``threads`` sets the engine's threads; ``spin=False`` stops
     idle ONNX Runtime threads spinning (use it when torch or Numba share the process).
     """
-    folder = Path(exported_dir)
+    folder = model_folder(exported_dir)
     meta = read_model_json(folder)
     enc_file, dec_file = model_files(variant)  # an unknown name: the table's names listed
     if "variants" in meta and variant not in meta["variants"]:

@@ -30,6 +30,7 @@ import numpy as np
 
 from vaefast.atomic import atomic_dir
 from vaefast.errors import VaefastError
+from vaefast.extras import require
 
 FORMAT = "vaefast-embeddings/1"
 IDENTITY = ("model_sha256", "input", "params")  # attributes a resume must match
@@ -333,6 +334,8 @@ def export(
     a temporary path and renamed. Returns {rows, columns}."""
     if to not in EXPORT_FORMATS:
         raise VaefastError(f"unknown format {to!r}; use {' or '.join(EXPORT_FORMATS)}")
+    if to == "parquet":
+        require("parquet", "--to parquet")
     group = open_embeddings(path)
     n, step = n_rows(group), group["mu"].chunks[0]
     keys = set(group.array_keys())
@@ -382,11 +385,9 @@ def export(
 
 
 def _write_parquet(path: Path, chunks, mu_shape, meta: dict) -> None:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise VaefastError("--to parquet needs pyarrow: pip install 'vaefast[parquet]'") from None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     d = int(np.prod(mu_shape[1:]))
     writer = None
     try:

@@ -21,6 +21,7 @@ import numpy as np
 from vaefast.data.decode import EXTENSIONS, PIECE, Decoder, Preprocess, infer
 from vaefast.data.sources import Source
 from vaefast.errors import BadFile, VaefastError, first_line
+from vaefast.extras import require
 
 LABEL_COLUMNS = ("label", "labels", "y")
 IMAGE_COLUMNS = ("image", "img", "jpg", "png", "images")
@@ -221,12 +222,7 @@ class Parquet(_Table):
     """Parquet files: one, or every ``*.parquet`` under a folder."""
 
     def __init__(self, path: Path):
-        try:
-            import pyarrow.parquet  # noqa: F401
-        except ImportError:
-            raise VaefastError(
-                "parquet: inputs need pyarrow: pip install 'vaefast[parquet]'"
-            ) from None
+        require("parquet", "parquet: inputs")
         if not path.exists():
             raise VaefastError(f"{path}: no such parquet file or folder")
         files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
@@ -269,10 +265,7 @@ class SavedDataset(_Table):
     are memory-mapped and read a record batch at a time, as ``datasets`` reads them."""
 
     def __init__(self, path: Path):
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise VaefastError("hf: inputs need pyarrow: pip install 'vaefast[parquet]'") from None
+        require("parquet", "hf: inputs")
         if not path.exists():
             raise VaefastError(f"{path}: no such folder or .arrow file")
         if (path / "dataset_dict.json").is_file():

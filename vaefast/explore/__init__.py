@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from vaefast.engines import DEFAULT_PROVIDERS
 from vaefast.errors import VaefastError
+from vaefast.extras import require
 
 __all__ = ["Server", "serve"]
 
@@ -82,11 +83,9 @@ def serve(
     free one. ``max_points``: rows drawn at once (default ``app.MAX_POINTS``); above it
     the overview is a seeded sample and zooming in fetches the rows of the view.
     """
-    try:
-        import uvicorn
-        from starlette.applications import Starlette  # noqa: F401
-    except ImportError as e:
-        raise VaefastError(f"the explorer needs {e.name}: pip install 'vaefast[explore]'") from None
+    require("explore", "the explorer")
+    import uvicorn
+
     from vaefast import runtime
     from vaefast.explore import app, auth
     from vaefast.explore.columns import Columns
