@@ -182,3 +182,27 @@ def write_shards(
                     info.size = len(payload)
                     tar.addfile(info, io.BytesIO(payload))
     return str(folder / f"shard-{{000..{n_shards - 1:03d}}}.tar")
+
+
+def xarray_dataset(store: Path):
+    """The embedding store as ``xarray.open_zarr`` opens it, from its consolidated
+    metadata, after checking what every store carries: a description on every array, and
+    fill values that no real value is (NaN for floats, -1 for row numbers and labels)."""
+    import warnings
+
+    import xarray as xr
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. xarray falling back to unconsolidated metadata
+        ds = xr.open_zarr(store, consolidated=True)
+    group = zarr.open_group(str(store), mode="r")
+    assert sorted(ds.variables) == sorted(group.array_keys())  # the bookkeeping is not data
+    for name, var in ds.variables.items():
+        assert var.attrs.get("description"), name
+        fill = group[name].fill_value
+        if group[name].dtype.kind == "f":
+            assert np.isnan(fill), name
+        elif group[name].dtype.kind == "i":
+            assert fill == -1, name
+    return ds

@@ -508,3 +508,19 @@ def test_valid_rows_are_the_rows_left_when_the_skipped_are_taken_out(n, data_):
     valid = np.setdiff1d(np.arange(n), skipped)
     ranks = np.array(sorted(data_.draw(st.sets(st.integers(0, len(valid) - 1)))), np.int64)
     np.testing.assert_array_equal(valid_rows(ranks, skipped), valid[ranks])
+
+
+def test_xarray_opens_the_store_with_named_dimensions_labels_and_descriptions(tmp_path):
+    from tests.helpers import xarray_dataset
+    from vaefast import data
+
+    out = tmp_path / "e.zarr"
+    embed(MODEL, "mnist5k", out, tsne=True, tsne_max=300, progress=False)
+    ds = xarray_dataset(out)
+    assert ds.mu.dims == ds.logvar.dims == ("row", "latent")
+    assert ds.tsne.dims == ("row", "axis") and ds.tsne_reference.dims == ("reference", "axis")
+    assert "labels" in ds.coords and ds.labels.attrs["label_names"] == [str(d) for d in range(10)]
+    np.testing.assert_array_equal(ds.labels.values, data.read("mnist5k").y)
+    mu = runtime.load(MODEL, providers="cpu").encode(data.read("mnist5k").X[:50])[0]
+    np.testing.assert_array_equal(ds.mu.isel(row=slice(0, 50)).values, mu)
+    assert not np.isnan(ds.tsne.values).any()

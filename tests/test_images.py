@@ -63,6 +63,18 @@ def test_image_folder_follows_imagefolder_rule(folder, photos, tmp_path):
     assert source.rows(0, 4).shape == (4, 28, 28) and source.rows(0, 4).dtype == np.uint8
 
 
+def test_xarray_opens_an_image_folder_store_with_ids_and_class_names(folder, tmp_path):
+    from tests.helpers import xarray_dataset
+
+    out = tmp_path / "e.zarr"
+    embed(MODEL, f"images:{folder}", out, progress=False)
+    ds = xarray_dataset(out)
+    assert ds.mu.dims == ("row", "latent") and {"ids", "labels", "skipped"} <= set(ds.coords)
+    assert ds.ids.values[0] == "class_0/000000.jpg" and (ds.skipped.values == "").all()
+    assert ds.labels.attrs["label_names"] == ["class_0", "class_1", "class_2"]
+    np.testing.assert_array_equal(ds.mu.values, _mu(out))
+
+
 def test_folder_parquet_and_shards_give_the_same_embeddings(folder, photos, tmp_path):
     labels = np.arange(len(photos)) % 3
     write_image_parquet(tmp_path / "photos.parquet", photos, labels, row_group_size=50)

@@ -17,7 +17,7 @@ pytest.importorskip("diffusers")
 
 import vaefast  # noqa: E402
 from tests import byo_vae  # noqa: E402
-from tests.helpers import EXPORTED, ROOT, embed_killed_midway, run_cli  # noqa: E402
+from tests.helpers import EXPORTED, ROOT, embed_killed_midway, run_cli, xarray_dataset  # noqa: E402
 from vaefast import runtime  # noqa: E402
 from vaefast.errors import VaefastError  # noqa: E402
 
@@ -238,6 +238,8 @@ def test_embed_stores_spatial_latents_in_float16_and_plots_without_torch(
     assert mu.shape == (400, 4, 16, 16) and mu.dtype == np.float16
     assert mu.chunks[1:] == (4, 16, 16) and group["tsne"].shape == (400, 2)
     assert group["mu"].compressors  # compressed chunks
+    ds = xarray_dataset(store)
+    assert ds.mu.dims == ("row", "channel", "height", "width") and ds.mu.dtype == np.float16
     reference = runtime.load(kl_export[0], providers="cpu").encode(photos[0])[0]
     np.testing.assert_allclose(mu[:].astype(np.float32), reference, rtol=1e-3, atol=1e-3)
 

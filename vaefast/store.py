@@ -14,6 +14,12 @@ atomically by zarr) and written only after that chunk's data. The group attribut
 parameters, ``label_names`` when known, and ``complete: true`` once everything is
 written. Only this module knows these names: embed, plot and the readers ask it.
 
+Other tools read it as an xarray dataset: every array has named dimensions
+(``latent_dims``; ``axis`` for map coordinates, ``reference`` for the reference map's
+rows) and a ``description``; ``ids``, ``labels`` and ``skipped`` are listed as per-row
+coordinates, ``labels`` carries ``label_names``; floats are filled with NaN and integers
+with -1 (never a real value); a finished store's metadata is consolidated.
+
 Stores are created in a temporary folder beside ``OUT`` through
 :func:`vaefast.atomic.atomic_dir` (so they get the user's umask, like every other
 output) and renamed into place; resuming reopens them in place.
@@ -51,6 +57,32 @@ def is_store(path: str | os.PathLike) -> bool:
 
 
 DTYPES = ("float32", "float16")  # what mu and logvar may be stored as
+SPATIAL_DIMS = ("channel", "height", "width")  # a spatial latent's axes after the row
+# what each array holds, as xarray and other readers show it (the arrays' attributes)
+DESCRIPTIONS = {
+    "mu": "the encoder's posterior mean μ of each row, in latent space",
+    "logvar": "the encoder's posterior log-variance log σ² of each row, in latent space",
+    "labels": "each row's class index (-1: none)",
+    "ids": "each row's source: the file or record it was read from",
+    "skipped": "why a row's file could not be decoded ('' for the rows encoded)",
+    "tsne": "each row's position on the 2-D exact t-SNE map of μ",
+    "tsne_reference": "the exact t-SNE of the reference rows, which the others are placed on",
+    "tsne_reference_index": "the rows the reference t-SNE map was fitted on",
+}
+COORDINATES = ("ids", "labels", "skipped")  # per-row facts xarray shows as coordinates
+
+
+def latent_dims(latent_shape: tuple[int, ...]) -> tuple[str, ...]:
+    """The dimension names of μ and log σ²: (row, latent) flat, (row, channel, height,
+    width) spatial."""
+    return ("row", *(SPATIAL_DIMS if len(latent_shape) == 3 else ("latent",)))
+
+
+def _array(group, name: str, dims: tuple[str, ...], **kwargs):
+    """A data array with named dimensions and its description (xarray reads both)."""
+    arr = group.create_array(name, dimension_names=dims, **kwargs)
+    arr.attrs["description"] = DESCRIPTIONS[name]
+    return arr
 
 
 def create(
@@ -71,29 +103,47 @@ def create(
     rows = min(chunk_rows, n)
     n_chunks = -(-n // chunk_rows)
     latent_shape = tuple(int(s) for s in latent_shape)
+    given = {"ids": ids, "labels": labels, "skipped": ids}
+    coordinates = " ".join(k for k in COORDINATES if given[k] is not None)
     with atomic_dir(out, force=force) as tmp:
         group = zarr.open_group(str(tmp), mode="a")
         for name in ("mu", "logvar"):
-            group.create_array(
+            arr = _array(
+                group,
                 name,
+                latent_dims(latent_shape),
                 shape=(n, *latent_shape),
                 chunks=(rows, *latent_shape),
                 dtype=dtype,
-                fill_value=0.0,
+                fill_value=np.nan,
             )
+            if coordinates:
+                arr.attrs["coordinates"] = coordinates
         if labels is not None:
-            group.create_array("labels", shape=(n,), chunks=(rows,), dtype="int64", fill_value=0)[
-                :
-            ] = labels
+            arr = _array(
+                group, "labels", ("row",), shape=(n,), chunks=(rows,), dtype="int64", fill_value=-1
+            )
+            arr[:] = labels
+            names = attrs.get("label_names")
+            if names:
+                arr.attrs["label_names"] = list(names)
         if ids is not None:
-            group.create_array("ids", shape=(n,), chunks=(rows,), dtype=str)[:] = np.asarray(
+            _array(group, "ids", ("row",), shape=(n,), chunks=(rows,), dtype=str)[:] = np.asarray(
                 ids, dtype=object
             )
-            group.create_array("skipped", shape=(n,), chunks=(rows,), dtype=str)
+            _array(group, "skipped", ("row",), shape=(n,), chunks=(rows,), dtype=str)
         if tsne:
-            group.create_array(
-                "tsne", shape=(n, 2), chunks=(rows, 2), dtype="float32", fill_value=0.0
+            arr = _array(
+                group,
+                "tsne",
+                ("row", "axis"),
+                shape=(n, 2),
+                chunks=(rows, 2),
+                dtype="float32",
+                fill_value=np.nan,
             )
+            if coordinates:
+                arr.attrs["coordinates"] = coordinates
         progress = group.create_group("_progress")
         for name in ("encoded", "placed"):
             progress.create_array(name, shape=(n_chunks,), chunks=(1,), dtype="uint8", fill_value=0)
@@ -167,8 +217,16 @@ def remove(out: Path) -> None:
 
 
 def mark_complete(group) -> None:
-    """Flag a store as finished (written last)."""
+    """Flag a store as finished (written last), with its metadata consolidated in one
+    document, as xarray opens a store fastest."""
+    import warnings
+
+    import zarr
+
     group.attrs["vaefast"] = dict(group.attrs["vaefast"]) | {"complete": True}
+    with warnings.catch_warnings():  # zarr's note that format 3 has no spec for it yet
+        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+        zarr.consolidate_metadata(group.store)
 
 
 def open_embeddings(path: str | os.PathLike):
@@ -273,19 +331,23 @@ def reference(group) -> tuple[np.ndarray, np.ndarray] | None:
 
 def save_reference(group, index: np.ndarray, Y: np.ndarray) -> None:
     """Store the reference map: positions first, then the index that marks it done."""
-    group.create_array(
+    _array(
+        group,
         "tsne_reference",
+        ("reference", "axis"),
         shape=(len(index), 2),
         dtype="float64",
         chunks=(len(index), 2),
-        fill_value=0.0,
+        fill_value=np.nan,
     )[:] = Y
-    group.create_array(
+    _array(
+        group,
         "tsne_reference_index",
+        ("reference",),
         shape=(len(index),),
         dtype="int64",
         chunks=(len(index),),
-        fill_value=0,
+        fill_value=-1,
     )[:] = index
 
 
