@@ -524,3 +524,35 @@ def test_xarray_opens_the_store_with_named_dimensions_labels_and_descriptions(tm
     mu = runtime.load(MODEL, providers="cpu").encode(data.read("mnist5k").X[:50])[0]
     np.testing.assert_array_equal(ds.mu.isel(row=slice(0, 50)).values, mu)
     assert not np.isnan(ds.tsne.values).any()
+
+
+def test_the_parquet_export_opens_in_duckdb_polars_pandas_and_datasets(tmp_path):
+    """The export as the user's other tools read it: a row and an id on every row, label
+    names in a column (DuckDB groups by them), the latents as fixed-size lists."""
+    import datasets
+    import duckdb
+    import pandas as pd
+    import polars as pl
+
+    from vaefast import data
+    from vaefast.store import export
+
+    out, table = tmp_path / "e.zarr", tmp_path / "e.parquet"
+    embed(MODEL, "mnist5k", out, tsne=True, tsne_max=300, progress=False)
+    columns = export(out, "parquet", table)["columns"]
+    expected = ["row", "id", "label", "label_name", "mu", "logvar", "tsne_x", "tsne_y"]
+    assert columns == expected
+    y = data.read("mnist5k").y
+    counts = duckdb.sql(
+        f"SELECT label_name, count(*) AS n, min(len(mu)) AS z FROM '{table}' "
+        "GROUP BY label_name ORDER BY label_name"
+    ).fetchall()
+    assert counts == [(str(d), int((y == d).sum()), 20) for d in range(10)]
+    frame = pl.read_parquet(table)
+    assert frame.columns == expected and frame["label_name"].dtype == pl.Categorical
+    assert frame["id"].to_list()[:3] == ["0", "1", "2"]
+    pandas = pd.read_parquet(table)
+    assert pandas["label_name"].dtype == "category" and pandas["row"].is_monotonic_increasing
+    hf = datasets.Dataset.from_parquet(str(table), cache_dir=str(tmp_path / "hf-cache"))
+    assert hf.num_rows == len(y) and hf[7]["label_name"] == str(y[7])
+    assert len(hf[7]["mu"]) == 20

@@ -321,16 +321,19 @@ def test_embeddings_export_to_parquet_and_npy(folder, tmp_path):
         == 0
     )
     table = pq.read_table(tmp_path / "e.parquet").to_pydict()
-    assert table["id"] == list(stored["ids"])
+    assert table["id"] == list(stored["ids"]) and table["row"] == list(range(len(table["id"])))
     np.testing.assert_array_equal(np.array(table["mu"], np.float32), stored["mu"])
-    np.testing.assert_allclose(np.array(table["sigma"]), np.exp(0.5 * stored["logvar"]), rtol=1e-6)
+    np.testing.assert_array_equal(np.array(table["logvar"], np.float32), stored["logvar"])
     np.testing.assert_array_equal(table["tsne_x"], stored["tsne"][:, 0])
+    names = stored["attrs"]["label_names"]
+    assert table["label_name"] == [names[k] for k in stored["labels"]]
     meta = json.loads(pq.read_schema(tmp_path / "e.parquet").metadata[b"vaefast"])
     assert meta["latent_shape"] == [16] and meta["label_names"] == stored["attrs"]["label_names"]
     assert meta["model_sha256"] == stored["attrs"]["model_sha256"]
     assert meta["input"]["preprocess"] == stored["attrs"]["input"]["preprocess"]
     assert run_cli("embeddings", str(out), "--to", "npy", str(tmp_path / "npy")).returncode == 0
     np.testing.assert_array_equal(np.load(tmp_path / "npy" / "mu.npy"), stored["mu"])
+    np.testing.assert_array_equal(np.load(tmp_path / "npy" / "logvar.npy"), stored["logvar"])
     assert list(np.load(tmp_path / "npy" / "ids.npy")) == list(stored["ids"])
     again = run_cli("embeddings", str(out), "--to", "npy", str(tmp_path / "npy"))
     assert again.returncode == 2 and "already exists" in again.stderr

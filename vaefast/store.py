@@ -387,13 +387,16 @@ EXPORT_FORMATS = ("parquet", "npy")
 def export(
     path: str | os.PathLike, to: str, out: str | os.PathLike, force: bool = False
 ) -> dict[str, Any]:
-    """Write a finished store's rows for the tools downstream, a zarr chunk at a time:
-    ``parquet`` (one file: ``id`` or ``row``, ``label``, ``mu`` and ``sigma`` as float32
-    lists, ``tsne_x``/``tsne_y``, ``skipped``; its schema's ``vaefast`` metadata: latent
-    shape, label names, the model's sha256, the input and its preprocessing) or ``npy``
-    (a folder of ``mu.npy``,
-    ``sigma.npy``, ``labels.npy``, ``tsne.npy``, ``ids.npy``, memory-mappable). Written to
-    a temporary path and renamed. Returns {rows, columns}."""
+    """Write a finished store's rows for the tools downstream, a zarr chunk at a time, in
+    the store's own names:
+    ``parquet`` (one file, a row per row: ``row``, ``id`` — the file or record it came
+    from, or its row number for array inputs — ``label`` and ``label_name`` where known,
+    ``mu`` and ``logvar`` as float32 lists (flattened for spatial latents), ``tsne_x`` and
+    ``tsne_y``, ``skipped``; its schema's ``vaefast`` metadata: latent shape, label names,
+    the model's sha256, the input and its preprocessing) or ``npy`` (a folder holding one
+    memory-mappable file per array of the store: ``mu.npy``, ``logvar.npy``,
+    ``labels.npy``, ``tsne.npy``, ``ids.npy``, ``skipped.npy``). Written to a temporary
+    path and renamed. Returns {rows, columns}."""
     if to not in EXPORT_FORMATS:
         raise VaefastError(f"unknown format {to!r}; use {' or '.join(EXPORT_FORMATS)}")
     if to == "parquet":
@@ -406,9 +409,8 @@ def export(
     def chunks():
         for c in range(0, n, step):
             part = {k: np.asarray(group[k][c : c + step]) for k in columns}
-            mu = part["mu"].astype(np.float32).reshape(len(part["mu"]), -1)
-            sigma = np.exp(0.5 * part.pop("logvar").astype(np.float32)).reshape(len(mu), -1)
-            yield c, part | {"mu": mu, "sigma": sigma}
+            flat = {k: part[k].astype(np.float32).reshape(len(part[k]), -1) for k in LATENTS}
+            yield c, part | flat
 
     if to == "parquet":
         from vaefast.atomic import atomic_file, check_new_output
@@ -420,6 +422,7 @@ def export(
                 tmp,
                 chunks(),
                 group["mu"].shape,
+                attrs.get("label_names"),
                 {
                     "format": attrs.get("format"),
                     "latent_shape": list(group["mu"].shape[1:]),
@@ -428,40 +431,56 @@ def export(
                     "input": attrs.get("input"),
                 },
             )
-    else:
-        widths = {
-            k: max(
-                [1]
-                + [
-                    len(str(v))
-                    for c in range(0, n, step)
-                    for v in np.asarray(group[k][c : c + step], dtype=object)
-                ]
-            )
-            for k in ("ids", "skipped")
-            if k in keys
-        }  # fixed-width strings in .npy
-        with atomic_dir(out, force=force) as tmp:
-            _write_npy(tmp, chunks(), n, widths)
-    return {"rows": n, "columns": [c for c in columns if c != "logvar"] + ["sigma"]}
+        return {"rows": n, "columns": _columns(columns, attrs.get("label_names"))}
+
+    widths = {
+        k: max(
+            [1]
+            + [
+                len(str(v))
+                for c in range(0, n, step)
+                for v in np.asarray(group[k][c : c + step], dtype=object)
+            ]
+        )
+        for k in ("ids", "skipped")
+        if k in keys
+    }  # fixed-width strings in .npy
+    with atomic_dir(out, force=force) as tmp:
+        _write_npy(tmp, chunks(), n, widths)
+    return {"rows": n, "columns": columns}
 
 
-def _write_parquet(path: Path, chunks, mu_shape, meta: dict) -> None:
+LATENTS = ("mu", "logvar")
+
+
+def _columns(arrays: list[str], label_names) -> list[str]:
+    """The parquet columns of a store holding ``arrays``."""
+    per_row = {
+        "labels": ["label"] + ["label_name"] * bool(label_names),
+        "tsne": ["tsne_x", "tsne_y"],
+    }
+    return ["row", "id"] + [c for a in arrays if a != "ids" for c in per_row.get(a, [a])]
+
+
+def _write_parquet(path: Path, chunks, mu_shape, label_names, meta: dict) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     d = int(np.prod(mu_shape[1:]))
+    names = pa.array(label_names or [], pa.string())
     writer = None
     try:
         for c, part in chunks:
-            cols = (
-                {"id": pa.array(part["ids"].astype(object), pa.string())}
-                if "ids" in part
-                else {"row": pa.array(np.arange(c, c + len(part["mu"])))}
-            )
+            rows = np.arange(c, c + len(part["mu"]), dtype=np.int64)
+            ids = part["ids"].astype(object) if "ids" in part else rows.astype(str)
+            cols = {"row": pa.array(rows), "id": pa.array(ids, pa.string())}
             if "labels" in part:
                 cols["label"] = pa.array(part["labels"])
-            for name in ("mu", "sigma"):
+                if label_names:  # dictionary-encoded: the names once, an index per row
+                    known = part["labels"] >= 0
+                    index = pa.array(np.where(known, part["labels"], 0), mask=~known)
+                    cols["label_name"] = pa.DictionaryArray.from_arrays(index, names)
+            for name in LATENTS:
                 cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(part[name].ravel()), d)
             if "tsne" in part:
                 cols["tsne_x"] = pa.array(part["tsne"][:, 0])
