@@ -65,6 +65,13 @@ def open_session(path: Path, providers: list[str], options):
         raise VaefastError(f"{path}: not a loadable ONNX model ({first_line(e, 200)})") from None
 
 
+def cpu_session(path: Path, options=None):
+    """A plain ONNX Runtime session of ``path`` on the CPU (the reference engine's CPU
+    chain): what export, calibration and their timings run on."""
+    cpu = ENGINES["onnxruntime"].on_cpu
+    return open_session(Path(path), engine_for(cpu).chain(cpu), options)
+
+
 def _onnxruntime_chain(providers: str | list[str]) -> list[str]:
     """ONNX Runtime providers to try, in order, for a ``providers`` value; a named GPU
     provider this build lacks is an error naming what it has."""

@@ -1235,7 +1235,7 @@ def _verify_fp32(
     # and it is given back after each run
     options = engines.session_options(spin=False, arena=False)
     encoder, decoder = (
-        engines.open_session(folder / name, engines.engine_for(CPU).chain(CPU), options)
+        engines.cpu_session(folder / name, options)
         for name in variants_mod.model_files(variants_mod.REFERENCE)
     )
 

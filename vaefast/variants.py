@@ -113,7 +113,6 @@ def _write_int8_static(
     import time
 
     import onnx
-    import onnxruntime as ort
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -122,7 +121,9 @@ def _write_int8_static(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    name = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    from vaefast.engines import cpu_session
+
+    name = cpu_session(src).get_inputs()[0].name
     step = max(1, min(rows, len(inputs)))
 
     class Batches(CalibrationDataReader):
@@ -145,7 +146,7 @@ def _write_int8_static(
             return next(self.batches, None)
 
     def seconds(path: Path) -> float:  # on a batch of about a million input values
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = cpu_session(path)
         feed = {name: inputs[: max(1, min(rows, TIMING_VALUES // int(np.prod(inputs.shape[1:]))))]}
         session.run(None, feed)
         times = []
