@@ -122,8 +122,10 @@ def test_the_metadata_has_licence_classifiers_version_and_user_extras_only(dists
     )
 
 
-def _venv(root: Path, wheel: Path, extras: str = "") -> Path:
-    """A fresh venv holding the wheel (with ``extras``), from uv's cache alone."""
+def _venv(root: Path, wheel: Path, extras: str = "", compile: bool = False) -> Path:
+    """A fresh venv holding the wheel (with ``extras``), from uv's cache alone;
+    ``compile``: byte-compiled at install, as pip installs (every later process imports
+    torch from .pyc files: 2.3 s against 4.7 s here)."""
     _uv("venv", "-q", str(root), "--python", sys.executable)
     python = root / "bin" / "python"
     _uv(
@@ -131,6 +133,7 @@ def _venv(root: Path, wheel: Path, extras: str = "") -> Path:
         "install",
         "-q",
         "--offline",
+        *["--compile-bytecode"] * compile,
         "--python",
         str(python),
         "-c",
@@ -146,7 +149,7 @@ def test_demo_quick_runs_from_an_empty_folder_and_the_explorer_opens_it(dists, t
     everything lands under --out, and the command it prints opens the explorer."""
     import httpx
 
-    bin_ = _venv(tmp_path / "venv", dists["wheel"], "[all]")
+    bin_ = _venv(tmp_path / "venv", dists["wheel"], "[all]", compile=True)
     here = tmp_path / "empty"
     here.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
