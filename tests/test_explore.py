@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -253,7 +254,7 @@ def test_a_token_is_needed_off_loopback_and_the_host_is_checked_on_it(explorer):
         assert refused.status_code == 403 and refused.json() == {"error": "missing or wrong token"}
         assert c.get("/api/meta?token=wrong").status_code == 403
         first = c.get(f"/?token={token}")
-        assert first.status_code == 200 and auth.COOKIE in first.headers["set-cookie"]
+        assert first.status_code == 200 and auth.cookie_name(token) in first.headers["set-cookie"]
         assert c.get("/api/meta").status_code == 200  # the cookie, as the page's fetches send it
     with TestClient(guarded, base_url="http://10.0.0.5") as c:
         assert c.get("/api/meta", headers={"Authorization": f"token {token}"}).status_code == 200
@@ -262,6 +263,26 @@ def test_a_token_is_needed_off_loopback_and_the_host_is_checked_on_it(explorer):
         assert c.get("/api/meta").status_code == 200
         assert c.get("/api/meta", headers={"host": "localhost:8000"}).status_code == 200
         assert c.get("/api/meta", headers={"host": "attacker.example:8000"}).status_code == 403
+
+
+def test_two_guarded_servers_on_one_host_keep_their_own_cookies(explorer):
+    """Browsers keep one cookie per name and host, whatever the port: each server's cookie
+    is named after its token, so opening the second does not log out of the first."""
+    one, two = auth.token_for("0.0.0.0", None), auth.token_for("0.0.0.0", None)
+    first = TestClient(auth.Guard(app.build(explorer), one), base_url="http://10.0.0.5:8000")
+    second = TestClient(auth.Guard(app.build(explorer), two), base_url="http://10.0.0.5:8001")
+    with first, second:
+        second.cookies = first.cookies  # one browser
+        assert first.get(f"/?token={one}").status_code == 200
+        assert second.get(f"/?token={two}").status_code == 200
+        assert first.get("/api/meta").status_code == 200
+        assert second.get("/api/meta").status_code == 200
+
+
+def test_a_deeply_nested_body_is_a_400(client):
+    for body in (b"[" * 100_000 + b"]" * 100_000, b'{"z": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"):
+        r = client.post("/api/decode", content=body)
+        assert r.status_code == 400 and "nested" in r.json()["error"], r.text
 
 
 def _store_digest(path) -> str:
@@ -297,6 +318,9 @@ def test_off_loopback_the_url_carries_a_token_the_server_requires(stored):
     folder, _, _ = stored
     with serve(Z20, folder / "e.zarr", host="0.0.0.0", providers="cpu") as srv:
         assert f"?token={srv.token}" in srv.url
+        assert urllib.parse.urlsplit(srv.url).hostname not in ("0.0.0.0", "::", "127.0.0.1")
+        with urllib.request.urlopen(srv.url, timeout=10) as r:  # the printed URL opens
+            assert r.status == 200
         base = f"http://127.0.0.1:{srv.port}/"
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(base + "api/meta", timeout=10)
@@ -318,9 +342,9 @@ def test_a_store_without_tsne_opens_with_pca_and_a_z2_store_with_mu_itself(tmp_p
     for k in range(2):  # the same axes up to sign and the normalisation's scale
         assert abs(np.corrcoef(got[:, k], ref[:, k])[0, 1]) > 0.9999
     z2 = runtime.load(Z2, providers="cpu")
-    embed(Z2, str(tmp_path / "x.npz"), tmp_path / "z2.zarr", progress=False)
+    embed(Z2, str(tmp_path / "x.npz"), tmp_path / "z2.zarr", tsne=True, progress=False)
     cols = Columns(tmp_path / "z2.zarr", z2.meta["weights_sha256"], str(Z2))
-    assert cols.maps() == ["mu", "pca"]
+    assert cols.maps() == ["mu", "tsne", "pca"]  # opens on μ itself, its t-SNE offered
     meta = cols.meta()
     cx, cy, half = meta["mu_frame"]
     mu = np.asarray(store.open_embeddings(tmp_path / "z2.zarr")["mu"][:], np.float64)

@@ -62,6 +62,23 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def _reachable(host: str) -> str:
+    """How a URL names a server bound to ``host``: as given, or, for a bind to every
+    address, this machine's own address (the one its default route leaves from), else its
+    name — never 0.0.0.0, which no browser elsewhere can open."""
+    if host in WILDCARDS:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect(("192.0.2.1", 9))  # a documentation address: nothing is sent
+                host = s.getsockname()[0]
+        except OSError:
+            host = socket.gethostname()
+    return f"[{host}]" if ":" in host else host
+
+
 def serve(
     model: str | os.PathLike,
     store: str | os.PathLike,
@@ -109,7 +126,7 @@ def serve(
     )
     thread.start()
     port = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
+    shown = _reachable(host)
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     logging.getLogger("vaefast.explore").info("serving %s", url)
     return Server(url, host, port, token, server, thread, explorer)

@@ -103,6 +103,8 @@ class Explorer:
             data = json.loads(body)
         except ValueError:
             raise HTTPException(400, "body is not JSON")
+        except RecursionError:  # nesting deeper than Python's parser recurses
+            raise HTTPException(400, "body is nested too deeply")
         if not isinstance(data, dict):
             raise HTTPException(400, "body must be a JSON object")
         return data

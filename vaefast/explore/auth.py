@@ -4,13 +4,13 @@ in the URL once (then a cookie), or ``Authorization: token …`` for scripts."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
 import secrets
 from urllib.parse import parse_qs
 
-COOKIE = "vaefast_explore_token"
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
@@ -32,6 +32,13 @@ def token_for(host: str, token: str | None) -> str | None:
     return None if is_loopback(host) else secrets.token_urlsafe(24)
 
 
+def cookie_name(token: str) -> str:
+    """The cookie one server's token lives in: named after the token, because browsers
+    keep one cookie per name and host whatever the port, so two servers on one host
+    would otherwise overwrite each other's."""
+    return "vaefast_explore_" + hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
 def _refuse(status: int, message: str):
     body = json.dumps({"error": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -44,6 +51,7 @@ class Guard:
 
     def __init__(self, app, token: str | None) -> None:
         self.app, self.token = app, token
+        self.cookie = cookie_name(token) if token else None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -60,7 +68,7 @@ class Guard:
 
             async def send_with_cookie(message):
                 if message["type"] == "http.response.start":
-                    cookie = f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+                    cookie = f"{self.cookie}={self.token}; Path=/; HttpOnly; SameSite=Strict"
                     message["headers"] = [*message["headers"], (b"set-cookie", cookie.encode())]
                 await send(message)
 
@@ -74,7 +82,7 @@ class Guard:
         given = [from_query, headers.get("authorization", "").removeprefix("token ").strip()]
         for part in headers.get("cookie", "").split(";"):
             name, _, value = part.strip().partition("=")
-            if name == COOKIE:
+            if name == self.cookie:
                 given.append(value)
         if any(g and hmac.compare_digest(g.encode(), self.token.encode()) for g in given):
             return None

@@ -310,13 +310,13 @@ class MapKind:
 
 
 MAPS: dict[str, MapKind] = {  # best first: the page opens the first a store has
+    "mu": MapKind(  # Z = 2: μ itself is the map, nothing projected
+        "μ (Z = 2)", lambda c: c.z == 2, lambda c: c.mu_rows(slice(0, c.n)).astype(np.float64)
+    ),
     "tsne": MapKind(
         "t-SNE of μ",
         lambda c: "tsne" in c.group,
         lambda c: np.asarray(c.group["tsne"][:], np.float64),
-    ),
-    "mu": MapKind(
-        "μ (Z = 2)", lambda c: c.z == 2, lambda c: c.mu_rows(slice(0, c.n)).astype(np.float64)
     ),
     "pca": MapKind("PCA of μ", lambda c: True, Columns.pca),
 }
