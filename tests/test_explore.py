@@ -368,6 +368,31 @@ def test_a_moved_input_loses_thumbnails_but_not_the_map(tmp_path, vae):
         ex.decoder.close()
 
 
+def test_an_input_given_by_a_relative_path_is_found_from_any_working_folder(
+    tmp_path, vae, monkeypatch
+):
+    """A store records where its input is, not how it was spelled: explore run from
+    another folder still shows the images."""
+    from tests.helpers import write_image_folder
+
+    X, _ = _inputs(tmp_path, 40)
+    work = tmp_path / "work"
+    write_image_folder(work / "digits", X.reshape(-1, 28, 28), classes=2)
+    monkeypatch.chdir(work)
+    model = EXPORTED / "mnist5k-conv-z16"
+    conv = runtime.load(model, providers="cpu")
+    embed(model, "images:digits", "e.zarr", progress=False)
+    monkeypatch.chdir(tmp_path)
+    ex = app.Explorer(conv, Columns(work / "e.zarr", conv.meta["weights_sha256"], str(model)))
+    try:
+        assert ex.inputs.source is not None, ex.inputs.note
+        with TestClient(app.build(ex), base_url="http://127.0.0.1") as c:
+            assert c.get("/api/meta").json()["inputs"]
+            assert c.get("/api/rows/3/input.png").status_code == 200
+    finally:
+        ex.decoder.close()
+
+
 def test_the_cli_refuses_another_models_store_a_missing_store_and_a_busy_port(stored):
     folder, _, _ = stored
     r = run_cli("explore", str(Z2), str(folder / "e.zarr"), "--no-browser")

@@ -21,7 +21,7 @@ import numpy as np
 
 from vaefast import manifest, runtime, store
 from vaefast.memory import trim
-from vaefast.data import Source, preprocess_for, reopen
+from vaefast.data import Source, absolute_spec, preprocess_for, reopen
 from vaefast.engines import DEFAULT_PROVIDERS
 from vaefast.errors import BadFile, BadRows, VaefastError, first_line
 from vaefast.extras import require
@@ -244,6 +244,7 @@ def embed(
     if scheduler is not None:
         require("dask", "--scheduler")
     out = Path(out)
+    input = absolute_spec(input)  # the store finds its input again from any folder
     prep = preprocess_for(
         input, manifest.image_display_shape(manifest.read_model_json(model_dir)), resize, exif
     )

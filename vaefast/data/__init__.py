@@ -27,6 +27,7 @@ A bare path ending in a kind's suffix (``.npy``, ``.npz``, ``.zarr``, ``-ubyte[.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -44,6 +45,7 @@ SPLIT_SEED = 0  # the fixed seed of every built-in train/test split
 
 __all__ = [
     "KINDS",
+    "absolute_spec",
     "Dataset",
     "POINT_KEYS",
     "Preprocess",
@@ -196,6 +198,15 @@ def open_source(
     return Source(
         spec, X.shape[0], tuple(X.shape[1:]), X.dtype, raw.y, _array=X, label_names=raw.label_names
     )
+
+
+def absolute_spec(spec: str) -> str:
+    """``spec`` with its path made absolute (``kind:/abs/path``): what a store records, so
+    that its input is found again from any working folder."""
+    kind, path = parse_spec(spec)
+    if path is None:
+        return spec
+    return f"{kind}:{os.path.abspath(os.path.expanduser(path))}"
 
 
 def reopen(reading: dict, decode_workers: int | None = None) -> Source:
