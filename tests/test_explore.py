@@ -279,6 +279,23 @@ def test_two_guarded_servers_on_one_host_keep_their_own_cookies(explorer):
         assert second.get("/api/meta").status_code == 200
 
 
+def test_a_lasso_finds_every_row_inside_its_polygon(client):
+    def lasso(polygon, **params):
+        body = np.asarray(polygon, "<f8").tobytes()
+        return client.post("/api/lasso", params=params, content=body)
+
+    everything = lasso([(-2, -2), (2, -2), (2, 2), (-2, 2)], map="tsne")
+    assert np.array_equal(np.frombuffer(everything.content, "<u4"), np.arange(N))
+    pts = _points(client.get("/api/points?map=tsne").content)
+    left = np.frombuffer(lasso([(-2, -2), (0, -2), (0, 2), (-2, 2)]).content, "<u4")
+    assert np.array_equal(left, pts["rows"][pts["x"] < 0])
+    for bad in ([(0, 0), (1, 1)], [(0, 0), (1, np.nan), (1, 1)]):
+        r = lasso(bad)
+        assert r.status_code == 400 and "error" in r.json()
+    assert client.post("/api/lasso", content=b"abc").status_code == 400
+    assert lasso([(0, 0), (1, 0), (1, 1)], map="nope").status_code == 400
+
+
 def test_a_deeply_nested_body_is_a_400(client):
     for body in (b"[" * 100_000 + b"]" * 100_000, b'{"z": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"):
         r = client.post("/api/decode", content=body)

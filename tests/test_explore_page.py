@@ -204,6 +204,31 @@ def test_a_lasso_selects_the_rows_inside_it(page):
     assert page.locator("#sel-count").inner_text().startswith(f"{len(selected)} selected")
 
 
+def test_a_lasso_counts_every_row_inside_it_when_the_page_draws_a_sample(browser, stores):
+    """Above --max-points the page draws a sample; the lasso still selects, counts and
+    exports every row inside it: the same rows as on a page that draws them all."""
+    folder, _, _ = stores
+    selections = {}
+    for max_points in (None, 100):
+        with serve(Z20, folder / "z20.zarr", providers="cpu", max_points=max_points) as srv:
+            context = browser.new_context(viewport={"width": 1100, "height": 760})
+            pg = context.new_page()
+            pg.goto(srv.url)
+            _ready(pg)
+            box = pg.locator("#map").bounding_box()
+            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            square = [(cx - 150, cy - 120), (cx + 150, cy - 120), (cx + 150, cy + 120)]
+            lasso_drag(pg, [*square, (cx - 150, cy + 120)])
+            pg.wait_for_function("vaefastExplorer.selectionStats?.count > 0")
+            selections[max_points] = sorted(pg.evaluate("vaefastExplorer.selection"))
+            drawn = pg.evaluate("vaefastExplorer.rows.length")
+            count = pg.evaluate("vaefastExplorer.selectionStats.count")
+            assert count == len(selections[max_points])
+            context.close()
+    assert drawn == 100 and len(selections[100]) > 100 * len(selections[None]) / 400
+    assert selections[100] == selections[None]
+
+
 def test_colour_modes_change_the_drawn_colours_and_the_legend(page):
     before = page.locator("#map").screenshot()
     page.select_option("#colour", "sigma")

@@ -29,6 +29,7 @@ MAX_DECODE = 64  # latents per decode request
 MAX_NEIGHBOURS = 100
 MAX_SAMPLES = 32
 MAX_SEARCH = 10_000
+MAX_LASSO_VERTICES = 100_000
 JSON_BODY_BYTES = 1 << 20
 
 
@@ -198,6 +199,20 @@ class Explorer:
             raise HTTPException(400, "z must be finite")
         return self._decode(arr.reshape(len(arr), *self.cols.latent_shape))
 
+    async def lasso(self, request: Request) -> Response:
+        """POST a polygon (float64 x, y pairs, little-endian, in the map's normalised
+        coordinates): every drawn row inside it as uint32, whatever the page draws."""
+        body = await request.body()
+        if len(body) % 16 or not 3 * 16 <= len(body) <= MAX_LASSO_VERTICES * 16:
+            raise HTTPException(
+                400, f"body must be 3..{MAX_LASSO_VERTICES} float64 (x, y) vertices"
+            )
+        polygon = np.frombuffer(body, "<f8").reshape(-1, 2)
+        if not np.isfinite(polygon).all():
+            raise HTTPException(400, "vertices must be finite")
+        rows = self.cols.lasso(self._map(request), polygon)
+        return Response(rows.tobytes(), media_type="application/octet-stream")
+
     async def selection(self, request: Request) -> Response:
         """POST rows (uint32 little-endian): count, label histogram, mean σ — or, with
         ``?format=csv``, the rows' ids as CSV."""
@@ -266,6 +281,7 @@ def build(ex: Explorer) -> Starlette:
         Route("/api/rows/{row}/neighbours", ex.neighbours),
         Route("/api/decode", ex.decode, methods=["POST"]),
         Route("/api/selection", ex.selection, methods=["POST"]),
+        Route("/api/lasso", ex.lasso, methods=["POST"]),
         Route("/api/search", ex.search),
     ]
     return Starlette(

@@ -192,6 +192,22 @@ class Columns:
             rows = np.sort(rows[np.argpartition(self.rank[rows], limit - 1)[:limit]])
         return Selection(rows.astype(np.uint32), total)
 
+    def lasso(self, name: str, polygon: np.ndarray) -> np.ndarray:
+        """Every drawn row of map ``name`` inside ``polygon`` ([k, 2] in the map's
+        normalised coordinates), as sorted uint32: the page's own even-odd rule
+        (``pointsInPolygon``), computed here over all rows, drawn in the overview or not."""
+        xy = self.positions(name)
+        (x0, y0), (x1, y1) = polygon.min(axis=0), polygon.max(axis=0)
+        x, y = xy[:, 0], xy[:, 1]
+        rows = np.flatnonzero(self.drawn & (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1))
+        px, py = x[rows].astype(np.float64), y[rows].astype(np.float64)
+        inside = np.zeros(len(rows), bool)
+        for (ax, ay), (bx, by) in zip(polygon, np.roll(polygon, 1, axis=0)):
+            crosses = (ay > py) != (by > py)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                inside ^= crosses & (px < ((bx - ax) * (py - ay)) / (by - ay) + ax)
+        return rows[inside].astype(np.uint32)
+
     def points(self, name: str, sel: Selection) -> bytes:
         """The selected rows as the page draws them, little-endian, 16 bytes a point:
         uint32 count k, then row uint32[k], x float32[k], y float32[k], label int16[k]

@@ -286,11 +286,25 @@ async function showSelection(view, rows) {
   state.selectionStats = stats;
 }
 
+// The rows inside a lasso: found here among the points drawn when they are all the rows in
+// view; asked of the server, which holds every row, when the page draws a sample of them.
+async function lassoRows(view, polygon) {
+  if (view.points.totalInView <= view.points.rows.length) {
+    const inside = pointsInPolygon(view.points.x, view.points.y, polygon);
+    return { inside, rows: Array.from(inside, (i) => view.points.rows[i]) };
+  }
+  const body = new Float64Array(polygon.flat()).buffer;
+  const r = await api(`/api/lasso?${new URLSearchParams({ map: state.map })}`, { method: 'POST', body });
+  const rows = Array.from(new Uint32Array(await r.arrayBuffer()));
+  const inside = rows.map((row) => rowIndex(view.points.rows, row)).filter((i) => i >= 0);
+  return { inside, rows };
+}
+
 // The lasso is drawn over the motion sample (smooth with software WebGL); its rows are then
-// found among all the points drawn, here, and selected once the full set is back.
+// found (lassoRows) and selected once the full set is back.
 async function finishLasso(view, polygon) {
   const started = performance.now();
-  const inside = pointsInPolygon(view.points.x, view.points.y, polygon);
+  const { inside, rows } = await lassoRows(view, polygon);
   state.moving = false;
   if (view.sp.get('filteredPoints').length < state.points) await view.sp.unfilter({ preventEvent: true });
   view.sp.select(inside, { preventEvent: true });
@@ -298,7 +312,7 @@ async function finishLasso(view, polygon) {
   view.lassoEnded = true; // until the next press
   view.lassoing = false;
   state.lassoMs = performance.now() - started; // rows found and selected
-  await showSelection(view, Array.from(inside, (i) => view.points.rows[i]));
+  await showSelection(view, rows);
   state.lassoSummaryMs = performance.now() - started; // and their summary shown
 }
 
