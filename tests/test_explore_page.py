@@ -229,6 +229,27 @@ def test_a_lasso_counts_every_row_inside_it_when_the_page_draws_a_sample(browser
     assert selections[100] == selections[None]
 
 
+def test_a_refused_action_and_a_search_without_matches_are_said_on_the_page(page):
+    assert page.locator("#notice").is_hidden()
+    page.select_option("#colour", "dim")
+    page.fill("#dim", "999")
+    page.dispatch_event("#dim", "change")
+    page.wait_for_function("vaefastExplorer.notice")
+    assert "dim must be in [0, 19]" in page.locator("#notice").inner_text()
+    page.fill("#dim", "3")
+    page.dispatch_event("#dim", "change")
+    page.wait_for_function("vaefastExplorer.notice === ''")
+    assert page.locator("#notice").is_hidden()
+    page.fill("#search", "no such thing")
+    page.dispatch_event("#search", "change")
+    page.wait_for_function("document.querySelector('#search-note').textContent !== ''")
+    assert page.locator("#search-note").inner_text() == "no match for “no such thing”"
+    page.fill("#search", "7")
+    page.dispatch_event("#search", "change")
+    page.wait_for_function("document.querySelector('#search-note').textContent.includes('match')")
+    assert page.locator("#search-note").inner_text().endswith("matches")
+
+
 def test_colour_modes_change_the_drawn_colours_and_the_legend(page):
     before = page.locator("#map").screenshot()
     page.select_option("#colour", "sigma")

@@ -116,6 +116,24 @@ function banner(text) {
   b.hidden = false;
 }
 
+// What a user's action could not do, said on the page (not only in the console) until the
+// next action succeeds.
+function notice(text) {
+  const n = $('notice');
+  n.textContent = text;
+  n.hidden = !text;
+  state.notice = text;
+}
+
+const guarded = (action) => async (...args) => {
+  try {
+    await action(...args);
+    notice('');
+  } catch (e) {
+    notice(e.message);
+  }
+};
+
 // --- points ---------------------------------------------------------------------------
 
 async function loadPoints(view, box) {
@@ -532,25 +550,29 @@ function wireEvents(view) {
   sp.subscribe('lassoEnd', ({ coordinates }) => finishLasso(view, coordinates));
   sp.subscribe('deselect', () => showSelection(view, []));
   sp.subscribe('view', () => onViewChange(view));
-  $('mapsel').onchange = async () => {
+  $('mapsel').onchange = guarded(async () => {
     state.map = $('mapsel').value;
     view.box = null;
     await loadPoints(view, null);
     sp.reset();
-  };
-  $('colour').onchange = async () => {
+  });
+  $('colour').onchange = guarded(async () => {
     state.colour = $('colour').value;
     $('dim').hidden = state.colour !== 'dim';
     await recolour(view);
-  };
-  $('dim').onchange = () => recolour(view);
+  });
+  $('dim').onchange = guarded(() => recolour(view));
   $('size').oninput = () => { sp.set({ pointSize: Number($('size').value) }); saveHash(sp); };
-  $('search').onchange = async () => {
-    const { rows } = await json(`/api/search?q=${encodeURIComponent($('search').value)}`);
+  $('search').onchange = guarded(async () => {
+    const q = $('search').value;
+    const { rows } = await json(`/api/search?q=${encodeURIComponent(q)}`);
+    $('search-note').textContent = !q ? '' : rows.length
+      ? `${rows.length.toLocaleString()} match${rows.length === 1 ? '' : 'es'}`
+      : `no match for “${q}”`;
     await showSelection(view, rows);
     restoreSelection(view);
-  };
-  $('download').onclick = downloadSelection;
+  });
+  $('download').onclick = guarded(downloadSelection);
   $('pin').onclick = () => pin(view);
   $('close').onclick = () => { $('panel').hidden = true; state.panelRow = null; saveHash(sp); };
   window.addEventListener('resize', () => sp.refresh());
