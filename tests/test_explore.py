@@ -414,6 +414,7 @@ def test_the_cli_refuses_another_models_store_a_missing_store_and_a_busy_port(st
     folder, _, _ = stored
     r = run_cli("explore", str(Z2), str(folder / "e.zarr"), "--no-browser")
     assert r.returncode == 2 and "embedded with another model" in r.stderr
+    assert f"({Z20})" in r.stderr  # the model it was embedded with, named
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_cli("explore", str(Z20), str(folder / "none.zarr"), "--no-browser")
     assert r.returncode == 2 and "no such embedding store" in r.stderr

@@ -252,7 +252,10 @@ def check_model(attrs: dict[str, Any], weights_sha256: str, path, model) -> None
     """A store is read with the model that embedded it (its weights' sha256), or refused
     in one line naming both."""
     if attrs["model_sha256"] != weights_sha256:
-        raise VaefastError(f"{path} was embedded with another model than {model}")
+        named = attrs.get("model") or f"weights sha256 {attrs['model_sha256'][:12]}…"
+        raise VaefastError(
+            f"{path} was embedded with another model ({named}), not {model}; open it with that one"
+        )
 
 
 def info(group) -> dict[str, Any]:
