@@ -322,12 +322,13 @@ async function lassoRows(view, polygon) {
 // found (lassoRows) and selected once the full set is back.
 async function finishLasso(view, polygon) {
   const started = performance.now();
+  view.lassoEnded = true; // until the next press
+  view.lassoIndices = [];
   const { inside, rows } = await lassoRows(view, polygon);
   state.moving = false;
   if (view.sp.get('filteredPoints').length < state.points) await view.sp.unfilter({ preventEvent: true });
   view.sp.select(inside, { preventEvent: true });
   view.lassoIndices = inside;
-  view.lassoEnded = true; // until the next press
   view.lassoing = false;
   state.lassoMs = performance.now() - started; // rows found and selected
   await showSelection(view, rows);
@@ -525,15 +526,19 @@ function wireEvents(view) {
     state.tooltipComplete = false;
     $('tooltip').hidden = true;
   });
-  $('map').addEventListener('pointerdown', () => { view.dragging = true; view.lassoEnded = false; });
+  $('map').addEventListener('pointerdown', () => {
+    view.dragging = true;
+    view.lassoEnded = false;
+    view.lassoStarted = false;
+  });
   $('map').addEventListener('pointermove', (e) => { if (view.dragging && e.buttons) startMotion(view); });
   $('map').addEventListener('wheel', () => { startMotion(view); scheduleRest(view); }, { passive: true });
   window.addEventListener('pointerup', () => {
     view.dragging = false;
     if (state.moving) scheduleRest(view);
   });
-  $('map').addEventListener('click', () => {
-    if (state.hovered !== null && !view.lassoEnded) openPanel(view, state.hovered);
+  $('map').addEventListener('click', () => { // a press that drew a lasso is not a click
+    if (state.hovered !== null && !view.lassoStarted) openPanel(view, state.hovered);
   });
   sp.subscribe('select', ({ points }) => {
     if (view.lassoing) return;
@@ -545,6 +550,7 @@ function wireEvents(view) {
   });
   sp.subscribe('lassoStart', () => {
     view.lassoing = true;
+    view.lassoStarted = true;
     startMotion(view);
   });
   sp.subscribe('lassoEnd', ({ coordinates }) => finishLasso(view, coordinates));
