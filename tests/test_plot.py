@@ -60,6 +60,29 @@ def test_titles_say_exactly_what_is_plotted(latents):
     plt.close("all")
 
 
+@pytest.mark.parametrize(
+    "z, method, axes",
+    [
+        (2, "tsne", ("μ₁", "μ₂")),
+        (20, "tsne", ("t-SNE 1", "t-SNE 2")),
+        (20, "pca", ("PC1 (", "PC2 (")),
+    ],
+)
+def test_every_map_names_its_axes(latents, z, method, axes):
+    """μ₁/μ₂ where μ is the map, t-SNE 1/2, or the principal components with the share of
+    μ's variance each explains (checked against scikit-learn's PCA)."""
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+
+    for view in (plot.latent, plot.uncertainty):
+        ax = view(latents[z], method=method).axes[0]
+        assert ax.get_xlabel().startswith(axes[0]) and ax.get_ylabel().startswith(axes[1])
+        if method == "pca":
+            ratio = PCA(2).fit(latents[z].flat_mu).explained_variance_ratio_
+            assert ax.get_xlabel() == f"PC1 ({100 * ratio[0]:.1f} % of μ's variance)"
+    plt.close("all")
+
+
 def test_z2_scatter_positions_are_mu_exactly(latents):
     import matplotlib.pyplot as plt
 

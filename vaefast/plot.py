@@ -135,7 +135,9 @@ class Latents:
             if method == "pca":
                 from sklearn.decomposition import PCA
 
-                pos = PCA(2, random_state=self.seed).fit_transform(self.flat_mu)
+                pca = PCA(2, random_state=self.seed)
+                pos = pca.fit_transform(self.flat_mu)
+                self._explained = pca.explained_variance_ratio_
             elif method == "tsne":
                 from vaefast.tsne import map_points
 
@@ -145,6 +147,25 @@ class Latents:
             self._positions[method] = pos
         name = "exact t-SNE" if method == "tsne" else "PCA"
         return self._positions[method], f"{name} of {self.describe()} posterior means μ"
+
+    def axis_names(self, method: str = "tsne") -> tuple[str, str]:
+        """What the two axes of ``positions(method)`` are: μ₁ and μ₂ at Z = 2, t-SNE 1
+        and 2, or the principal components with the share of μ's variance each explains."""
+        if self.z == 2:
+            return "μ₁", "μ₂"
+        if method == "pca":
+            self.positions("pca")
+            return tuple(
+                f"PC{k + 1} ({100 * r:.1f} % of μ's variance)"
+                for k, r in enumerate(self._explained)
+            )
+        return "t-SNE 1", "t-SNE 2"
+
+    def label_axes(self, ax, method: str = "tsne") -> None:
+        """Name a map's axes (their ticks are in the map's own units)."""
+        x, y = self.axis_names(method)
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
 
 
 class _RowReader:
@@ -252,8 +273,7 @@ def latent(lat: Latents, method: str = "tsne", thumbnails: int = 0):
         rows = _subsample(len(pos), thumbnails, lat.seed)
         _thumbnails(ax, pos[rows], lat.images(rows))
     ax.set_title(f"{what} (σ not used), N={len(pos)}", fontsize=10)
-    ax.set_xlabel("μ₁" if lat.z == 2 else "embedding 1")
-    ax.set_ylabel("μ₂" if lat.z == 2 else "embedding 2")
+    lat.label_axes(ax, method)
     return fig
 
 
@@ -294,6 +314,7 @@ def uncertainty(lat: Latents, method: str = "tsne", ellipses: int = 200, example
         )
         fig.colorbar(points, ax=ax, label=f"mean σ over the {lat.z} latent values")
         ax.set_title(f"{what}, colored by mean posterior σ (position from μ only)", fontsize=10)
+    lat.label_axes(ax, method)
     order = np.argsort(mean_sigma)
     maps = sigma.mean(axis=1) if lat.spatial else None  # [N, h, w]
     shown = maps[np.concatenate([order[:examples], order[-examples:]])] if lat.spatial else None
@@ -391,13 +412,15 @@ def samples(vae: runtime.ExportedVAE, n: int = 64, seed: int = 0, embed: bool = 
         ax.set_title(f"{n} decoded z ~ N(0, I): μ and σ bypassed", fontsize=10)
         return fig
     if vae.latent_dim == 2:
-        pos, what = z.astype(np.float64), "z plotted directly"
+        pos, what, axes = z.astype(np.float64), "z plotted directly", ("z₁", "z₂")
     else:
         from vaefast.tsne import map_points
 
         pos = map_points(z.reshape(n, -1), seed=seed)
-        what = f"exact t-SNE of the {vae.latent_dim}-D z"
+        what, axes = f"exact t-SNE of the {vae.latent_dim}-D z", ("t-SNE 1", "t-SNE 2")
     fig, ax = _figure(figsize=(7, 7))
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
     ax.scatter(pos[:, 0], pos[:, 1], s=0)
     _thumbnails(ax, pos, images, zoom=0.8)
     ax.set_title(f"{n} decoded z ~ N(0, I) placed by {what}: μ and σ bypassed", fontsize=10)
