@@ -289,6 +289,36 @@ def _lasso_from_a_point(pg, url: str) -> None:
     assert pg.evaluate("vaefastExplorer.panelRow") == first
 
 
+def test_a_click_opens_a_panel_without_selecting_and_the_histogram_wears_label_colours(page):
+    row = _isolated_row(page)
+    page.mouse.move(*_screen(page, row))
+    page.wait_for_function(f"vaefastExplorer.hovered === {row}")
+    page.mouse.click(*_screen(page, row))
+    page.wait_for_function(f"vaefastExplorer.panelRow === {row}")
+    page.wait_for_timeout(300)
+    assert page.evaluate("vaefastExplorer.selection.length") == 0
+    assert page.locator("#selection").is_hidden()
+    page.fill("#search", "7")  # every row labelled 7, and row 7
+    page.dispatch_event("#search", "change")
+    page.wait_for_function("vaefastExplorer.selectionStats?.count > 1")
+    bars = page.evaluate(
+        "Array.from(document.querySelectorAll('#sel-hist div'), "
+        "d => [d.firstChild.textContent, getComputedStyle(d.querySelector('b')).backgroundColor])"
+    )
+    legend = dict(
+        page.evaluate(
+            "Array.from(document.querySelectorAll('#legend .swatch'), "
+            "s => [s.textContent, getComputedStyle(s.querySelector('i')).backgroundColor])"
+        )
+    )
+    assert len(bars) == 2 and all(colour == legend[name] for name, colour in bars), (bars, legend)
+
+
+def test_the_point_size_follows_the_number_of_rows(page):
+    assert page.input_value("#size") == "6"  # 400 rows: big enough to hover
+    assert page.evaluate("vaefastExplorer.scatterplot.get('pointSize')") == 6
+
+
 def test_colour_modes_change_the_drawn_colours_and_the_legend(page):
     before = page.locator("#map").screenshot()
     page.select_option("#colour", "sigma")

@@ -88,6 +88,12 @@ function finishFrame(sp) {
 }
 state.finishFrame = () => finishFrame(state.scatterplot);
 
+// The point size a map of n points opens with: 6 px up to 1,000 points, 1.5 px from 1,000,000.
+function defaultPointSize(n) {
+  const size = 6 - 1.5 * Math.log10(Math.max(n, 1000) / 1000);
+  return Math.max(1.5, Math.round(2 * size) / 2); // the slider's steps
+}
+
 function setupControls(meta, saved) {
   const mapSel = $('mapsel');
   for (const m of meta.maps) mapSel.add(new Option(meta.map_titles[m], m));
@@ -101,7 +107,8 @@ function setupControls(meta, saved) {
   $('dim').max = meta.z - 1;
   if (saved.dim && /^\d+$/.test(saved.dim) && Number(saved.dim) < meta.z) $('dim').value = saved.dim;
   $('dim').hidden = state.colour !== 'dim';
-  if (saved.size && Number(saved.size) >= 1) $('size').value = saved.size;
+  // points big enough to hover when there are few, small enough to see structure when many
+  $('size').value = saved.size && Number(saved.size) >= 1 ? saved.size : defaultPointSize(meta.drawn);
   $('count').textContent = `${meta.rows.toLocaleString()} rows, Z = ${meta.latent_shape.join('×')}`
     + (meta.skipped ? `, ${meta.skipped} skipped (not drawn)` : '');
   if (meta.skipped) {
@@ -296,9 +303,15 @@ async function showSelection(view, rows) {
   hist.replaceChildren();
   const entries = Object.entries(stats.labels || {});
   const most = Math.max(1, ...entries.map(([, c]) => c));
-  for (const [name, c] of entries) {
+  const { meta } = view;
+  const colours = labelColours(meta.label_count);
+  const names = Array.from({ length: meta.label_count }, (_, i) => meta.label_names?.[i] ?? String(i));
+  for (const [name, c] of entries) { // each bar in its label's colour on the map
+    const i = names.indexOf(name);
+    const colour = colours[i >= 0 ? i : meta.label_count].css;
     const row = document.createElement('div');
-    row.innerHTML = `<span>${name}</span><b style="width:${(100 * c) / most}%"></b><span>${c}</span>`;
+    row.innerHTML = `<span></span><b style="width:${(100 * c) / most}%;background:${colour}"></b><span>${c}</span>`;
+    row.firstChild.textContent = name;
     hist.append(row);
   }
   state.selectionStats = stats;
@@ -540,13 +553,13 @@ function wireEvents(view) {
   $('map').addEventListener('click', () => { // a press that drew a lasso is not a click
     if (state.hovered !== null && !view.lassoStarted) openPanel(view, state.hovered);
   });
-  sp.subscribe('select', ({ points }) => {
+  sp.subscribe('select', () => {
     if (view.lassoing) return;
     if (view.lassoEnded) { // a lasso closed where it began reads as a click: keep the lasso's
       sp.select(view.lassoIndices, { preventEvent: true });
       return;
     }
-    showSelection(view, Array.from(points, (i) => view.points.rows[i]));
+    restoreSelection(view); // a click opens the point's panel; it selects nothing
   });
   sp.subscribe('lassoStart', () => {
     view.lassoing = true;
