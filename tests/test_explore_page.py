@@ -276,7 +276,11 @@ def _lasso_from_a_point(pg, url: str) -> None:
     pg.mouse.click(*_screen(pg, first))
     pg.wait_for_function(f"vaefastExplorer.panelRow === {first}")
     away = ((pos - pos[at]) ** 2).sum(axis=1)
-    other = int(rows[np.argmax(np.where(away > 0, away, 0))])  # far from the open one
+    beside = (
+        pos[:, 0]
+        < pg.locator("#panel").bounding_box()["x"] - pg.locator("#map").bounding_box()["x"] - 80
+    )
+    other = int(rows[np.argmax(np.where(beside, away, 0))])  # far from the open one, not under it
     x, y = _screen(pg, other)
     pg.mouse.move(x, y)
     pg.wait_for_function(f"vaefastExplorer.hovered === {other}")
@@ -312,6 +316,23 @@ def test_a_click_opens_a_panel_without_selecting_and_the_histogram_wears_label_c
         )
     )
     assert len(bars) == 2 and all(colour == legend[name] for name, colour in bars), (bars, legend)
+
+
+def test_the_tooltip_stays_in_the_window_and_the_panel_does_not_move_the_map(page):
+    pos = _positions(page)
+    corner = int(np.argmax(pos.sum(axis=1)))  # the point nearest the bottom-right corner
+    row = int(page.evaluate("Array.from(vaefastExplorer.rows)")[corner])
+    at = _screen(page, row)
+    page.mouse.move(*at)
+    page.wait_for_function(f"vaefastExplorer.hovered === {row} && vaefastExplorer.tooltipComplete")
+    page.wait_for_timeout(100)
+    tip = page.locator("#tooltip").bounding_box()
+    assert tip["x"] >= 0 and tip["y"] >= 0
+    assert tip["x"] + tip["width"] <= 1100 and tip["y"] + tip["height"] <= 760, tip
+    page.mouse.click(*at)
+    page.wait_for_function(f"vaefastExplorer.panelRow === {row}")
+    page.wait_for_timeout(200)
+    assert np.allclose(_screen(page, row), at, atol=0.5)  # still under the cursor
 
 
 def test_the_point_size_follows_the_number_of_rows(page):

@@ -386,6 +386,7 @@ async function showTooltip(view, index, event) {
   $('tip-sigma').hidden = !view.meta.spatial;
   if (view.meta.spatial) loads.push(imageLoaded($('tip-sigma'), `/api/rows/${row}/sigma.png`));
   await Promise.all(loads);
+  placeTooltip(); // its size is known now
   if (state.hovered === row) {
     state.tooltipRow = row;
     state.tooltipComplete = true;
@@ -393,11 +394,20 @@ async function showTooltip(view, index, event) {
   }
 }
 
+let pointer = null; // the last pointer event over the map
+
+// Beside the pointer, on whichever side keeps the whole tooltip inside the window.
 function placeTooltip(event) {
-  if (!event) return;
+  if (event) pointer = event;
+  if (!pointer) return;
   const tip = $('tooltip');
-  tip.style.left = `${event.clientX + 16}px`;
-  tip.style.top = `${event.clientY + 16}px`;
+  const { width, height } = tip.getBoundingClientRect();
+  const gap = 16;
+  const { clientX: x, clientY: y } = pointer;
+  const left = x + gap + width <= window.innerWidth ? x + gap : x - gap - width;
+  const top = y + gap + height <= window.innerHeight ? y + gap : y - gap - height;
+  tip.style.left = `${Math.max(0, left)}px`;
+  tip.style.top = `${Math.max(0, top)}px`;
 }
 
 async function decodeInto(img, z) {
@@ -593,6 +603,7 @@ function wireEvents(view) {
   });
   $('download').onclick = guarded(downloadSelection);
   $('pin').onclick = () => pin(view);
+  $('panel').addEventListener('pointerenter', () => { $('tooltip').hidden = true; });
   $('close').onclick = () => { $('panel').hidden = true; state.panelRow = null; saveHash(sp); };
   window.addEventListener('resize', () => sp.refresh());
 }
