@@ -521,3 +521,15 @@ def test_a_placed_point_ignores_how_the_rows_are_split(method):
             )
     finally:
         numba.set_num_threads(before)
+
+
+def test_the_progress_bar_says_when_kernels_are_being_prepared(capsys):
+    """A first run compiles the kernels before the first iteration: the bar says so, then
+    counts iterations as "t-SNE"."""
+    from vaefast.tsne.optimizer import PREPARING
+
+    TSNE(max_iter=300, perplexity=5, random_state=0, progress=True).fit(
+        np.random.default_rng(0).random((60, 4))
+    )
+    err = capsys.readouterr().err
+    assert PREPARING in err and "t-SNE: 100%" in err

@@ -128,6 +128,9 @@ EXPLORATION_MAX_ITER = 250  # iterations with early exaggeration and momentum 0.
 N_ITER_CHECK = 50  # iterations between error checks
 
 
+PREPARING = "t-SNE (preparing kernels: compiled on a first run, then cached)"
+
+
 def optimize(
     objective: Objective,
     Y: np.ndarray,
@@ -150,10 +153,13 @@ def optimize(
     zero update and unit gains. Returns (Y, KL, index of the last iteration)."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=max_iter, desc="t-SNE", unit="it", disable=not progress)
+    # until the first check, the kernels may be compiling (a first run: tens of seconds)
+    bar = tqdm(total=max_iter, desc=PREPARING, unit="it", disable=not progress)
     done = [0]
 
     def on_check(iteration: int) -> None:
+        if not done[0]:
+            bar.set_description("t-SNE", refresh=False)
         bar.update(iteration - done[0])
         done[0] = iteration
 
