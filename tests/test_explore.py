@@ -30,7 +30,7 @@ from vaefast import data, runtime, store  # noqa: E402
 from vaefast.embedding import embed  # noqa: E402
 from vaefast.errors import VaefastError  # noqa: E402
 from vaefast.explore import app, auth, serve  # noqa: E402
-from vaefast.explore.columns import Columns  # noqa: E402
+from vaefast.explore.columns import FRAME_MARGIN, Columns  # noqa: E402
 
 Z20, Z2 = EXPORTED / "mnist5k-z20", EXPORTED / "mnist5k-z2"
 N = 400
@@ -101,9 +101,9 @@ def test_points_are_the_stores_map_normalised_with_labels_and_mean_sigma(client,
     np.testing.assert_array_equal(pts["rows"], np.arange(N))
     tsne = np.asarray(g["tsne"][:], np.float64)
     lo, hi = tsne.min(axis=0), tsne.max(axis=0)
-    expected = (tsne - (lo + hi) / 2) / (np.max(hi - lo) / 2)
+    expected = (tsne - (lo + hi) / 2) / (np.max(hi - lo) / 2 * FRAME_MARGIN)
     np.testing.assert_allclose(np.c_[pts["x"], pts["y"]], expected, atol=1e-6)
-    assert np.abs(np.c_[pts["x"], pts["y"]]).max() == pytest.approx(1.0)
+    assert np.abs(np.c_[pts["x"], pts["y"]]).max() == pytest.approx(1 / FRAME_MARGIN)
     np.testing.assert_array_equal(pts["label"], y)
     sigma = np.exp(0.5 * np.asarray(g["logvar"][:], np.float64)).mean(axis=1)
     scaled = (sigma - sigma.min()) / (sigma.max() - sigma.min())
@@ -358,10 +358,18 @@ def test_a_store_without_tsne_opens_with_pca_and_a_z2_store_with_mu_itself(tmp_p
     got = cols.positions("pca").astype(np.float64)
     for k in range(2):  # the same axes up to sign and the normalisation's scale
         assert abs(np.corrcoef(got[:, k], ref[:, k])[0, 1]) > 0.9999
+    explained = np.linalg.eigvalsh(np.cov(mu, rowvar=False))[::-1][:2] / np.trace(
+        np.cov(mu, rowvar=False)
+    )
+    assert cols.meta()["map_axes"]["pca"] == [
+        f"PC{k + 1} ({100 * r:.1f} % of μ's variance)" for k, r in enumerate(explained)
+    ]
     z2 = runtime.load(Z2, providers="cpu")
     embed(Z2, str(tmp_path / "x.npz"), tmp_path / "z2.zarr", tsne=True, progress=False)
     cols = Columns(tmp_path / "z2.zarr", z2.meta["weights_sha256"], str(Z2))
     assert cols.maps() == ["mu", "tsne", "pca"]  # opens on μ itself, its t-SNE offered
+    assert cols.meta()["map_axes"]["mu"] == ["μ₁", "μ₂"]
+    assert cols.meta()["map_axes"]["tsne"] == ["t-SNE 1", "t-SNE 2"]
     meta = cols.meta()
     cx, cy, half = meta["mu_frame"]
     mu = np.asarray(store.open_embeddings(tmp_path / "z2.zarr")["mu"][:], np.float64)

@@ -335,6 +335,18 @@ def test_the_tooltip_stays_in_the_window_and_the_panel_does_not_move_the_map(pag
     assert np.allclose(_screen(page, row), at, atol=0.5)  # still under the cursor
 
 
+def test_the_map_names_its_axes_and_draws_its_edge_points_whole(page):
+    assert page.locator("#axis-x").inner_text() == "t-SNE 1"
+    assert page.locator("#axis-y").inner_text() == "t-SNE 2"
+    page.select_option("#mapsel", "pca")
+    page.wait_for_function("document.querySelector('#axis-x').textContent.startsWith('PC1 (')")
+    box = page.locator("#map").bounding_box()
+    pos = _positions(page)
+    size = page.evaluate("vaefastExplorer.scatterplot.get('pointSize')")
+    assert (pos >= size / 2).all() and (pos[:, 0] <= box["width"] - size / 2).all()
+    assert (pos[:, 1] <= box["height"] - size / 2).all()
+
+
 def test_the_point_size_follows_the_number_of_rows(page):
     assert page.input_value("#size") == "6"  # 400 rows: big enough to hover
     assert page.evaluate("vaefastExplorer.scatterplot.get('pointSize')") == 6

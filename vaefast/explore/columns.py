@@ -31,13 +31,18 @@ def as_integer(text: str, signed: bool = False) -> int | None:
     return int(text) if re.fullmatch(r"-?[0-9]+" if signed else "[0-9]+", text) else None
 
 
+FRAME_MARGIN = 1.04  # the outermost points sit 4 % inside the map's edge, drawn whole
+
+
 def _frame(xy: np.ndarray) -> tuple[float, float, float]:
-    """(centre x, centre y, half width) that put positions into [-1, 1], aspect kept."""
+    """(centre x, centre y, half width) that put positions into [-1, 1] with a margin,
+    aspect kept."""
     if not np.isfinite(xy).any():
         return 0.0, 0.0, 1.0
     lo, hi = np.nanmin(xy, axis=0), np.nanmax(xy, axis=0)
     centre = (lo + hi) / 2
-    return float(centre[0]), float(centre[1]), float(np.max(hi - lo)) / 2 or 1.0
+    half = float(np.max(hi - lo)) / 2 * FRAME_MARGIN
+    return float(centre[0]), float(centre[1]), half or 1.0
 
 
 @dataclass
@@ -75,6 +80,7 @@ class Columns:
         self.rank = rank  # a row's place in the seeded overview sample (lower: shown sooner)
         self._maps: dict[str, np.ndarray] = {}
         self.frames: dict[str, tuple[float, float, float]] = {}  # map -> _frame
+        self._principal: tuple[np.ndarray, np.ndarray] | None = None
 
     # --- per-row values -------------------------------------------------------------
 
@@ -157,17 +163,26 @@ class Columns:
             self._maps[name] = ((xy - (cx, cy)) / half).astype(np.float32)
         return self._maps[name]
 
+    def principal_axes(self) -> tuple[np.ndarray, np.ndarray]:
+        """μ's two principal axes [Z, 2] and the share of μ's variance each explains
+        (from the one-pass covariance, or a sample's when Z is too large for it); a sign
+        convention makes them deterministic."""
+        if self._principal is None:
+            cov = self._stats.get("cov")
+            if cov is None:
+                rows = np.sort(np.argsort(self.rank)[:10_000])
+                sample = self.mu_rows(rows).astype(np.float64)
+                cov = np.cov(sample[np.isfinite(sample).all(axis=1)], rowvar=False)
+            vals, vecs = np.linalg.eigh(cov)
+            axes = vecs[:, ::-1][:, :2]
+            axes *= np.where(axes[np.abs(axes).argmax(axis=0), [0, 1]] < 0, -1.0, 1.0)
+            self._principal = axes, vals[::-1][:2] / max(float(vals.sum()), 1e-300)
+        return self._principal
+
     def pca(self) -> np.ndarray:
-        """The rows projected on μ's two principal axes (from the one-pass covariance, or a
-        sample's when Z is too large for it); a sign convention makes it deterministic."""
+        """The rows projected on μ's two principal axes."""
         mean = self._stats["mean"]
-        cov = self._stats.get("cov")
-        if cov is None:
-            sample = self.mu_rows(np.sort(np.argsort(self.rank)[:10_000])).astype(np.float64)
-            cov = np.cov(sample[np.isfinite(sample).all(axis=1)], rowvar=False)
-        _, vecs = np.linalg.eigh(cov)
-        axes = vecs[:, ::-1][:, :2]
-        axes *= np.where(axes[np.abs(axes).argmax(axis=0), [0, 1]] < 0, -1.0, 1.0)
+        axes = self.principal_axes()[0]
         out = np.empty((self.n, 2))
         for start, stop in self.chunks():
             out[start:stop] = (self.mu_rows(slice(start, stop)) - mean) @ axes
@@ -301,6 +316,7 @@ class Columns:
             "spatial": len(self.latent_shape) == 3,
             "maps": self.maps(),
             "map_titles": {name: MAPS[name].title for name in self.maps()},
+            "map_axes": {name: list(MAPS[name].axes(self)) for name in self.maps()},
             "labels": self.labels is not None,
             "label_names": self.label_names,
             "label_count": 0 if self.labels is None else int(self.labels.max(initial=-1)) + 1,
@@ -323,16 +339,29 @@ class MapKind:
     title: str
     available: Callable[[Columns], bool]
     positions: Callable[[Columns], np.ndarray]
+    axes: Callable[[Columns], tuple[str, str]]  # what the map's x and y are
 
 
 MAPS: dict[str, MapKind] = {  # best first: the page opens the first a store has
     "mu": MapKind(  # Z = 2: μ itself is the map, nothing projected
-        "μ (Z = 2)", lambda c: c.z == 2, lambda c: c.mu_rows(slice(0, c.n)).astype(np.float64)
+        "μ (Z = 2)",
+        lambda c: c.z == 2,
+        lambda c: c.mu_rows(slice(0, c.n)).astype(np.float64),
+        lambda c: ("μ₁", "μ₂"),
     ),
     "tsne": MapKind(
         "t-SNE of μ",
         lambda c: "tsne" in c.group,
         lambda c: np.asarray(c.group["tsne"][:], np.float64),
+        lambda c: ("t-SNE 1", "t-SNE 2"),
     ),
-    "pca": MapKind("PCA of μ", lambda c: True, Columns.pca),
+    "pca": MapKind(
+        "PCA of μ",
+        lambda c: True,
+        Columns.pca,
+        lambda c: tuple(
+            f"PC{k + 1} ({100 * r:.1f} % of μ's variance)"
+            for k, r in enumerate(c.principal_axes()[1])
+        ),
+    ),
 }

@@ -99,6 +99,7 @@ function setupControls(meta, saved) {
   for (const m of meta.maps) mapSel.add(new Option(meta.map_titles[m], m));
   state.map = meta.maps.includes(saved.map) ? saved.map : meta.maps[0];
   mapSel.value = state.map;
+  labelAxes(meta);
   const colour = $('colour');
   if (!meta.labels) colour.querySelector('option[value=label]').remove();
   state.colour = ['label', 'sigma', 'dim'].includes(saved.color) && (meta.labels || saved.color !== 'label')
@@ -142,6 +143,14 @@ const guarded = (action) => async (...args) => {
 };
 
 // --- points ---------------------------------------------------------------------------
+
+// The names of the map's axes (μ₁/μ₂, t-SNE 1/2, the principal components and the share of
+// μ's variance each explains).
+function labelAxes(meta) {
+  const [x, y] = meta.map_axes?.[state.map] ?? ['', ''];
+  $('axis-x').textContent = x;
+  $('axis-y').textContent = y;
+}
 
 async function loadPoints(view, box) {
   const { meta } = view;
@@ -581,6 +590,7 @@ function wireEvents(view) {
   sp.subscribe('view', () => onViewChange(view));
   $('mapsel').onchange = guarded(async () => {
     state.map = $('mapsel').value;
+    labelAxes(view.meta);
     view.box = null;
     await loadPoints(view, null);
     sp.reset();
