@@ -198,6 +198,33 @@ def test_selection_reports_count_labels_and_mean_sigma_and_downloads_ids(client,
     assert text.splitlines() == ["row,id,label"] + [f"{r},,{y[r]}" for r in unique]
     assert client.post("/api/selection", content=b"abc").status_code == 400
     assert client.post("/api/selection", content=np.array([N], "<u4").tobytes()).status_code == 400
+    assert client.post("/api/selection?format=xls", content=rows.tobytes()).status_code == 400
+
+
+def test_a_selection_downloads_as_parquet_in_the_exports_vocabulary(client, stored, tmp_path):
+    """The selected rows as `vaefast embeddings --to parquet` writes every row: row, id,
+    label and label_name, μ and log σ² as the store holds them, the map's position."""
+    import pyarrow.parquet as pq
+
+    from vaefast.store import export
+
+    folder, _, y = stored
+    rows = np.array([399, 3, 1, 200, 3], "<u4")
+    r = client.post("/api/selection?format=parquet", content=rows.tobytes())
+    assert r.status_code == 200
+    (tmp_path / "sel.parquet").write_bytes(r.content)
+    picked = pq.read_table(tmp_path / "sel.parquet").to_pandas()
+    export(folder / "e.zarr", "parquet", tmp_path / "all.parquet")
+    whole = pq.read_table(tmp_path / "all.parquet").to_pandas()
+    expected = whole.iloc[np.unique(rows)].reset_index(drop=True)
+    assert list(picked.columns) == list(whole.columns)
+    assert picked["row"].tolist() == [1, 3, 200, 399] and picked["label"].tolist() == list(
+        y[[1, 3, 200, 399]]
+    )
+    for name in ("mu", "logvar"):
+        np.testing.assert_array_equal(np.stack(picked[name]), np.stack(expected[name]))
+    empty = client.post("/api/selection?format=parquet", content=b"")
+    assert empty.status_code == 400 and "no rows" in empty.json()["error"]
 
 
 def test_search_finds_rows_by_label_and_without_ids_by_row_number(client, stored):

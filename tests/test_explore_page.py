@@ -202,6 +202,18 @@ def test_a_lasso_selects_the_rows_inside_it(page):
     assert set(rows[inside & ~margin]) <= selected <= set(rows[inside | margin])
     page.wait_for_function(f"vaefastExplorer.selectionStats?.count === {len(selected)}")
     assert page.locator("#sel-count").inner_text().startswith(f"{len(selected)} selected")
+    import pyarrow.parquet as pq
+
+    for button, read in (
+        (
+            "#download",
+            lambda path: [int(line.split(",")[0]) for line in open(path).readlines()[1:]],
+        ),
+        ("#download-parquet", lambda path: pq.read_table(path)["row"].to_pylist()),
+    ):
+        with page.expect_download() as download:
+            page.click(button)
+        assert read(download.value.path()) == sorted(selected)
 
 
 def test_a_lasso_counts_every_row_inside_it_when_the_page_draws_a_sample(browser, stores):

@@ -413,7 +413,7 @@ def export(
         for c in range(0, n, step):
             part = {k: np.asarray(group[k][c : c + step]) for k in columns}
             flat = {k: part[k].astype(np.float32).reshape(len(part[k]), -1) for k in LATENTS}
-            yield c, part | flat
+            yield np.arange(c, c + len(part["mu"]), dtype=np.int64), part | flat
 
     if to == "parquet":
         from vaefast.atomic import atomic_file, check_new_output
@@ -422,17 +422,7 @@ def export(
         with atomic_file(out) as tmp:
             attrs = info(group)
             _write_parquet(
-                tmp,
-                chunks(),
-                group["mu"].shape,
-                attrs.get("label_names"),
-                {
-                    "format": attrs.get("format"),
-                    "latent_shape": list(group["mu"].shape[1:]),
-                    "label_names": attrs.get("label_names"),
-                    "model_sha256": attrs.get("model_sha256"),
-                    "input": attrs.get("input"),
-                },
+                str(tmp), chunks(), group["mu"].shape, attrs.get("label_names"), _meta(group)
             )
         return {"rows": n, "columns": _columns(columns, attrs.get("label_names"))}
 
@@ -449,8 +439,45 @@ def export(
         if k in keys
     }  # fixed-width strings in .npy
     with atomic_dir(out, force=force) as tmp:
-        _write_npy(tmp, chunks(), n, widths)
+        _write_npy(tmp, ((rows[0], part) for rows, part in chunks()), n, widths)
     return {"rows": n, "columns": columns}
+
+
+def parquet_of_rows(group, rows: np.ndarray) -> bytes:
+    """Some rows of a finished store (sorted row numbers) as one parquet file, with the
+    columns and metadata of ``export``'s: what the explorer's selection downloads."""
+    require("parquet", "a parquet download")
+    import pyarrow as pa
+
+    if not len(rows):
+        raise VaefastError("no rows selected")
+    keys = set(group.array_keys())
+    columns = [k for k in ("ids", "labels", "mu", "logvar", "tsne", "skipped") if k in keys]
+    step, attrs = group["mu"].chunks[0], info(group)
+
+    def chunks():
+        for c in range(0, n_rows(group), step):
+            pick = rows[(rows >= c) & (rows < c + step)]
+            if len(pick):
+                part = {k: np.asarray(group[k][c : c + step])[pick - c] for k in columns}
+                flat = {k: part[k].astype(np.float32).reshape(len(pick), -1) for k in LATENTS}
+                yield pick.astype(np.int64), part | flat
+
+    sink = pa.BufferOutputStream()
+    _write_parquet(sink, chunks(), group["mu"].shape, attrs.get("label_names"), _meta(group))
+    return sink.getvalue().to_pybytes()
+
+
+def _meta(group) -> dict[str, Any]:
+    """The ``vaefast`` metadata of a parquet file written from ``group``."""
+    attrs = info(group)
+    return {
+        "format": attrs.get("format"),
+        "latent_shape": list(group["mu"].shape[1:]),
+        "label_names": attrs.get("label_names"),
+        "model_sha256": attrs.get("model_sha256"),
+        "input": attrs.get("input"),
+    }
 
 
 LATENTS = ("mu", "logvar")
@@ -465,7 +492,9 @@ def _columns(arrays: list[str], label_names) -> list[str]:
     return ["row", "id"] + [c for a in arrays if a != "ids" for c in per_row.get(a, [a])]
 
 
-def _write_parquet(path: Path, chunks, mu_shape, label_names, meta: dict) -> None:
+def _write_parquet(where, chunks, mu_shape, label_names, meta: dict) -> None:
+    """Write ``chunks`` — (row numbers, {array: values}) — to ``where`` (a path or an
+    Arrow output stream) as parquet."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -473,8 +502,7 @@ def _write_parquet(path: Path, chunks, mu_shape, label_names, meta: dict) -> Non
     names = pa.array(label_names or [], pa.string())
     writer = None
     try:
-        for c, part in chunks:
-            rows = np.arange(c, c + len(part["mu"]), dtype=np.int64)
+        for rows, part in chunks:
             ids = part["ids"].astype(object) if "ids" in part else rows.astype(str)
             cols = {"row": pa.array(rows), "id": pa.array(ids, pa.string())}
             if "labels" in part:
@@ -492,7 +520,7 @@ def _write_parquet(path: Path, chunks, mu_shape, label_names, meta: dict) -> Non
                 cols["skipped"] = pa.array(part["skipped"].astype(object), pa.string())
             table = pa.table(cols).replace_schema_metadata({"vaefast": json.dumps(meta)})
             if writer is None:
-                writer = pq.ParquetWriter(str(path), table.schema)
+                writer = pq.ParquetWriter(where, table.schema)
             writer.write_table(table)
     finally:
         if writer is not None:

@@ -18,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from vaefast import store
+from vaefast.errors import VaefastError
 from vaefast.explore import neighbours
 from vaefast.explore.columns import Columns, as_integer
 from vaefast.explore.images import Busy, Decoder, Inputs, png
@@ -215,15 +217,25 @@ class Explorer:
 
     async def selection(self, request: Request) -> Response:
         """POST rows (uint32 little-endian): count, label histogram, mean σ — or, with
-        ``?format=csv``, the rows' ids as CSV."""
+        ``?format=csv``, the rows' ids as CSV, with ``?format=parquet`` the rows as the
+        ``vaefast embeddings --to parquet`` export holds them (row, id, label, μ, log σ²)."""
         body = await request.body()
         if len(body) % 4 or len(body) > 4 * self.cols.n:
             raise HTTPException(400, "body must be at most one uint32 per row of the store")
         rows = np.unique(np.frombuffer(body, "<u4"))
         if len(rows) and rows[-1] >= self.cols.n:
             raise HTTPException(400, f"row {int(rows[-1])} out of range")
-        if request.query_params.get("format") == "csv":
+        fmt = request.query_params.get("format")
+        if fmt == "csv":
             return Response(self._csv(rows), media_type="text/csv")
+        if fmt == "parquet":
+            try:
+                body = store.parquet_of_rows(self.cols.group, rows)
+            except VaefastError as e:
+                raise HTTPException(400, str(e))
+            return Response(body, media_type="application/vnd.apache.parquet")
+        if fmt is not None:
+            raise HTTPException(400, f"unknown format {fmt!r}; use csv or parquet")
         cols, out = self.cols, {"count": int(len(rows))}
         if cols.labels is not None:
             values, counts = np.unique(cols.labels[rows], return_counts=True)

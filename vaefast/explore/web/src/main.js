@@ -357,12 +357,12 @@ async function finishLasso(view, polygon) {
   state.lassoSummaryMs = performance.now() - started; // and their summary shown
 }
 
-async function downloadSelection() {
+async function downloadSelection(format) {
   const body = new Uint32Array(state.selection).buffer;
-  const blob = await (await api('/api/selection?format=csv', { method: 'POST', body })).blob();
+  const blob = await (await api(`/api/selection?format=${format}`, { method: 'POST', body })).blob();
   const a = document.createElement('a');
   a.href = URL.createObjectURL(blob);
-  a.download = 'selection.csv';
+  a.download = `selection.${format}`;
   a.click();
 }
 
@@ -611,7 +611,8 @@ function wireEvents(view) {
     await showSelection(view, rows);
     restoreSelection(view);
   });
-  $('download').onclick = guarded(downloadSelection);
+  $('download').onclick = guarded(() => downloadSelection('csv'));
+  $('download-parquet').onclick = guarded(() => downloadSelection('parquet'));
   $('pin').onclick = () => pin(view);
   $('panel').addEventListener('pointerenter', () => { $('tooltip').hidden = true; });
   $('close').onclick = () => { $('panel').hidden = true; state.panelRow = null; saveHash(sp); };
