@@ -244,6 +244,7 @@ def test_a_lasso_counts_every_row_inside_it_when_the_page_draws_a_sample(browser
 def test_a_refused_action_and_a_search_without_matches_are_said_on_the_page(page):
     assert page.locator("#notice").is_hidden()
     page.select_option("#colour", "dim")
+    page.wait_for_function("location.hash.includes('color=dim')")
     page.fill("#dim", "999")
     page.dispatch_event("#dim", "change")
     page.wait_for_function("vaefastExplorer.notice")

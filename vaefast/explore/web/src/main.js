@@ -133,12 +133,16 @@ function notice(text) {
   state.notice = text;
 }
 
+let actions = 0; // the notice tells the latest action's outcome, whichever ends first
+
 const guarded = (action) => async (...args) => {
+  actions += 1;
+  const mine = actions;
   try {
     await action(...args);
-    notice('');
+    if (mine === actions) notice('');
   } catch (e) {
-    notice(e.message);
+    if (mine === actions) notice(e.message);
   }
 };
 
