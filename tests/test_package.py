@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
 from email.parser import Parser
 from pathlib import Path
@@ -144,23 +143,36 @@ def _venv(root: Path, wheel: Path, extras: str = "", compile: bool = False) -> P
     return root / "bin"
 
 
+class User:
+    """A user of the wheel: its venv (with ``extras``) and an empty working folder; ``run``
+    calls its ``vaefast`` there, with no trace of the checkout in the environment."""
+
+    def __init__(self, root: Path, wheel: Path, extras: str = "", compile: bool = False):
+        self.bin = _venv(root / "venv", wheel, extras, compile)
+        self.here = root / "empty"
+        self.here.mkdir()
+        self.env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        self.vaefast = [str(self.bin / "vaefast")]
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*self.vaefast, *args],
+            cwd=self.here,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
 def test_demo_quick_runs_from_an_empty_folder_and_the_explorer_opens_it(dists, tmp_path):
     """`pip install 'vaefast[all]'`, then `vaefast demo --quick` in an empty folder:
     everything lands under --out, and the command it prints opens the explorer."""
     import httpx
 
-    bin_ = _venv(tmp_path / "venv", dists["wheel"], "[all]", compile=True)
-    here = tmp_path / "empty"
-    here.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    run = subprocess.run(
-        [str(bin_ / "vaefast"), "demo", "--quick", "--out", "demo"],
-        cwd=here,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    user = User(tmp_path, dists["wheel"], "[all]", compile=True)
+    here = user.here
+    run = user.run("demo", "--quick", "--out", "demo", timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Traceback" not in run.stderr
     assert sorted(p.name for p in here.iterdir()) == ["demo"]
@@ -173,9 +185,9 @@ def test_demo_quick_runs_from_an_empty_folder_and_the_explorer_opens_it(dists, t
     args = command.split(": ", 1)[1].split()
     assert args[:2] == ["vaefast", "explore"]
     server = subprocess.Popen(
-        [str(bin_ / "vaefast"), *args[1:], "--no-browser", "--port", "0"],
+        [*user.vaefast, *args[1:], "--no-browser", "--port", "0"],
         cwd=here,
-        env=env,
+        env=user.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -212,42 +224,22 @@ NEEDS_AN_EXTRA = [
 ]
 
 
-def _refusals(vaefast: list[str], cwd: Path, env: dict | None = None) -> list[str]:
-    """Each NEEDS_AN_EXTRA command's failure: its exit status and stderr, checked."""
-    lines = []
-    for argv, extra in NEEDS_AN_EXTRA:
-        out = subprocess.run(
-            [*vaefast, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-        )
-        err = out.stderr.strip().splitlines()
-        assert out.returncode == 2 and len(err) == 1, (argv, out.stderr[-2000:])
-        assert f"pip install 'vaefast[{extra}]'" in err[0], (argv, err)
-        lines.append(err[0])
-    return lines
+def _names_the_extra(out: subprocess.CompletedProcess, argv: list[str], extra: str) -> None:
+    """One line on stderr naming ``pip install 'vaefast[EXTRA]'``, exit status 2."""
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(err) == 1, (argv, out.stderr[-2000:])
+    assert f"pip install 'vaefast[{extra}]'" in err[0], (argv, err)
 
 
 def test_a_base_install_runs_the_runtime_and_names_the_extra_of_the_rest(dists, tmp_path):
-    bin_ = _venv(tmp_path / "venv", dists["wheel"])
-    here = tmp_path / "empty"
-    here.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    vaefast = [str(bin_ / "vaefast")]
-    t0 = time.perf_counter()
-    _refusals(vaefast, here, env)
-    assert time.perf_counter() - t0 < 120
-    embed = subprocess.run(
-        [*vaefast, "embed", "mnist5k-z20", "mnist5k", "--out", "e.zarr", "--quiet"],
-        cwd=here,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert embed.returncode == 0, embed.stderr[-2000:]
-    version = subprocess.run([*vaefast, "--version"], capture_output=True, text=True, env=env)
     import vaefast as package
 
-    assert version.stdout.strip() == f"vaefast {package.__version__}"
+    user = User(tmp_path, dists["wheel"])
+    for argv, extra in NEEDS_AN_EXTRA:
+        _names_the_extra(user.run(*argv), argv, extra)
+    embed = user.run("embed", "mnist5k-z20", "mnist5k", "--out", "e.zarr", "--quiet")
+    assert embed.returncode == 0, embed.stderr[-2000:]
+    assert user.run("--version").stdout.strip() == f"vaefast {package.__version__}"
 
 
 @pytest.mark.parametrize("extra", ["train", "diffusers", "dask", "parquet", "openvino", "explore"])
@@ -274,6 +266,4 @@ def test_each_missing_extra_is_named_by_every_command_that_needs_it(extra, tmp_p
             timeout=300,
             env=os.environ | {"PYTHONPATH": str(ROOT)},
         )
-        err = out.stderr.strip().splitlines()
-        assert out.returncode == 2 and len(err) == 1, (argv, out.stderr[-2000:])
-        assert f"pip install 'vaefast[{extra}]'" in err[0], (argv, err)
+        _names_the_extra(out, argv, extra)
