@@ -137,6 +137,23 @@ def _core():
     return ov.Core()
 
 
+def _openvino_reason(e: Exception) -> str:
+    """What an OpenVINO error says failed (its first lines only say where, in its source):
+    the operators it cannot convert, with what to do when they are ONNX Runtime's own."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    for line in lines:
+        if "No conversion rule found for operations:" in line:
+            ops = line.split(":", 1)[1].strip()
+            hint = (
+                "; they are ONNX Runtime's own operators: run this variant with --providers cpu"
+                if "com.microsoft" in ops
+                else ""
+            )
+            return f"it has no conversion for {ops}{hint}"
+    said = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return said[-1][:300] if said else first_line(e)
+
+
 class OpenVINOSession:
     """An OpenVINO compiled model behind the calls the runtime makes of an ONNX Runtime
     session (one infer request: use one per thread, as ONNX Runtime sessions are not
@@ -156,7 +173,7 @@ class OpenVINOSession:
                 config["INFERENCE_NUM_THREADS"] = int(threads)
             self._compiled = core.compile_model(model, "CPU", config)
         except Exception as e:
-            raise VaefastError(f"{path}: OpenVINO cannot load it ({first_line(e, 200)})") from None
+            raise VaefastError(f"{path}: OpenVINO cannot load it: {_openvino_reason(e)}") from None
         self._request = self._compiled.create_infer_request()
         self.precision = precision
         info = model.get_rt_info()  # the ONNX file's metadata_props, under "framework"
