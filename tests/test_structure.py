@@ -237,6 +237,8 @@ Z2 = str(EXPORTED / "mnist5k-z2")
         (["embed", Z2, "TINY", "--tsne", "--out", "OUT"], "needs at least 2 points"),
         (["tsne", "NOWHERE", "--out", "OUT"], "file not found"),
         (["tsne", "NANS", "--out", "OUT"], "nans.npy: NaN or inf at row 3; clean the data first"),
+        (["demo", "--quick", "--out", "IMAGES"], "is a file; give a folder"),
+        (["demo", "--quick", "--out", "MINE"], "holds notes.txt, which the demo did not write"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
@@ -252,7 +254,10 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, mes
     nans[3, 2] = np.nan
     np.save(tmp_path / "nans.npy", nans)
     (tmp_path / "EMPTY").mkdir()
+    (tmp_path / "MINE").mkdir()
+    (tmp_path / "MINE" / "notes.txt").write_text("the user's")
     names = {
+        "MINE": tmp_path / "MINE",
         "OUT": tmp_path / "out",
         "NOWHERE": tmp_path / "nowhere",
         "EMPTY": tmp_path / "EMPTY",
@@ -267,6 +272,7 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, mes
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in (tmp_path / "MINE").iterdir()) == ["notes.txt"]
 
 
 def test_embedding_stores_get_the_users_umask(tmp_path):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vaefast.errors import VaefastError
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -45,6 +47,7 @@ def run(out: str | os.PathLike = "vaefast-demo", quick: bool = False) -> Path:
     require("train", "the demo")
     plan = PLANS["quick" if quick else "full"]
     out = Path(out)
+    _check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     train_run(out / "run", epochs=plan.epochs)
     exported = export_and_encode(out)
@@ -64,6 +67,26 @@ def run(out: str | os.PathLike = "vaefast-demo", quick: bool = False) -> Path:
     print(quick_summary(exported, tsne_n=plan.summary_tsne))
     print(f"[explore] in a browser: vaefast explore {exported} {store}")
     return store
+
+
+OUTPUTS = ("run", "exported", "embeddings.zarr", "conv-run", "conv-exported")  # and plots-*
+
+
+def _check_out(out: Path) -> None:
+    """``out`` must be new, empty, or an earlier demo's (whose outputs it replaces): a
+    folder of the user's, or a file, is refused with nothing touched."""
+    if out.exists() and not out.is_dir():
+        raise VaefastError(f"--out {out} is a file; give a folder for the demo to write")
+    other = sorted(
+        p.name
+        for p in (out.iterdir() if out.is_dir() else ())
+        if p.name not in OUTPUTS and not p.name.startswith("plots-")
+    )
+    if other:
+        raise VaefastError(
+            f"--out {out} holds {', '.join(other[:3])}{', …' if len(other) > 3 else ''}, "
+            "which the demo did not write; give a new or empty folder (nothing was touched)"
+        )
 
 
 def train_run(folder: Path, **options) -> None:
