@@ -899,11 +899,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vaefast {args.command}: error: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # an optional part reached that no check above names
-        if extra_for(e.name) is None:
+        extra = extra_for(e.name)
+        if extra is None:
             raise
         print(
-            f"vaefast {args.command}: error: needs {e.name}: "
-            f"pip install 'vaefast[{extra_for(e.name)}]'",
+            f"vaefast {args.command}: error: needs {e.name}: pip install 'vaefast[{extra}]'",
             file=sys.stderr,
         )
         return 2
