@@ -12,7 +12,7 @@ FIND_LINKS = $(sort $(PIP_FIND_LINKS) $(shell $(PYTHON) -m pip config get global
 UV_INSTALL = $(BIN)/uv pip install -q --python $(PY) --compile-bytecode -c constraints.txt \
 	$(foreach d,$(FIND_LINKS),--find-links $(d))
 
-.PHONY: install demo test lint bench export web clean
+.PHONY: install demo test lint bench export kernels web clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench: $(STAMP)
 
 export: $(STAMP)
 	$(PY) -m vaefast.shipped.build
+
+# the precompiled t-SNE kernels the package ships (after editing a kernel module: a test
+# checks they were built from today's sources)
+kernels: $(STAMP)
+	$(PY) -m vaefast.tsne.precompiled.build
 
 # the explorer's page: npm packages from the committed lockfile, bundled by esbuild into
 # vaefast/explore/static (committed: users and CI need no Node)

@@ -221,3 +221,59 @@ def test_tsne_large(benchmark, impl, n):
     last = runs[-1]
     benchmark.extra_info.update(impl=impl, n=n, threads=THREADS, rounds=len(runs), **last)
     assert np.isfinite(last["kl"]) and last["kl"] > 0
+
+
+# openTSNE's first map in a fresh process, as a user runs it (its imports included)
+OPENTSNE_FIRST_MAP = """
+import sys
+import numpy as np
+import openTSNE
+X = np.load(sys.argv[1])
+np.save(sys.argv[2], np.asarray(openTSNE.TSNE(n_jobs=int(sys.argv[3]), random_state=0).fit(X)))
+"""
+
+
+def test_first_map(benchmark, tmp_path):
+    """The first map a user makes: `vaefast tsne` of scikit-learn's digits (1,797 x 64) in
+    a fresh process with an empty Numba cache, with the shipped kernels and with them off
+    (Numba compiling them, as before they shipped), against openTSNE's first map (FFT, its
+    default) of the same data and threads; whole processes, rounds interleaved."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from benchmarks.conftest import ratio_spread
+
+    if benchmark.disabled:
+        pytest.skip("first runs only under make bench (make test checks that nothing compiles)")
+    pytest.importorskip("openTSNE")
+    digits = tmp_path / "digits.npy"
+    np.save(digits, load_digits().data.astype(np.float32))
+    commands = {
+        "vaefast": [sys.executable, "-m", "vaefast.cli", "tsne", str(digits), "--quiet"],
+        "vaefast-compiling": [sys.executable, "-m", "vaefast.cli", "tsne", str(digits), "--quiet"],
+        "openTSNE": [sys.executable, "-c", OPENTSNE_FIRST_MAP, str(digits)],
+    }
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for r in range(SLOW_ROUNDS):
+        for name, command in commands.items():
+            here = tmp_path / f"{name}-{r}"
+            here.mkdir()
+            env = os.environ | {"NUMBA_CACHE_DIR": str(here / "numba-cache")}
+            if name == "vaefast-compiling":
+                env["VAEFAST_PRECOMPILED"] = "0"
+            tail = [str(here / "map.npy"), str(THREADS)]
+            if name != "openTSNE":
+                tail = ["--out", tail[0], "--threads", tail[1]]
+            t0 = time.perf_counter()
+            subprocess.run([*command, *tail], cwd=here, env=env, check=True, capture_output=True)
+            times[name].append(time.perf_counter() - t0)
+    benchmark.group = "tsne first map (digits, fresh process)"
+    record(benchmark, times["vaefast"])
+    benchmark.extra_info.update(
+        threads=THREADS,
+        **{f"{name}_median_s": float(np.median(t)) for name, t in times.items()},
+        vaefast_over_opentsne=ratio_spread(times["vaefast"], times["openTSNE"]),
+        compiling_over_opentsne=ratio_spread(times["vaefast-compiling"], times["openTSNE"]),
+    )

@@ -15,31 +15,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def pytest_configure(config):
-    """Under xdist, the controller fills Numba's cache in the background as the workers
-    start (``tests/numba_warm.py``): then the t-SNE kernels are compiled once, not in
-    each worker and CLI process that reaches them first."""
-    if os.environ.get("PYTEST_XDIST_WORKER") or not config.getoption("numprocesses", None):
-        return
-    import subprocess
-    import sys
-
-    env = os.environ | {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    config._numba_warm = subprocess.Popen(
-        [sys.executable, "-m", "tests.numba_warm", str(os.getpid())],
-        cwd=Path(__file__).resolve().parent.parent,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-
-
-def pytest_unconfigure(config):
-    warm = getattr(config, "_numba_warm", None)
-    if warm is not None:
-        warm.terminate()  # finished long before, unless the run was cut short
-        warm.wait()
-
-
 @pytest.fixture(scope="session")
 def short_run(tmp_path_factory) -> Path:
     """A real 2-epoch training run on 1,000 mnist5k rows (Z=20)."""
@@ -60,8 +35,7 @@ def short_export(short_run, tmp_path_factory) -> Path:
     return out
 
 
-# slow modules that need no t-SNE kernel in their first minute (torch: training, export):
-# the workers start on them while tests/numba_warm.py fills Numba's cache
+# the slowest modules (torch: training, export), which the workers start on
 START_WITH = ("benchmarks/test_sd_vae.py", "tests/test_latent_diffusion.py")
 
 

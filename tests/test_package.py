@@ -17,9 +17,11 @@ import zipfile
 from email.parser import Parser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.helpers import ROOT
+from vaefast.tsne import precompiled
 
 pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
 
@@ -78,7 +80,7 @@ def test_the_sdist_rebuilds_the_same_wheel(dists):
     assert _contents(dists["wheel_from_sdist"]) == _contents(dists["wheel"])
 
 
-def test_the_wheel_holds_the_shipped_models_the_page_and_the_licence(dists):
+def test_the_wheel_holds_the_shipped_models_kernels_page_and_licence(dists):
     from vaefast.shipped import SHIPPED
 
     files = _contents(dists["wheel"])
@@ -86,6 +88,9 @@ def test_the_wheel_holds_the_shipped_models_the_page_and_the_licence(dists):
         for part in ("encoder.onnx", "decoder.onnx", "model.json", "export_report.json"):
             assert f"vaefast/shipped/{name}/{part}" in files
     assert "vaefast/explore/static/explorer.js" in files
+    for level in precompiled.LEVELS:  # the precompiled t-SNE kernels, index and code
+        ours = [f for f in files if f.startswith(f"vaefast/tsne/precompiled/{level}/")]
+        assert {f.rsplit(".", 1)[1] for f in ours} == {"nbi", "nbc"}, level
     assert any(f.endswith(".dist-info/licenses/LICENSE") for f in files)
     assert not any(f.startswith(("tests/", "benchmarks/")) or "/web/" in f for f in files)
     with zipfile.ZipFile(dists["wheel"]) as z:
@@ -239,6 +244,12 @@ def test_a_base_install_runs_the_runtime_and_names_the_extra_of_the_rest(dists, 
         _names_the_extra(user.run(*argv), argv, extra)
     embed = user.run("embed", "mnist5k-z20", "mnist5k", "--out", "e.zarr", "--quiet")
     assert embed.returncode == 0, embed.stderr[-2000:]
+    # the first map loads the shipped kernels: Numba compiles nothing into site-packages
+    tsne = user.run("tsne", "e.zarr", "--out", "map.npy", "--max-iter", "250", "--quiet")
+    assert tsne.returncode == 0, tsne.stderr[-2000:]
+    assert np.load(user.here / "map.npy").shape == (5000, 2)
+    compiled = [p for p in user.bin.parent.rglob("*.nbi") if "precompiled" not in p.parts]
+    assert not compiled or precompiled.host_level() is None, compiled
     assert user.run("--version").stdout.strip() == f"vaefast {package.__version__}"
 
 

@@ -1,7 +1,8 @@
 """The ``numba`` backend: the kernels of each phase, from the module of that phase —
 ``_affinity_kernels`` (``affinities``), ``_gradient_kernels`` (``objective``,
 ``optimizer``) and ``_placement_kernels`` (``transform``). It provides exactly
-``vaefast.tsne.backends.CONTRACT``."""
+``vaefast.tsne.backends.CONTRACT``. Its kernels load precompiled where the package ships
+code for this CPU (``vaefast.tsne.precompiled``)."""
 
 from vaefast.tsne._affinity_kernels import (
     MACHINE_EPSILON,
@@ -15,12 +16,18 @@ from vaefast.tsne._affinity_kernels import (
     packed_start,
     rows_from_packed,
 )
+from vaefast.tsne import _affinity_kernels, _gradient_kernels, _placement_kernels, _vecmath
 from vaefast.tsne._gradient_kernels import descent_update, gradient, gradient_workspace
 from vaefast.tsne._placement_kernels import (
     place_points,
     place_points_from_distances,
     repulsion_grid,
 )
+from vaefast.tsne.precompiled import attach
+
+# the shipped machine code of this CPU's level, where there is some (first runs skip Numba)
+MODULES = [_vecmath, _affinity_kernels, _gradient_kernels, _placement_kernels]
+LEVEL = attach(MODULES)
 
 __all__ = [
     "MACHINE_EPSILON",

@@ -52,7 +52,7 @@ def check_points(X, name: str = "X") -> np.ndarray:
 
 def auto_learning_rate(n: int, early_exaggeration: float) -> float:
     """scikit-learn's ``learning_rate="auto"``: max(N / early_exaggeration / 4, 50)."""
-    return max(n / early_exaggeration / 4, 50)
+    return max(n / early_exaggeration / 4, 50.0)
 
 
 def scaled_start(Y: np.ndarray) -> np.ndarray:

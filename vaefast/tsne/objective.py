@@ -46,7 +46,7 @@ class KLObjective:
         z = self.kernels.gradient(
             Y,
             *self.args,
-            exaggeration,
+            float(exaggeration),  # one compiled signature, whatever number type is given
             self.scale,
             compute_error,
             *self.workspace,

@@ -48,8 +48,8 @@ class Descent:
         """Move Y (in place) by one step along ``grad``; return |gains * grad|."""
         if self._kernels is None:
             self._kernels = kernels(self.backend)
-        return self._kernels.descent_update(
-            Y, grad, self.update, self.gains, momentum, learning_rate, min_gain
+        return self._kernels.descent_update(  # floats: one compiled signature for any input
+            Y, grad, self.update, self.gains, float(momentum), float(learning_rate), float(min_gain)
         )
 
 

@@ -134,18 +134,18 @@ def place(
     k = min(k, X_ref.shape[0])
     kern = kernels(backend)
     out = np.empty((X_new.shape[0], 2))
-    args = (
+    args = (  # ints and floats as such: one compiled signature for any input
         prepared.hl,
         prepared.grid,
         prepared.frame,
-        k,
-        max(attract, k),
+        int(k),
+        int(max(attract, k)),
         log_perplexity(perplexity),
-        n_iter,
-        learning_rate,
-        exaggeration,
-        momentum,
-        max_grad_norm,
+        int(n_iter),
+        float(learning_rate),
+        float(exaggeration),
+        float(momentum),
+        float(max_grad_norm),
         0.01,
     )
     if X_new.shape[1] < GEMM_MIN_FEATURES:
