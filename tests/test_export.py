@@ -8,8 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
+from vaefast import runtime
 from vaefast.errors import VaefastError
-from vaefast.export import export
+from vaefast.export import export, export_vae
 
 FILES = {
     "encoder.onnx",
@@ -54,7 +55,12 @@ def test_metadata_props_repeat_model_json(short_export, short_run):
 def test_report_compares_eager_and_onnx_at_every_batch_size(short_export):
     report = json.loads((short_export / "export_report.json").read_text())
     fp32 = report["fp32"]
-    assert set(fp32["random"]) == {"1", "7", "256", "4096"}
+    # the runtime's default batch (~50 ms of ONNX Runtime a call, 256 to 4,096 rows) is
+    # recorded in model.json, and verified with 1, 7 and 256
+    rows = runtime.load(short_export, providers="cpu").batch_rows
+    assert fp32["runtime_batch_rows"] == rows and 256 <= rows <= 4096
+    assert set(fp32["random"]) == {"1", "7", "256", str(rows)}
+    assert fp32["exporter"] == "torchscript" and fp32["exporter_fallback"] is None
     assert fp32["test_split"]["n"] == 1000
     assert fp32["max_abs"] <= 1e-5 and fp32["test_split"]["knn10_overlap"] > 0.99
     # a 2-epoch model's int8 figures are only reported; the shipped models must meet 0.9
@@ -119,3 +125,55 @@ def test_the_exporters_function_table_is_built_once_and_torch_is_left_as_it_was(
         assert _registration.ONNXRegistry.from_torchlib(registry.opset_version) is registry
     restored = _registration.ONNXRegistry.__dict__["from_torchlib"]
     assert restored.__func__.__qualname__ == "ONNXRegistry.from_torchlib"
+
+
+def small_vae(logvar: str = "softplus", batch: str = "free"):
+    """A 12 -> 4 -> 12 VAE. ``logvar="softplus"``: log-variance logaddexp(h, 0), an op
+    TorchScript's exporter has no translation for and torch.export's has;
+    ``batch="fixed"``: its encoder turns the batch size into a Python int."""
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.dec = nn.Linear(12, 8), nn.Linear(4, 12)
+
+        def encode(self, x):
+            if batch == "fixed":
+                x = x.reshape(int(x.shape[0]), -1)
+            h = self.enc(x)
+            if logvar == "softplus":
+                return h[:, :4], torch.logaddexp(h[:, 4:], torch.zeros_like(h[:, 4:]))
+            return h[:, :4], h[:, 4:]
+
+        def decode(self, z):
+            return torch.sigmoid(self.dec(z))
+
+    torch.manual_seed(0)
+    return Model().eval()
+
+
+def test_a_model_torchscript_cannot_export_goes_through_torch_export(tmp_path):
+    """TorchScript's exporter first; where it fails, torch.export's makes the files, and
+    the report says so and why."""
+    x = np.random.default_rng(0).random((64, 12), dtype=np.float32)
+    report = export_vae(small_vae("softplus"), tmp_path / "m", example=x)
+    fp32 = report["fp32"]
+    assert fp32["exporter"] == "dynamo" and fp32["max_abs"] <= 1e-5
+    assert (
+        fp32["exporter_fallback"].startswith("torchscript: ")
+        and "logaddexp" in (fp32["exporter_fallback"])
+    )
+    on_disk = json.loads((tmp_path / "m" / "export_report.json").read_text())
+    assert on_disk["fp32"]["exporter"] == "dynamo"
+
+
+def test_a_model_that_fixes_its_batch_is_refused_in_one_line(tmp_path):
+    """Both exporters bake a batch the model's own code turns into an int: the check at
+    batch 1 fails, and the error says so; nothing is left at ``out``."""
+    x = np.random.default_rng(0).random((64, 12), dtype=np.float32)
+    with pytest.raises(VaefastError, match="fails in ONNX Runtime") as caught:
+        export_vae(small_vae("plain", batch="fixed"), tmp_path / "m", example=x)
+    assert "\n" not in str(caught.value) and "torchscript: " in str(caught.value)
+    assert not (tmp_path / "m").exists()

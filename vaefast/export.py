@@ -51,6 +51,12 @@ TOLERANCE = 1e-5  # fp32 max abs error allowed between eager and ONNX Runtime
 LARGE_LATENT = 1000  # latents of more values than this (spatial ones) get
 LARGE_LATENT_TOLERANCE = 1e-4  # this tolerance: deeper conv stacks sum in another order
 CHECK_BATCHES = (1, 7, 256)  # random batches checked, with the runtime's default batch
+EXPORTERS = ("torchscript", "dynamo")  # tried in this order (``_export_verified``)
+EXPORT_ROWS = 8  # example rows the exporters trace
+RANDOM_CHECK_ROWS = 16  # encode twice on this many example rows: a random encode differs
+# the runtime's default batch: one call at least this long, so per-call costs vanish, and no
+# longer (larger batches of a conv VAE were no faster here, and cost memory and checking)
+CALL_SECONDS = 0.05
 FORMAT = "vaefast-exported/1"
 DECODER_OUTPUTS = ("probs", "logits")
 CPU = engines.ENGINES["onnxruntime"].on_cpu
@@ -144,7 +150,6 @@ def halves(
     """(Encoder, Decoder) modules wrapping the user's model: the encoder returns
     (mu, logvar) whatever ``encode`` returns; the decoder returns [batch, *input_shape]
     images (flat decoder outputs reshaped; logits through a sigmoid)."""
-    import torch
     from torch import nn
 
     encode, decode = _methods(model, encode, decode)
@@ -165,14 +170,21 @@ def halves(
             self.model = model
 
         def forward(self, z):
-            x_hat = decoded(decode(z))
-            if decoder_output == "logits":
-                x_hat = torch.sigmoid(x_hat)
-            if x_hat.ndim != len(input_shape) + 1:
-                x_hat = x_hat.reshape(x_hat.shape[0], *input_shape)
-            return x_hat
+            return as_images(decoded(decode(z)), decoder_output, input_shape)
 
     return Encoder().eval(), Decoder().eval(), encode, decode
+
+
+def as_images(x_hat, decoder_output: str, input_shape):
+    """A decoder's output as the exported decoder returns it: [batch, *input_shape]
+    (flat outputs reshaped), probabilities (logits through a sigmoid)."""
+    import torch
+
+    if decoder_output == "logits":
+        x_hat = torch.sigmoid(x_hat)
+    if x_hat.ndim != len(input_shape) + 1:
+        x_hat = x_hat.reshape(x_hat.shape[0], *input_shape)
+    return x_hat
 
 
 @dataclass
@@ -184,6 +196,8 @@ class Probe:
     multiple: int | None
     why: str
     second_size: tuple[int, int] | None = None
+    #: eager (mu, logvar, x_hat of mu) on the example, as numpy: the verification's reference
+    outputs: tuple | None = None
 
 
 def _probe(
@@ -211,14 +225,18 @@ def _probe(
                 "output_range=(lo, hi) for a decoder with another range (e.g. (-1, 1) "
                 "after a Tanh), or decoder_output='logits' if it returns logits"
             )
-        return _size_probe(encode, decode, x, input_shape, tuple(mu.shape[1:]))
+        probe = _size_probe(encode, decode, x, input_shape, tuple(mu.shape[1:]))
+    images = as_images(x_hat, decoder_output, input_shape)
+    probe.outputs = tuple(t.numpy() for t in (mu, logvar, images))
+    return probe
 
 
 def _encode_checked(encode, x):
     import torch
 
+    few = x[:RANDOM_CHECK_ROWS]  # randomness shows on a few rows as well as on all
     try:
-        first, second = encode(x), encode(x)
+        first, again, second = encode(x), encode(few), encode(few)
     except Exception as e:
         raise VaefastError(
             f"encode failed on the example batch {list(x.shape)}: "
@@ -243,7 +261,7 @@ def _encode_checked(encode, x):
             f"encode returned mu of shape {list(mu.shape)} and logvar of shape "
             f"{list(logvar.shape)}; they must have the same shape"
         )
-    if any(not torch.equal(a, c) for a, c in zip(pair, posterior(second))):
+    if any(not torch.equal(a, c) for a, c in zip(posterior(again), posterior(second))):
         raise VaefastError(
             "encode is random: two calls on the same batch differ; the "
             "reparameterization (sampling z) must stay out of encode, "
@@ -458,13 +476,11 @@ def export_vae(
         with _quiet():
             _eager_fits_one_row(enc, dec, input_shape, input_range, steps)
         with atomic_dir(out, force=force) as tmp, _quiet():
-            _export_onnx(
-                enc, dec, x, tmp, meta, probe.multiple is not None, known.get("batch_branches", ())
-            )
-            manifest.write_model_json(tmp, meta)
             report = {
                 "tolerance": tolerance,
-                "fp32": _verify_fp32(enc, dec, tmp, x.numpy(), seed, probe, steps),
+                "fp32": _export_verified(
+                    enc, dec, x, tmp, meta, probe, known, seed, steps, tolerance
+                ),
             }
             worst = report["fp32"]["max_abs"]
             if not worst <= tolerance:
@@ -475,7 +491,10 @@ def export_vae(
             # agreement checks run another engine beside the reference's outputs (OpenVINO
             # holds more per row than ONNX Runtime): half the fitted batch
             rows = max(1, report["fp32"]["batch_rows"] // 2)
-            meta["memory"] = {"onnx_bytes_per_row": report["fp32"]["onnx_bytes_per_row"]}
+            meta["memory"] = {
+                "onnx_bytes_per_row": report["fp32"]["onnx_bytes_per_row"],
+                "batch_rows": report["fp32"]["runtime_batch_rows"],
+            }
             manifest.write_model_json(tmp, meta)
             memory.trim()
             report |= _variants_and_engines(tmp, names, x, x_cal, input_range, seed, rows, steps)
@@ -532,12 +551,30 @@ def _variants_and_engines(
         )
         memory.trim()
     calibration_rows = 8 if rows >= CALIBRATE_8_FROM else 1
+    fp32: list = []  # the reference's outputs, computed once (its session freed after)
+
+    def against_fp32(name: str, providers: str) -> dict:
+        if not fp32:
+            fp32.extend(
+                variants_mod.reference_outputs(
+                    runtime.load(folder, providers=CPU, spin=False), images, rows
+                )
+            )
+            memory.trim(collect=True)
+        return variants_mod.agreement(
+            tuple(fp32),
+            lambda: runtime.load(folder, providers=providers, variant=name, spin=False),
+            images,
+            name,
+            rows,
+        )
+
     for name in names:
         with steps.measure(f"{name} quantize", batch=calibration_rows):
             facts = variants_mod.write(folder, name, calibrate, calibration_rows)
         memory.trim()
         with steps.measure(f"{name} agreement", batch=rows):
-            report[name] = _agreement(folder, images, name, CPU, rows) | facts
+            report[name] = against_fp32(name, CPU) | facts
         memory.trim()
         if not report[name]["meets_target"]:
             print(
@@ -549,22 +586,8 @@ def _variants_and_engines(
     for engine in engines.ENGINES.values():  # the other engines', like a variant's
         if engine.report_key and engine.installed():
             with steps.measure(f"{engine.report_key} agreement", batch=rows):
-                report[engine.report_key] = _agreement(
-                    folder, images, variants_mod.REFERENCE, engine.on_cpu, rows
-                )
+                report[engine.report_key] = against_fp32(variants_mod.REFERENCE, engine.on_cpu)
     return report
-
-
-def _agreement(folder: Path, images: np.ndarray, name: str, providers: str, rows: int) -> dict:
-    """A variant's (or another engine's) agreement with ONNX Runtime fp32, each session
-    opened for it in turn and freed after (the next step's memory starts clean)."""
-    return variants_mod.agreement(
-        lambda: runtime.load(folder, providers=CPU, spin=False),
-        lambda: runtime.load(folder, providers=providers, variant=name, spin=False),
-        images,
-        name,
-        rows,
-    )
 
 
 def _calibration(
@@ -1056,8 +1079,40 @@ def _model_json(
     return meta
 
 
+def _export_verified(
+    enc, dec, x, folder: Path, meta: dict, probe: Probe, known: dict, seed, steps, tolerance
+) -> dict[str, Any]:
+    """Both halves exported to fp32 ONNX in ``folder`` (with model.json), and their
+    verification (``_verify_fp32``). TorchScript's exporter first: its trace takes ~1 s
+    where torch.export's takes ~5 s a half. Where it fails, or its graph disagrees with
+    eager beyond ``tolerance`` anywhere the verification looks (every batch and size
+    checked), torch.export's (dynamo), verified the same way; the report's ``exporter``
+    says which made the files, and ``exporter_fallback`` why TorchScript's did not."""
+    dynamic_size = probe.multiple is not None
+    fallback = None
+    for exporter in EXPORTERS:
+        try:
+            _export_onnx(enc, dec, x, folder, meta, dynamic_size, exporter, known)
+            manifest.write_model_json(folder, meta)
+            fp32 = _verify_fp32(enc, dec, folder, x.numpy(), seed, probe, steps)
+        except VaefastError:
+            raise
+        except Exception as e:
+            why = f"{type(e).__name__}: {first_line(e)[:200]}"
+            if exporter == EXPORTERS[-1]:  # e.g. a graph whose batch the model's code fixed
+                raise VaefastError(
+                    f"the exported model fails in ONNX Runtime ({why}); before it, {fallback}"
+                ) from None
+            fallback = f"{exporter}: {why}"
+            continue
+        if fp32["max_abs"] <= tolerance or exporter == EXPORTERS[-1]:
+            return fp32 | {"exporter": exporter, "exporter_fallback": fallback}
+        fallback = f"{exporter}: max abs error {fp32['max_abs']:.3g} over {tolerance:g}"
+    raise AssertionError("unreachable: the last exporter returns or raises")
+
+
 def _export_onnx(
-    enc, dec, x, folder: Path, meta: dict, dynamic_size: bool, batch_branches=()
+    enc, dec, x, folder: Path, meta: dict, dynamic_size: bool, exporter: str, known: dict
 ) -> None:
     import torch
 
@@ -1065,13 +1120,13 @@ def _export_onnx(
     validate = torch.distributions.Distribution._validate_args
     torch.distributions.Distribution.set_default_validate_args(False)
     try:
-        _export_halves(enc, dec, x, folder, meta, dynamic_size, batch_branches)
+        _export_halves(enc, dec, x, folder, meta, dynamic_size, exporter, known)
     finally:
         torch.distributions.Distribution.set_default_validate_args(validate)
 
 
 def _export_halves(
-    enc, dec, x, folder: Path, meta: dict, dynamic_size: bool, batch_branches=()
+    enc, dec, x, folder: Path, meta: dict, dynamic_size: bool, exporter: str, known: dict
 ) -> None:
     import onnx
     import torch
@@ -1082,6 +1137,7 @@ def _export_halves(
     axes = {0: Dim("batch", min=1)}
     if dynamic_size:  # the exporter infers the size constraints the convolutions need
         axes |= {2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
+    x = x[:EXPORT_ROWS]  # the batch axis is free: a few rows trace what all would
     with torch.no_grad():
         z = enc(x)[0]
     for module, name, ins, outs, example in (
@@ -1089,18 +1145,51 @@ def _export_halves(
         (dec, "decoder", ["z"], ["x_hat"], z),
     ):
         dynamic_shapes = {ins[0]: axes if example.ndim == 4 else {0: axes[0]}}
-        try:
-            program = _to_onnx(
-                module, example, ins, outs, dynamic_shapes, name not in batch_branches
-            )
-        except Exception as e:
-            raise _exporter_error(e, module, example, dynamic_shapes) from None
-        proto = program.model_proto
+        if exporter == "torchscript":
+            proto = _traced_to_onnx(module, example, ins, outs, list(dynamic_shapes[ins[0]]))
+        else:
+            try:
+                proto = _to_onnx(
+                    module,
+                    example,
+                    ins,
+                    outs,
+                    dynamic_shapes,
+                    name not in known.get("batch_branches", ()),
+                ).model_proto
+            except Exception as e:
+                raise _exporter_error(e, module, example, dynamic_shapes) from None
         proto.doc_string = f"vaefast {name}: {ins[0]} -> {', '.join(outs)}"
         onnx.helper.set_model_props(proto, props)
         path = folder / f"{name}.onnx"
         onnx.save_model(proto, str(path), save_as_external_data=False)
         onnx.checker.check_model(str(path), full_check=True)
+
+
+def _traced_to_onnx(module, example, ins, outs, dynamic: list[int]):
+    """TorchScript's exporter (a trace at the example) with the axes ``dynamic`` of the
+    input (and the same axes of every output) left free."""
+    import io
+
+    import onnx
+    import torch
+
+    # one batch for all; each tensor's own height and width (a latent's are the image's / m)
+    axes = {n: {a: "batch" if a == 0 else f"{n}_{a}" for a in dynamic} for n in ins + outs}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            buffer,
+            input_names=ins,
+            output_names=outs,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return onnx.load_from_string(buffer.getvalue())
 
 
 def _to_onnx(module, example, ins, outs, dynamic_shapes, named_batch: bool = True):
@@ -1197,6 +1286,22 @@ def _checked_batches(batch_rows: int) -> list[int]:
     return sorted({b for b in CHECK_BATCHES if b <= 7 or b < batch_rows} | {batch_rows})
 
 
+def _runtime_batch(call: Callable[[int], Any], memory_rows: int) -> int:
+    """The runtime's default batch (recorded in model.json, and verified): the memory
+    rule's ``memory_rows``, but no more rows than ONNX Runtime runs in ~CALL_SECONDS
+    here (timed on a second call of up to 64 rows), and at least the largest of
+    CHECK_BATCHES, in powers of two."""
+    import time
+
+    b = min(memory_rows, 64)
+    call(b)  # the first run allocates
+    t0 = time.perf_counter()
+    call(b)
+    rows = CALL_SECONDS * b / max(time.perf_counter() - t0, 1e-9)
+    floor = max(CHECK_BATCHES[-1], 2 ** int(math.log2(max(rows, 1))))
+    return int(min(memory_rows, floor))
+
+
 def _eager_on_random(enc, dec, input_shape, input_range) -> Callable[[int], Any]:
     """``call(b)``: the eager halves on ``b`` random inputs (what memory fitting runs)."""
     run, rng = _eager(enc, dec), np.random.default_rng(0)
@@ -1247,7 +1352,7 @@ def _verify_fp32(
         return onnx(inputs(b), rng.standard_normal((b, *vae.latent_shape), np.float32))
 
     cost = memory.row_cost(onnx_on_random, steps.budget, "ONNX Runtime verification")
-    batch_rows = runtime.default_batch_rows(cost[1])
+    batch_rows = _runtime_batch(onnx_on_random, runtime.default_batch_rows(cost[1]))
     cases = [("test_split", np.ascontiguousarray(X, np.float32), None)]
     for b in _checked_batches(batch_rows):
         cases.append(
@@ -1255,7 +1360,7 @@ def _verify_fp32(
         )
     if probe.second_size is not None:
         cases.append(("second_size", inputs(2, (vae.input_shape[0], *probe.second_size)), None))
-    most = max(len(x) for _, x, _ in cases)
+    most = max(len(x) for _, x, _ in cases[1:])  # the example's eager outputs are the probe's
     eager = _eager(enc, dec)
 
     def sliced(run, x, z, batch):  # (mu, logvar, x_hat) of x (and z) in slices
@@ -1273,7 +1378,7 @@ def _verify_fp32(
         "eager verification",
     )[0]
     with steps.measure("eager verify", batch=batch):
-        theirs = [sliced(eager, x, z, batch) for _, x, z in cases]
+        theirs = [list(probe.outputs)] + [sliced(eager, x, z, batch) for _, x, z in cases[1:]]
     memory.trim()
     batch_onnx, per_row = memory.fit_batch(
         onnx_on_random, most, steps.budget, "ONNX Runtime verification", cost=cost

@@ -79,8 +79,12 @@ class ExportedVAE:
         shape = meta.get("image_shape")
         self.image_shape = tuple(shape) if shape else None
         self.label_names = meta.get("label_names")
-        #: rows per ONNX Runtime call by default (``default_batch_rows``)
-        self.batch_rows = default_batch_rows((meta.get("memory") or {}).get("onnx_bytes_per_row"))
+        #: rows per ONNX Runtime call by default: the export's (sized by compute and memory,
+        #: and verified), else ``default_batch_rows``
+        measured = meta.get("memory") or {}
+        self.batch_rows = int(
+            measured.get("batch_rows") or default_batch_rows(measured.get("onnx_bytes_per_row"))
+        )
         self.on_gpu = engines.on_gpu(encoder)
         self._encoder_run, self._decoder_run = encoder.run, decoder.run
         # the fast path of encode/decode: CPU, [0, 1] inputs, outputs already in [0, 1]

@@ -308,27 +308,26 @@ def parse_names(text: str | None) -> tuple[str, ...]:
     return names
 
 
+def reference_outputs(reference, X: np.ndarray, rows: int | None = None) -> tuple:
+    """(μ, reconstruction of μ) of the fp32 reference (an ExportedVAE) on inputs X, ``rows``
+    at a time: what every candidate's ``agreement`` is measured against."""
+    mu32 = reference.encode(X, rows)[0]
+    return mu32, reference.decode(mu32, rows)
+
+
 def agreement(
-    load_reference: Callable[[], Any],
+    reference: tuple[np.ndarray, np.ndarray],
     load_candidate: Callable[[], Any],
     X: np.ndarray,
     name: str,
     rows: int | None = None,
 ) -> dict[str, Any]:
     """Figures of a candidate (an ExportedVAE of variant ``name``, opened by
-    ``load_candidate``) against the fp32 reference (``load_reference``) on inputs X, run
-    ``rows`` at a time: μ errors, kNN@10 overlap of μ, reconstruction PSNR. One session
-    is open at a time (the reference's outputs are kept, not its session), so the
-    check's memory is one engine's."""
-    import gc
-
+    ``load_candidate``) against the fp32 reference's ``reference_outputs`` on inputs X,
+    run ``rows`` at a time: μ errors, kNN@10 overlap of μ, reconstruction PSNR."""
     from vaefast.metrics import knn_overlap, max_errors, psnr
 
-    reference = load_reference()
-    mu32 = reference.encode(X, rows)[0]
-    recon32 = reference.decode(mu32, rows)
-    del reference
-    gc.collect()
+    mu32, recon32 = reference
     candidate = load_candidate()
     mu = candidate.encode(X, rows)[0]
     recon = candidate.decode(mu32, rows)
