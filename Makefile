@@ -12,7 +12,7 @@ FIND_LINKS = $(sort $(PIP_FIND_LINKS) $(shell $(PYTHON) -m pip config get global
 UV_INSTALL = $(BIN)/uv pip install -q --python $(PY) --compile-bytecode -c constraints.txt \
 	$(foreach d,$(FIND_LINKS),--find-links $(d))
 
-.PHONY: install demo test lint bench export kernels web clean
+.PHONY: install demo test lint docs bench export kernels web clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ demo: $(STAMP)
 
 # one file per worker, in tests/conftest.py's order (long files first): xdist would otherwise
 # reorder files by their number of tests
-test: lint
+test: lint docs
 	$(PY) -m pytest -q -p no:cacheprovider --benchmark-disable --durations=15 \
 		-n auto --dist loadfile --no-loadscope-reorder
 
@@ -35,6 +35,11 @@ test: lint
 lint: $(STAMP)
 	$(BIN)/ruff check vaefast tests benchmarks
 	$(BIN)/ruff format --check vaefast tests benchmarks
+
+# the docs site (MkDocs, mkdocs-material, the API from docstrings) into site/, strictly: a
+# broken link or reference fails the build
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q
 
 bench: $(STAMP)
 	mkdir -p out/bench
@@ -56,4 +61,4 @@ web:
 	cd vaefast/explore/web && npm ci --no-audit --no-fund && node build.mjs
 
 clean:
-	rm -rf out .pytest_cache .benchmarks
+	rm -rf out site .pytest_cache .benchmarks

@@ -1,4 +1,4 @@
-"""The README's "Bring your own VAE" example, run exactly as written."""
+"""The code examples of the README and the docs pages, run exactly as written."""
 
 from __future__ import annotations
 
@@ -14,9 +14,13 @@ from tests.helpers import ROOT
 pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
 
 
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # the README and the site
+
+
 def readme_examples() -> dict[str, str]:
-    """The code blocks marked ``<!-- example: NAME -->`` in the README, by NAME."""
-    text = (ROOT / "README.md").read_text()
+    """The code blocks marked ``<!-- example: NAME -->`` in the README and the docs pages,
+    by NAME."""
+    text = "\n".join(page.read_text() for page in PAGES)
     return {
         name: body
         for name, body in re.findall(r"<!-- example: (\S+) -->\n```\w*\n(.*?)```", text, re.S)

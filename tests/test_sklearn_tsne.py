@@ -4,7 +4,7 @@ that builds vaefast's estimator, except for an explicit ``method="barnes_hut"`` 
 tests that loop over both methods (that part stays scikit-learn's own).
 
 Cases for the Barnes-Hut method and tests of scikit-learn's private helpers do not apply
-and are skipped with their reason (``NOT_APPLICABLE``, listed in the README too).
+and are skipped with their reason (``NOT_APPLICABLE``, listed in docs/tsne.md too).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ path, one-line errors with exit code 2 from every command, outputs with the user
 from __future__ import annotations
 
 import ast
+import re
 import os
 import subprocess
 import sys
@@ -463,3 +464,26 @@ def test_the_leftover_check_flags_only_what_the_suite_started():
     finally:
         for pid in (ours, users):
             psutil.Process(pid).kill()
+
+
+WORK_LOG = re.compile(
+    r"\b[Ss]essions? [0-9]+|\b[Ii]ssue #?[0-9]+|\b(?:this|last|previous) session\b"
+)
+BINARY = (".png", ".onnx", ".nbi", ".nbc", ".safetensors", ".npz", ".npy", ".gz", ".ico")
+
+
+def test_the_project_speaks_of_itself_not_of_its_work_log():
+    """No tracked file names a work session or an issue number: the project speaks of its
+    versions, machines and figures. (``benchmarks/RESULTS.md``, the measurement diary,
+    still does; the docs' benchmarks page holds the current figures.)"""
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    found = [
+        f"{name}:{n}"
+        for name in tracked
+        if not name.endswith(BINARY) and name != "benchmarks/RESULTS.md"
+        for n, line in enumerate((ROOT / name).read_text(errors="replace").splitlines(), 1)
+        if WORK_LOG.search(line)
+    ]
+    assert found == []
