@@ -112,21 +112,6 @@ def test_corrupt_run_is_refused(short_run, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_exporters_function_table_is_built_once_and_torch_is_left_as_it_was(short_export):
-    """torch.onnx.export would rebuild its table of ONNX functions for each half (~1 s
-    each); vaefast's exports in one process share one, and torch's class is restored."""
-    from torch.onnx._internal.exporter import _registration
-
-    from vaefast import export as export_mod
-
-    assert len(export_mod._REGISTRIES) == 1
-    (registry,) = export_mod._REGISTRIES.values()
-    with export_mod._torchlib_registry_once():
-        assert _registration.ONNXRegistry.from_torchlib(registry.opset_version) is registry
-    restored = _registration.ONNXRegistry.__dict__["from_torchlib"]
-    assert restored.__func__.__qualname__ == "ONNXRegistry.from_torchlib"
-
-
 def small_vae(logvar: str = "softplus", batch: str = "free"):
     """A 12 -> 4 -> 12 VAE. ``logvar="softplus"``: log-variance logaddexp(h, 0), an op
     TorchScript's exporter has no translation for and torch.export's has;
@@ -177,3 +162,22 @@ def test_a_model_that_fixes_its_batch_is_refused_in_one_line(tmp_path):
         export_vae(small_vae("plain", batch="fixed"), tmp_path / "m", example=x)
     assert "\n" not in str(caught.value) and "torchscript: " in str(caught.value)
     assert not (tmp_path / "m").exists()
+
+
+def test_the_exporters_function_table_is_built_once_and_torch_is_left_as_it_was(tmp_path):
+    """torch.export's ONNX exporter would rebuild its table of ONNX functions for each half
+    (~1 s each); exports in one process share one, and torch's class is restored."""
+    from torch.onnx._internal.exporter import _registration
+
+    from vaefast import export as export_mod
+
+    x = np.random.default_rng(0).random((64, 12), dtype=np.float32)
+    for name in ("a", "b"):  # both through torch.export (TorchScript cannot take logaddexp)
+        report = export_vae(small_vae("softplus"), tmp_path / name, example=x)
+        assert report["fp32"]["exporter"] == "dynamo"
+    assert len(export_mod._REGISTRIES) == 1
+    (registry,) = export_mod._REGISTRIES.values()
+    with export_mod._torchlib_registry_once():
+        assert _registration.ONNXRegistry.from_torchlib(registry.opset_version) is registry
+    restored = _registration.ONNXRegistry.__dict__["from_torchlib"]
+    assert restored.__func__.__qualname__ == "ONNXRegistry.from_torchlib"
