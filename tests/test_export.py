@@ -169,15 +169,15 @@ def test_the_exporters_function_table_is_built_once_and_torch_is_left_as_it_was(
     (~1 s each); exports in one process share one, and torch's class is restored."""
     from torch.onnx._internal.exporter import _registration
 
-    from vaefast import export as export_mod
+    from vaefast.export import trace
 
     x = np.random.default_rng(0).random((64, 12), dtype=np.float32)
     for name in ("a", "b"):  # both through torch.export (TorchScript cannot take logaddexp)
         report = export_vae(small_vae("softplus"), tmp_path / name, example=x)
         assert report["fp32"]["exporter"] == "dynamo"
-    assert len(export_mod._REGISTRIES) == 1
-    (registry,) = export_mod._REGISTRIES.values()
-    with export_mod._torchlib_registry_once():
+    assert len(trace._REGISTRIES) == 1
+    (registry,) = trace._REGISTRIES.values()
+    with trace._torchlib_registry_once():
         assert _registration.ONNXRegistry.from_torchlib(registry.opset_version) is registry
     restored = _registration.ONNXRegistry.__dict__["from_torchlib"]
     assert restored.__func__.__qualname__ == "ONNXRegistry.from_torchlib"

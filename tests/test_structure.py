@@ -37,6 +37,11 @@ TORCH_SIDE = {
     "vaefast.model",
     "vaefast.train",
     "vaefast.export",
+    "vaefast.export.adapt",
+    "vaefast.export.load",
+    "vaefast.export.trace",
+    "vaefast.export.verify",
+    "vaefast.export.report",
     "vaefast.shipped.build",
     "vaefast.demo",
 }
