@@ -492,3 +492,35 @@ def test_the_project_speaks_of_itself_not_of_its_work_log():
         if WORK_LOG.search(line)
     ]
     assert found == []
+
+
+NUMERIC_KERNELS = {"vaefast.tsne._affinity_kernels", "vaefast.tsne._gradient_kernels",
+                   "vaefast.tsne._placement_kernels"}  # fmt: skip
+
+
+def test_no_two_modules_import_each_other_and_none_is_over_800_lines():
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {m: {i for i in imports(m) if i in modules and i != m} for m in modules}
+    mutual = sorted((a, b) for a in graph for b in graph[a] if a < b and a in graph[b])
+    # a package and the submodules its __init__ gathers are one module to its users
+    mutual = [(a, b) for a, b in mutual if not b.startswith(a + ".")]
+    assert mutual == []
+    long = {
+        m: n
+        for m, path in modules.items()
+        if m not in NUMERIC_KERNELS and (n := len(path.read_text().splitlines())) > 800
+    }
+    assert long == {}
+
+
+def test_the_public_api_imports_as_documented():
+    """The names docs/api.md documents, from where users import them."""
+    code = (
+        "import vaefast; from vaefast import runtime, plot; from vaefast.tsne import TSNE; "
+        "from vaefast.explore import serve; "
+        "assert callable(vaefast.export_vae) and callable(vaefast.embed); "
+        "assert callable(runtime.load) and callable(plot.render) and callable(serve); "
+        "from sklearn.base import BaseEstimator; assert issubclass(TSNE, BaseEstimator)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -4,20 +4,18 @@ Each entry says what the model is, which sample shape it takes for a dataset (re
 data it cannot take) and which ``vaefast.model`` class builds it. The CLI's ``--arch``
 choices and ``train``'s checks of the data come from here before torch loads, so a wrong
 name or unfit data is one line in a fraction of a second, and ``train --help`` needs no
-torch. Adding an architecture is its class in ``vaefast.model`` plus its entry here.
+torch. Adding an architecture is its class in ``vaefast.model`` plus its entry here;
+``vaefast.model.build`` finds the class by the entry's name (this module never imports
+the torch side).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from vaefast.errors import VaefastError
 from vaefast.layout import channels_first
-
-if TYPE_CHECKING:
-    from torch import nn
 
 
 def check_conv_sides(h: int, w: int) -> None:
@@ -48,11 +46,6 @@ class Architecture:
     describe: str
     input_shape: Callable[[int, Any], tuple[int, ...]]
     model_class: str
-
-    def build(self, sizes: dict[str, Any]) -> nn.Module:
-        """The untrained torch model of a config's ``model`` entry (imports torch)."""
-        model = importlib.import_module("vaefast.model")
-        return getattr(model, self.model_class).from_sizes(sizes)
 
 
 ARCHITECTURES: dict[str, Architecture] = {

@@ -126,9 +126,9 @@ def build(sizes: dict[str, Any]) -> _VAE:
     """The untrained model a config's ``model`` entry describes (``arch`` defaults to
     mlp, as in runs written before architectures existed)."""
     arch = sizes.get("arch", "mlp")
-    entry = architecture(arch)
+    model_class = globals()[architecture(arch).model_class]
     try:
-        return entry.build(sizes)
+        return model_class.from_sizes(sizes)
     except (KeyError, TypeError, ValueError) as e:
         raise VaefastError(f"model config {sizes} does not describe a {arch} VAE ({e})") from None
 
