@@ -479,15 +479,14 @@ BINARY = (".png", ".onnx", ".nbi", ".nbc", ".safetensors", ".npz", ".npy", ".gz"
 
 def test_the_project_speaks_of_itself_not_of_its_work_log():
     """No tracked file names a work session or an issue number: the project speaks of its
-    versions, machines and figures. (``benchmarks/RESULTS.md``, the measurement diary,
-    still does; the docs' benchmarks page holds the current figures.)"""
+    versions (commits), machines and figures."""
     tracked = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
     found = [
         f"{name}:{n}"
         for name in tracked
-        if not name.endswith(BINARY) and name != "benchmarks/RESULTS.md"
+        if not name.endswith(BINARY)
         for n, line in enumerate((ROOT / name).read_text(errors="replace").splitlines(), 1)
         if WORK_LOG.search(line)
     ]
