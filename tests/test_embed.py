@@ -55,6 +55,13 @@ def test_embed_streams_a_large_npy_into_zarr(big_npy, reference_mu, tmp_path):
     assert attrs["complete"] and attrs["model_sha256"] == meta["weights_sha256"]
     assert attrs["input"]["rows"] == 200_000 and attrs["params"]["chunk_rows"] == 50_000
     assert stats["rows"] == 200_000 and stats["rows_per_s"] > 0
+    assert attrs["batch_independent"] is True  # fp32: each row's latent is its own
+
+
+def test_a_store_records_that_dynamic_int8_rows_depend_on_their_batch(tmp_path):
+    embed(MODEL, "mnist5k", tmp_path / "e.zarr", variant="int8", progress=False)
+    attrs = dict(open_embeddings(tmp_path / "e.zarr").attrs)["vaefast"]
+    assert attrs["params"]["variant"] == "int8" and attrs["batch_independent"] is False
 
 
 def test_resume_after_sigkill_gives_identical_store(big_npy, reference_mu, tmp_path):

@@ -11,6 +11,8 @@ import pytest
 from tests.helpers import EXPORTED
 from vaefast import data, runtime
 from vaefast.errors import VaefastError
+from vaefast.shipped import SHIPPED
+from vaefast.variants import VARIANTS
 
 Z20, Z2 = EXPORTED / "mnist5k-z20", EXPORTED / "mnist5k-z2"
 
@@ -48,6 +50,22 @@ def test_batch_size_does_not_change_results(mnist):
     mu_a, _ = vae.encode(mnist.X[:300], batch_size=7)
     mu_b, _ = vae.encode(mnist.X[:300], batch_size=4096)
     np.testing.assert_allclose(mu_a, mu_b, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_a_rows_outputs_depend_on_its_batch_exactly_where_the_variant_table_says(mnist, name):
+    """Row by row against the same rows inside one batch of 64, encode and decode: equal
+    bits for every variant marked ``batch_independent`` (fp32, static int8), and not for
+    dynamic int8, whose activation scales come from the whole call."""
+    rows = list(range(0, 64, 9))
+    for v in runtime.load(name, providers="cpu").meta["variants"]:
+        vae = runtime.load(name, providers="cpu", variant=v)
+        mu = vae.encode(mnist.X[:64])[0]
+        alone = np.concatenate([vae.encode(mnist.X[i : i + 1])[0] for i in rows])
+        decoded = vae.decode(mu)
+        decoded_alone = np.concatenate([vae.decode(mu[i : i + 1]) for i in rows])
+        same = np.array_equal(alone, mu[rows]) and np.array_equal(decoded_alone, decoded[rows])
+        assert same == VARIANTS[v].batch_independent, (name, v)
 
 
 def test_decode_sample_reconstruct(mnist):

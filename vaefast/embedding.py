@@ -26,7 +26,7 @@ from vaefast.engines import DEFAULT_PROVIDERS
 from vaefast.errors import BadFile, BadRows, VaefastError, first_line
 from vaefast.extras import require
 from vaefast.layout import chunk_bounds
-from vaefast.variants import REFERENCE
+from vaefast.variants import REFERENCE, VARIANTS
 
 CHUNK_BYTES = 1 << 28  # default rows per chunk: at most this many bytes of float32 input
 BATCH_BYTES = 1 << 25  # default rows per ONNX Runtime call: this many bytes of input
@@ -312,6 +312,8 @@ def _open_store(job: Job, vae, source: Source, latent_shape, params: dict, force
         "latent_shape": list(latent_shape),
         "providers": vae.providers,
         "label_names": source.label_names,
+        # False where the variant's rows depend on their batch (``Variant.batch_independent``)
+        "batch_independent": VARIANTS[job.variant].batch_independent,
     }
     return store.open_or_create(
         Path(job.out),

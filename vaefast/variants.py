@@ -228,6 +228,9 @@ class Variant:
     calibrated: bool = False  # the writer needs real inputs of each model
     gpu_only: bool = False  # made for GPUs: slower than fp32 on CPUs, not offered there
     may_overflow: bool = False  # finite inputs can give inf (fp16): outputs are checked
+    # a row's outputs are a function of that row alone, whatever else is in its call; not
+    # so for dynamic int8, whose activation scales come from the whole batch (stores record it)
+    batch_independent: bool = True
 
 
 VARIANTS: dict[str, Variant] = {
@@ -236,7 +239,9 @@ VARIANTS: dict[str, Variant] = {
         ".int8",
         _write_int8,
         INT8_MIN_OVERLAP,
-        "dynamic int8 quantization (7-bit weights) of MatMul/Gemm: fast MLPs on CPUs",
+        "dynamic int8 quantization (7-bit weights) of MatMul/Gemm: fast MLPs on CPUs; "
+        "activation scales per call, so a row's latent depends on its batch",
+        batch_independent=False,
     ),
     "int8-static": Variant(
         ".int8-static",
