@@ -55,7 +55,7 @@ def dispatchers(modules: list[ModuleType]) -> list:
 
     found = []
     for module in modules:
-        for name, value in sorted(vars(module).items()):
+        for _, value in sorted(vars(module).items()):
             if (
                 isinstance(value, Dispatcher)
                 and value.py_func.__module__ == module.__name__
