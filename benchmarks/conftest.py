@@ -19,7 +19,7 @@ SLOW_ROUNDS = int(os.environ.get("VAEFAST_BENCH_SLOW_ROUNDS", "5"))  # t-SNE, em
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     """Every result says what it was measured on: CPU, cores, ISA, versions, BLAS."""
-    from vaefast.machine import card
+    from vaefast.bench.machine import card
 
     machine_info["vaefast"] = card(THREADS)
 

@@ -70,7 +70,7 @@ _RESULTS: dict[tuple, dict] = {}
 def _embed_once(path: Path, out: Path, variant: str) -> dict:
     """One `vaefast.embed` of the whole input in a fresh process: its rate and peak RSS."""
     code = (
-        "import json; from vaefast.embedding import embed;"
+        "import json; from vaefast.embedding.pipeline import embed;"
         f"s = embed({str(EXPORTED / 'mnist5k-z20')!r}, {str(path)!r}, {str(out)!r}, "
         f"threads={THREADS}, variant={variant!r}, progress=False);"
         "hwm = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) // 1024;"
@@ -139,7 +139,7 @@ def test_embed_with_a_tsne_map_of_every_row(benchmark, images, tmp_path_factory)
     out = tmp_path_factory.mktemp("embed-tsne") / "t.zarr"
     tsne_max = TSNE_MAX["smoke" if benchmark.disabled else "bench"]
     code = (
-        "import json; from vaefast.embedding import embed;"
+        "import json; from vaefast.embedding.pipeline import embed;"
         f"s = embed({str(EXPORTED / 'mnist5k-z20')!r}, {str(path)!r}, {str(out)!r}, "
         f"threads={THREADS}, variant='int8', tsne=True, tsne_max={tsne_max}, "
         "progress=False);"
@@ -181,7 +181,7 @@ def test_placement_on_two_dask_workers_against_one_process(benchmark, images, tm
             out = tmp_path_factory.mktemp("place") / "p.zarr"
             dask = ", scheduler='local', workers=2" if name == "dask-2x1" else ""
             code = (
-                "import json; from vaefast.embedding import embed;"
+                "import json; from vaefast.embedding.pipeline import embed;"
                 f"s = embed({str(EXPORTED / 'mnist5k-z20')!r}, {str(path)!r}, {str(out)!r}, "
                 f"threads={THREADS if not dask else 'None'}, variant='int8', tsne=True, "
                 f"tsne_max={tsne_max}, tsne_transform='interpolated', progress=False{dask});"

@@ -49,7 +49,7 @@ def _store(folder: Path, rows: int) -> Path:
     encoder: a real store, mapped by PCA of μ (a t-SNE of a million rows takes minutes
     and draws the same way)."""
     from vaefast import data
-    from vaefast.embedding import embed
+    from vaefast.embedding.pipeline import embed
 
     base = data.read("mnist5k")
     rng = np.random.default_rng(0)

@@ -228,7 +228,7 @@ def test_peak_memory_of_a_large_folder(benchmark, tmp_path_factory, request):
         (folder / f"{i:07d}.jpg").write_bytes(blobs[i % len(blobs)])
     out = root.parent / "many.zarr"
     code = (
-        "import json, resource; from vaefast.embedding import embed;"
+        "import json, resource; from vaefast.embedding.pipeline import embed;"
         f"s = embed({str(MODEL)!r}, 'images:{root}', {str(out)!r}, threads={THREADS},"
         " progress=False);"
         "hwm = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) // 1024;"

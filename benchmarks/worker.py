@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaefast.timing import inputs
+from vaefast.bench.timing import inputs
 
 
 def _runner(kind: str, folder: Path, threads: int, module: str | None):
@@ -36,7 +36,8 @@ def _runner(kind: str, folder: Path, threads: int, module: str | None):
     ``finish`` (untimed) put inputs into and outputs out of what that runtime's users hold
     — tensors in the model's own range for eager PyTorch and bare sessions, [0, 1] arrays
     for vaefast.runtime — and ``run`` is the call users make (timed)."""
-    from vaefast import engines, manifest, runtime
+    from vaefast.runtime import engines, manifest
+    from vaefast import runtime
 
     meta = manifest.read_model_json(folder)
     shape, z = manifest.input_shape(meta), manifest.latent_shape(meta)
@@ -105,7 +106,7 @@ def _runner(kind: str, folder: Path, threads: int, module: str | None):
     if family == "session":
         import onnxruntime as ort
 
-        from vaefast.variants import model_files
+        from vaefast.runtime.variants import model_files
 
         options = engines.session_options(threads, spin=True)
         sessions = {
@@ -172,7 +173,7 @@ def available(kind: str) -> bool:
         if importlib.util.find_spec("openvino") is None:
             return False
         if kind == "openvino-bf16":
-            from vaefast.engines import openvino_precision
+            from vaefast.runtime.engines import openvino_precision
 
             return openvino_precision() == "bf16"
     if kind != "runtime-cuda":

@@ -18,7 +18,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 @pytest.fixture(scope="session")
 def short_run(tmp_path_factory) -> Path:
     """A real 2-epoch training run on 1,000 mnist5k rows (Z=20)."""
-    from vaefast.train import train
+    from vaefast.models.train import train
 
     out = tmp_path_factory.mktemp("runs") / "short"
     train("mnist5k", out, epochs=2, max_train=1000, progress=False)

@@ -11,7 +11,7 @@ RESULTS = ROOT / "tests" / "data" / "bench-results.json"
 
 
 def test_report_writes_tables(tmp_path):
-    from vaefast.bench import report
+    from vaefast.bench.report import report
 
     md = report(RESULTS, tmp_path).read_text()
     assert "### ceiling" in md and "test_sgemm" in md and "gflops=" in md

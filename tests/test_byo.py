@@ -259,7 +259,7 @@ def colour_npy(images, tmp_path_factory):
 def test_embed_of_image_shaped_npy_resumes_after_sigkill_identically(
     exported, colour_npy, tmp_path
 ):
-    from vaefast.store import open_embeddings
+    from vaefast.embedding.store import open_embeddings
 
     reference = runtime.load(exported[0], providers="cpu").encode(
         np.load(colour_npy, mmap_mode="r")

@@ -13,9 +13,10 @@ import pytest
 import zarr
 
 from tests.helpers import EXPORTED, encoded, photo_crops, run_cli, write_image_folder
-from vaefast import data, store
+from vaefast import data
+from vaefast.embedding import store
 from vaefast.data.decode import Preprocess
-from vaefast.embedding import embed
+from vaefast.embedding.pipeline import embed
 
 MODEL = EXPORTED / "mnist5k-conv-z16"
 N = 36

@@ -12,10 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import EXPORTED, ROOT, embed_killed_midway, run_cli, write_idx
-from vaefast import manifest, runtime
-from vaefast.embedding import embed
+from vaefast.runtime import manifest
+from vaefast import runtime
+from vaefast.embedding.pipeline import embed
 from vaefast.errors import VaefastError
-from vaefast.store import open_embeddings
+from vaefast.embedding.store import open_embeddings
 
 pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
 
@@ -119,7 +120,7 @@ def test_the_local_cluster_listens_on_loopback_only():
     pytest.importorskip("distributed")
     import psutil
 
-    from vaefast.embedding import _client
+    from vaefast.embedding.pipeline import _client
 
     with _client("local", 1) as client:
         pids = [os.getpid(), *client.run(os.getpid).values()]
@@ -147,7 +148,7 @@ def test_the_local_cluster_runs_without_its_idle_overhead():
     pytest.importorskip("distributed")
     import dask
 
-    from vaefast.embedding import LOCAL_CLUSTER_CONFIG, _client
+    from vaefast.embedding.pipeline import LOCAL_CLUSTER_CONFIG, _client
 
     before = {key: dask.config.get(key) for key in LOCAL_CLUSTER_CONFIG}
     with _client("local", 1) as client:
@@ -159,7 +160,7 @@ def test_the_local_cluster_runs_without_its_idle_overhead():
 def test_peak_memory_does_not_hold_the_input(big_npy, tmp_path):
     # VmHWM, not ru_maxrss: the latter carries the forking parent's peak across exec
     code = (
-        "from vaefast.embedding import embed;"
+        "from vaefast.embedding.pipeline import embed;"
         f"embed({str(MODEL)!r}, {str(big_npy)!r}, {str(tmp_path / 'm.zarr')!r}, "
         "chunk_rows=20000, progress=False);"
         "print(int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) // 1024)"
@@ -326,7 +327,7 @@ def test_an_external_tcp_cluster_equals_serial(tmp_path, tcp_cluster):
 
 def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
     pytest.importorskip("distributed")
-    from vaefast import embedding
+    from vaefast.embedding import pipeline as embedding
 
     monkeypatch.setattr(embedding, "CONNECT_TIMEOUT", "2s")
     port = _free_port()  # a port nothing listens on
@@ -509,7 +510,7 @@ def _free_port() -> int:
 def test_valid_rows_are_the_rows_left_when_the_skipped_are_taken_out(n, data_):
     """The reference sample's rows among rows not skipped, found without listing every
     valid row (O(skipped) memory at 10M rows)."""
-    from vaefast.embedding import valid_rows
+    from vaefast.embedding.pipeline import valid_rows
 
     skipped = np.array(sorted(data_.draw(st.sets(st.integers(0, n - 1), max_size=n - 1))), np.int64)
     valid = np.setdiff1d(np.arange(n), skipped)
@@ -542,7 +543,7 @@ def test_the_parquet_export_opens_in_duckdb_polars_pandas_and_datasets(tmp_path)
     import polars as pl
 
     from vaefast import data
-    from vaefast.store import export
+    from vaefast.embedding.store import export
 
     out, table = tmp_path / "e.zarr", tmp_path / "e.parquet"
     embed(MODEL, "mnist5k", out, tsne=True, tsne_max=300, progress=False)

@@ -46,7 +46,7 @@ def test_a_file_openvino_cannot_convert_is_refused_naming_its_operators():
 
 def test_openvino_defaults_to_bf16_only_where_the_cpu_has_it(X):
     pytest.importorskip("openvino")
-    from vaefast.engines import openvino_precision
+    from vaefast.runtime.engines import openvino_precision
     from vaefast.metrics import knn_overlap
 
     vae = runtime.load(CONV, providers="openvino")
@@ -141,7 +141,8 @@ def test_a_new_engine_is_one_entry(monkeypatch, capsys):
     help with no other edit."""
     from dataclasses import replace
 
-    from vaefast import engines, recommend
+    from vaefast.runtime import engines
+    from vaefast.bench import recommend
     from vaefast.cli import build_parser
 
     ort = engines.ENGINES["onnxruntime"]

@@ -26,8 +26,9 @@ pytest.importorskip("starlette")
 from starlette.testclient import TestClient  # noqa: E402
 
 from tests.helpers import EXPORTED, ROOT, run_cli  # noqa: E402
-from vaefast import data, runtime, store  # noqa: E402
-from vaefast.embedding import embed  # noqa: E402
+from vaefast import data, runtime  # noqa: E402
+from vaefast.embedding import store
+from vaefast.embedding.pipeline import embed  # noqa: E402
 from vaefast.errors import VaefastError  # noqa: E402
 from vaefast.explore import app, auth, serve  # noqa: E402
 from vaefast.explore.columns import FRAME_MARGIN, Columns  # noqa: E402
@@ -206,7 +207,7 @@ def test_a_selection_downloads_as_parquet_in_the_exports_vocabulary(client, stor
     label and label_name, μ and log σ² as the store holds them, the map's position."""
     import pyarrow.parquet as pq
 
-    from vaefast.store import export
+    from vaefast.embedding.store import export
 
     folder, _, y = stored
     rows = np.array([399, 3, 1, 200, 3], "<u4")

@@ -28,7 +28,7 @@ if CHROMIUM is None:
 from tests.helpers import ROOT  # noqa: E402
 from tests.test_explore import Z2, Z20, _inputs  # noqa: E402
 from vaefast import runtime  # noqa: E402
-from vaefast.embedding import embed  # noqa: E402
+from vaefast.embedding.pipeline import embed  # noqa: E402
 from vaefast.explore import serve  # noqa: E402
 
 # Software WebGL, and nothing that reaches for the network (WEB-NOTES.md)

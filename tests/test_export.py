@@ -74,7 +74,7 @@ def test_onnx_matches_eager_on_test_data(short_export, short_run):
     import torch
 
     from vaefast import data, runtime
-    from vaefast.train import load_run
+    from vaefast.models.train import load_run
 
     model, _ = load_run(short_run)
     X = data.load("mnist5k").X_test[:300]

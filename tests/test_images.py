@@ -22,9 +22,10 @@ from tests.helpers import (
     write_image_parquet,
     write_shards,
 )
-from vaefast import data, store
+from vaefast import data
+from vaefast.embedding import store
 from vaefast.data.decode import Preprocess, decode
-from vaefast.embedding import embed
+from vaefast.embedding.pipeline import embed
 
 pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
 

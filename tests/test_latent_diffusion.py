@@ -330,7 +330,7 @@ def test_embed_of_spatial_latents_resumes_after_sigkill_identically(kl_export, p
     result = run_cli("embed", *args)
     assert result.returncode == 0, result.stderr
     assert "(0 chunks resumed)" not in result.stdout
-    from vaefast.store import open_embeddings
+    from vaefast.embedding.store import open_embeddings
 
     reference = runtime.load(kl_export[0], providers="cpu", threads=1).encode(X, batch_size=64)[0]
     np.testing.assert_allclose(open_embeddings(out)["mu"][:], reference, atol=1e-5)
@@ -484,8 +484,8 @@ def test_dask_embed_of_spatial_latents_equals_the_single_process_path(
     kl_export, photos_npy, tmp_path
 ):
     pytest.importorskip("distributed")
-    from vaefast.embedding import embed
-    from vaefast.store import open_embeddings
+    from vaefast.embedding.pipeline import embed
+    from vaefast.embedding.store import open_embeddings
 
     for name, options in (("serial", {}), ("dask", {"scheduler": "local", "workers": 2})):
         embed(

@@ -20,7 +20,7 @@ from tests.helpers import (
     write_image_parquet,
     write_shards,
 )
-from vaefast.embedding import embed
+from vaefast.embedding.pipeline import embed
 
 pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
 

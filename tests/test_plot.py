@@ -127,7 +127,7 @@ def test_labels_of_the_wrong_length_are_refused():
 def test_plots_from_an_embedding_store_reuse_its_tsne(tmp_path):
     import matplotlib.pyplot as plt
 
-    from vaefast.embedding import embed
+    from vaefast.embedding.pipeline import embed
 
     raw = data.read("mnist5k")
     np.savez(tmp_path / "x.npz", X=raw.X[:600], y=raw.y[:600])

@@ -12,7 +12,7 @@ from tests.helpers import EXPORTED
 from vaefast import data, runtime
 from vaefast.errors import VaefastError
 from vaefast.shipped import SHIPPED
-from vaefast.variants import VARIANTS
+from vaefast.runtime.variants import VARIANTS
 
 Z20, Z2 = EXPORTED / "mnist5k-z20", EXPORTED / "mnist5k-z2"
 

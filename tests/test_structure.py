@@ -18,33 +18,13 @@ from tests.helpers import EXPORTED, ROOT, run_cli
 pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
 
 PACKAGE = ROOT / "vaefast"
-RUNTIME_PATH = (
-    "vaefast.runtime",
-    "vaefast.embedding",
-    "vaefast.plot",
-    "vaefast.bench",
-    "vaefast.store",
-    "vaefast.data",
-    "vaefast.data.files",
-    "vaefast.data.decode",
-    "vaefast.engines",
-    "vaefast.recommend",
-    "vaefast.tsne",
-    "vaefast.variants",
-    "vaefast.layout",
-)
-TORCH_SIDE = {
-    "vaefast.model",
-    "vaefast.train",
-    "vaefast.export",
-    "vaefast.export.adapt",
-    "vaefast.export.load",
-    "vaefast.export.trace",
-    "vaefast.export.verify",
-    "vaefast.export.report",
-    "vaefast.shipped.build",
-    "vaefast.demo",
-}
+# The stages that run on exported files, as folders (or one-module stages) of the package:
+# nothing in them reaches torch or the torch side.
+RUNTIME_FOLDERS = ("data", "runtime", "embedding", "tsne", "plot", "explore", "bench")
+# The torch side. ``bench.timing`` also imports torch: it times the eager model beside the
+# runtimes, each candidate in its own process.
+TORCH_FOLDERS = ("models", "export")
+EAGER_BASELINE = "vaefast.bench.timing"
 
 
 def module_name(path: Path) -> str:
@@ -95,10 +75,30 @@ def test_tsne_imports_nothing_from_vaefast_but_errors():
         assert outside <= {"vaefast.errors", "vaefast.errors.VaefastError"}, (path, outside)
 
 
-@pytest.mark.parametrize("root", RUNTIME_PATH)
-def test_runtime_path_never_reaches_torch(root):
-    graph = reachable(root)
-    assert "torch" not in graph and not graph & TORCH_SIDE, sorted(graph & (TORCH_SIDE | {"torch"}))
+def modules_in(folders: tuple[str, ...]) -> list[str]:
+    """The package's modules that live in one of ``folders`` (a folder or a one-module stage)."""
+    names = (module_name(p) for p in PACKAGE.rglob("*.py"))
+    return sorted(m for m in names if len(m.split(".")) > 1 and m.split(".")[1] in folders)
+
+
+def test_only_the_torch_folders_import_torch():
+    importers = {
+        module_name(p)
+        for p in PACKAGE.rglob("*.py")
+        if any(m == "torch" or m.startswith("torch.") for m in imports(module_name(p)))
+    }
+    assert importers, "the torch side imports torch"
+    assert importers - set(modules_in(TORCH_FOLDERS)) == {EAGER_BASELINE}
+
+
+@pytest.mark.parametrize("folder", RUNTIME_FOLDERS)
+def test_the_runtime_folders_never_reach_torch(folder):
+    torch_side = set(modules_in(TORCH_FOLDERS))
+    roots = [m for m in modules_in((folder,)) if m != EAGER_BASELINE]
+    assert roots
+    for root in roots:
+        graph = reachable(root)
+        assert "torch" not in graph and not graph & torch_side, (root, graph & torch_side)
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,7 @@ def test_runtime_path_never_reaches_torch(root):
         "TSNE(max_iter=250, perplexity=5).fit(np.random.default_rng(0).random((40, 4)))",
         "import matplotlib; matplotlib.use('Agg'); from vaefast.plot import render; "
         "render('all', Z20, OUT, max_points=200); render('samples', Z2, OUT, embed=True)",
-        "from vaefast.embedding import embed; embed(Z20, 'mnist5k', "
+        "from vaefast.embedding.pipeline import embed; embed(Z20, 'mnist5k', "
         "OUT + '/e.zarr', tsne=True, tsne_max=300, progress=False)",
     ],
     ids=["runtime", "tsne", "plot", "embed"],
@@ -169,7 +169,7 @@ def test_maps_never_import_scikit_learn_or_dask(tmp_path):
     pandas and pyarrow with it (~65 MB of embed's 600 MB budget), and, run here rather
     than on a cluster, without Dask (~19 MB and ~0.4 s of CPU)."""
     code = (
-        f"import sys, numpy as np; from vaefast.embedding import embed; "
+        f"import sys, numpy as np; from vaefast.embedding.pipeline import embed; "
         f"from vaefast.tsne import map_points; "
         f"embed({str(EXPORTED / 'mnist5k-z20')!r}, 'mnist5k', {str(tmp_path / 'e.zarr')!r}, "
         "tsne=True, tsne_max=300, progress=False); "
@@ -282,7 +282,7 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, mes
 
 
 def test_embedding_stores_get_the_users_umask(tmp_path):
-    from vaefast.embedding import embed
+    from vaefast.embedding.pipeline import embed
 
     old = os.umask(0o027)
     try:
@@ -294,8 +294,8 @@ def test_embedding_stores_get_the_users_umask(tmp_path):
 
 
 def test_embed_tsne_of_ten_rows_finishes(tmp_path):
-    from vaefast.embedding import embed
-    from vaefast.store import open_embeddings
+    from vaefast.embedding.pipeline import embed
+    from vaefast.embedding.store import open_embeddings
 
     np.save(tmp_path / "ten.npy", np.random.default_rng(0).integers(0, 256, (10, 784), np.uint8))
     stats = embed(
@@ -347,8 +347,8 @@ def _compared_names(path: Path, names: set[str]) -> list[str]:
 def test_engines_and_variants_are_tested_by_name_only_by_their_owners():
     """Callers read an engine's or a variant's properties; only ``engines.py`` names ONNX
     Runtime providers or tests an engine by name, only ``variants.py`` a variant."""
-    from vaefast.engines import ENGINES, provider_names
-    from vaefast.variants import VARIANTS
+    from vaefast.runtime.engines import ENGINES, provider_names
+    from vaefast.runtime.variants import VARIANTS
 
     names = set(ENGINES) | set(provider_names()) | set(VARIANTS)
     owners = {"engines.py", "variants.py"}
@@ -363,7 +363,9 @@ def test_engines_and_variants_are_tested_by_name_only_by_their_owners():
 
 def test_data_readers_do_not_import_the_store():
     for path in (PACKAGE / "data").glob("*.py"):
-        assert not {m for m in imports(module_name(path)) if m.startswith("vaefast.store")}, path
+        assert not {
+            m for m in imports(module_name(path)) if m.startswith("vaefast.embedding.store")
+        }, path
 
 
 # Kernels whose loops are unrolled by hand (3 rows x 4 accumulators): their length is the

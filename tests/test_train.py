@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vaefast.errors import VaefastError
-from vaefast.train import load_run, train
+from vaefast.models.train import load_run, train
 
 
 def test_short_run_writes_a_complete_run_folder(short_run):

@@ -348,7 +348,7 @@ def test_transform_before_fit_and_wrong_width():
 
 def test_cli_maps_an_embedding_store(tmp_path):
     from tests.helpers import run_cli
-    from vaefast.embedding import embed
+    from vaefast.embedding.pipeline import embed
 
     from vaefast import data
 

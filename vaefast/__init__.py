@@ -11,7 +11,7 @@ __all__ = ["VaefastError", "__version__", "embed", "export_vae"]
 
 # vaefast.embed(...) / vaefast.export_vae(...) without importing numpy, zarr, ONNX Runtime
 # or torch at `import vaefast`
-_LAZY = {"embed": "vaefast.embedding", "export_vae": "vaefast.export"}
+_LAZY = {"embed": "vaefast.embedding.pipeline", "export_vae": "vaefast.export"}
 
 
 def __getattr__(name: str):

@@ -91,7 +91,7 @@ def _check_out(out: Path) -> None:
 
 def train_run(folder: Path, **options) -> None:
     """Train on mnist5k into ``folder`` and print what it reached."""
-    from vaefast.train import train
+    from vaefast.models.train import train
 
     t0 = time.perf_counter()
     config = train("mnist5k", folder, force=True, **options)
@@ -128,7 +128,7 @@ def export_and_encode(out: Path, run: str = "run", name: str = "exported") -> Pa
 def embed_and_map(out: Path, exported: Path, tsne_max: int = 10_000) -> Path:
     """Batch-embed all of mnist5k into a zarr store with an exact t-SNE of the means
     (of ``tsne_max`` rows, the rest placed on that map)."""
-    from vaefast.embedding import embed
+    from vaefast.embedding.pipeline import embed
 
     store = out / "embeddings.zarr"
     shutil.rmtree(store, ignore_errors=True)  # the demo's own output from an earlier run
@@ -175,10 +175,10 @@ def quick_summary(
     from sklearn.manifold import TSNE as SklearnTSNE
 
     from vaefast import data, runtime
-    from vaefast.bench import format_seconds
+    from vaefast.bench.report import format_seconds
     from vaefast.tsne import TSNE
 
-    from vaefast.recommend import time_in_process
+    from vaefast.bench.recommend import time_in_process
 
     batches = (1, 4096)
     t = {

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vaefast import runtime
-from vaefast.engines import DEFAULT_PROVIDERS
+from vaefast.runtime.engines import DEFAULT_PROVIDERS
 from vaefast.atomic import atomic_file, write_json
 from vaefast.errors import VaefastError
 from vaefast.images import make_grid
@@ -95,7 +95,7 @@ class Latents:
     ) -> "Latents":
         """Latents of a finished ``vaefast embed`` store (its t-SNE reused); input images
         are read on demand from the store's recorded input, only for the rows shown."""
-        from vaefast import store
+        from vaefast.embedding import store
         from vaefast.data import reopen
 
         stored = store.load(path)

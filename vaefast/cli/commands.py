@@ -16,7 +16,7 @@ def _given(args: argparse.Namespace, *names: str) -> dict:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from vaefast.train import train
+    from vaefast.models.train import train
 
     config = train(
         out=args.out,
@@ -54,7 +54,7 @@ def _numbers(text: str | None, flag: str, what: str, kind=int) -> tuple | None:
 def _export(args: argparse.Namespace) -> None:
     from vaefast.export import check_range, export, export_diffusers, export_module, format_report
 
-    from vaefast.variants import parse_names
+    from vaefast.runtime.variants import parse_names
 
     names = parse_names(args.variants) + tuple(
         n for n, alias in (("int8", args.int8), ("fp16", args.fp16)) if alias
@@ -125,7 +125,7 @@ def _tsne(args: argparse.Namespace) -> None:
     import numpy as np
 
     from vaefast.atomic import atomic_file
-    from vaefast.points import read_points
+    from vaefast.embedding.points import read_points
 
     X = read_points(args.input)  # a bad input refused before Numba and scikit-learn load
 
@@ -156,7 +156,7 @@ def _tsne(args: argparse.Namespace) -> None:
 
 
 def _embed(args: argparse.Namespace) -> None:
-    from vaefast.embedding import embed
+    from vaefast.embedding.pipeline import embed
 
     _print_agreement(args.model, args.variant or "fp32", args.providers)
     stats = embed(
@@ -226,7 +226,7 @@ def _embed(args: argparse.Namespace) -> None:
 
 
 def _embeddings(args: argparse.Namespace) -> None:
-    from vaefast.store import export
+    from vaefast.embedding.store import export
 
     done = export(args.store, args.to, args.out, force=args.force)
     print(f"wrote {args.out}: {done['rows']} rows ({', '.join(done['columns'])})")
@@ -235,9 +235,9 @@ def _embeddings(args: argparse.Namespace) -> None:
 def _print_agreement(model: str, variant: str, providers: str | None = None) -> None:
     """How the variant, or the engine, agrees with ONNX Runtime fp32 (from the export
     report), printed before using it; nothing for the reference itself."""
-    from vaefast import engines, manifest
-    from vaefast.variants import REFERENCE
-    from vaefast.variants import variant as variant_entry
+    from vaefast.runtime import engines, manifest
+    from vaefast.runtime.variants import REFERENCE
+    from vaefast.runtime.variants import variant as variant_entry
 
     variant_entry(variant)  # an unknown name: refused with the table's names
     key = engines.engine_for(providers or engines.DEFAULT_PROVIDERS).report_key
@@ -300,7 +300,7 @@ def _explore(args: argparse.Namespace) -> None:
     from vaefast import explore
 
     if args.data is not None:
-        from vaefast.embedding import embed
+        from vaefast.embedding.pipeline import embed
 
         embed(args.model, args.data, args.store, tsne=True, progress=not args.quiet)
     elif not Path(args.store).exists():
@@ -339,12 +339,12 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _bench_recommend(args: argparse.Namespace) -> None:
-    from vaefast.recommend import format_table, recommend
+    from vaefast.bench.recommend import format_table, recommend
 
     print(format_table(recommend(args.model, **_given(args, "batch", "part", "threads"))))
 
 
 def _bench_report(args: argparse.Namespace) -> None:
-    from vaefast.bench import report
+    from vaefast.bench.report import report
 
     print(f"wrote {report(args.results, args.out)}")

@@ -24,13 +24,13 @@ DATA_HELP = "data spec (filled in from vaefast.data.KINDS)"
 # choices read from the owning module's table when the option is given (and listed in
 # --help), so that parsing stays free of heavy imports
 CHOICES = {
-    "arch": ("vaefast.architectures", "ARCHITECTURES"),
+    "arch": ("vaefast.models.architectures", "ARCHITECTURES"),
     "decoder_output": ("vaefast.export", "DECODER_OUTPUTS"),
-    "dtype": ("vaefast.store", "DTYPES"),
-    "to": ("vaefast.store", "EXPORT_FORMATS"),
+    "dtype": ("vaefast.embedding.store", "DTYPES"),
+    "to": ("vaefast.embedding.store", "EXPORT_FORMATS"),
     "method": ("vaefast.plot", "METHODS"),
-    "part": ("vaefast.variants", "PARTS"),
-    "precision": ("vaefast.engines", "PRECISIONS"),
+    "part": ("vaefast.runtime.variants", "PARTS"),
+    "precision": ("vaefast.runtime.engines", "PRECISIONS"),
 }
 
 
@@ -108,7 +108,7 @@ class _Help(argparse.HelpFormatter):
 
             return text.replace(DATA_HELP, f"data spec: {spec_usage()} (see README)")
         if dest == "arch":
-            from vaefast.architectures import ARCHITECTURES
+            from vaefast.models.architectures import ARCHITECTURES
 
             return "architecture: " + "; ".join(
                 f"{n}: {a.describe}" for n, a in ARCHITECTURES.items()
@@ -120,7 +120,7 @@ class _Help(argparse.HelpFormatter):
 
             return f"{text} {', '.join(FORMATS)}"
         if dest == "memory_budget":
-            from vaefast.memory import DEFAULT_BUDGET, MB
+            from vaefast.runtime.memory import DEFAULT_BUDGET, MB
 
             return f"{text} (default {DEFAULT_BUDGET // MB:,} MB)"
         if dest in ("resize", "exif"):
@@ -133,7 +133,7 @@ class _Help(argparse.HelpFormatter):
             )
             return lead + "; ".join(f"{n}: {what}" for n, what in table.items())
         if dest in ("variants", "variant"):
-            from vaefast.variants import REFERENCE, VARIANTS
+            from vaefast.runtime.variants import REFERENCE, VARIANTS
 
             lead = (
                 "variants to write beside fp32, comma-separated: "
@@ -146,7 +146,7 @@ class _Help(argparse.HelpFormatter):
                 if dest == "variant" or n != REFERENCE
             )
         if dest == "providers":
-            from vaefast.engines import ENGINES
+            from vaefast.runtime.engines import ENGINES
 
             return "what runs the model: " + "; ".join(
                 f"{', '.join(e.providers)}: {e.describe}" for e in ENGINES.values()
@@ -170,8 +170,8 @@ def _option(p: argparse.ArgumentParser, flag: str, help: str = "", **kwargs) -> 
 
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
-    _option(p, "--variant", "(from vaefast.variants.VARIANTS)", metavar="NAME")
-    _option(p, "--providers", "(from vaefast.engines.ENGINES)", metavar="NAME")
+    _option(p, "--variant", "(from vaefast.runtime.variants.VARIANTS)", metavar="NAME")
+    _option(p, "--providers", "(from vaefast.runtime.engines.ENGINES)", metavar="NAME")
     _option(
         p,
         "--precision",
@@ -187,10 +187,10 @@ def _train_parser(sub) -> None:
         description="Train a VAE (--arch mlp: the official PyTorch example; conv: a small "
         "convolutional VAE); writes model.safetensors, config.json, reconstruction.png, "
         "samples.png.",
-        formatter_class=_help_for("vaefast.train:train"),
+        formatter_class=_help_for("vaefast.models.train:train"),
     )
     _option(p, "--data", DATA_HELP)
-    _option(p, "--arch", "(from vaefast.architectures.ARCHITECTURES)", metavar="ARCH")
+    _option(p, "--arch", "(from vaefast.models.architectures.ARCHITECTURES)", metavar="ARCH")
     _option(p, "--latent-dim", "latent dimensions", type=int, metavar="Z")
     _option(p, "--hidden-dim", "hidden units (mlp)", type=int, metavar="H")
     _option(p, "--epochs", "passes over the training rows", type=int, metavar="E")
@@ -270,7 +270,7 @@ def _export_parser(sub) -> None:
         "inputs); " + DATA_HELP,
     )
     p.add_argument("--out", required=True, help="folder to create, e.g. exported/NAME")
-    _option(p, "--variants", "(from vaefast.variants.VARIANTS)", metavar="NAME[,NAME]")
+    _option(p, "--variants", "(from vaefast.runtime.variants.VARIANTS)", metavar="NAME[,NAME]")
     p.add_argument("--int8", action="store_true", help="same as --variants int8")
     p.add_argument("--fp16", action="store_true", help="same as --variants fp16")
     _option(
@@ -299,7 +299,7 @@ def _embed_parser(sub) -> None:
         description="Stream INPUT through the exported encoder into OUT.zarr (mu, logvar, "
         "labels, optional tsne); resumable: run the same command again after an "
         "interruption.",
-        formatter_class=_help_for("vaefast.embedding:embed"),
+        formatter_class=_help_for("vaefast.embedding.pipeline:embed"),
     )
     p.add_argument("model", help="exported model folder")
     p.add_argument("input", help=DATA_HELP)
@@ -357,7 +357,7 @@ def _embeddings_parser(sub) -> None:
         help="write a finished embed store as parquet or .npy",
         description="Stream a finished `vaefast embed` store's rows (ids, labels, mu, sigma, "
         "t-SNE) to a parquet file or a folder of .npy files.",
-        formatter_class=_help_for("vaefast.store:export"),
+        formatter_class=_help_for("vaefast.embedding.store:export"),
     )
     p.add_argument("store", help="a finished `vaefast embed` store")
     p.add_argument("--to", required=True, type=_choice("to"), help="output format")
@@ -484,7 +484,7 @@ def _bench_parser(sub) -> None:
         "recommend",
         help="time every engine x variant x precision for MODEL at your batch size, each in "
         "its own process, and name the fastest that agrees with fp32",
-        formatter_class=_help_for("vaefast.recommend:recommend"),
+        formatter_class=_help_for("vaefast.bench.recommend:recommend"),
     )
     r.add_argument("model", help="exported model folder")
     _option(r, "--batch", "rows per call", type=int)

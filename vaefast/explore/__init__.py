@@ -15,7 +15,7 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from vaefast.engines import DEFAULT_PROVIDERS
+from vaefast.runtime.engines import DEFAULT_PROVIDERS
 from vaefast.errors import VaefastError
 from vaefast.extras import require
 

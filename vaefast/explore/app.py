@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from vaefast import store
+from vaefast.embedding import store
 from vaefast.errors import VaefastError
 from vaefast.explore import neighbours
 from vaefast.explore.columns import Columns, as_integer

@@ -1,7 +1,7 @@
 """A finished embedding store as the explorer draws it: 2-D maps, per-row colour values
 and the level-of-detail selection of the rows in a view.
 
-Everything here is read through :mod:`vaefast.store`, a row chunk at a time; the
+Everything here is read through :mod:`vaefast.embedding.store`, a row chunk at a time; the
 server holds the maps (8 bytes a row each), the labels, mean σ, a seeded rank per row
 and, when it fits ``MU_CACHE_BYTES``, μ itself (for neighbours, traversal and colour by
 a latent dimension; otherwise those read the store a chunk at a time).
@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vaefast import store
+from vaefast.embedding import store
 from vaefast.layout import chunk_bounds
 
 MU_CACHE_BYTES = 512 * 2**20  # μ held in memory up to this size

@@ -13,8 +13,8 @@ passes): ``encoder.onnx`` (``x`` [batch, *input_shape] in the model's own pixel 
 ``mu``, ``logvar``: flat [batch, Z] or spatial [batch, C, h, w]) and ``decoder.onnx``
 (``z`` -> ``x_hat`` in the model's output range), both fp32, dynamic batch (and height
 and width for fully convolutional models), opset 18, self-contained; the variants asked
-for (``vaefast.variants``); ``model.json`` (``vaefast.manifest``; the same facts sit in
-each ONNX file's metadata_props, with the ranges the runtime maps images through) and
+for (``vaefast.runtime.variants``); ``model.json`` (``vaefast.runtime.manifest``; the same
+facts sit in each ONNX file's metadata_props, with the ranges the runtime maps images through) and
 ``export_report.json`` (eager vs ONNX Runtime agreement, each variant's and engine's
 agreement with fp32, each step's memory).
 """
@@ -27,8 +27,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from vaefast import manifest, memory
-from vaefast import variants as variants_mod
+from vaefast.runtime import manifest, memory
+from vaefast.runtime import variants as variants_mod
 from vaefast.atomic import atomic_dir, check_new_output
 from vaefast.errors import VaefastError
 from vaefast.export.adapt import (
@@ -222,7 +222,7 @@ def export(
     memory_budget: int | str | None = None,
 ) -> dict[str, Any]:
     """Export a ``vaefast train`` run folder; verified on the run's test split."""
-    from vaefast.train import WEIGHTS, load_run
+    from vaefast.models.train import WEIGHTS, load_run
 
     check_new_output(Path(out), force)
     model, config = load_run(run_dir)

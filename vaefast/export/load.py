@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from vaefast import manifest
-from vaefast import variants as variants_mod
+from vaefast.runtime import manifest
+from vaefast.runtime import variants as variants_mod
 from vaefast.errors import VaefastError, first_line
 from vaefast.extras import require
 from vaefast.layout import arrange, display_shape
@@ -197,7 +197,7 @@ def load_eager(exported_dir: str | os.PathLike):
     import torch
     from onnx import numpy_helper
 
-    from vaefast.model import build
+    from vaefast.models.modules import build
 
     meta = manifest.read_model_json(exported_dir)
     config = meta.get("architecture") or (

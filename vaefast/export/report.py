@@ -9,8 +9,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vaefast import engines, memory, runtime
-from vaefast import variants as variants_mod
+from vaefast.runtime import engines, memory
+from vaefast import runtime
+from vaefast.runtime import variants as variants_mod
 from vaefast.layout import display_shape
 from vaefast.versions import package_versions
 from vaefast.export.adapt import Probe, _unit

@@ -11,8 +11,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vaefast import engines, manifest, memory, runtime
-from vaefast import variants as variants_mod
+from vaefast.runtime import engines, manifest, memory
+from vaefast import runtime
+from vaefast.runtime import variants as variants_mod
 from vaefast.errors import VaefastError, first_line
 from vaefast.metrics import knn_overlap, max_errors
 from vaefast.export.adapt import Probe
@@ -135,7 +136,7 @@ def _verify_fp32(
     """ONNX Runtime against eager on the example, on random batches up to the runtime's
     default batch (``_checked_batches``), and (fully convolutional models) at a second
     image size; inputs in the model's own range, fed to the bare sessions. Each side
-    runs in batches fitted to the memory budget (``vaefast.memory.fit_batch``), each
+    runs in batches fitted to the memory budget (``vaefast.runtime.memory.fit_batch``), each
     recorded with its peak RSS; ONNX Runtime's cost per row, measured first, decides the
     runtime's batch and so the random batches checked."""
     vae = runtime.load(folder, providers=CPU, spin=False)

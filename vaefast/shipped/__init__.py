@@ -18,7 +18,7 @@ class Shipped:
     """One shipped model: what it is, and how ``make export`` trains and exports it."""
 
     describe: str
-    train: dict = field(default_factory=dict)  # vaefast.train.train options beyond the data
+    train: dict = field(default_factory=dict)  # vaefast.models.train.train options beyond the data
     variants: tuple[str, ...] = ("int8",)  # written beside fp32
 
 

@@ -20,8 +20,8 @@ def build(root: Path | None = None, names: list[str] | None = None) -> None:
     """Write each shipped model (all by default) into ``root/NAME`` (default: the
     package's own folders), replacing older copies."""
     from vaefast.export import export
-    from vaefast.train import train
-    from vaefast.variants import variant
+    from vaefast.models.train import train
+    from vaefast.runtime.variants import variant
 
     with tempfile.TemporaryDirectory() as runs:
         for name in names or SHIPPED:

@@ -1,11 +1,11 @@
 """The architectures ``vaefast train`` builds: one registry, readable without torch.
 
 Each entry says what the model is, which sample shape it takes for a dataset (refusing
-data it cannot take) and which ``vaefast.model`` class builds it. The CLI's ``--arch``
+data it cannot take) and which ``vaefast.models.modules`` class builds it. The CLI's ``--arch``
 choices and ``train``'s checks of the data come from here before torch loads, so a wrong
 name or unfit data is one line in a fraction of a second, and ``train --help`` needs no
-torch. Adding an architecture is its class in ``vaefast.model`` plus its entry here;
-``vaefast.model.build`` finds the class by the entry's name (this module never imports
+torch. Adding an architecture is its class in ``vaefast.models.modules`` plus its entry here;
+``vaefast.models.modules.build`` finds the class by the entry's name (this module never imports
 the torch side).
 """
 
@@ -41,7 +41,7 @@ def conv_input(n_features: int, image_shape: Any) -> tuple[int, ...]:
 class Architecture:
     """One registry entry: what it is, the sample shape it takes for data of
     ``n_features`` features shown as ``image_shape``, and its torch class in
-    ``vaefast.model`` (whose ``from_sizes(config["model"])`` builds it)."""
+    ``vaefast.models.modules`` (whose ``from_sizes(config["model"])`` builds it)."""
 
     describe: str
     input_shape: Callable[[int, Any], tuple[int, ...]]

@@ -121,7 +121,7 @@ def _write_int8_static(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from vaefast.engines import cpu_session
+    from vaefast.runtime.engines import cpu_session
 
     name = cpu_session(src).get_inputs()[0].name
     step = max(1, min(rows, len(inputs)))

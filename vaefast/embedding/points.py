@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaefast import store
+from vaefast.embedding import store
 from vaefast.data.arrays import POINT_KEYS, load_numpy, named_arrays, open_zarr
 from vaefast.errors import VaefastError
 

@@ -15,7 +15,7 @@ from vaefast.errors import VaefastError
 from vaefast.layout import display_shape
 from vaefast.shipped import SHIPPED
 from vaefast.shipped import folder as shipped_folder
-from vaefast.variants import REFERENCE
+from vaefast.runtime.variants import REFERENCE
 
 MODEL_JSON = "model.json"
 REPORT_JSON = "export_report.json"

@@ -1,7 +1,7 @@
 """VAE architectures (torch) and the loss.
 
 ``build(config)`` makes the model a run's ``config.json`` describes, for training,
-``load_run`` and export alike, through the registry ``vaefast.architectures.ARCHITECTURES``
+``load_run`` and export alike, through the registry ``vaefast.models.architectures.ARCHITECTURES``
 (torch-free; each entry names its class here). Every architecture has
 ``encode(x) -> (mu, logvar)``, ``decode(z) -> x_hat`` in [0, 1], ``reparameterize`` and
 ``forward``, an ``input_shape`` (the sample shape it takes) and ``from_sizes(config)``.
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaefast.architectures import architecture, check_conv_sides
+from vaefast.models.architectures import architecture, check_conv_sides
 from vaefast.errors import VaefastError
 
 

@@ -1,5 +1,5 @@
 """One candidate runtime timed in its own process (``bench recommend``'s measurement):
-``python -m vaefast.timing SPEC_JSON`` loads the model as the spec says, times the call
+``python -m vaefast.bench.timing SPEC_JSON`` loads the model as the spec says, times the call
 users make at each batch (median of 7 samples of at least ``min_time / 7`` s), saves its
 outputs on the seeded agreement batch and prints ``{batch: seconds}`` as JSON.
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from vaefast import data as data_mod
-from vaefast.architectures import architecture
+from vaefast.models.architectures import architecture
 from vaefast.atomic import atomic_dir, read_json, write_json
 from vaefast.errors import VaefastError
 from vaefast.images import save_grid
@@ -44,7 +44,7 @@ def train(
     The folder is built in a temporary sibling and renamed on success, so a failed or
     interrupted run leaves nothing at ``out``. ``max_train`` caps the training rows
     (for quick runs and tests). ``arch`` names an entry of
-    ``vaefast.architectures.ARCHITECTURES`` (``mlp``: the official example; ``conv``: a small
+    ``vaefast.models.architectures.ARCHITECTURES`` (``mlp``: the official example; ``conv``: a small
     convolutional VAE for image data). Deterministic on CPU for a given seed and
     thread count.
     """
@@ -74,7 +74,7 @@ def train(
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from vaefast.model import build
+    from vaefast.models.modules import build
 
     sizes = {
         "arch": arch,
@@ -134,7 +134,7 @@ def _epoch(model, optimizer, xtr, batch_size: int, gen, bar) -> float:
     (``bar`` iterates the batch starts); returns the summed loss."""
     import torch
 
-    from vaefast.model import loss_function
+    from vaefast.models.modules import loss_function
 
     model.train()
     perm = torch.randperm(len(xtr), generator=gen)
@@ -155,7 +155,7 @@ def evaluate(model, x, batch_size: int, generator) -> float:
     """Mean per-sample loss on ``x`` (sampling z, as the example's test pass does)."""
     import torch
 
-    from vaefast.model import loss_function
+    from vaefast.models.modules import loss_function
 
     model.eval()
     total = 0.0
@@ -194,7 +194,7 @@ def load_run(path: str | os.PathLike):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from vaefast.model import build
+    from vaefast.models.modules import build
 
     model = build(config["model"])
     weights = path / WEIGHTS

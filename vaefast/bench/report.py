@@ -75,7 +75,7 @@ def markdown(benches: list[dict[str, Any]]) -> str:
 
 def machine_header(path: str | os.PathLike) -> str:
     """The machine card a results file was measured on, as one line (or a warning)."""
-    from vaefast.machine import describe
+    from vaefast.bench.machine import describe
 
     info = json.loads(Path(path).read_text()).get("machine_info", {})
     if "vaefast" not in info:

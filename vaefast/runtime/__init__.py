@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from vaefast import engines
+from vaefast.runtime import engines
 from vaefast.errors import BadRows, VaefastError
 from vaefast.layout import arrange, check_pixels, describe, input_shape_for, to_display
-from vaefast.manifest import (
+from vaefast.runtime.manifest import (
     image_display_shape,
     input_shape,
     latent_shape,
@@ -36,8 +36,8 @@ from vaefast.manifest import (
     read_model_json,
     size_multiple,
 )
-from vaefast.variants import model_files
-from vaefast.variants import variant as variant_entry
+from vaefast.runtime.variants import model_files
+from vaefast.runtime.variants import variant as variant_entry
 
 SHA_KEY = "vaefast.weights_sha256"
 DEFAULT_BATCH = 4096
@@ -412,7 +412,7 @@ def load(
     ``providers``: ``auto`` (CUDA when onnxruntime-gpu sees a GPU, else CPU), ``cpu``,
     ``cuda``, ``tensorrt``, or an explicit ONNX Runtime provider list — or ``openvino``
     (OpenVINO on the CPU, ``precision`` bf16 where the CPU has AMX or AVX512_BF16, else
-    f32; see ``vaefast.engines``). Asking for a GPU provider and getting CPU is an error,
+    f32; see ``vaefast.runtime.engines``). Asking for a GPU provider and getting CPU is an error,
     never a silent fallback. ``threads`` sets the engine's threads; ``spin=False`` stops
     idle ONNX Runtime threads spinning (use it when torch or Numba share the process).
     """

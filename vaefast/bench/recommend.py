@@ -35,12 +35,12 @@ def time_in_process(
     min_time: float = 0.3,
 ) -> tuple[dict[int, float], np.ndarray]:
     """({batch: median seconds}, outputs on the seeded agreement batch) of one candidate
-    run in its own process (``vaefast.timing``). ``engine`` "eager" is the vaefast-trained
+    run in its own process (``vaefast.bench.timing``). ``engine`` "eager" is the vaefast-trained
     model's own call."""
     import tempfile
 
-    from vaefast import manifest
-    from vaefast.engines import DEFAULT_PROVIDERS
+    from vaefast.runtime import manifest
+    from vaefast.runtime.engines import DEFAULT_PROVIDERS
 
     meta = manifest.read_model_json(exported)
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,7 +60,7 @@ def time_in_process(
             "outputs": os.path.join(tmp, "out.npy"),
         }
         result = subprocess.run(
-            [sys.executable, "-m", "vaefast.timing", json.dumps(spec)],
+            [sys.executable, "-m", "vaefast.bench.timing", json.dumps(spec)],
             capture_output=True,
             text=True,
         )
@@ -74,12 +74,12 @@ def time_in_process(
 
 def candidates(exported: str | os.PathLike) -> list[dict[str, Any]]:
     """Every way this machine's CPU can run the export: each installed engine of
-    ``vaefast.engines.ENGINES`` on its CPU providers, at each precision it has here, on
+    ``vaefast.runtime.engines.ENGINES`` on its CPU providers, at each precision it has here, on
     each exported variant it runs (GPU-only variants left out). ONNX Runtime fp32, the
     reference, comes first."""
-    from vaefast import manifest
-    from vaefast.engines import ENGINES
-    from vaefast.variants import variant
+    from vaefast.runtime import manifest
+    from vaefast.runtime.engines import ENGINES
+    from vaefast.runtime.variants import variant
 
     names = list(manifest.read_model_json(exported).get("variants", {"fp32": None}))
     out = []
@@ -114,7 +114,7 @@ def recommend(
     overlap >= ``min_overlap``, default each variant's own target; decoder: PSNR >=
     ``min_psnr`` dB). Returns the rows and the choice."""
     from vaefast.metrics import knn_overlap, max_errors, psnr
-    from vaefast.variants import PARTS, variant
+    from vaefast.runtime.variants import PARTS, variant
 
     if part not in PARTS:
         raise VaefastError(f"unknown part {part!r}; use {' or '.join(PARTS)}")
@@ -165,7 +165,7 @@ def describe(row: dict[str, Any]) -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     """The measured rows as Markdown, and the recommendation."""
-    from vaefast.bench import format_seconds
+    from vaefast.bench.report import format_seconds
 
     agree = "kNN@10 overlap" if result["part"] == "encoder" else "PSNR vs fp32"
     lines = [

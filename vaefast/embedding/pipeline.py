@@ -1,7 +1,7 @@
 """Batch-embed a dataset through an exported encoder into a zarr store: streaming,
 bounded memory, resumable after any kill, optionally distributed on Dask.
 
-The store's format lives in ``vaefast.store``. Each row chunk is one task that writes
+The store's format lives in ``vaefast.embedding.store``. Each row chunk is one task that writes
 only its own zarr chunks and then its marker, so a killed run resumes from the finished
 chunks and ends identical to an uninterrupted one.
 """
@@ -19,14 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from vaefast import manifest, runtime, store
-from vaefast.memory import trim
+from vaefast.runtime import manifest
+from vaefast import runtime
+from vaefast.embedding import store
+from vaefast.runtime.memory import trim
 from vaefast.data import Source, absolute_spec, preprocess_for, reopen
-from vaefast.engines import DEFAULT_PROVIDERS
+from vaefast.runtime.engines import DEFAULT_PROVIDERS
 from vaefast.errors import BadFile, BadRows, VaefastError, first_line
 from vaefast.extras import require
 from vaefast.layout import chunk_bounds
-from vaefast.variants import REFERENCE, VARIANTS
+from vaefast.runtime.variants import REFERENCE, VARIANTS
 
 CHUNK_BYTES = 1 << 28  # default rows per chunk: at most this many bytes of float32 input
 BATCH_BYTES = 1 << 25  # default rows per ONNX Runtime call: this many bytes of input
@@ -216,7 +218,7 @@ def embed(
     (a dask.distributed LocalCluster of ``workers`` one-thread processes) or a ``tcp://``
     address (each task uses its worker's thread count). ``threads``: ONNX Runtime and
     t-SNE threads (default: all cores). ``variant`` (a name in
-    ``vaefast.variants.VARIANTS``), ``providers`` (an ONNX Runtime choice or
+    ``vaefast.runtime.variants.VARIANTS``), ``providers`` (an ONNX Runtime choice or
     ``openvino``) and ``precision`` (OpenVINO's bf16 or f32) pick the exported model run;
     they are recorded in the store. With ``tsne``, an exact
     t-SNE map of ``mu`` is added (above ``tsne_max`` rows: of a seeded sample, the rest
