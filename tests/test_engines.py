@@ -31,13 +31,65 @@ def test_openvino_f32_matches_onnxruntime(X):
     np.testing.assert_allclose(ov.decode(mu), ort.decode(mu), atol=1e-4)
 
 
-def test_a_file_openvino_cannot_convert_is_refused_naming_its_operators():
-    """The shipped conv decoder's static int8 is in ONNX Runtime's QOperator form (the faster
-    there: 11.4 against 14.6 ms in its export report); OpenVINO's refusal names what it
+SHIPPED_FILES = sorted(EXPORTED.glob("*/*.onnx"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_file_runs_on_every_engine_and_agrees(path):
+    """Standard operators only (static int8 in QDQ form, no contrib ops, no opset imported but
+    used): ONNX Runtime, OpenVINO and ``onnx.reference`` run each file we ship, alike."""
+    import onnx
+    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
+    from vaefast.metrics import psnr
+
+    ov = pytest.importorskip("openvino")
+    proto = onnx.load(str(path))
+    assert {o.domain for o in proto.opset_import} == {n.domain for n in proto.graph.node} | {""}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    shape = [16 if isinstance(d, str) else d for d in session.get_inputs()[0].shape]
+    rng = np.random.default_rng(0)
+    x = rng.random(shape) if "encoder" in path.name else rng.standard_normal(shape)
+    x = x.astype(np.float32)
+    expected = session.run(None, {name: x})[0]
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    for got in (compiled({name: x})[0], ReferenceEvaluator(proto).run(None, {name: x})[0]):
+        if "decoder" in path.name:  # images in [0, 1]
+            assert psnr(got, expected) >= 30
+        np.testing.assert_allclose(got, expected, atol=1e-3 * max(1, np.abs(expected).max()))
+
+
+def test_a_file_openvino_cannot_convert_is_refused_naming_its_operators(tmp_path):
+    """A static int8 file in ONNX Runtime's own QOperator form (what its quantizer writes when
+    asked, and what vaefast falls back to where QDQ fails): OpenVINO's refusal names what it
     cannot convert and what to do, in one line (it gave only the error's source location)."""
+    import shutil
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
     pytest.importorskip("openvino")
+    model = shutil.copytree(CONV, tmp_path / "model")
+    z = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
+
+    class Latents(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"z": z[i : i + 8]} for i in range(0, 64, 8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    target = model / "decoder.int8-static.onnx"
+    quantize_static(str(model / "decoder.onnx"), str(target), Latents(), QuantFormat.QOperator)
+    qoperator = onnx.load(str(target))
+    onnx.helper.set_model_props(
+        qoperator, {p.key: p.value for p in onnx.load(str(CONV / target.name)).metadata_props}
+    )
+    onnx.save_model(qoperator, str(target))
     with pytest.raises(VaefastError) as refused:
-        runtime.load(CONV, providers="openvino", variant="int8-static")
+        runtime.load(model, providers="openvino", variant="int8-static")
     message = str(refused.value)
     assert "decoder.int8-static.onnx: OpenVINO cannot load it: it has no conversion for " in message
     assert "com.microsoft.QGemm" in message and "--providers cpu" in message
