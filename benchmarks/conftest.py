@@ -7,9 +7,13 @@ check; ``make bench`` times them for real.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
+
+from vaefast.bench.contention import watch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORTED = ROOT / "vaefast" / "shipped"
@@ -24,8 +28,43 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["vaefast"] = card(THREADS)
 
 
+def timed_rounds(
+    benchmark,
+    mine: Callable[[], Any],
+    rounds: int,
+    others: dict[str, Callable[[], Any]] | None = None,
+    pids: list[int] | None = None,
+) -> tuple[list[Any], list[float], dict[str, list[Any]]]:
+    """Time ``mine()`` for ``rounds`` rounds with pytest-benchmark's own clock (its public
+    ``pedantic``). Before each round, untimed, each of ``others`` runs once, so the tools
+    compared alternate round by round and a drift of this shared machine hits all alike.
+    Records the contention over all rounds in ``extra_info`` (``pids``: live processes of
+    ours). Returns mine's results and seconds per round, and the others' results per name.
+    Under ``--benchmark-disable``: one round of each, untimed."""
+    results: list[Any] = []
+    seconds: list[float] = []
+    theirs: dict[str, list[Any]] = {name: [] for name in others or {}}
+
+    def setup():
+        for name, run in (others or {}).items():
+            theirs[name].append(run())
+
+    def target():
+        t0 = time.perf_counter()
+        results.append(mine())
+        seconds.append(time.perf_counter() - t0)
+
+    with watch(pids) as contention:
+        benchmark.pedantic(target, setup=setup, rounds=rounds, iterations=1)
+    benchmark.extra_info["contention"] = contention
+    return results, seconds, theirs
+
+
 def record(benchmark, samples: list[float]) -> None:
-    """Record durations measured elsewhere (a worker process) as the benchmark's stats."""
+    """Durations one step took inside another process (a worker's own timing of the fit,
+    the placement, a hover) as the benchmark's stats. pytest-benchmark has no public way to
+    take them, so this reaches its private ``_make_stats``; the suites that time whole
+    processes or worker rounds use ``timed_rounds`` instead."""
     stats = benchmark._make_stats(1)
     for t in samples:
         stats.update(t)

@@ -21,7 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.conftest import EXPORTED, ROOT, SLOW_ROUNDS, THREADS, ratio_spread, record
+from benchmarks.conftest import (
+    EXPORTED,
+    ROOT,
+    SLOW_ROUNDS,
+    THREADS,
+    ratio_spread,
+    record,
+    timed_rounds,
+)
 
 pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
 
@@ -148,18 +156,16 @@ def test_embed_with_a_tsne_map_of_every_row(benchmark, images, tmp_path_factory)
         " 'place_s': t['place_s'], 'points_per_s': t['points_per_s'],"
         " 'peak_rss_mb': hwm}))"
     )
-    t0 = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=3600
+    benchmark.group = "embed --tsne"
+    (result,), (wall,), _ = timed_rounds(
+        benchmark,
+        lambda: subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=3600
+        ),
+        1,
     )
-    wall = time.perf_counter() - t0
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    benchmark.group = "embed --tsne"
-    if benchmark.disabled:
-        benchmark(lambda: None)
-    else:
-        record(benchmark, [wall])
     benchmark.extra_info.update(rows=rows, tsne_max=tsne_max, wall_s=wall, **figures)
     shutil.rmtree(out, ignore_errors=True)
 

@@ -3,10 +3,14 @@
 Every runtime runs in a worker process (``benchmarks/worker.py``): eager PyTorch with
 ``torch.inference_mode()`` and THREADS threads; ONNX Runtime through ``vaefast.runtime``
 (the API users call) and as a bare ``session.run`` (to show the wrapper's own cost), with
-THREADS threads, spinning on, no torch loaded. For each (model, part, batch) the rounds are
-interleaved across runtimes, so slow drifts of this shared machine hit all alike; each
-call is timed alone inside its worker and lands in pytest-benchmark's stats, with p50, p99
-and the ratio to eager (median and quartiles over rounds) in extra_info.
+THREADS threads, spinning on, no torch loaded.
+
+The rule: for each (model, part, batch) every runtime gets the same ROUNDS rounds of the
+same number of calls, sized so that the fastest runtime's round takes ROUND_SECONDS. A round
+is timed by pytest-benchmark (``pedantic``: its stats are seconds per round, so runtimes of
+one group compare directly, ``pytest-benchmark compare`` included) and each call inside it
+by the worker; extra_info holds the calls per round, the per-call p50 and p99, the ratio to
+eager (median and quartiles over rounds) and the contention while the rounds ran.
 
 The shipped models are compared with their eager twin rebuilt from the ONNX weights; your
 own exports join with ``VAEFAST_BENCH_MODELS=DIR=FILE.py:FUNCTION@WEIGHTS[,...]``.
@@ -15,13 +19,12 @@ own exports join with ``VAEFAST_BENCH_MODELS=DIR=FILE.py:FUNCTION@WEIGHTS[,...]`
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks.conftest import EXPORTED, THREADS, ratio_spread, record
+from benchmarks.conftest import EXPORTED, THREADS, ratio_spread, timed_rounds
 from benchmarks.worker import Worker, available
 
 BATCHES = [1, 64, 1024, 4096, 8192]
@@ -74,25 +77,22 @@ def workers(request):
         worker.close()
 
 
-def measure(workers: dict, part: str, batch: int, timed: bool) -> dict:
-    """Interleaved rounds over every runtime for one (part, batch); cached per module."""
+def prepare(workers: dict, part: str, batch: int, timed: bool) -> dict:
+    """Warm every runtime on (part, batch), keep its first output row, and size the group's
+    rounds from the fastest; cached per module."""
     key = (part, batch)
-    if key in workers["results"]:
-        return workers["results"][key]
-    pool = workers["pool"]
-    first = {k: w.time(part, batch, 1) for k, w in pool.items()}  # warm and calibrate
-    calls = {k: max(1, int(ROUND_SECONDS / max(min(r["times"]), 1e-6))) for k, r in first.items()}
-    rounds = {k: [] for k in pool}
-    heads = {k: r["head"] for k, r in first.items()}
-    for _ in range(ROUNDS if timed else 0):
-        for kind, worker in pool.items():
-            rounds[kind].append(worker.time(part, batch, calls[kind])["times"])
-            time.sleep(0.01)  # let the last worker's spinning threads go idle
-    workers["results"][key] = result = {"rounds": rounds, "heads": heads, "calls": calls}
-    return result
+    if key not in workers["results"]:
+        first = {k: w.time(part, batch, 1) for k, w in workers["pool"].items()}
+        fastest = min(min(r["times"]) for r in first.values())
+        workers["results"][key] = {
+            "heads": {k: r["head"] for k, r in first.items()},
+            "calls": max(1, int(ROUND_SECONDS / max(fastest, 1e-6))) if timed else 1,
+            "rounds": {},
+        }
+    return workers["results"][key]
 
 
-# kind varies fastest: a (part, batch) is measured once, interleaved, for all runtimes
+# kind varies fastest: a (part, batch) group is prepared once for all runtimes, eager first
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("part", ["encoder", "decoder"])
@@ -102,8 +102,8 @@ def test_latency(benchmark, workers, part, batch, kind):
     if benchmark.disabled and batch > SMOKE_BATCH:
         pytest.skip("large batches only under make bench (export verified them already)")
     timed = not benchmark.disabled
-    result = measure(workers, part, batch, timed)
-    head, reference = np.array(result["heads"][kind]), np.array(result["heads"]["eager"])
+    group = prepare(workers, part, batch, timed)
+    head, reference = np.array(group["heads"][kind]), np.array(group["heads"]["eager"])
     err = float(np.abs(head - reference).max())
     scale = float(np.abs(reference).max())
     limit = {
@@ -123,23 +123,29 @@ def test_latency(benchmark, workers, part, batch, kind):
         threads=THREADS,
         process_isolated=True,
         max_abs_error_vs_eager=err,
+        calls_per_round=group["calls"],
+    )
+    worker, calls = workers["pool"][kind], group["calls"]
+    _, _, kept = timed_rounds(
+        benchmark,
+        lambda: worker.round(calls),
+        ROUNDS if timed else 1,
+        others={"times": worker.last_times},  # the previous round's, read untimed
+        pids=[worker.proc.pid],
     )
     if not timed:
-        benchmark(lambda: None)  # disabled: a correctness run, nothing to time
         return
-    samples = [t for r in result["rounds"][kind] for t in r]
-    record(benchmark, samples)  # the worker timed each call
+    rounds = [*kept["times"][1:], worker.last_times()]  # each round's per-call seconds
+    group["rounds"][kind] = [float(np.median(r)) for r in rounds]
+    samples = [t for r in rounds for t in r]
     benchmark.extra_info.update(
-        rounds=len(result["rounds"][kind]),
-        calls_per_round=result["calls"][kind],
         p50_s=float(np.percentile(samples, 50)),
         p99_s=float(np.percentile(samples, 99)),
         rows_per_s=batch / float(np.median(samples)),
     )
-    if kind != "eager":
+    if kind != "eager" and "eager" in group["rounds"]:
         benchmark.extra_info["speedup_vs_eager"] = ratio_spread(
-            [float(np.median(r)) for r in result["rounds"]["eager"]],
-            [float(np.median(r)) for r in result["rounds"][kind]],
+            group["rounds"]["eager"], group["rounds"][kind]
         )
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.conftest import ROOT, record
+from benchmarks.conftest import ROOT, timed_rounds
 
 pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
 
@@ -133,12 +133,8 @@ def test_peak_memory_of_latent_diffusion_commands(benchmark, models, case):
         args = [*cli, "export", "--diffusers", str(model), "--out", str(out)]
         if case.endswith("int8-static"):
             args += ["--variants", "int8-static"]
-    peak, seconds, _ = peak_rss(args)
     benchmark.group = "peak memory"
-    if benchmark.disabled:
-        benchmark(lambda: None)
-    else:
-        record(benchmark, [seconds])
+    ((peak, seconds, _),), _, _ = timed_rounds(benchmark, lambda: peak_rss(args), 1)
     info = {
         "case": case,
         "peak_rss_gb": peak / GB,

@@ -6,6 +6,9 @@ stdin and answers on stdout, one line each:
 - ``{"part": "encoder"|"decoder", "batch": B, "calls": C, "seed": S}`` -> the C call
   durations in seconds (each call timed alone, after one warm-up call) and the first
   output row, for agreement checks;
+- ``{"round": C}`` -> ``{"done": C}`` after C more calls on the last command's inputs, each
+  timed alone (the parent times the round with pytest-benchmark's clock);
+- ``{"times": true}`` -> the last round's C call durations;
 - ``{"quit": true}``.
 
 Kinds: ``eager`` (the model's own ``encode``/``decode`` under ``torch.inference_mode()``,
@@ -147,13 +150,25 @@ class Worker:
         if not line:
             raise RuntimeError(self.proc.stderr.read()[-500:])
 
-    def time(self, part: str, batch: int, calls: int) -> dict:
-        self.proc.stdin.write(json.dumps({"part": part, "batch": batch, "calls": calls}) + "\n")
+    def _ask(self, command: dict) -> dict:
+        self.proc.stdin.write(json.dumps(command) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(self.proc.stderr.read()[-500:])
         return json.loads(line)
+
+    def time(self, part: str, batch: int, calls: int) -> dict:
+        """Prepare (part, batch), warm it up, then time ``calls`` calls; the first output row."""
+        return self._ask({"part": part, "batch": batch, "calls": calls})
+
+    def round(self, calls: int) -> None:
+        """``calls`` more calls of the last ``time`` command: one benchmark round."""
+        self._ask({"round": calls})
+
+    def last_times(self) -> list[float]:
+        """Each call's seconds in the last round, as the worker timed it."""
+        return self._ask({"times": True})["times"]
 
     def close(self) -> None:
         try:
@@ -162,6 +177,8 @@ class Worker:
         except (BrokenPipeError, ValueError):
             pass
         self.proc.wait(timeout=30)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            pipe.close()
 
 
 def available(kind: str) -> bool:
@@ -189,12 +206,25 @@ def main(argv: list[str]) -> None:
         kind, folder, threads, argv[3] if len(argv) > 3 else None
     )
     print(json.dumps({"ready": kind}), flush=True)
+    last, times = None, []
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd.get("quit"):
             break
+        if "round" in cmd:
+            times = []
+            for _ in range(cmd["round"]):
+                t0 = time.perf_counter()
+                run(*last)
+                times.append(time.perf_counter() - t0)
+            print(json.dumps({"done": cmd["round"]}), flush=True)
+            continue
+        if cmd.get("times"):
+            print(json.dumps({"times": times}), flush=True)
+            continue
         part = cmd["part"]
         x = prepare(part, inputs(part, cmd["batch"], shape, z, cmd.get("seed", 0)))
+        last = (part, x)
         out = run(part, x)  # warm-up (and torch.compile's compilation)
         times = []
         for _ in range(cmd["calls"]):

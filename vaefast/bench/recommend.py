@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from vaefast.bench.contention import watch
 from vaefast.errors import VaefastError
 
 AGREEMENT_ROWS = 256  # seeded rows the agreement is measured on
@@ -112,7 +113,9 @@ def recommend(
     """Time every candidate (``candidates``) at ``batch`` in its own process, measure its
     agreement with ONNX Runtime fp32, and pick the fastest that agrees (encoder: kNN@10
     overlap >= ``min_overlap``, default each variant's own target; decoder: PSNR >=
-    ``min_psnr`` dB). Returns the rows and the choice."""
+    ``min_psnr`` dB). Returns the rows and the choice — None when any candidate was timed
+    while other processes kept the cores busy (``under_load`` names them): a choice made
+    from such timings would be the machine's, not the candidates'."""
     from vaefast.metrics import knn_overlap, max_errors, psnr
     from vaefast.runtime.variants import PARTS, variant
 
@@ -123,19 +126,21 @@ def recommend(
     threads = threads or len(os.sched_getaffinity(0))
     rows, reference = [], None
     for c in candidates(exported):
-        seconds, out = time_in_process(
-            exported,
-            part,
-            (batch,),
-            threads,
-            c["engine"],
-            c["variant"],
-            c["providers"],
-            c["precision"],
-        )
+        with watch() as contention:
+            seconds, out = time_in_process(
+                exported,
+                part,
+                (batch,),
+                threads,
+                c["engine"],
+                c["variant"],
+                c["providers"],
+                c["precision"],
+            )
         if reference is None:
             reference = out  # ONNX Runtime fp32 comes first
         row = dict(c, seconds=seconds[batch], rows_per_s=batch / seconds[batch])
+        row["contention"] = contention
         if part == "encoder":
             flat = (len(out), -1)
             row["mu_rel_error"] = max_errors(out, reference)["max_rel"]
@@ -154,7 +159,15 @@ def recommend(
     for row in rows:
         row["speedup_vs_onnxruntime_fp32"] = base / row["seconds"]
     best = min((r for r in rows if r["agrees"]), key=lambda r: r["seconds"])
-    return {"rows": rows, "choice": best, "batch": batch, "part": part, "threads": threads}
+    loaded = [r for r in rows if r["contention"]["under_load"]]
+    return {
+        "rows": rows,
+        "choice": None if loaded else best,
+        "under_load": [describe(r) for r in loaded],
+        "batch": batch,
+        "part": part,
+        "threads": threads,
+    }
 
 
 def describe(row: dict[str, Any]) -> str:
@@ -183,8 +196,14 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['speedup_vs_onnxruntime_fp32']:.2f}× | {figure} | "
             f"{'yes' if r['agrees'] else 'no'} |"
         )
-    lines.append(
-        f"\nrecommended: runtime.load(MODEL, {describe(result['choice'])}) "
-        f"({result['threads']} threads)"
-    )
+    if result["choice"] is None:
+        lines.append(
+            f"\nno recommendation: the machine was busy while timing {len(result['under_load'])}"
+            " candidate(s); run again when it is quiet"
+        )
+    else:
+        lines.append(
+            f"\nrecommended: runtime.load(MODEL, {describe(result['choice'])}) "
+            f"({result['threads']} threads)"
+        )
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vaefast.atomic import atomic_file
+from vaefast.bench.contention import OTHERS_LIMIT, STEAL_LIMIT, under_load
 from vaefast.errors import VaefastError
 
 
@@ -29,7 +30,16 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
+def per_call(bench: dict[str, Any]) -> float:
+    """Median seconds of one call: pytest-benchmark times rounds, and a round of a latency
+    benchmark holds ``calls_per_round`` calls."""
+    return bench["stats"]["median"] / bench.get("extra_info", {}).get("calls_per_round", 1)
+
+
 def _figure(key: str, value: Any) -> str:
+    if key == "contention":
+        others, stolen = value.get("others_share", 0), value.get("steal_share", 0)
+        return f"others busy {others:.0%}, stolen {stolen:.0%}"
     if isinstance(value, dict) and "median" in value:  # a ratio with its spread over rounds
         return (
             f"{key}={value['median']:.2f}× (IQR {value['q1']:.2f}–{value['q3']:.2f}, "
@@ -39,9 +49,10 @@ def _figure(key: str, value: Any) -> str:
 
 
 def markdown(benches: list[dict[str, Any]]) -> str:
-    """One table per group: median, p99 where recorded, ratio to the fastest with its
-    spread (the ratio of quartiles: slowest-plausible to fastest-plausible), and the
-    recorded figures."""
+    """One table per group: median (per call where rounds hold several), ratio to the
+    fastest with its spread (the ratio of quartiles: slowest-plausible to
+    fastest-plausible), and the recorded figures. Results taken under load are marked and
+    listed under their table."""
     groups: dict[str, list] = defaultdict(list)
     for b in benches:
         groups[b.get("group") or "ungrouped"].append(b)
@@ -65,10 +76,18 @@ def markdown(benches: list[dict[str, Any]]) -> str:
                 for k, v in b.get("extra_info", {}).items()
                 if k not in ("model", "part", "batch", "n", "threads")
             )
+            name = f"⚠ {b['name']}" if under_load(b.get("extra_info", {})) else b["name"]
             out.append(
-                f"| {b['name']} | {format_seconds(st['median'])} | {st['rounds']} | "
-                f"{ratio} | {extra} |"
+                f"| {name} | {format_seconds(per_call(b))} | {st['rounds']} | {ratio} | {extra} |"
             )
+        loaded = [b["name"] for b in rows if under_load(b.get("extra_info", {}))]
+        if loaded:
+            out += [
+                "",
+                f"⚠ taken under load (other processes kept more than {OTHERS_LIMIT:.0%} of the "
+                f"cores busy, or more than {STEAL_LIMIT:.0%} was stolen): {', '.join(loaded)}. "
+                "Measure again on a quiet machine before quoting these.",
+            ]
         out.append("")
     return "\n".join(out)
 
@@ -100,7 +119,7 @@ def plots(benches: list[dict[str, Any]], out: Path) -> list[Path]:
         if "batch" in info:
             series[("latency", f"{info['model']} {info['part']}", info["runtime"])][
                 info["batch"]
-            ] = b["stats"]["median"]
+            ] = per_call(b)
         elif "impl" in info and "beside" not in (b.get("group") or ""):  # not contention
             series[("tsne", "t-SNE", info["impl"])][info["n"]] = b["stats"]["median"]
     for kind, title in sorted({(k[0], k[1]) for k in series}):
@@ -124,7 +143,7 @@ def plots(benches: list[dict[str, Any]], out: Path) -> list[Path]:
         xlabel = "batch size" if kind == "latency" else "N points"
         axes[0, 0].set(
             xlabel=xlabel,
-            ylabel="median seconds",
+            ylabel="median seconds per call" if kind == "latency" else "median seconds",
             title=f"{title}: {'latency' if kind == 'latency' else 'time'}",
         )
         axes[0, 0].legend(fontsize=8)

@@ -341,7 +341,14 @@ def _demo(args: argparse.Namespace) -> None:
 def _bench_recommend(args: argparse.Namespace) -> None:
     from vaefast.bench.recommend import format_table, recommend
 
-    print(format_table(recommend(args.model, **_given(args, "batch", "part", "threads"))))
+    result = recommend(args.model, **_given(args, "batch", "part", "threads"))
+    print(format_table(result))
+    if result["choice"] is None:
+        raise VaefastError(
+            "bench recommend: no recommendation from timings taken under load ("
+            + "; ".join(result["under_load"])
+            + "); run again when the machine is quiet"
+        )
 
 
 def _bench_report(args: argparse.Namespace) -> None:
