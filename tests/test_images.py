@@ -340,6 +340,44 @@ def test_embeddings_export_to_parquet_and_npy(folder, tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
+def test_with_images_the_export_carries_thumbnails_datasets_and_pandas_show(folder, tmp_path):
+    """``--with-images``: each row's input as a PNG in the struct of ``datasets``' Image
+    feature — ``datasets`` decodes it to the picture the model saw, and pandas (the reader
+    embedding-atlas opens parquet with) gives the PNG bytes; .npy cannot hold them."""
+    import datasets
+    import pandas as pd
+
+    from vaefast import runtime
+
+    out, table = tmp_path / "e.zarr", tmp_path / "e.parquet"
+    embed(MODEL, f"images:{folder}", out, chunk_rows=64, progress=False)
+    done = run_cli("embeddings", str(out), "--to", "parquet", str(table), "--with-images")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith(", image)")
+    hf = datasets.Dataset.from_parquet(str(table), cache_dir=str(tmp_path / "hf-cache"))
+    assert isinstance(hf.features["image"], datasets.Image)
+    source = data.reopen(store.info(zarr.open_group(str(out), mode="r"))["input"])
+    seen = runtime.load(MODEL, providers="cpu").images(source.rows(0, 5))  # [5, 28, 28]
+    for k in (0, 4):
+        picture = np.asarray(hf[k]["image"], np.float32) / 255.0
+        assert picture.shape == seen[k].shape
+        assert np.abs(picture - seen[k]).max() <= 0.5 / 255 + 1e-6
+    cells = pd.read_parquet(table)["image"]
+    assert len(cells) == hf.num_rows and cells[0]["bytes"][:8] == b"\x89PNG\r\n\x1a\n"
+    refused = run_cli("embeddings", str(out), "--to", "npy", str(tmp_path / "n"), "--with-images")
+    assert refused.returncode == 2 and "--with-images needs --to parquet" in refused.stderr
+    moved = tmp_path / "moved"
+    shutil.copytree(folder, moved)
+    embed(MODEL, f"images:{moved}", tmp_path / "m.zarr", progress=False)
+    shutil.rmtree(moved)
+    gone = run_cli(
+        "embeddings", str(tmp_path / "m.zarr"), "--to", "parquet", str(tmp_path / "m.parquet"),
+        "--with-images",
+    )  # fmt: skip
+    assert gone.returncode == 2 and "input images unavailable" in gone.stderr
+    assert not (tmp_path / "m.parquet").exists()
+
+
 def test_plot_reads_thumbnails_back_through_the_ids(folder, tmp_path):
     out = tmp_path / "e.zarr"
     embed(MODEL, f"images:{folder}", out, tsne=True, progress=False)

@@ -1,7 +1,9 @@
-"""Image grids written as torchvision's ``save_image`` writes them, without torchvision."""
+"""Image grids written as torchvision's ``save_image`` writes them, without torchvision, and
+PNG bytes of images (the explorer's pictures, the parquet export's thumbnails)."""
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -30,3 +32,13 @@ def save_grid(path: str | os.PathLike, images: np.ndarray, nrow: int = 8) -> Non
 
     grid = make_grid(np.clip(images, 0.0, 1.0), nrow)
     Image.fromarray((grid * 255.0 + 0.5).astype(np.uint8)).save(path, format="PNG")
+
+
+def png(images: np.ndarray, padding: int = 0) -> bytes:
+    """[N, H, W] or [N, H, W, C] images in [0, 1] as one PNG, side by side."""
+    from PIL import Image
+
+    grid = make_grid(np.clip(images, 0.0, 1.0), nrow=len(images), padding=padding)
+    buf = io.BytesIO()
+    Image.fromarray((grid * 255.0 + 0.5).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()

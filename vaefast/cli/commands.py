@@ -228,7 +228,7 @@ def _embed(args: argparse.Namespace) -> None:
 def _embeddings(args: argparse.Namespace) -> None:
     from vaefast.embedding.store import export
 
-    done = export(args.store, args.to, args.out, force=args.force)
+    done = export(args.store, args.to, args.out, force=args.force, with_images=args.with_images)
     print(f"wrote {args.out}: {done['rows']} rows ({', '.join(done['columns'])})")
 
 

@@ -363,6 +363,12 @@ def _embeddings_parser(sub) -> None:
     p.add_argument("--to", required=True, type=_choice("to"), help="output format")
     p.add_argument("out", help="output: a .parquet file, or a folder for .npy files")
     p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--with-images",
+        action="store_true",
+        help="parquet: add each row's input as a PNG thumbnail (column image, as Hugging Face "
+        "datasets stores images; embedding-atlas shows it), read back from the store's input",
+    )
     p.set_defaults(func=_embeddings)
 
 

@@ -388,7 +388,11 @@ EXPORT_FORMATS = ("parquet", "npy")
 
 
 def export(
-    path: str | os.PathLike, to: str, out: str | os.PathLike, force: bool = False
+    path: str | os.PathLike,
+    to: str,
+    out: str | os.PathLike,
+    force: bool = False,
+    with_images: bool = False,
 ) -> dict[str, Any]:
     """Write a finished store's rows for the tools downstream, a zarr chunk at a time, in
     the store's own names:
@@ -399,12 +403,23 @@ def export(
     the model's sha256, the input and its preprocessing) or ``npy`` (a folder holding one
     memory-mappable file per array of the store: ``mu.npy``, ``logvar.npy``,
     ``labels.npy``, ``tsne.npy``, ``ids.npy``, ``skipped.npy``). Written to a temporary
-    path and renamed. Returns {rows, columns}."""
+    path and renamed. Returns {rows, columns}.
+
+    ``with_images`` (parquet only) adds ``image``: each row's input as a PNG thumbnail, read
+    back from the recorded input, in the struct of Hugging Face ``datasets``' Image feature
+    (declared in the schema's ``huggingface`` metadata), so ``datasets`` decodes it and
+    embedding-atlas shows it."""
     if to not in EXPORT_FORMATS:
         raise VaefastError(f"unknown format {to!r}; use {' or '.join(EXPORT_FORMATS)}")
     if to == "parquet":
         require("parquet", "--to parquet")
+    elif with_images:
+        raise VaefastError("--with-images needs --to parquet (.npy holds arrays only)")
     group = open_embeddings(path)
+    if with_images:
+        from vaefast.embedding.thumbnails import thumbnailer
+
+        thumbnails = thumbnailer(info(group))
     n, step = n_rows(group), group["mu"].chunks[0]
     keys = set(group.array_keys())
     columns = [k for k in ("ids", "labels", "mu", "logvar", "tsne", "skipped") if k in keys]
@@ -413,7 +428,10 @@ def export(
         for c in range(0, n, step):
             part = {k: np.asarray(group[k][c : c + step]) for k in columns}
             flat = {k: part[k].astype(np.float32).reshape(len(part[k]), -1) for k in LATENTS}
-            yield np.arange(c, c + len(part["mu"]), dtype=np.int64), part | flat
+            rows = np.arange(c, c + len(part["mu"]), dtype=np.int64)
+            if with_images:
+                flat["image"] = thumbnails(rows)
+            yield rows, part | flat
 
     if to == "parquet":
         from vaefast.atomic import atomic_file, check_new_output
@@ -424,7 +442,8 @@ def export(
             _write_parquet(
                 str(tmp), chunks(), group["mu"].shape, attrs.get("label_names"), _meta(group)
             )
-        return {"rows": n, "columns": _columns(columns, attrs.get("label_names"))}
+        images = ["image"] if with_images else []
+        return {"rows": n, "columns": _columns(columns, attrs.get("label_names")) + images}
 
     widths = {
         k: max(
@@ -498,6 +517,10 @@ def _write_parquet(where, chunks, mu_shape, label_names, meta: dict) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from vaefast.embedding.thumbnails import IMAGE_FEATURE
+
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
     d = int(np.prod(mu_shape[1:]))
     names = pa.array(label_names or [], pa.string())
     writer = None
@@ -518,7 +541,15 @@ def _write_parquet(where, chunks, mu_shape, label_names, meta: dict) -> None:
                 cols["tsne_y"] = pa.array(part["tsne"][:, 1])
             if "skipped" in part:
                 cols["skipped"] = pa.array(part["skipped"].astype(object), pa.string())
-            table = pa.table(cols).replace_schema_metadata({"vaefast": json.dumps(meta)})
+            schema_meta = {"vaefast": json.dumps(meta)}
+            if "image" in part:
+                cols["image"] = pa.array(
+                    [None if b is None else {"bytes": b, "path": None} for b in part["image"]],
+                    image_type,
+                )
+                features = {"image": IMAGE_FEATURE}
+                schema_meta["huggingface"] = json.dumps({"info": {"features": features}})
+            table = pa.table(cols).replace_schema_metadata(schema_meta)
             if writer is None:
                 writer = pq.ParquetWriter(where, table.schema)
             writer.write_table(table)

@@ -22,7 +22,8 @@ from vaefast.embedding import store
 from vaefast.errors import VaefastError
 from vaefast.explore import neighbours
 from vaefast.explore.columns import Columns, as_integer
-from vaefast.explore.images import Busy, Decoder, Inputs, png
+from vaefast.explore.images import Busy, Decoder, Inputs
+from vaefast.images import png
 
 log = logging.getLogger("vaefast.explore")
 

@@ -4,7 +4,6 @@ batched across concurrent requests into one runtime call."""
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 from concurrent.futures import Future
@@ -14,7 +13,7 @@ import numpy as np
 
 from vaefast import runtime
 from vaefast.errors import VaefastError
-from vaefast.images import make_grid
+from vaefast.images import png
 
 log = logging.getLogger("vaefast.explore")
 
@@ -24,16 +23,6 @@ DECODE_QUEUE = 4096  # latents waiting at most; beyond, requests are refused as 
 
 class Busy(Exception):
     """The decode queue is full."""
-
-
-def png(images: np.ndarray, padding: int = 0) -> bytes:
-    """[N, H, W] or [N, H, W, C] images in [0, 1] as one PNG, side by side."""
-    from PIL import Image
-
-    grid = make_grid(np.clip(images, 0.0, 1.0), nrow=len(images), padding=padding)
-    buf = io.BytesIO()
-    Image.fromarray((grid * 255.0 + 0.5).astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 class Inputs:
