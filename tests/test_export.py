@@ -181,3 +181,31 @@ def test_the_exporters_function_table_is_built_once_and_torch_is_left_as_it_was(
         assert _registration.ONNXRegistry.from_torchlib(registry.opset_version) is registry
     restored = _registration.ONNXRegistry.__dict__["from_torchlib"]
     assert restored.__func__.__qualname__ == "ONNXRegistry.from_torchlib"
+
+
+def test_openvino_defaults_to_the_precision_measured_faster_on_this_cpu(short_export, tmp_path):
+    """Export times each OpenVINO precision this CPU runs and records the faster for this
+    CPU; loading without a precision takes it here, and the CPU flag's default elsewhere."""
+    pytest.importorskip("openvino")
+    import json
+    import shutil
+
+    from vaefast.runtime import engines
+
+    probe = json.loads((short_export / "export_report.json").read_text())["openvino"][
+        engines.PROBE_KEY
+    ]
+    precisions = engines.ENGINES["openvino"].precisions()
+    if len(precisions) == 1:
+        assert probe == {} or probe["faster"] == precisions[0]
+        pytest.skip("one OpenVINO precision on this CPU: nothing to choose")
+    assert probe["cpu"] == engines.cpu_id() and set(probe["seconds"]) == set(precisions)
+    assert probe["faster"] == min(probe["seconds"], key=probe["seconds"].get)
+    assert runtime.load(short_export, providers="openvino").precision == probe["faster"]
+    copy = shutil.copytree(short_export, tmp_path / "m")
+    report = json.loads((copy / "export_report.json").read_text())
+    slower = next(p for p in precisions if p != probe["faster"])
+    for cpu, expected in ((engines.cpu_id(), slower), ("another CPU", precisions[0])):
+        report["openvino"][engines.PROBE_KEY] |= {"cpu": cpu, "faster": slower}
+        (copy / "export_report.json").write_text(json.dumps(report))
+        assert runtime.load(copy, providers="openvino").precision == expected

@@ -36,7 +36,7 @@ PACKAGES = (
 )
 
 
-def _cpuinfo() -> dict[str, str]:
+def cpuinfo() -> dict[str, str]:
     """The first processor block of /proc/cpuinfo (empty off Linux)."""
     try:
         with open("/proc/cpuinfo") as f:
@@ -75,7 +75,7 @@ def _versions() -> dict[str, str]:
 def card(threads: int | None = None) -> dict[str, Any]:
     """What a figure was measured on: CPU model, cores (online, usable, used), the ISA
     flags that matter, package versions and the BLAS numpy uses."""
-    info = _cpuinfo()
+    info = cpuinfo()
     flags = set(info.get("flags", "").split())
     try:
         usable = len(os.sched_getaffinity(0))

@@ -46,7 +46,7 @@ def _variants_and_engines(
     calibration_rows = 8 if rows >= CALIBRATE_8_FROM else 1
     fp32: list = []  # the reference's outputs, computed once (its session freed after)
 
-    def against_fp32(name: str, providers: str) -> dict:
+    def against_fp32(name: str, providers: str, precision: str | None = None) -> dict:
         if not fp32:
             fp32.extend(
                 variants_mod.reference_outputs(
@@ -56,7 +56,9 @@ def _variants_and_engines(
             memory.trim(collect=True)
         return variants_mod.agreement(
             tuple(fp32),
-            lambda: runtime.load(folder, providers=providers, variant=name, spin=False),
+            lambda: runtime.load(
+                folder, providers=providers, variant=name, spin=False, **_given(precision)
+            ),
             images,
             name,
             rows,
@@ -78,9 +80,49 @@ def _variants_and_engines(
             )
     for engine in engines.ENGINES.values():  # the other engines', like a variant's
         if engine.report_key and engine.installed():
+            probe = _precision_probe(folder, engine, images) if len(engine.precisions()) > 1 else {}
             with steps.measure(f"{engine.report_key} agreement", batch=rows):
-                report[engine.report_key] = against_fp32(variants_mod.REFERENCE, engine.on_cpu)
+                report[engine.report_key] = against_fp32(
+                    variants_mod.REFERENCE, engine.on_cpu, probe.get("faster")
+                ) | ({engines.PROBE_KEY: probe} if probe else {})
     return report
+
+
+PROBE_SECONDS = 0.05  # a probe's batch: about this long at one row's measured cost
+
+
+def _given(precision: str | None) -> dict[str, str]:
+    return {"precision": precision} if precision else {}
+
+
+def _precision_probe(folder: Path, engine: engines.Engine, images: np.ndarray) -> dict[str, Any]:
+    """Each of ``engine``'s precisions timed on this CPU (encode then decode, the best of 3
+    calls after a warm one, one batch for all sized from one row's cost): a flag alone
+    picks the slower on some CPUs, so the faster, measured, becomes the default here."""
+    import time
+
+    def best(vae, x) -> float:
+        vae.decode(vae.encode(x)[0])
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            vae.decode(vae.encode(x)[0])
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    seconds: dict[str, float] = {}
+    batch = None
+    for precision in engine.precisions():
+        vae = runtime.load(folder, providers=engine.on_cpu, precision=precision, spin=False)
+        if batch is None:
+            batch = int(np.clip(PROBE_SECONDS / max(best(vae, images[:1]), 1e-6), 1, len(images)))
+        seconds[precision] = best(vae, images[:batch])
+    return {
+        "cpu": engines.cpu_id(),
+        "batch": batch,
+        "seconds": seconds,
+        "faster": min(seconds, key=seconds.get),
+    }
 
 
 def _calibration(

@@ -125,9 +125,32 @@ def _open_onnxruntime(
     return open_session(path, chain, session_options(threads, spin))
 
 
-def openvino_precision() -> str:
-    """bf16 where OpenVINO's CPU plugin reports BF16 (AMX or AVX512_BF16), else f32."""
+def openvino_precision(folder: Path | None = None) -> str:
+    """OpenVINO's default precision for the model in ``folder``: the faster of its
+    precisions as measured on this CPU at export (``precision_probe`` in its export report),
+    where that CPU is this one; else bf16 where OpenVINO's CPU plugin reports BF16 (AMX or
+    AVX512_BF16), else f32 — a flag alone, which on some CPUs picks the slower."""
+    if folder is not None:
+        from vaefast.runtime.manifest import read_report
+
+        probe = read_report(folder).get("openvino", {}).get(PROBE_KEY) or {}
+        if probe.get("cpu") == cpu_id() and probe.get("faster") in _openvino_precisions():
+            return probe["faster"]
     return "bf16" if "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+
+
+PROBE_KEY = "precision_probe"  # where export records each precision's measured speed
+
+
+def cpu_id() -> str:
+    """This CPU as a precision probe names it: vendor, family, model and the flags that
+    decide OpenVINO's precisions."""
+    from vaefast.bench.machine import cpuinfo
+
+    info = cpuinfo()
+    flags = sorted(set(info.get("flags", "").split()) & {"amx_bf16", "avx512_bf16", "avx512_fp16"})
+    cpu = f"{info.get('vendor_id', '?')} family {info.get('cpu family', '?')} model "
+    return cpu + " ".join([info.get("model", "?"), *flags])
 
 
 def _core():
@@ -163,7 +186,7 @@ class OpenVINOSession:
         core = _core()
         if not path.is_file():
             raise VaefastError(f"{path} not found; export the model again")
-        precision = precision or openvino_precision()
+        precision = precision or openvino_precision(path.parent)
         if precision not in PRECISIONS:
             raise VaefastError(f"unknown precision {precision!r}; use {' or '.join(PRECISIONS)}")
         try:
@@ -248,7 +271,8 @@ class Engine:
 
 
 def _openvino_precisions() -> tuple[str, ...]:
-    return ("bf16", "f32") if openvino_precision() == "bf16" else ("f32",)
+    bf16 = "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return ("bf16", "f32") if bf16 else ("f32",)
 
 
 ENGINES: dict[str, Engine] = {
