@@ -61,10 +61,10 @@ def timed_rounds(
 
 
 def record(benchmark, samples: list[float]) -> None:
-    """Durations one step took inside another process (a worker's own timing of the fit,
-    the placement, a hover) as the benchmark's stats. pytest-benchmark has no public way to
-    take them, so this reaches its private ``_make_stats``; the suites that time whole
-    processes or worker rounds use ``timed_rounds`` instead."""
+    """Durations the explorer's page measured by its own clock (a hover to its tooltip, a
+    first frame) as the benchmark's stats: pytest-benchmark has no public way to take
+    durations measured elsewhere, so this reaches its private ``_make_stats``. Every other
+    suite times its rounds with ``timed_rounds``."""
     stats = benchmark._make_stats(1)
     for t in samples:
         stats.update(t)

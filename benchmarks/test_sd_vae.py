@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks.conftest import THREADS, ratio_spread, record
+from benchmarks.conftest import THREADS, ratio_spread, timed_rounds
 from benchmarks.worker import Worker, available
 
 pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
@@ -78,43 +78,39 @@ def sd_vae(tmp_path_factory, request):
 
 
 PARTS = ("encoder", "decoder")
-_RESULTS: dict[str, dict] = {}
 
 
-def _measure(sd_vae: dict, rounds: int) -> dict[str, dict]:
-    """Each part's first output row and per-round median times, by kind: one process per
-    kind serves both parts (a process start with torch and diffusers costs more than the
-    small model's calls), rounds interleaved across kinds."""
-    if _RESULTS:
-        return _RESULTS
-    pool = {
+@pytest.fixture(scope="module")
+def pool(sd_vae):
+    """One worker process per kind, serving both parts (a process start with torch and
+    diffusers costs more than the small model's calls); each part's first output rows and
+    per-round seconds by kind, filled as the tests run (eager first)."""
+    workers = {
         k: Worker(k, sd_vae["exported"], f"diffusers:{sd_vae['dir']}", THREADS)
         for k in KINDS
         if available(k)
     }
-    try:
-        for part in PARTS:
-            heads = {k: w.time(part, 1, 1)["head"] for k, w in pool.items()}  # warm-up
-            times: dict[str, list[float]] = {k: [] for k in pool}
-            for _ in range(rounds):
-                for kind, worker in pool.items():
-                    times[kind].append(float(np.median(worker.time(part, 1, 1)["times"])))
-                    time.sleep(0.05)
-            _RESULTS[part] = {"heads": heads, "times": times}
-    finally:
-        for worker in pool.values():
-            worker.close()
-    return _RESULTS
+    yield {"workers": workers, "heads": {}, "times": {part: {} for part in PARTS}}
+    for worker in workers.values():
+        worker.close()
+
+
+def _heads(pool: dict, part: str) -> dict:
+    """Every kind warmed on ``part`` at batch 1, and its first output row; once per part."""
+    if part not in pool["heads"]:
+        pool["heads"][part] = {k: w.time(part, 1, 1)["head"] for k, w in pool["workers"].items()}
+    return pool["heads"][part]
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("part", PARTS)
-def test_sd_vae_batch1(benchmark, sd_vae, part, kind):
+def test_sd_vae_batch1(benchmark, sd_vae, pool, part, kind):
+    """One call a round, ROUNDS rounds, timed by pytest-benchmark (the worker's own clock for
+    the ratios); speed-ups against eager and ONNX Runtime fp32, measured before this kind."""
     if not available(kind):
         pytest.skip(f"{kind} not available here")
-    rounds = 0 if benchmark.disabled else ROUNDS
-    result = _measure(sd_vae, rounds)[part]
-    head, reference = np.array(result["heads"][kind]), np.array(result["heads"]["eager"])
+    heads = _heads(pool, part)
+    head, reference = np.array(heads[kind]), np.array(heads["eager"])
     err = float(np.abs(head - reference).max())
     scale = float(np.abs(reference).max())
     limit = {"eager": 0.0, "runtime-fp32": 1e-4, "openvino-f32": 1e-3}.get(kind, 0.25 * scale)
@@ -130,18 +126,28 @@ def test_sd_vae_batch1(benchmark, sd_vae, part, kind):
         max_abs_error_vs_eager=err,
         export_s=sd_vae["export_s"],
     )
+    worker = pool["workers"][kind]
+    if worker.prepared != (part, 1):
+        worker.time(part, 1, 1)
+    _, _, kept = timed_rounds(
+        benchmark,
+        lambda: worker.round(1),
+        1 if benchmark.disabled else ROUNDS,
+        others={"times": worker.last_times},
+        pids=[worker.proc.pid],
+    )
     if benchmark.disabled:
-        benchmark(lambda: None)
         return
-    mine = result["times"][kind]
-    record(benchmark, mine)
+    times = pool["times"][part]
+    # each round's one call, by the worker's clock (the previous round's read before the next)
+    times[kind] = mine = [t for r in [*kept["times"][1:], worker.last_times()] for t in r]
     benchmark.extra_info["seconds"] = float(np.median(mine))
-    if kind != "eager":
-        benchmark.extra_info["speedup_vs_eager"] = ratio_spread(result["times"]["eager"], mine)
-    if kind != "runtime-fp32":
-        benchmark.extra_info["speedup_vs_runtime_fp32"] = ratio_spread(
-            result["times"]["runtime-fp32"], mine
-        )
+    for reference_kind, key in (
+        ("eager", "speedup_vs_eager"),
+        ("runtime-fp32", "speedup_vs_runtime_fp32"),
+    ):
+        if kind != reference_kind and reference_kind in times:
+            benchmark.extra_info[key] = ratio_spread(times[reference_kind], mine)
     for name in ("int8-static", "fp16", "openvino"):
         if name in kind and name in sd_vae["report"]:
             r = sd_vae["report"][name]

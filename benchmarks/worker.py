@@ -138,6 +138,7 @@ class Worker:
     def __init__(self, kind: str, folder: Path, module: str | None, threads: int):
         args = [sys.executable, "-m", "benchmarks.worker", kind, str(folder), str(threads)]
         self.kind = kind
+        self.prepared: tuple[str, int] | None = None  # (part, batch) of the last ``time``
         self.proc = subprocess.Popen(
             args + ([module] if module else []),
             cwd=Path(__file__).resolve().parents[1],
@@ -160,6 +161,7 @@ class Worker:
 
     def time(self, part: str, batch: int, calls: int) -> dict:
         """Prepare (part, batch), warm it up, then time ``calls`` calls; the first output row."""
+        self.prepared = (part, batch)
         return self._ask({"part": part, "batch": batch, "calls": calls})
 
     def round(self, calls: int) -> None:
