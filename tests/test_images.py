@@ -378,6 +378,18 @@ def test_with_images_the_export_carries_thumbnails_datasets_and_pandas_show(fold
     assert not (tmp_path / "m.parquet").exists()
 
 
+def test_embedding_atlas_reads_the_export_with_its_thumbnails(folder, tmp_path):
+    """Where embedding-atlas installs, its own loader opens the export: the map's columns,
+    the class names and each thumbnail's PNG bytes as its image column shows them."""
+    atlas = pytest.importorskip("embedding_atlas.utils")
+    out, table = tmp_path / "e.zarr", tmp_path / "e.parquet"
+    embed(MODEL, f"images:{folder}", out, tsne=True, tsne_max=100, progress=False)
+    store.export(out, "parquet", table, with_images=True)
+    frame = atlas.load_pandas_data(str(table))
+    assert {"tsne_x", "tsne_y", "label_name", "image"} <= set(frame.columns)
+    assert frame["image"][0]["bytes"][:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_plot_reads_thumbnails_back_through_the_ids(folder, tmp_path):
     out = tmp_path / "e.zarr"
     embed(MODEL, f"images:{folder}", out, tsne=True, progress=False)
