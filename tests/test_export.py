@@ -95,6 +95,45 @@ def test_failed_verification_leaves_nothing(short_run, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_large_latents_are_verified_relative_to_their_magnitude(tmp_path):
+    """Beyond magnitude 1 the tolerance scales with the tensor (max abs error over max(1,
+    max |eager|)): a valid model with latents in the hundreds exports (it was refused at an
+    absolute 1e-5), and the report says both figures."""
+    import torch
+
+    from vaefast import export_vae
+
+    class Loud(torch.nn.Module):
+        """A user's VAE with unnormalised latents (magnitudes in the hundreds): float32 rounding
+        gives errors of ~1e-4 there, ~1e-7 of the values."""
+
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.enc = torch.nn.Sequential(
+                torch.nn.Linear(784, 400), torch.nn.ReLU(), torch.nn.Linear(400, 40)
+            )
+            self.dec = torch.nn.Sequential(
+                torch.nn.Linear(20, 400),
+                torch.nn.ReLU(),
+                torch.nn.Linear(400, 784),
+                torch.nn.Sigmoid(),
+            )
+
+        def encode(self, x):
+            h = self.enc(x.flatten(1)) * 300.0
+            return h[:, :20], h[:, 20:] / 300.0
+
+        def decode(self, z):
+            return self.dec(z / 300.0)
+
+    x = np.random.default_rng(0).random((256, 784), dtype=np.float32)
+    report = export_vae(Loud().eval(), tmp_path / "loud", example=x)["fp32"]
+    assert report["max_abs"] > report["max_scaled"] and report["max_scaled"] <= 1e-5
+    mu = runtime.load(tmp_path / "loud", providers="cpu").encode(x[:8])[0]
+    assert np.abs(mu).max() > 100
+
+
 def test_existing_out_needs_force_and_is_kept(short_run, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")

@@ -6,7 +6,9 @@ import numpy as np
 
 
 def max_errors(actual: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Max abs error, and max abs error relative to the reference's largest magnitude.
+    """Max abs error; max abs error relative to the reference's largest magnitude; and
+    ``max_scaled``, max abs error over max(1, that magnitude) — absolute for tensors within
+    [-1, 1], relative beyond, as float32 rounding grows with the values summed.
 
     Relative to the tensor's scale rather than per element, so entries near zero
     do not turn rounding into huge ratios.
@@ -14,7 +16,11 @@ def max_errors(actual: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     diff = np.abs(np.asarray(actual, np.float64) - np.asarray(reference, np.float64))
     scale = float(np.abs(reference).max()) if reference.size else 0.0
     err = float(diff.max()) if diff.size else 0.0
-    return {"max_abs": err, "max_rel": err / scale if scale > 0 else err}
+    return {
+        "max_abs": err,
+        "max_rel": err / scale if scale > 0 else err,
+        "max_scaled": err / max(1.0, scale),
+    }
 
 
 def knn_indices(X: np.ndarray, k: int) -> np.ndarray:
