@@ -46,7 +46,7 @@ def _variants_and_engines(
     calibration_rows = 8 if rows >= CALIBRATE_8_FROM else 1
     fp32: list = []  # the reference's outputs, computed once (its session freed after)
 
-    def against_fp32(name: str, providers: str, precision: str | None = None) -> dict:
+    def against_fp32(name: str, providers: str, opened: runtime.ExportedVAE | None = None):
         if not fp32:
             fp32.extend(
                 variants_mod.reference_outputs(
@@ -56,9 +56,7 @@ def _variants_and_engines(
             memory.trim(collect=True)
         return variants_mod.agreement(
             tuple(fp32),
-            lambda: runtime.load(
-                folder, providers=providers, variant=name, spin=False, **_given(precision)
-            ),
+            lambda: opened or runtime.load(folder, providers=providers, variant=name, spin=False),
             images,
             name,
             rows,
@@ -80,49 +78,47 @@ def _variants_and_engines(
             )
     for engine in engines.ENGINES.values():  # the other engines', like a variant's
         if engine.report_key and engine.installed():
-            probe = _precision_probe(folder, engine, images) if len(engine.precisions()) > 1 else {}
+            probe, faster = {}, None
+            if len(engine.precisions()) > 1:
+                probe, faster = _precision_probe(folder, engine, images)
             with steps.measure(f"{engine.report_key} agreement", batch=rows):
                 report[engine.report_key] = against_fp32(
-                    variants_mod.REFERENCE, engine.on_cpu, probe.get("faster")
+                    variants_mod.REFERENCE, engine.on_cpu, faster
                 ) | ({engines.PROBE_KEY: probe} if probe else {})
     return report
 
 
-PROBE_SECONDS = 0.05  # a probe's batch: about this long at one row's measured cost
+PROBE_SECONDS = 0.02  # a probe's batch: about this long at one row's measured cost
 
 
-def _given(precision: str | None) -> dict[str, str]:
-    return {"precision": precision} if precision else {}
-
-
-def _precision_probe(folder: Path, engine: engines.Engine, images: np.ndarray) -> dict[str, Any]:
+def _precision_probe(
+    folder: Path, engine: engines.Engine, images: np.ndarray
+) -> tuple[dict[str, Any], runtime.ExportedVAE]:
     """Each of ``engine``'s precisions timed on this CPU (encode then decode, the best of 3
     calls after a warm one, one batch for all sized from one row's cost): a flag alone
-    picks the slower on some CPUs, so the faster, measured, becomes the default here."""
+    picks the slower on some CPUs, so the faster, measured, becomes the default here.
+    Returns the figures and the faster's open model (its agreement is measured next)."""
     import time
 
-    def best(vae, x) -> float:
+    def timed(vae, x) -> float:
+        t0 = time.perf_counter()
         vae.decode(vae.encode(x)[0])
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            vae.decode(vae.encode(x)[0])
-            times.append(time.perf_counter() - t0)
-        return min(times)
+        return time.perf_counter() - t0
 
     seconds: dict[str, float] = {}
+    opened: dict[str, runtime.ExportedVAE] = {}
     batch = None
     for precision in engine.precisions():
         vae = runtime.load(folder, providers=engine.on_cpu, precision=precision, spin=False)
         if batch is None:
-            batch = int(np.clip(PROBE_SECONDS / max(best(vae, images[:1]), 1e-6), 1, len(images)))
-        seconds[precision] = best(vae, images[:batch])
-    return {
-        "cpu": engines.cpu_id(),
-        "batch": batch,
-        "seconds": seconds,
-        "faster": min(seconds, key=seconds.get),
-    }
+            timed(vae, images[:1])  # warm
+            batch = int(np.clip(PROBE_SECONDS / max(timed(vae, images[:1]), 1e-6), 1, len(images)))
+        timed(vae, images[:batch])  # warm at the batch
+        seconds[precision] = min(timed(vae, images[:batch]) for _ in range(3))
+        opened[precision] = vae
+    faster = min(seconds, key=seconds.get)
+    probe = {"cpu": engines.cpu_id(), "batch": batch, "seconds": seconds, "faster": faster}
+    return probe, opened[faster]
 
 
 def _calibration(
