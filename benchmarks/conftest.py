@@ -60,6 +60,20 @@ def timed_rounds(
     return results, seconds, theirs
 
 
+def worker_rounds(benchmark, worker, calls: int, rounds: int) -> list[list[float]]:
+    """``rounds`` rounds of ``calls`` calls in a benchmark worker (``benchmarks/worker.py``),
+    each round timed by pytest-benchmark (``timed_rounds``); returns each round's per-call
+    seconds by the worker's clock, each read untimed before the next round starts."""
+    _, _, kept = timed_rounds(
+        benchmark,
+        lambda: worker.round(calls),
+        rounds,
+        others={"times": worker.last_times},  # the previous round's
+        pids=[worker.proc.pid],
+    )
+    return [*kept["times"][1:], worker.last_times()]
+
+
 def record(benchmark, samples: list[float]) -> None:
     """Durations the explorer's page measured by its own clock (a hover to its tooltip, a
     first frame) as the benchmark's stats: pytest-benchmark has no public way to take

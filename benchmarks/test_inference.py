@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.conftest import EXPORTED, THREADS, ratio_spread, timed_rounds
+from benchmarks.conftest import EXPORTED, THREADS, ratio_spread, worker_rounds
 from benchmarks.worker import Worker, available
 
 BATCHES = [1, 64, 1024, 4096, 8192]
@@ -126,16 +126,9 @@ def test_latency(benchmark, workers, part, batch, kind):
         calls_per_round=group["calls"],
     )
     worker, calls = workers["pool"][kind], group["calls"]
-    _, _, kept = timed_rounds(
-        benchmark,
-        lambda: worker.round(calls),
-        ROUNDS if timed else 1,
-        others={"times": worker.last_times},  # the previous round's, read untimed
-        pids=[worker.proc.pid],
-    )
+    rounds = worker_rounds(benchmark, worker, calls, ROUNDS if timed else 1)
     if not timed:
         return
-    rounds = [*kept["times"][1:], worker.last_times()]  # each round's per-call seconds
     group["rounds"][kind] = [float(np.median(r)) for r in rounds]
     samples = [t for r in rounds for t in r]
     benchmark.extra_info.update(

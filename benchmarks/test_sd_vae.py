@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks.conftest import THREADS, ratio_spread, timed_rounds
+from benchmarks.conftest import THREADS, ratio_spread, worker_rounds
 from benchmarks.worker import Worker, available
 
 pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
@@ -129,18 +129,11 @@ def test_sd_vae_batch1(benchmark, sd_vae, pool, part, kind):
     worker = pool["workers"][kind]
     if worker.prepared != (part, 1):
         worker.time(part, 1, 1)
-    _, _, kept = timed_rounds(
-        benchmark,
-        lambda: worker.round(1),
-        1 if benchmark.disabled else ROUNDS,
-        others={"times": worker.last_times},
-        pids=[worker.proc.pid],
-    )
+    rounds = worker_rounds(benchmark, worker, 1, 1 if benchmark.disabled else ROUNDS)
     if benchmark.disabled:
         return
     times = pool["times"][part]
-    # each round's one call, by the worker's clock (the previous round's read before the next)
-    times[kind] = mine = [t for r in [*kept["times"][1:], worker.last_times()] for t in r]
+    times[kind] = mine = [t for r in rounds for t in r]  # one call a round
     benchmark.extra_info["seconds"] = float(np.median(mine))
     for reference_kind, key in (
         ("eager", "speedup_vs_eager"),
