@@ -294,7 +294,6 @@ ENGINES: dict[str, Engine] = {
         "OpenVINO on the CPU, bf16 where the CPU has it (AMX, AVX512_BF16), else f32",
         extra="openvino",
         precisions=_openvino_precisions,
-        all_variants=False,
         report_key="openvino",
         label="OpenVINO",
     ),
