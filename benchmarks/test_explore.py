@@ -140,11 +140,15 @@ def _motion_fps(page, how: str, seconds: float) -> float:
 
 
 def _hovers(page, n: int) -> list[float]:
-    """Milliseconds from a mouse move onto a new point to its complete tooltip."""
+    """Milliseconds from a mouse move onto a point to its complete tooltip, moving as a
+    user scanning points does: off the points, then 0.3 s later onto the next one."""
     box = page.locator("#map").bounding_box()
     rng = np.random.default_rng(1)
     out: list[float] = []
     while len(out) < n:
+        page.mouse.move(box["x"] + 2, box["y"] + 2)  # off the points: the next hover is new
+        page.wait_for_function("vaefastExplorer.hovered === null", timeout=5000)
+        time.sleep(0.3)
         x = box["x"] + box["width"] * rng.uniform(0.3, 0.7)
         y = box["y"] + box["height"] * rng.uniform(0.3, 0.7)
         page.mouse.move(x, y)
@@ -155,8 +159,6 @@ def _hovers(page, n: int) -> list[float]:
         row = page.evaluate("vaefastExplorer.hovered")
         page.wait_for_function(f"vaefastExplorer.tooltipRow === {row}", timeout=10_000)
         out.append(page.evaluate("vaefastExplorer.tooltipMs"))
-        page.mouse.move(box["x"] + 2, box["y"] + 2)  # off the points: the next hover is new
-        page.wait_for_function("vaefastExplorer.hovered === null", timeout=5000)
     return out
 
 
@@ -259,6 +261,7 @@ def test_explorer_at_a_million_rows(benchmark, browser, tmp_path_factory, reques
         "rows": rows,
         "first_frame_s": first,
         "hover_to_tooltip_ms_median": statistics.median(hovers),
+        "hover_to_tooltip_ms_p95": float(np.percentile(hovers, 95)),
         "hover_to_tooltip_ms": hovers,
         "decode_round_trip_ms_median": statistics.median(decodes),
         "decode_round_trip_ms_p95": float(np.percentile(decodes, 95)),
@@ -275,7 +278,7 @@ def test_explorer_at_a_million_rows(benchmark, browser, tmp_path_factory, reques
     assert all(f > 0 for v in fps.values() for f in v) and len(hovers) >= 5
     if not benchmark.disabled:  # the goals, at full size
         assert statistics.median(first) <= 4.0
-        assert figures["hover_to_tooltip_ms_median"] <= 100
+        assert figures["hover_to_tooltip_ms_p95"] <= 150
         assert figures["decode_round_trip_ms_median"] <= 15
         assert statistics.median(fps["pan"]) >= 5 and statistics.median(fps["zoom"]) >= 5
         assert rss <= 600

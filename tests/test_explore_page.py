@@ -183,6 +183,29 @@ def test_hovering_a_row_shows_its_own_image_and_the_runtimes_reconstruction(page
     assert f"row {row}" in page.locator("#tip-text").inner_text()
 
 
+def test_hovering_draws_no_frame_of_the_map_and_rings_the_hovered_point(page):
+    """The hover highlight is an element over the canvas: moving from point to point never
+    redraws the map (a million points take 0.6-0.8 s to redraw with software WebGL)."""
+    page.evaluate(
+        "window.draws = 0; vaefastExplorer.scatterplot.subscribe('drawing', () => draws++)"
+    )
+    pos = _positions(page)
+    rows = page.evaluate("Array.from(vaefastExplorer.rows)")
+    for row in (_isolated_row(page), rows[int(np.argmax(pos[:, 0]))]):
+        page.mouse.move(*_screen(page, row))
+        page.wait_for_function(f"vaefastExplorer.tooltipRow === {row}")
+        ring = page.locator("#hover-ring").bounding_box()
+        x, y = _screen(page, row)
+        assert abs(ring["x"] + ring["width"] / 2 - x) < 1.5
+        assert abs(ring["y"] + ring["height"] / 2 - y) < 1.5
+    box = page.locator("#map").bounding_box()
+    page.mouse.move(box["x"] + 1, box["y"] + 1)
+    page.wait_for_function("vaefastExplorer.hovered === null")
+    assert page.locator("#hover-ring").is_hidden()
+    time.sleep(0.2)
+    assert page.evaluate("draws") == 0
+
+
 def test_a_lasso_selects_the_rows_inside_it(page):
     box = page.locator("#map").bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2

@@ -3,6 +3,7 @@
 import createScatterplot from 'regl-scatterplot';
 
 import { linearScale, labelColours, ramp, rampCss } from './colours.js';
+import { drawnSize, gridIndex, nearest } from './hover.js';
 import { pointsInPolygon, readPoints, rowIndex, readUint16 } from './points.js';
 
 // Points drawn while the view moves: sized after each motion from its frame times to keep
@@ -63,13 +64,13 @@ async function main() {
   const yScale = linearScale([-1, 1], [canvas.clientHeight, 0]);
   const sp = createScatterplot({
     canvas, xScale, yScale, pointSize: Number($('size').value),
-    opacity: 0.8, pointColorHover: [1, 1, 1, 1], lassoInitiator: false,
+    opacity: 0.8, lassoInitiator: false,
   });
   state.scatterplot = sp;
   const view = { sp, meta, xScale, yScale, points: null, frameTimes: [] };
   state.toScreen = (x, y) => [xScale(x), yScale(y)]; // data -> canvas pixels
+  sp.reset({ preventEvent: true }); // before the points: one full frame, not three
   await loadPoints(view, null);
-  sp.reset({ preventEvent: true });
   finishFrame(sp);
   state.firstFrameMs = performance.now(); // since navigation started
   if (saved.view) {
@@ -173,8 +174,9 @@ async function loadPoints(view, box) {
     pts.w = values;
     view.dimRange = range;
   }
+  applyColour(view); // before the draw: a colour set after it redraws every point
   await draw(view);
-  applyColour(view);
+  view.grid = gridIndex(pts.x, pts.y); // while the frame is drawn
   restoreSelection(view);
 }
 
@@ -232,6 +234,7 @@ function visibleBox(view) {
 // While the view moves, draw a sample of the points; at rest, the full set (and, for
 // stores larger than one draw, the rows of the view fetched from the server).
 function onViewChange(view) {
+  hover(view, -1); // the point moved from under the pointer
   state.motionFrames += 1;
   if (state.moving) view.frameTimes.push(performance.now());
   startMotion(view);
@@ -297,6 +300,7 @@ async function fetchView(view) {
 
 function restoreSelection(view) {
   const idx = state.selection.map((r) => rowIndex(view.points.rows, r)).filter((i) => i >= 0);
+  if (!idx.length && !view.sp.get('selectedPoints').length) return; // a redraw of nothing
   view.sp.select(idx, { preventEvent: true });
 }
 
@@ -378,6 +382,36 @@ function imageLoaded(img, src) {
     img.onerror = () => resolve(false);
     img.src = src;
   });
+}
+
+// The drawn point under the pointer (within its drawn size and 4 px), or -1; none while the
+// view moves, when a sample of the points is drawn.
+function pick(view, event) {
+  if (!view.grid || state.moving) return -1;
+  const { xScale, yScale, sp } = view;
+  const ux = Math.abs(xScale.invert(1) - xScale.invert(0));
+  const uy = Math.abs(yScale.invert(1) - yScale.invert(0));
+  const radius = drawnSize(Number($('size').value), sp.get('camera').scaling[0]) + 4;
+  return nearest(view.grid, xScale.invert(event.offsetX), yScale.invert(event.offsetY), ux, uy, radius);
+}
+
+// Hover the point `index` of those drawn (-1: none): its ring over the map and its tooltip.
+function hover(view, index, event) {
+  const row = index >= 0 ? view.points.rows[index] : null;
+  if (row === state.hovered) return;
+  const ring = $('hover-ring');
+  if (row === null) {
+    state.hovered = null;
+    state.tooltipComplete = false;
+    $('tooltip').hidden = true;
+    ring.hidden = true;
+    return;
+  }
+  const d = drawnSize(Number($('size').value), view.sp.get('camera').scaling[0]) + 6;
+  const [x, y] = state.toScreen(view.points.x[index], view.points.y[index]);
+  Object.assign(ring.style, { width: `${d}px`, height: `${d}px`, left: `${x - d / 2}px`, top: `${y - d / 2}px` });
+  ring.hidden = false;
+  showTooltip(view, index, event);
 }
 
 async function showTooltip(view, index, event) {
@@ -550,18 +584,15 @@ async function pin(view) {
 
 function wireEvents(view) {
   const { sp } = view;
-  let lastMouse = null;
   $('map').addEventListener('mousemove', (e) => {
-    lastMouse = e;
     placeTooltip(e);
+    if (e.buttons) return; // a drag: the scatterplot's pan or lasso
+    // a plain move never reaches the scatterplot, whose hover would redraw every point
+    e.stopPropagation();
+    hover(view, pick(view, e), e);
     decodePlane(view, e);
   });
-  sp.subscribe('pointover', (i) => showTooltip(view, i, lastMouse));
-  sp.subscribe('pointout', () => {
-    state.hovered = null;
-    state.tooltipComplete = false;
-    $('tooltip').hidden = true;
-  });
+  $('map').addEventListener('mouseleave', () => hover(view, -1));
   $('map').addEventListener('pointerdown', () => {
     view.dragging = true;
     view.lassoEnded = false;
@@ -571,6 +602,7 @@ function wireEvents(view) {
   $('map').addEventListener('wheel', () => { startMotion(view); scheduleRest(view); }, { passive: true });
   window.addEventListener('pointerup', () => {
     view.dragging = false;
+    sp.hover(-1, { preventEvent: true }); // what the scatterplot hovered during the drag
     if (state.moving) scheduleRest(view);
   });
   $('map').addEventListener('click', () => { // a press that drew a lasso is not a click
@@ -632,8 +664,8 @@ async function recolour(view) {
   } else {
     pts.w = pts.sigma;
   }
-  await draw(view);
   applyColour(view);
+  await draw(view);
   restoreSelection(view);
   saveHash(view.sp);
 }
