@@ -207,3 +207,59 @@ def test_webdataset_shardwriter_shards_give_the_folders_labels(folder, tmp_path)
     )
     np.testing.assert_array_equal(shards.labels, source.labels)
     np.testing.assert_array_equal(shards.rows(0, N), source.rows(0, N))
+
+
+def test_the_inputs_own_columns_are_kept_exported_and_open_in_xarray(folder, tmp_path):
+    """A dataset's scalar columns (a caption, a split, a score, a flag) travel with the
+    rows: stored beside μ, coordinates in xarray, columns of the parquet export — from
+    ``to_parquet`` and ``save_to_disk`` alike; a column named like one of ours is renamed."""
+    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("xarray")
+    import pyarrow.parquet as pq
+    from datasets import ClassLabel, Features, Image, Value
+
+    from tests.helpers import xarray_dataset
+
+    source = data.open_source(f"images:{folder}", Preprocess(28, 28, 1), decode_workers=1)
+    rng = np.random.default_rng(0)
+    columns = {
+        "caption": [f"photo {i} of {source.ids[i]}" for i in range(N)],
+        "split": ["train" if i % 3 else "test" for i in range(N)],
+        "score": rng.random(N).astype(np.float32).tolist(),
+        "flagged": [bool(i % 5 == 0) for i in range(N)],
+        "mu": [None if i == 7 else i for i in range(N)],  # ours: stored as input_mu
+    }
+    features = Features(
+        {
+            "image": Image(),
+            "label": ClassLabel(names=source.label_names),
+            "caption": Value("string"),
+            "split": Value("string"),
+            "score": Value("float32"),
+            "flagged": Value("bool"),
+            "mu": Value("int64"),
+        }
+    )
+    ds = datasets.Dataset.from_dict(
+        {"image": [str(folder / i) for i in source.ids], "label": source.labels.tolist()} | columns,
+        features=features,
+    )
+    ds.to_parquet(str(tmp_path / "t.parquet"))
+    ds.save_to_disk(str(tmp_path / "saved"))
+    for spec in (f"parquet:{tmp_path / 't.parquet'}", f"hf:{tmp_path / 'saved'}"):
+        out = tmp_path / f"{spec[:2]}.zarr"
+        embed(MODEL, spec, out, progress=False, decode_workers=1)
+        x = xarray_dataset(out)
+        assert {"caption", "split", "score", "flagged", "input_mu"} <= set(x.coords)
+        assert x.mu.dims == ("row", "latent") and x.mu.shape == (N, 16)
+        assert list(x.caption.values) == columns["caption"]
+        assert list(x.split.values) == columns["split"]
+        np.testing.assert_allclose(x.score.values, columns["score"], rtol=1e-7)
+        assert x.flagged.values.tolist() == [float(v) for v in columns["flagged"]]
+        assert np.isnan(x.input_mu.values[7]) and x.input_mu.values[8] == 8
+        assert x.caption.attrs["description"] == "the input's column 'caption'"
+        store.export(out, "parquet", tmp_path / f"{spec[:2]}.parquet")
+        table = pq.read_table(tmp_path / f"{spec[:2]}.parquet")
+        assert table.column_names[-5:] == ["caption", "split", "score", "flagged", "input_mu"]
+        assert table.column("split").to_pylist() == columns["split"]
+        assert table.column("mu").type.list_size == 16  # ours, untouched

@@ -4,6 +4,7 @@ JSON 4xx. The page itself is tested in a real browser in test_explore_page.py.""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -559,3 +560,100 @@ def test_an_image_folder_store_shows_ids_and_sets_skipped_rows_apart(tmp_path, v
             assert csv_text.text.splitlines()[1] == f"7,{names[7]},class_1"
     finally:
         ex.decoder.close()
+
+
+# --- the input's own columns ------------------------------------------------------------
+
+
+def columned_store(folder, n: int = 120):
+    """n mnist5k digits as a parquet table with the columns a user's dataset carries: a
+    caption (text), a split (a category) and a score (a number, one null)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw = data.read("mnist5k")
+    pick = np.arange(n) * (len(raw.X) // n)
+    cells = []
+    for im in raw.X[pick]:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG")
+        cells.append({"bytes": buf.getvalue(), "path": None})
+    score = np.linspace(0, 1, n)
+    table = pa.table(
+        {
+            "image": pa.array(cells, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+            "label": pa.array(raw.y[pick].astype(np.int64)),
+            "caption": [f"a handwritten {d}, sample {i}" for i, d in enumerate(raw.y[pick])],
+            "split": ["test" if i % 4 == 0 else "train" for i in range(n)],
+            "score": pa.array([None if i == 3 else float(s) for i, s in enumerate(score)]),
+        }
+    )
+    pq.write_table(table, folder / "t.parquet")
+    embed(Z20, f"parquet:{folder / 't.parquet'}", folder / "c.zarr", tsne=True, progress=False)
+    return folder / "c.zarr", table
+
+
+@pytest.fixture(scope="module")
+def columned(tmp_path_factory, vae):
+    path, table = columned_store(tmp_path_factory.mktemp("columns"))
+    ex = app.Explorer(vae, Columns(path, vae.meta["weights_sha256"], str(Z20)))
+    with TestClient(app.build(ex), base_url="http://127.0.0.1") as c:
+        yield c, table
+    ex.decoder.close()
+
+
+def test_the_inputs_columns_are_described_coloured_and_shown_per_row(columned):
+    c, table = columned
+    meta = c.get("/api/meta").json()
+    assert meta["columns"] == [
+        {"name": "caption", "kind": "text"},
+        {"name": "split", "kind": "category", "values": ["test", "train"]},
+        {"name": "score", "kind": "number", "range": [0.0, 1.0]},
+    ]
+    n = table.num_rows
+    rows = np.frombuffer(c.get("/api/points?map=tsne").content[4 : 4 + 4 * n], "<u4")
+    codes = np.frombuffer(c.get("/api/column?name=split&map=tsne").content, "<u2")
+    assert codes.tolist() == [0 if r % 4 == 0 else 1 for r in rows]
+    score = np.frombuffer(c.get("/api/column?name=score&map=tsne").content, "<u2")
+    expected = np.nan_to_num(np.array(table.column("score").to_pylist(), float)[rows])
+    np.testing.assert_allclose(score / 65535, expected, atol=1e-4)
+    assert c.get("/api/column?name=caption").status_code == 400  # text: searched, not coloured
+    assert c.get("/api/column?name=nope").status_code == 404
+    assert c.get("/api/rows/5").json()["columns"] == {
+        "caption": table.column("caption")[5].as_py(),
+        "split": "train",
+        "score": pytest.approx(table.column("score")[5].as_py()),
+    }
+    assert c.get("/api/rows/3").json()["columns"]["score"] is None
+
+
+@pytest.mark.parametrize(
+    "query, wanted",
+    [
+        ("split:test", lambda i, score: i % 4 == 0),
+        ("split:TEST", lambda i, score: i % 4 == 0),
+        ("test", lambda i, score: i % 4 == 0),  # any column's value
+        ("score>0.9", lambda i, score: score is not None and score > 0.9),
+        ("score <= 0.05", lambda i, score: score is not None and score <= 0.05),
+        ("caption:SAMPLE 11", lambda i, score: str(i).startswith("11")),
+        ("split>3", lambda i, score: False),  # a category has no order: plain text, no match
+    ],
+)
+def test_search_asks_the_inputs_columns(columned, query, wanted):
+    c, table = columned
+    got = c.get("/api/search", params={"q": query}).json()["rows"]
+    scores = table.column("score").to_pylist()
+    assert got == [i for i in range(table.num_rows) if wanted(i, scores[i])]
+
+
+def test_selection_downloads_carry_the_inputs_columns(columned):
+    import pyarrow.parquet as pq
+
+    c, table = columned
+    body = np.array([2, 3, 4], "<u4").tobytes()
+    text = list(csv.reader(io.StringIO(c.post("/api/selection?format=csv", content=body).text)))
+    assert text[0] == ["row", "id", "label", "caption", "split", "score"]
+    assert text[2][3:] == [table.column("caption")[3].as_py(), "train", ""]  # no score
+    got = pq.read_table(io.BytesIO(c.post("/api/selection?format=parquet", content=body).content))
+    assert got.column("split").to_pylist() == ["train", "train", "test"]
+    assert got.column("caption").to_pylist() == table.column("caption").to_pylist()[2:5]

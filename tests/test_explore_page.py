@@ -91,6 +91,12 @@ def page(browser, server):
     assert not errors
 
 
+def _enter(pg, selector: str, text: str) -> None:
+    """Type ``text`` into a field and commit it, as Enter does."""
+    pg.fill(selector, text)
+    pg.dispatch_event(selector, "change")
+
+
 def _ready(pg) -> None:
     pg.wait_for_function(
         "window.vaefastExplorer && (vaefastExplorer.ready || vaefastExplorer.error)", timeout=60_000
@@ -268,20 +274,16 @@ def test_a_refused_action_and_a_search_without_matches_are_said_on_the_page(page
     assert page.locator("#notice").is_hidden()
     page.select_option("#colour", "dim")
     page.wait_for_function("location.hash.includes('color=dim')")
-    page.fill("#dim", "999")
-    page.dispatch_event("#dim", "change")
+    _enter(page, "#dim", "999")
     page.wait_for_function("vaefastExplorer.notice")
     assert "dim must be in [0, 19]" in page.locator("#notice").inner_text()
-    page.fill("#dim", "3")
-    page.dispatch_event("#dim", "change")
+    _enter(page, "#dim", "3")
     page.wait_for_function("vaefastExplorer.notice === ''")
     assert page.locator("#notice").is_hidden()
-    page.fill("#search", "no such thing")
-    page.dispatch_event("#search", "change")
+    _enter(page, "#search", "no such thing")
     page.wait_for_function("document.querySelector('#search-note').textContent !== ''")
     assert page.locator("#search-note").inner_text() == "no match for “no such thing”"
-    page.fill("#search", "7")
-    page.dispatch_event("#search", "change")
+    _enter(page, "#search", "7")
     page.wait_for_function(
         "/^[0-9,]+ matches$/.test(document.querySelector('#search-note').textContent)"
     )
@@ -395,8 +397,7 @@ def test_colour_modes_change_the_drawn_colours_and_the_legend(page):
     assert "mean σ" in page.locator("#legend").inner_text()
     assert page.locator("#map").screenshot() != before
     page.select_option("#colour", "dim")
-    page.fill("#dim", "4")
-    page.dispatch_event("#dim", "change")
+    _enter(page, "#dim", "4")
     page.wait_for_function("location.hash.includes('dim=4')")
     assert "μ[4]" in page.locator("#legend").inner_text()
 
@@ -494,3 +495,33 @@ def test_a_page_without_the_token_is_refused(browser, stores):
 def test_the_readme_shows_the_screenshot_the_suite_takes():
     assert SCREENSHOT.exists() and "docs/explorer.png" in (ROOT / "README.md").read_text()
     assert Path(SCREENSHOT).stat().st_size > 10_000
+
+
+def test_the_inputs_columns_colour_the_map_search_it_and_fill_the_panel(browser, tmp_path_factory):
+    from tests.test_explore import columned_store
+
+    path, table = columned_store(tmp_path_factory.mktemp("page-columns"))
+    with serve(Z20, path, providers="cpu") as srv:
+        context = browser.new_context(viewport={"width": 1100, "height": 760})
+        pg = context.new_page()
+        pg.goto(srv.url + "#row=5")
+        _ready(pg)
+        options = pg.eval_on_selector_all("#colour option", "os => os.map(o => o.value)")
+        assert {"col:split", "col:score"} <= set(options) and "col:caption" not in options
+        pg.select_option("#colour", "col:split")
+        pg.wait_for_function("document.querySelector('#legend').textContent.includes('train')")
+        assert pg.locator("#legend .swatch").all_inner_texts()[:2] == ["test", "train"]
+        z = pg.evaluate("Array.from(vaefastExplorer.scatterplot.get('points'), p => p[2])")
+        rows = pg.evaluate("Array.from(vaefastExplorer.rows)")
+        assert z == [0 if r % 4 == 0 else 1 for r in rows]  # each point coloured by its split
+        pg.select_option("#colour", "col:score")
+        pg.wait_for_function("document.querySelector('#legend').textContent.includes('score')")
+        assert "1.000" in pg.locator("#legend").inner_text()
+        _enter(pg, "#search", "split:test")
+        pg.wait_for_function("vaefastExplorer.selection.length > 0")
+        assert pg.evaluate("vaefastExplorer.selection") == list(range(0, table.num_rows, 4))
+        assert pg.locator("#search-note").inner_text() == f"{table.num_rows // 4} matches"
+        pg.wait_for_function("vaefastExplorer.panelRow === 5")
+        panel = pg.locator("#p-columns").inner_text()
+        assert table.column("caption")[5].as_py() in panel and "train" in panel
+        context.close()

@@ -29,7 +29,8 @@ TAR_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 class Collection:
-    """Encoded images, one per row: ``ids``, ``labels`` (or None), ``label_names``.
+    """Encoded images, one per row: ``ids``, ``labels`` (or None), ``label_names``, and
+    ``columns``: the scalar columns a table carries beside them (or None).
 
     ``refs(start, stop)`` gives what a decode worker needs for those rows — cheap to send
     (a path, a tar member's place) when the worker can read it itself with ``load``, else
@@ -38,6 +39,7 @@ class Collection:
     ids: list[str]
     labels: np.ndarray | None = None
     label_names: list[str] | None = None
+    columns: dict[str, np.ndarray] | None = None
     load: Callable[[Any], bytes | str] | None = None
 
     def refs(self, start: int, stop: int) -> list:
@@ -154,7 +156,9 @@ class _Table(Collection):
     (a cell with only a ``path`` is read from that file: absolute, or relative to its
     table file's folder, as ``datasets`` reads it) or plain binary — and optionally an
     integer label column, whose names come from the ``ClassLabel`` feature that
-    ``datasets`` records in the schema's ``huggingface`` metadata. Read a piece (a row
+    ``datasets`` records in the schema's ``huggingface`` metadata. Every other column of
+    numbers, booleans or strings (a caption, a split, a score) is kept in ``columns``, as
+    float64 (NaN where null) or str ('' where null), for the store. Read a piece (a row
     group, a record batch) at a time, one cached."""
 
     def _setup(self, files: list[Path], root: Path, what: str) -> None:
@@ -162,7 +166,7 @@ class _Table(Collection):
         ``REL:ROW`` and labels."""
         self.files, self.ids, self.column = files, [], None
         self._starts_of: list[int] = []
-        labels, pieces, names = [], [], None
+        labels, pieces, names, kept = [], [], None, {}
         for k, f in enumerate(files):
             schema = self._schema(f)
             features = hf_features(schema)
@@ -188,6 +192,10 @@ class _Table(Collection):
             n = first - len(self.ids)
             self.ids += [f"{rel}:{r}" for r in range(n)]
             labels.append(_labels(self._column(f, label), f) if label else np.full(n, -1, np.int64))
+            scalar = _scalar_columns(schema, {column, label})
+            kept = {c: kept.get(c, []) for c in (scalar if k == 0 else kept) if c in scalar}
+            for c in kept:  # the columns every file has
+                kept[c].append(_scalars(self._column(f, c)))
         if not self.ids:
             raise VaefastError(f"{root}: the {what} hold no rows")
         y = np.concatenate(labels)
@@ -196,6 +204,7 @@ class _Table(Collection):
         elif (y >= 0).any():
             self.labels = y
             self.label_names = [str(v) for v in np.unique(y[y >= 0])]
+        self.columns = {c: np.concatenate(v) for c, v in kept.items()} or None
         self._pieces = pieces
         self._starts = np.array([p[2] for p in pieces])
         self._cached: tuple[int, list] | None = None
@@ -390,6 +399,35 @@ def _image_column(schema, features: dict, path: Path) -> str:
         if isinstance(features.get(c), dict) and features[c].get("_type") == "Image"
     ]
     return next((c for c in tagged + list(IMAGE_COLUMNS) if c in found), found[0])
+
+
+def _scalar_columns(schema, taken: set) -> list[str]:
+    """The columns of numbers, booleans or strings (plain or dictionary-encoded) besides
+    ``taken`` (the image and the label)."""
+    import pyarrow as pa
+
+    def scalar(t) -> bool:
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        return (
+            pa.types.is_integer(t)
+            or pa.types.is_floating(t)
+            or pa.types.is_boolean(t)
+            or pa.types.is_string(t)
+            or pa.types.is_large_string(t)
+        )
+
+    return [f.name for f in schema if f.name not in taken and scalar(f.type)]
+
+
+def _scalars(column) -> np.ndarray:
+    """A scalar column as float64 (NaN where null) or, for strings, str ('' where null)."""
+    import pyarrow as pa
+
+    t = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return np.array(["" if v is None else v for v in column.to_pylist()], dtype=object)
+    return np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False), np.float64)
 
 
 def _labels(column, path: Path) -> np.ndarray:
@@ -623,6 +661,7 @@ def open_files(
         np.dtype(np.uint8),
         collection.labels,
         label_names=collection.label_names,
+        columns=collection.columns,
         collection=collection,
         preprocess=preprocess,
         decoder=Decoder(preprocess, workers),

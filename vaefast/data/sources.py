@@ -44,6 +44,7 @@ class Source:
     _array: Any = None  # in-memory or zarr array
     _fingerprint: dict = field(default_factory=dict)
     label_names: list[str] | None = None
+    columns: dict[str, np.ndarray] | None = None  # a table's other scalar columns, per row
 
     @property
     def n_features(self) -> int:

@@ -328,6 +328,7 @@ def _open_store(job: Job, vae, source: Source, latent_shape, params: dict, force
         force,
         params["dtype"],
         source.ids,
+        source.columns,
     )
 
 

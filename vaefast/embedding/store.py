@@ -7,7 +7,9 @@ Layout (``OUT.zarr``): ``mu``, ``logvar`` [N, *latent_shape] (flat [N, Z] or spa
 [N] strings, the reason a row's file could not be decoded ('' for the rows encoded; a
 skipped row's ``mu``, ``logvar`` and ``tsne`` are NaN); ``tsne`` [N, 2] float32 when
 asked for (plus ``tsne_reference`` and ``tsne_reference_index`` when it was mapped from
-a sample); ``_progress/encoded``
+a sample); one [N] array per scalar column of a table input (numbers as float64, NaN
+where null; strings; named as in the input, ``input_NAME`` where that name is one of
+ours), listed with their input names in the ``columns`` attribute; ``_progress/encoded``
 and ``_progress/placed``, one marker per row chunk, each its own zarr chunk (written
 atomically by zarr) and written only after that chunk's data. The group attribute
 ``vaefast`` records the format, the model's sha256, the input's fingerprint, the
@@ -70,6 +72,14 @@ DESCRIPTIONS = {
     "tsne_reference_index": "the rows the reference t-SNE map was fitted on",
 }
 COORDINATES = ("ids", "labels", "skipped")  # per-row facts xarray shows as coordinates
+# names a user's column cannot take in the store or in the parquet export
+RESERVED = {*DESCRIPTIONS, "_progress", "row", "id", "label", "label_name", "tsne_x", "tsne_y"}
+RESERVED |= {"image"}
+
+
+def column_name(name: str) -> str:
+    """The name an input's column is stored and exported under."""
+    return f"input_{name}" if name in RESERVED or name.startswith("_") else name
 
 
 def latent_dims(latent_shape: tuple[int, ...]) -> tuple[str, ...]:
@@ -78,10 +88,10 @@ def latent_dims(latent_shape: tuple[int, ...]) -> tuple[str, ...]:
     return ("row", *(SPATIAL_DIMS if len(latent_shape) == 3 else ("latent",)))
 
 
-def _array(group, name: str, dims: tuple[str, ...], **kwargs):
+def _array(group, name: str, dims: tuple[str, ...], description: str = "", **kwargs):
     """A data array with named dimensions and its description (xarray reads both)."""
     arr = group.create_array(name, dimension_names=dims, **kwargs)
-    arr.attrs["description"] = DESCRIPTIONS[name]
+    arr.attrs["description"] = description or DESCRIPTIONS[name]
     return arr
 
 
@@ -96,6 +106,7 @@ def create(
     force: bool = False,
     dtype: str = "float32",
     ids: list[str] | None = None,
+    columns: dict[str, np.ndarray] | None = None,
 ) -> None:
     """Write an empty store at ``out`` (atomically; replacing ``out`` only with force)."""
     import zarr
@@ -104,7 +115,8 @@ def create(
     n_chunks = -(-n // chunk_rows)
     latent_shape = tuple(int(s) for s in latent_shape)
     given = {"ids": ids, "labels": labels, "skipped": ids}
-    coordinates = " ".join(k for k in COORDINATES if given[k] is not None)
+    stored = {column_name(c): c for c in columns or {}}
+    coordinates = " ".join([k for k in COORDINATES if given[k] is not None] + list(stored))
     with atomic_dir(out, force=force) as tmp:
         group = zarr.open_group(str(tmp), mode="a")
         for name in ("mu", "logvar"):
@@ -132,6 +144,21 @@ def create(
                 ids, dtype=object
             )
             _array(group, "skipped", ("row",), shape=(n,), chunks=(rows,), dtype=str)
+        for name, original in stored.items():
+            values = columns[original]
+            text = values.dtype == object
+            _array(
+                group,
+                name,
+                ("row",),
+                f"the input's column {original!r}",
+                shape=(n,),
+                chunks=(rows,),
+                dtype=str if text else "float64",
+                fill_value="" if text else np.nan,
+            )[:] = values
+        if stored:
+            attrs = attrs | {"columns": stored}
         if tsne:
             arr = _array(
                 group,
@@ -161,6 +188,7 @@ def open_or_create(
     force: bool = False,
     dtype: str = "float32",
     ids: list[str] | None = None,
+    columns: dict[str, np.ndarray] | None = None,
 ):
     """Reopen the store at ``out`` to resume it, or create it; return the zarr group.
 
@@ -204,6 +232,7 @@ def open_or_create(
             force=replace,
             dtype=dtype,
             ids=ids,
+            columns=columns,
         )
     return zarr.open_group(str(out), mode="r+")
 
@@ -364,6 +393,11 @@ def n_rows(group) -> int:
     return int(group["mu"].shape[0])
 
 
+def input_columns(group) -> list[str]:
+    """The stored names of the input's own columns (see ``column_name``), in input order."""
+    return list(info(group).get("columns") or {})
+
+
 def load(path: str | os.PathLike) -> dict[str, Any]:
     """A finished store in memory: ``mu``, ``logvar`` (float32), ``labels``, ``tsne``,
     ``ids``, ``skipped`` ({row: reason}) — None where absent — and its ``attrs``."""
@@ -421,8 +455,7 @@ def export(
 
         thumbnails = thumbnailer(info(group))
     n, step = n_rows(group), group["mu"].chunks[0]
-    keys = set(group.array_keys())
-    columns = [k for k in ("ids", "labels", "mu", "logvar", "tsne", "skipped") if k in keys]
+    columns = _exported(group)
 
     def chunks():
         for c in range(0, n, step):
@@ -454,8 +487,8 @@ def export(
                 for v in np.asarray(group[k][c : c + step], dtype=object)
             ]
         )
-        for k in ("ids", "skipped")
-        if k in keys
+        for k in columns
+        if group[k].dtype.kind in "OUT" or k in ("ids", "skipped")
     }  # fixed-width strings in .npy
     with atomic_dir(out, force=force) as tmp:
         _write_npy(tmp, ((rows[0], part) for rows, part in chunks()), n, widths)
@@ -470,8 +503,7 @@ def parquet_of_rows(group, rows: np.ndarray) -> bytes:
 
     if not len(rows):
         raise VaefastError("no rows selected")
-    keys = set(group.array_keys())
-    columns = [k for k in ("ids", "labels", "mu", "logvar", "tsne", "skipped") if k in keys]
+    columns = _exported(group)
     step, attrs = group["mu"].chunks[0], info(group)
 
     def chunks():
@@ -485,6 +517,13 @@ def parquet_of_rows(group, rows: np.ndarray) -> bytes:
     sink = pa.BufferOutputStream()
     _write_parquet(sink, chunks(), group["mu"].shape, attrs.get("label_names"), _meta(group))
     return sink.getvalue().to_pybytes()
+
+
+def _exported(group) -> list[str]:
+    """The arrays an export writes, in its column order: ours, then the input's columns."""
+    keys = set(group.array_keys())
+    ours = [k for k in ("ids", "labels", "mu", "logvar", "tsne", "skipped") if k in keys]
+    return ours + input_columns(group)
 
 
 def _meta(group) -> dict[str, Any]:
@@ -541,6 +580,10 @@ def _write_parquet(where, chunks, mu_shape, label_names, meta: dict) -> None:
                 cols["tsne_y"] = pa.array(part["tsne"][:, 1])
             if "skipped" in part:
                 cols["skipped"] = pa.array(part["skipped"].astype(object), pa.string())
+            for name in [k for k in part if k not in {*LATENTS, *DESCRIPTIONS, "image"}]:
+                values = part[name]  # one of the input's columns
+                text = values.dtype.kind in "OUT"
+                cols[name] = pa.array(values.astype(object) if text else values)
             schema_meta = {"vaefast": json.dumps(meta)}
             if "image" in part:
                 cols["image"] = pa.array(

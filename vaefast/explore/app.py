@@ -145,6 +145,19 @@ class Explorer:
         headers = {"X-Range": f"{lo!r},{hi!r}", "Cache-Control": "no-store"}
         return Response(body, media_type="application/octet-stream", headers=headers)
 
+    def column(self, request: Request) -> Response:
+        """One of the input's own columns for the rows of a view, for colour (uint16)."""
+        name = request.query_params.get("name", "")
+        col = self.cols.inputs.get(name)
+        if col is None:
+            raise HTTPException(404, f"no input column {name!r}")
+        if col.kind == "text":
+            raise HTTPException(400, f"column {name!r} holds text; search it instead")
+        body = self.cols.column(name, self._selection(request).rows)
+        return Response(
+            body, media_type="application/octet-stream", headers={"Cache-Control": "no-store"}
+        )
+
     def row(self, request: Request) -> Response:
         return JSONResponse(self.cols.row(self._row(request, drawn=False)))
 
@@ -248,10 +261,12 @@ class Explorer:
     def _csv(self, rows: np.ndarray) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["row", "id", "label"])
+        names = list(self.cols.inputs)
+        writer.writerow(["row", "id", "label", *names])
         for r in rows.tolist():
             info = self.cols.row(r)
-            writer.writerow([r, info["id"] or "", info["label_name"] or ""])
+            own = ["" if info["columns"][c] is None else info["columns"][c] for c in names]
+            writer.writerow([r, info["id"] or "", info["label_name"] or "", *own])
         return buf.getvalue()
 
     def search(self, request: Request) -> Response:
@@ -286,6 +301,7 @@ def build(ex: Explorer) -> Starlette:
         Route("/api/meta", ex.meta),
         Route("/api/points", ex.points),
         Route("/api/dimension", ex.dimension),
+        Route("/api/column", ex.column),
         Route("/api/rows/{row}", ex.row),
         Route("/api/rows/{row}/input.png", ex.input_image),
         Route("/api/rows/{row}/reconstruction.png", ex.reconstruction),

@@ -71,6 +71,7 @@ class Columns:
         self.labels = np.asarray(g["labels"][:], np.int64) if "labels" in g else None
         self.label_names = self.attrs.get("label_names")
         self.ids = np.asarray(g["ids"][:], dtype=object) if "ids" in g else None
+        self.inputs = {c: _input_column(g[c]) for c in store.input_columns(g)}
         self.mu = None
         if self.n * self.z * 4 <= MU_CACHE_BYTES:
             self.mu = store.read_mu(g, slice(0, self.n))
@@ -266,6 +267,17 @@ class Columns:
         s = self.sigma_mean[self.drawn]
         return (float(s.min()), float(s.max())) if len(s) else (0.0, 1.0)
 
+    def column(self, name: str, rows: np.ndarray) -> bytes:
+        """The input's column ``name`` for ``rows`` (sorted, as :meth:`select` gives
+        them) as little-endian uint16: numbers over their range, categories as the index
+        of their value (the count of values where a row has none)."""
+        col = self.inputs[name]
+        if col.kind == "number":
+            lo, hi = col.range
+            scaled = (col.values[rows] - lo) / ((hi - lo) or 1.0)
+            return np.round(np.nan_to_num(np.clip(scaled, 0, 1)) * 65535).astype("<u2").tobytes()
+        return col.codes[rows].astype("<u2").tobytes()
+
     # --- one row ----------------------------------------------------------------------
 
     def row(self, r: int) -> dict[str, Any]:
@@ -277,6 +289,7 @@ class Columns:
             "label": label,
             "label_name": self.label_name(label),
             "skipped": self.skipped.get(r),
+            "columns": {name: col.value(r) for name, col in self.inputs.items()},
         }
         if r in self.skipped:
             return out
@@ -287,9 +300,19 @@ class Columns:
         return out
 
     def search(self, text: str, limit: int) -> list[int]:
-        """Rows whose id contains ``text`` or whose label name (or number) equals it."""
+        """Rows whose id contains ``text``, whose label name (or number) equals it, or
+        whose input column holds it (a category equal, a text containing it, either case);
+        ``NAME:VALUE`` asks one input column alone, ``NAME>X`` (``>=``, ``<``, ``<=``) a
+        column of numbers."""
         text = text.strip()
+        asked = _column_query(text, self.inputs)
+        if asked is not None:
+            name, op, value = asked
+            return np.flatnonzero(self.inputs[name].matches(op, value))[:limit].tolist()
         hits = np.zeros(self.n, bool)
+        for col in self.inputs.values():
+            if col.kind != "number" and text:
+                hits |= col.matches(":", text)
         if self.labels is not None:
             names = self.label_names or []
             wanted = [i for i, name in enumerate(names) if name == text]
@@ -324,11 +347,95 @@ class Columns:
             "sigma_range": [lo, hi],
             "traversal": self.traversal_dims(),
             "input": self.attrs["input"].get("spec"),
+            "columns": [col.describe(name) for name, col in self.inputs.items()],
             "skipped_rows": [
                 {"row": r, "id": None if self.ids is None else str(self.ids[r]), "reason": why}
                 for r, why in list(self.skipped.items())[:100]
             ],
         } | ({"mu_frame": list(self.frames["mu"])} if "mu" in self.maps() else {})
+
+
+CATEGORIES = 24  # a column of strings with at most this many values colours by value
+
+
+class InputColumn:
+    """One of the input's own columns as the page uses it: ``number`` (colour over its
+    range, compare), ``category`` (colour by value, match a value) or ``text`` (search)."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+        if values.dtype.kind == "f":
+            self.kind = "number"
+            finite = values[np.isfinite(values)]
+            self.range = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+            return
+        values = np.asarray(values, dtype=object)
+        seen: set[str] = set()
+        for v in values:  # stops at the first value past CATEGORIES: a text column
+            if v and v not in seen:
+                seen.add(v)
+                if len(seen) > CATEGORIES:
+                    break
+        self.kind = "category" if len(seen) <= CATEGORIES else "text"
+        if self.kind == "category":  # '' is no value: coded as the count of values
+            self.categories = sorted(seen)
+            code = {c: k for k, c in enumerate(self.categories)}
+            n = len(self.categories)
+            self.codes = np.fromiter((code.get(v, n) for v in values), np.int64, len(values))
+            self._lower = [c.lower() for c in self.categories]
+        else:
+            self._lower_values = [str(v).lower() for v in values]
+        self.values = values
+
+    def value(self, r: int) -> float | str | None:
+        v = self.values[r]
+        if self.kind == "number":
+            return float(v) if np.isfinite(v) else None
+        return str(v) or None
+
+    def matches(self, op: str, value: str) -> np.ndarray:
+        """Rows where the column ``op`` (``:``, ``>``, ``>=``, ``<``, ``<=``) ``value``."""
+        if self.kind == "number":
+            x = float(value)
+            v = self.values
+            with np.errstate(invalid="ignore"):
+                return {":": v == x, ">": v > x, ">=": v >= x, "<": v < x, "<=": v <= x}[op]
+        wanted = value.lower()
+        if self.kind == "category":
+            found = [k for k, c in enumerate(self._lower) if c == wanted]
+            return np.isin(self.codes, found)
+        return np.fromiter((wanted in v for v in self._lower_values), bool, len(self.values))
+
+    def describe(self, name: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": name, "kind": self.kind}
+        if self.kind == "number":
+            out["range"] = list(self.range)
+        elif self.kind == "category":
+            out["values"] = self.categories
+        return out
+
+
+def _input_column(array) -> InputColumn:
+    values = np.asarray(array[:])
+    return InputColumn(values.astype(np.float64) if values.dtype.kind == "f" else values)
+
+
+def _column_query(text: str, inputs: dict[str, InputColumn]) -> tuple[str, str, str] | None:
+    """(column, operator, value) when ``text`` asks one input column: ``NAME:VALUE``, or
+    ``NAME>X`` and the like for a column of numbers (X a number); else None."""
+    found = re.fullmatch(r"\s*([^:<>=]+?)\s*(:|>=|<=|>|<)\s*(.*?)\s*", text)
+    if not found or found.group(1) not in inputs:
+        return None
+    name, op, value = found.groups()
+    col = inputs[name]
+    if col.kind == "number":
+        try:
+            float(value)
+        except ValueError:
+            return None
+    elif op != ":":
+        return None
+    return name, op, value
 
 
 @dataclass(frozen=True)

@@ -103,8 +103,11 @@ function setupControls(meta, saved) {
   labelAxes(meta);
   const colour = $('colour');
   if (!meta.labels) colour.querySelector('option[value=label]').remove();
-  state.colour = ['label', 'sigma', 'dim'].includes(saved.color) && (meta.labels || saved.color !== 'label')
-    ? saved.color : (meta.labels ? 'label' : 'sigma');
+  for (const c of meta.columns) { // the input's own columns: numbers and categories colour
+    if (c.kind !== 'text') colour.add(new Option(c.name, `col:${c.name}`));
+  }
+  const offered = Array.from(colour.options, (o) => o.value);
+  state.colour = offered.includes(saved.color) ? saved.color : (meta.labels ? 'label' : 'sigma');
   colour.value = state.colour;
   $('dim').max = meta.z - 1;
   if (saved.dim && /^\d+$/.test(saved.dim) && Number(saved.dim) < meta.z) $('dim').value = saved.dim;
@@ -169,15 +172,35 @@ async function loadPoints(view, box) {
   state.rows = pts.rows;
   state.points = pts.rows.length;
   state.total = pts.totalInView;
-  if (state.colour === 'dim') {
-    const { values, range } = await dimension(view);
-    pts.w = values;
-    view.dimRange = range;
-  }
+  await colourValues(view);
   applyColour(view); // before the draw: a colour set after it redraws every point
   await draw(view);
   view.grid = gridIndex(pts.x, pts.y); // while the frame is drawn
   restoreSelection(view);
+}
+
+// The points' colour values for the chosen colour: w (continuous: mean σ, a latent
+// dimension, a column of numbers) and z (categories: the label, or a column's values).
+async function colourValues(view) {
+  const pts = view.points;
+  const column = columnOf(view.meta, state.colour);
+  pts.w = pts.sigma;
+  pts.z = pts.labelZ;
+  if (state.colour === 'dim') {
+    const { values, range } = await dimension(view);
+    pts.w = values;
+    view.dimRange = range;
+  } else if (column) {
+    const q = new URLSearchParams({ map: state.map, name: column.name });
+    if (view.box) view.box.forEach((v, i) => q.set(['x0', 'y0', 'x1', 'y1'][i], v));
+    const buffer = await (await api(`/api/column?${q}`)).arrayBuffer();
+    if (column.kind === 'number') pts.w = readUint16(buffer);
+    else pts.z = Float32Array.from(new Uint16Array(buffer));
+  }
+}
+
+function columnOf(meta, colour) {
+  return colour.startsWith('col:') ? meta.columns.find((c) => `col:${c.name}` === colour) : null;
 }
 
 async function dimension(view) {
@@ -204,12 +227,15 @@ function applyColour(view) {
   const { sp, meta } = view;
   const legend = $('legend');
   legend.replaceChildren();
-  if (state.colour === 'label') {
-    const colours = labelColours(meta.label_count);
+  const column = columnOf(meta, state.colour);
+  if (state.colour === 'label' || column?.kind === 'category') {
+    const count = column ? column.values.length : meta.label_count;
+    const named = (i) => (column ? column.values[i] : (meta.label_names?.[i] ?? String(i)));
+    const colours = labelColours(count);
     sp.set({ colorBy: 'valueA', pointColor: colours.map((c) => c.rgba) });
     colours.forEach((c, i) => {
-      if (i === meta.label_count && !meta.unlabelled) return;
-      const name = i < meta.label_count ? (meta.label_names?.[i] ?? String(i)) : 'no label';
+      if (i === count && !column && !meta.unlabelled) return;
+      const name = i < count ? named(i) : (column ? 'no value' : 'no label');
       const item = document.createElement('span');
       item.className = 'swatch';
       item.innerHTML = `<i style="background:${c.css}"></i>`;
@@ -218,9 +244,9 @@ function applyColour(view) {
     });
   } else {
     sp.set({ colorBy: 'valueB', pointColor: ramp(64) });
-    const [lo, hi] = state.colour === 'sigma'
-      ? meta.sigma_range : view.dimRange;
-    const what = state.colour === 'sigma' ? 'mean σ' : `μ[${$('dim').value}]`;
+    const [lo, hi] = state.colour === 'sigma' ? meta.sigma_range
+      : column ? column.range : view.dimRange;
+    const what = state.colour === 'sigma' ? 'mean σ' : column ? column.name : `μ[${$('dim').value}]`;
     legend.innerHTML = `<span>${what} ${lo.toFixed(3)}</span><b class="bar" style="background:${rampCss()}"></b><span>${hi.toFixed(3)}</span>`;
   }
 }
@@ -426,7 +452,8 @@ async function showTooltip(view, index, event) {
   if (state.hovered !== row) return;
   $('tip-text').textContent = [`row ${row}`, info.id && `id ${info.id}`,
     info.label_name !== null && `label ${info.label_name}`,
-    `mean σ ${info.sigma_mean.toFixed(3)}`].filter(Boolean).join(' · ');
+    `mean σ ${info.sigma_mean.toFixed(3)}`,
+    ...ownColumns(info).slice(0, 3).map(([k, v]) => `${k} ${shorten(v, 60)}`)].filter(Boolean).join(' · ');
   const loads = [imageLoaded($('tip-recon'), `/api/rows/${row}/reconstruction.png`)];
   $('tip-input').hidden = !view.meta.inputs;
   if (view.meta.inputs) loads.push(imageLoaded($('tip-input'), `/api/rows/${row}/input.png`));
@@ -439,6 +466,16 @@ async function showTooltip(view, index, event) {
     state.tooltipComplete = true;
     state.tooltipMs = performance.now() - started; // mouse event to both images shown
   }
+}
+
+// The row's values of the input's own columns that it has, as [name, value].
+function ownColumns(info) {
+  return Object.entries(info.columns || {}).filter(([, v]) => v !== null);
+}
+
+function shorten(v, n) {
+  const text = typeof v === 'number' ? String(Number(v.toPrecision(6))) : String(v);
+  return text.length > n ? `${text.slice(0, n - 1)}…` : text;
 }
 
 let pointer = null; // the last pointer event over the map
@@ -504,6 +541,15 @@ async function openPanel(view, row) {
   $('panel').hidden = false;
   $('p-title').textContent = `row ${row}` + (info.id ? ` — ${info.id}` : '')
     + (info.label_name !== null ? ` — label ${info.label_name}` : '');
+  $('p-columns').replaceChildren(...ownColumns(info).map(([k, v]) => {
+    const tr = document.createElement('tr');
+    const th = document.createElement('th');
+    const td = document.createElement('td');
+    th.textContent = k;
+    td.textContent = shorten(v, 400);
+    tr.append(th, td);
+    return tr;
+  }));
   $('p-input').hidden = !meta.inputs;
   const loads = [imageLoaded($('p-recon'), `/api/rows/${row}/reconstruction.png`),
     imageLoaded($('p-samples'), `/api/rows/${row}/samples.png?n=8`)];
@@ -656,14 +702,7 @@ function wireEvents(view) {
 }
 
 async function recolour(view) {
-  const pts = view.points;
-  if (state.colour === 'dim') {
-    const { values, range } = await dimension(view);
-    pts.w = values;
-    view.dimRange = range;
-  } else {
-    pts.w = pts.sigma;
-  }
+  await colourValues(view);
   applyColour(view);
   await draw(view);
   restoreSelection(view);

@@ -17,7 +17,7 @@ export function readPoints(buffer, labelCount) {
   const z = new Float32Array(k);
   for (let i = 0; i < k; i += 1) z[i] = labels[i] < 0 || labels[i] >= labelCount ? labelCount : labels[i];
   const sigma = readUint16(sigma16.buffer);
-  return { rows, x, y, z, sigma, w: sigma, labels };
+  return { rows, x, y, z, labelZ: z, sigma, w: sigma, labels };
 }
 
 export function readUint16(buffer) {
