@@ -576,7 +576,7 @@ def columned_store(folder, n: int = 120):
     cells = []
     for im in raw.X[pick]:
         buf = io.BytesIO()
-        Image.fromarray(im).save(buf, format="PNG")
+        Image.fromarray(im.reshape(28, 28)).save(buf, format="PNG")
         cells.append({"bytes": buf.getvalue(), "path": None})
     score = np.linspace(0, 1, n)
     table = pa.table(

@@ -16,6 +16,7 @@ EXTRAS = {  # extra -> the top-level modules it installs (pyproject.toml's lists
     "parquet": ("pyarrow",),
     "openvino": ("openvino",),
     "explore": ("starlette", "uvicorn"),
+    "notebook": ("starlette", "uvicorn", "anywidget", "pandas"),
 }
 
 

@@ -5,6 +5,8 @@ store — hover a point for its image, reconstruction and σ; click for decodes 
 ``serve(model, store)`` starts it in a background thread and returns a :class:`Server`
 with its ``url`` and ``close()``; ``vaefast explore`` is a thin call of it. Needs the
 ``explore`` extra (Starlette, uvicorn); the page's bundle ships in the package.
+``widget(model, store)`` shows the same page in a Jupyter notebook (the ``notebook``
+extra), its API answered in the kernel.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from vaefast.runtime.engines import DEFAULT_PROVIDERS
 from vaefast.errors import VaefastError
 from vaefast.extras import require
 
-__all__ = ["Server", "serve"]
+__all__ = ["Server", "serve", "widget"]
 
 
 @dataclass
@@ -79,6 +81,37 @@ def _reachable(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def open_explorer(
+    model: str | os.PathLike,
+    store: str | os.PathLike,
+    providers: str = DEFAULT_PROVIDERS,
+    variant: str = "fp32",
+    precision: str | None = None,
+    max_points: int | None = None,
+    threads: int | None = None,
+):
+    """The explorer's state and API (``app.Explorer``) over ``store``, decoding with
+    ``model`` loaded as :func:`vaefast.runtime.load` loads it: what ``serve`` serves and
+    the notebook widget answers in the kernel."""
+    from vaefast import runtime
+    from vaefast.explore import app
+    from vaefast.explore.columns import Columns
+
+    vae = runtime.load(
+        model, providers=providers, variant=variant, threads=threads, precision=precision
+    )
+    cols = Columns(store, vae.meta["weights_sha256"], str(model))
+    return app.Explorer(vae, cols, max_points or app.MAX_POINTS)
+
+
+def __getattr__(name: str):
+    if name == "widget":  # loads anywidget only when asked for
+        from vaefast.explore.notebook import widget
+
+        return widget
+    raise AttributeError(f"module 'vaefast.explore' has no attribute {name!r}")
+
+
 def serve(
     model: str | os.PathLike,
     store: str | os.PathLike,
@@ -103,15 +136,9 @@ def serve(
     require("explore", "the explorer")
     import uvicorn
 
-    from vaefast import runtime
     from vaefast.explore import app, auth
-    from vaefast.explore.columns import Columns
 
-    vae = runtime.load(
-        model, providers=providers, variant=variant, threads=threads, precision=precision
-    )
-    cols = Columns(store, vae.meta["weights_sha256"], str(model))
-    explorer = app.Explorer(vae, cols, max_points or app.MAX_POINTS)
+    explorer = open_explorer(model, store, providers, variant, precision, max_points, threads)
     token = auth.token_for(host, token)
     sock = _bind(host, port)
     config = uvicorn.Config(

@@ -4,6 +4,7 @@ import createScatterplot from 'regl-scatterplot';
 
 import { linearScale, labelColours, ramp, rampCss } from './colours.js';
 import { drawnSize, gridIndex, nearest } from './hover.js';
+import { imageUrl, onCommand, relayed, release, request, tell } from './transport.js';
 import { pointsInPolygon, readPoints, rowIndex, readUint16 } from './points.js';
 
 // Points drawn while the view moves: sized after each motion from its frame times to keep
@@ -25,7 +26,7 @@ const state = {
 };
 window.vaefastExplorer = state;
 
-const api = (path, options) => fetch(path, options).then(async (r) => {
+const api = (path, options) => request(path, options).then(async (r) => {
   if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || r.statusText);
   return r;
 });
@@ -44,7 +45,7 @@ function saveHash(sp) {
   h.set('size', $('size').value);
   const { motion } = hashState();
   if (motion !== undefined) h.set('motion', motion);
-  history.replaceState(null, '', `${location.pathname}${location.search}#${h}`);
+  if (!relayed) history.replaceState(null, '', `${location.pathname}${location.search}#${h}`);
 }
 
 async function main() {
@@ -58,6 +59,11 @@ async function main() {
   setupControls(meta, saved);
   if (meta.inputs_note) banner(meta.inputs_note);
   const canvas = $('map');
+  // laid out first: a notebook shows its output before sizing it, and a map drawn at zero
+  // size stays collapsed to a point
+  while (!canvas.clientWidth || !canvas.clientHeight) {
+    await new Promise((resolve) => { requestAnimationFrame(resolve); });
+  }
   // regl-scatterplot keeps the scales' domains on the visible data box (after a reset
   // below, and as the view moves)
   const xScale = linearScale([-1, 1], [0, canvas.clientWidth]);
@@ -332,6 +338,7 @@ function restoreSelection(view) {
 
 async function showSelection(view, rows) {
   state.selection = rows;
+  tell({ selection: Array.from(rows) });
   const box = $('selection');
   if (!rows.length) {
     box.hidden = true;
@@ -402,10 +409,11 @@ async function downloadSelection(format) {
 
 // --- hover, panel, decoding -------------------------------------------------------------
 
-function imageLoaded(img, src) {
+async function imageLoaded(img, path) {
+  const src = await imageUrl(path);
   return new Promise((resolve) => {
-    img.onload = () => resolve(true);
-    img.onerror = () => resolve(false);
+    img.onload = () => { release(src); resolve(true); };
+    img.onerror = () => { release(src); resolve(false); };
     img.src = src;
   });
 }
@@ -559,7 +567,7 @@ async function openPanel(view, row) {
   for (const [key, el] of [['latent', 'p-near-mu'], ['map', 'p-near-map']]) {
     $(el).replaceChildren(...near[key].map((r) => {
       const img = document.createElement('img');
-      img.src = meta.inputs ? `/api/rows/${r}/input.png` : `/api/rows/${r}/reconstruction.png`;
+      imageLoaded(img, meta.inputs ? `/api/rows/${r}/input.png` : `/api/rows/${r}/reconstruction.png`);
       img.title = `row ${r}`;
       img.onclick = () => openPanel(view, r);
       return img;
@@ -683,6 +691,22 @@ function wireEvents(view) {
     await recolour(view);
   });
   $('dim').onchange = guarded(() => recolour(view));
+  onCommand(guarded(async (m) => { // from the notebook: select rows, colour by a column
+    if (m.select) {
+      await showSelection(view, m.select);
+      restoreSelection(view);
+    }
+    if (m.colour) {
+      if (m.column && !columnOf(view.meta, m.colour)) {
+        view.meta.columns.push(m.column);
+        $('colour').add(new Option(m.column.name, m.colour));
+      }
+      $('colour').value = m.colour;
+      state.colour = m.colour;
+      $('dim').hidden = state.colour !== 'dim';
+      await recolour(view);
+    }
+  }));
   $('size').oninput = () => { sp.set({ pointSize: Number($('size').value) }); saveHash(sp); };
   $('search').onchange = guarded(async () => {
     const q = $('search').value;
