@@ -19,7 +19,6 @@ import numpy as np
 
 from vaefast.errors import VaefastError
 from vaefast.extras import require
-from vaefast.runtime.engines import DEFAULT_PROVIDERS
 
 require("notebook", "vaefast.explore.widget")
 
@@ -182,19 +181,12 @@ class ExplorerWidget(anywidget.AnyWidget):
 
 
 def widget(
-    model: str | os.PathLike,
-    store: str | os.PathLike,
-    *,
-    providers: str = DEFAULT_PROVIDERS,
-    variant: str = "fp32",
-    precision: str | None = None,
-    max_points: int | None = None,
-    threads: int | None = None,
-    height: int = 640,
+    model: str | os.PathLike, store: str | os.PathLike, *, height: int = 640, **options: Any
 ) -> ExplorerWidget:
     """The explorer of ``store`` (a finished ``vaefast embed`` store of ``model``) as a
-    notebook widget; the options choose the decoding runtime as for :func:`serve`."""
+    notebook widget ``height`` pixels tall; ``options`` (``providers``, ``variant``,
+    ``precision``, ``max_points``, ``threads``) choose the decoding runtime and the rows
+    drawn as for :func:`vaefast.explore.serve`."""
     from vaefast.explore import open_explorer
 
-    explorer = open_explorer(model, store, providers, variant, precision, max_points, threads)
-    return ExplorerWidget(explorer, height)
+    return ExplorerWidget(open_explorer(model, store, **options), height)
