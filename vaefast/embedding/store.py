@@ -338,7 +338,12 @@ def skipped_rows(group) -> dict[int, str]:
 def read_mu(group, rows) -> np.ndarray:
     """μ of ``rows`` (a slice, or sorted row numbers gathered a chunk at a time, never the
     whole array in memory) as float32 [k, D], spatial latents flattened."""
-    mu = group["mu"]
+    return read_rows(group, "mu", rows)
+
+
+def read_rows(group, name: str, rows) -> np.ndarray:
+    """``mu`` or ``logvar`` of ``rows`` as ``read_mu`` reads μ."""
+    mu = group[name]
     if not isinstance(rows, np.ndarray):
         out = np.asarray(mu[rows], np.float32)
         return out.reshape(len(out), -1)

@@ -261,12 +261,15 @@ class Explorer:
     def _csv(self, rows: np.ndarray) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        names = list(self.cols.inputs)
+        cols, names = self.cols, list(self.cols.inputs)
         writer.writerow(["row", "id", "label", *names])
-        for r in rows.tolist():
-            info = self.cols.row(r)
-            own = ["" if info["columns"][c] is None else info["columns"][c] for c in names]
-            writer.writerow([r, info["id"] or "", info["label_name"] or "", *own])
+        for r in rows.tolist():  # what the row's panel says, without reading its latents
+            label = None if cols.labels is None else int(cols.labels[r])
+            own = [cols.inputs[c].value(r) for c in names]
+            writer.writerow(
+                [r, "" if cols.ids is None else str(cols.ids[r]), cols.label_name(label) or ""]
+                + ["" if v is None else v for v in own]
+            )
         return buf.getvalue()
 
     def search(self, request: Request) -> Response:

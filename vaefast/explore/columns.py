@@ -118,10 +118,10 @@ class Columns:
             return self.mu[rows]
         return store.read_mu(self.group, rows)
 
-    def sigma_rows(self, rows: slice) -> np.ndarray:
-        """σ of ``rows`` as float32 [k, Z] (read from the store)."""
-        logvar = np.asarray(self.group["logvar"][rows], np.float32)
-        return np.exp(0.5 * logvar.reshape(len(logvar), -1))
+    def sigma_rows(self, rows) -> np.ndarray:
+        """σ of ``rows`` (a slice or sorted row numbers) as float32 [k, Z] (read from the
+        store a chunk at a time)."""
+        return np.exp(0.5 * store.read_rows(self.group, "logvar", rows))
 
     def label_name(self, label: int | None) -> str | None:
         if label is None or label < 0:

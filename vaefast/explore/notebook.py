@@ -126,9 +126,10 @@ class ExplorerWidget(anywidget.AnyWidget):
         if cols.labels is not None:
             frame["label"] = cols.labels[rows]
             frame["label_name"] = [cols.label_name(int(v)) for v in cols.labels[rows]]
-        mu = cols.mu_rows(rows) if len(rows) else np.zeros((0, cols.z), np.float32)
-        sigma = [cols.sigma_rows(slice(r, r + 1))[0] for r in rows]
-        frame["mu"], frame["sigma"] = list(mu), sigma
+        empty = np.zeros((0, cols.z), np.float32)
+        mu = cols.mu_rows(rows) if len(rows) else empty
+        sigma = cols.sigma_rows(rows) if len(rows) else empty
+        frame["mu"], frame["sigma"] = list(mu), list(sigma)
         for name in cols.maps():
             xy = cols.positions(name)[rows]
             frame[f"{name}_x"], frame[f"{name}_y"] = xy[:, 0], xy[:, 1]
