@@ -607,7 +607,7 @@ def test_the_inputs_columns_are_described_coloured_and_shown_per_row(columned):
     meta = c.get("/api/meta").json()
     assert meta["columns"] == [
         {"name": "caption", "kind": "text"},
-        {"name": "split", "kind": "category", "values": ["test", "train"]},
+        {"name": "split", "kind": "category", "values": ["test", "train"], "missing": 0},
         {"name": "score", "kind": "number", "range": [0.0, 1.0]},
     ]
     n = table.num_rows

@@ -412,6 +412,7 @@ class InputColumn:
             out["range"] = list(self.range)
         elif self.kind == "category":
             out["values"] = self.categories
+            out["missing"] = int((self.codes == len(self.categories)).sum())
         return out
 
 

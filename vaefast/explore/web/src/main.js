@@ -240,7 +240,7 @@ function applyColour(view) {
     const colours = labelColours(count);
     sp.set({ colorBy: 'valueA', pointColor: colours.map((c) => c.rgba) });
     colours.forEach((c, i) => {
-      if (i === count && !column && !meta.unlabelled) return;
+      if (i === count && !(column ? column.missing : meta.unlabelled)) return;
       const name = i < count ? named(i) : (column ? 'no value' : 'no label');
       const item = document.createElement('span');
       item.className = 'swatch';
