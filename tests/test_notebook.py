@@ -175,6 +175,11 @@ def test_the_widget_in_jupyter_draws_and_syncs_the_selection_both_ways(ui, tmp_p
         assert (np.abs(shot - shot[0, 0]).sum(-1) > 60).sum() > 100  # points drawn
 
         box = frame.locator("#map").bounding_box()  # in the page's coordinates
+        x, y = frame.evaluate("vaefastExplorer.scatterplot.getScreenPosition(7)")
+        page.mouse.move(box["x"] + x, box["y"] + y)  # a hover's images, relayed as well
+        frame.wait_for_function("vaefastExplorer.tooltipComplete")
+        assert frame.evaluate("document.querySelector('#tip-recon').naturalWidth") == 28
+        assert frame.evaluate("document.querySelector('#tip-input').naturalWidth") == 28
         cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
         lasso_drag(page, [(cx - 140, cy - 120), (cx + 140, cy - 120), (cx + 140, cy + 120),
                           (cx - 140, cy + 120)])  # fmt: skip
