@@ -320,15 +320,15 @@ def _open_store(job: Job, vae, source: Source, latent_shape, params: dict, force
     return store.open_or_create(
         Path(job.out),
         attrs,
-        source.n,
-        latent_shape,
-        job.chunk_rows,
-        source.labels,
-        params["tsne"],
         force,
-        params["dtype"],
-        source.ids,
-        source.columns,
+        n=source.n,
+        latent_shape=latent_shape,
+        chunk_rows=job.chunk_rows,
+        labels=source.labels,
+        tsne=params["tsne"],
+        dtype=params["dtype"],
+        ids=source.ids,
+        columns=source.columns,
     )
 
 

@@ -177,20 +177,9 @@ def create(
         group.attrs["vaefast"] = {"format": FORMAT, **attrs, "complete": False}
 
 
-def open_or_create(
-    out: Path,
-    attrs: dict[str, Any],
-    n: int,
-    latent_shape: tuple[int, ...],
-    chunk_rows: int,
-    labels=None,
-    tsne: bool = False,
-    force: bool = False,
-    dtype: str = "float32",
-    ids: list[str] | None = None,
-    columns: dict[str, np.ndarray] | None = None,
-):
-    """Reopen the store at ``out`` to resume it, or create it; return the zarr group.
+def open_or_create(out: Path, attrs: dict[str, Any], force: bool = False, **layout: Any):
+    """Reopen the store at ``out`` to resume it, or create it with ``create``'s ``layout``
+    (n, latent_shape, chunk_rows, labels, ...); return the zarr group.
 
     A path holding anything but a vaefast store is never touched; a store started with
     another model, input or parameters is refused, or replaced with ``force``.
@@ -221,19 +210,7 @@ def open_or_create(
             )
         replace = bool(differ)
     if replace or not out.exists():
-        create(
-            out,
-            attrs,
-            n,
-            latent_shape,
-            chunk_rows,
-            labels,
-            tsne,
-            force=replace,
-            dtype=dtype,
-            ids=ids,
-            columns=columns,
-        )
+        create(out, attrs, force=replace, **layout)
     return zarr.open_group(str(out), mode="r+")
 
 
