@@ -400,8 +400,10 @@ def _client(scheduler: str | None, workers: int):
     if scheduler == "local":
         import logging
 
-        # silence_logs: the workers' warnings when an interrupt cancels their tasks are
-        # not the user's business (the CLI says what happened in one line). No dashboard;
+        # silence_logs: what the workers log when an interrupt cancels their tasks and
+        # closes the scheduler under them (warnings, and an ERROR with a traceback when a
+        # heartbeat finds the scheduler gone) is not the user's business: the CLI says
+        # what happened in one line, and a task's own error reaches the client. No dashboard;
         # the scheduler's HTTP server (health, metrics) takes a free loopback port, not
         # 8787, which a second run (or a user's own cluster) holds: distributed warns then.
         # LOCAL_CLUSTER_CONFIG: the cluster shares the machine's cores with its tasks
@@ -414,7 +416,7 @@ def _client(scheduler: str | None, workers: int):
                 processes=True,
                 dashboard_address=None,
                 scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                silence_logs=logging.ERROR,
+                silence_logs=logging.CRITICAL,
             )
             client = Client(cluster)
     elif scheduler.startswith("tcp://"):
