@@ -47,7 +47,8 @@ def fit(impl: str, X: np.ndarray, threads: int) -> dict:
             "kl": tsne.kl_divergence_,
             "affinities_s": tsne.timings_["affinities_s"],
             "optimize_s": tsne.timings_["optimize_s"],
-            "dense_p": tsne.timings_["dense_p"],
+            "p_storage": tsne.timings_["p_storage"],
+            "p_gb": tsne.timings_["p_gb"],
             "pairs_per_s": tsne.timings_["pairs_per_s"],
         }
     if impl in ("openTSNE-bh", "openTSNE-fft"):

@@ -15,6 +15,7 @@ from sklearn.metrics import pairwise_distances
 from tests.helpers import EXPORTED
 from vaefast.errors import VaefastError
 from vaefast.tsne import TSNE, joint_probabilities
+from vaefast.tsne.affinities import STORAGES
 from vaefast.tsne.objective import KLObjective
 
 pytestmark = pytest.mark.slow  # run first: a long file at the end would leave a worker idle
@@ -128,21 +129,47 @@ def test_vectorizable_exp_and_log_match_numpy():
     )
 
 
-def test_implicit_p_equals_dense_p(latent_means):
+def test_every_storage_of_p_holds_the_same_bits(latent_means):
+    """Dense, sparse (the pairs above eps, the rest eps) and recomputed P are one P."""
     dense = joint_probabilities(latent_means, 20.0)
     implicit = joint_probabilities(latent_means, 20.0, max_dense_bytes=0)
-    assert dense.dense and not implicit.dense and implicit.P.size == 0
+    sparse = joint_probabilities(latent_means, 20.0, storage="sparse")
+    assert (dense.storage, sparse.storage, implicit.storage) == STORAGES
+    assert implicit.P.size == 0 and implicit.nbytes == 0
     np.testing.assert_array_equal(implicit.packed(), dense.P)
+    np.testing.assert_array_equal(sparse.packed(), dense.P)
+    above = dense.P > np.float32(np.finfo(np.float64).eps)
+    assert sparse.values.size == np.count_nonzero(above) < dense.P.size
+    assert (np.diff(sparse.indptr) >= 0).all() and sparse.indptr[-1] == sparse.values.size
+
+
+def test_p_is_kept_in_the_first_storage_that_fits_the_budget():
+    """Far-apart clusters leave most pairs at eps: sparse takes a fraction of dense's
+    bytes, and is what a budget between the two gets."""
+    X = clusters(n_per=50, k=6, seed=3)[0]
+    n = len(X)
+    dense_bytes = 2 * n * (n - 1)
+    sparse = joint_probabilities(X, 10.0, storage="sparse")
+    assert sparse.nbytes < dense_bytes / 2
+    for budget, storage in (
+        (dense_bytes, "dense"),
+        (dense_bytes - 1, "sparse"),
+        (sparse.nbytes, "sparse"),
+        (sparse.nbytes - 1, "recomputed"),
+    ):
+        assert joint_probabilities(X, 10.0, max_dense_bytes=budget).storage == storage
+    with pytest.raises(ValueError, match="storage must be one of"):
+        joint_probabilities(X, 10.0, storage="csr")
 
 
 @pytest.mark.parametrize("scale", [1e-4, 1.0, 30.0])
 @pytest.mark.parametrize("exaggeration", [1.0, 12.0])
-@pytest.mark.parametrize("dense", [True, False])
-def test_kl_and_gradient_match_sklearn(latent_means, scale, exaggeration, dense):
+@pytest.mark.parametrize("storage", STORAGES)
+def test_kl_and_gradient_match_sklearn(latent_means, scale, exaggeration, storage):
     X = latent_means[:300]
     n = len(X)
     Y = np.random.default_rng(1).normal(scale=scale, size=(n, 2)).astype(np.float32)
-    aff = joint_probabilities(X, 30.0, max_dense_bytes=1 << 40 if dense else 0)
+    aff = joint_probabilities(X, 30.0, storage=storage)
     kl, grad = KLObjective(aff)(np.ascontiguousarray(Y.T), exaggeration)
     kl_ref, grad_ref = _kl_divergence(Y.ravel(), sklearn_p(X) * exaggeration, 1, n, 2)
     assert kl == pytest.approx(kl_ref, rel=1e-6)
@@ -151,13 +178,13 @@ def test_kl_and_gradient_match_sklearn(latent_means, scale, exaggeration, dense)
 
 
 @pytest.mark.parametrize("scale", [1e-4, 1.0, 30.0])
-@pytest.mark.parametrize("dense", [True, False])
-def test_kl_and_gradient_match_sklearn_in_3d(latent_means, scale, dense):
+@pytest.mark.parametrize("storage", STORAGES)
+def test_kl_and_gradient_match_sklearn_in_3d(latent_means, scale, storage):
     """Three components: scikit-learn's Student-t kernel with 2 degrees of freedom."""
     X = latent_means[:300]
     n = len(X)
     Y = np.random.default_rng(2).normal(scale=scale, size=(n, 3)).astype(np.float32)
-    aff = joint_probabilities(X, 30.0, max_dense_bytes=1 << 40 if dense else 0)
+    aff = joint_probabilities(X, 30.0, storage=storage)
     kl, grad = KLObjective(aff, dims=3)(np.ascontiguousarray(Y.T), 4.0)
     kl_ref, grad_ref = _kl_divergence(Y.ravel(), sklearn_p(X) * 4.0, 2, n, 3)
     assert kl == pytest.approx(kl_ref, rel=1e-6)
@@ -253,6 +280,18 @@ def test_same_seed_is_bit_identical_across_threads_and_runs(latent_means):
         random_state=3, init="random", n_jobs=2, max_iter=300, max_dense_bytes=0
     ).fit_transform(X)
     np.testing.assert_array_equal(runs[0], implicit)
+
+
+def test_a_sparse_p_fits_the_same_map_as_a_dense_one():
+    X = clusters(n_per=50, k=6, seed=3)[0]
+    fits = [
+        TSNE(perplexity=10.0, random_state=3, n_jobs=2, max_iter=300, max_dense_bytes=budget)
+        for budget in (None, 2 * len(X) * (len(X) - 1) - 1)
+    ]
+    maps = [t.fit_transform(X) for t in fits]
+    assert [t.timings_["p_storage"] for t in fits] == ["dense", "sparse"]
+    np.testing.assert_array_equal(maps[0], maps[1])
+    assert fits[0].kl_divergence_ == fits[1].kl_divergence_
 
 
 def test_thread_count_is_restored():

@@ -286,6 +286,47 @@ def joint_packed(XT, beta, sum_p, total, P):
 
 
 @njit(parallel=True, cache=True)
+def joint_sparse_counts(XT, beta, sum_p, total, counts):
+    """counts[i] = how many of row i's pairs (i, j > i) of the joint P lie above its
+    floor eps: the entries ``joint_sparse`` keeps (counts[N - 1] is left as given)."""
+    n = XT.shape[1]
+    floor = np.float32(MACHINE_EPSILON)
+    for part in prange(BUILD_PARTS):
+        dist = np.empty(n, np.float32)
+        acc = np.empty(DIST_BLOCK)
+        row = np.empty(n, np.float32)
+        for i in range(part, n - 1, BUILD_PARTS):
+            out = row[: n - i - 1]
+            _joint_row(XT, i, beta, sum_p, total, dist, acc, out)
+            c = 0
+            for t in range(U64(out.shape[0])):
+                c += out[t] > floor
+            counts[i] = c
+
+
+@njit(parallel=True, cache=True)
+def joint_sparse(XT, beta, sum_p, total, indptr, indices, values):
+    """The joint P's pairs (i, j > i) above its floor eps, row after row: row i's columns
+    (ascending) in indices[indptr[i]:indptr[i + 1]], their p in values (float32, the bits
+    packed P holds). Every other pair is eps: ``_piece`` rebuilds a row from them."""
+    n = XT.shape[1]
+    floor = np.float32(MACHINE_EPSILON)
+    for part in prange(BUILD_PARTS):
+        dist = np.empty(n, np.float32)
+        acc = np.empty(DIST_BLOCK)
+        row = np.empty(n, np.float32)
+        for i in range(part, n - 1, BUILD_PARTS):
+            out = row[: n - i - 1]
+            _joint_row(XT, i, beta, sum_p, total, dist, acc, out)
+            k = indptr[i]
+            for t in range(out.shape[0]):
+                if out[t] > floor:
+                    indices[k] = i + 1 + t
+                    values[k] = out[t]
+                    k += 1
+
+
+@njit(parallel=True, cache=True)
 def joint_packed_from_distances(D, beta, sum_p, total, P):
     """``joint_packed`` from given squared distances D [N, N] (float32)."""
     n = D.shape[0]
@@ -299,20 +340,29 @@ def joint_packed_from_distances(D, beta, sum_p, total, P):
 
 
 @njit(cache=True, inline="always")
-def _piece(P, XT, beta, sum_p, total, i, dist, acc, scratch):
-    """Row i's pairs (i, j > i) of P, indexed j - i - 1: a view of packed P, or computed
-    into scratch."""
+def _piece(P, indptr, indices, values, XT, beta, sum_p, total, i, dist, acc, scratch):
+    """Row i's pairs (i, j > i) of P, indexed j - i - 1: a view of packed P, or built into
+    scratch from the sparse pairs (eps, then the kept ones), or recomputed into it. All
+    three give the same bits."""
     n = beta.shape[0]
     if P.shape[0] > 0:
         start = packed_start(i, n)
         return P[start : start + n - i - 1]
     out = scratch[: n - i - 1]
+    if indptr.shape[0] > 0:
+        floor = np.float32(MACHINE_EPSILON)
+        for t in range(U64(out.shape[0])):
+            out[t] = floor
+        first = U64(i + 1)
+        for k in range(U64(indptr[i]), U64(indptr[i + 1])):
+            out[U64(indices[k]) - first] = values[k]
+        return out
     _joint_row(XT, i, beta, sum_p, total, dist, acc, out)
     return out
 
 
 @njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
-def p_log_p(P, XT, beta, sum_p, total, out):
+def p_log_p(P, indptr, indices, values, XT, beta, sum_p, total, out):
     """Partial sums over pairs j != i of p and of p log p, one per row set into
     out [2, BUILD_PARTS] (the constant parts of the KL)."""
     n = beta.shape[0]
@@ -323,7 +373,7 @@ def p_log_p(P, XT, beta, sum_p, total, out):
         s = 0.0
         t = 0.0
         for i in range(part, n - 1, BUILD_PARTS):
-            seg = _piece(P, XT, beta, sum_p, total, i, dist, acc, scratch)
+            seg = _piece(P, indptr, indices, values, XT, beta, sum_p, total, i, dist, acc, scratch)
             for k in range(U64(seg.shape[0])):
                 p = np.float64(seg[k])
                 s += p
@@ -332,8 +382,8 @@ def p_log_p(P, XT, beta, sum_p, total, out):
         out[1, part] = 2.0 * t
 
 
-def p_sums(P, XT, beta, sum_p, total) -> tuple[float, float]:
+def p_sums(P, indptr, indices, values, XT, beta, sum_p, total) -> tuple[float, float]:
     """(sum of p, sum of p log p) over pairs j != i: the constant parts of the KL."""
     out = np.empty((2, BUILD_PARTS))
-    p_log_p(P, XT, beta, sum_p, total, out)
+    p_log_p(P, indptr, indices, values, XT, beta, sum_p, total, out)
     return float(np.sum(out[0])), float(np.sum(out[1]))

@@ -18,6 +18,7 @@ from vaefast.tsne._affinity_kernels import (
     DIST_BLOCK,
     FAST,
     FLUSH_ROWS,
+    MACHINE_EPSILON,
     ROW_CHUNK,
     U64,
     _piece,
@@ -78,13 +79,14 @@ def _pair_row(y0, y1, p, i, stop, c0, c1, c2, c3):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
-def _pair_block(y0, y1, pa, pb, pc, a, out, c0, c1, c2, c3):
+def _pair_block(y0, y1, pa, pb, pc, a, lo, hi, out, c0, c1, c2, c3):
     """``_pair_row`` for the three rows a, a + 1, a + 2 at once over the columns
-    j > a + 2 (row r's p indexed j - r - 1): each column's coordinates and buffers are
-    loaded and stored once for three rows, which leaves the loop bound by arithmetic
-    (~15 float32 operations a pair; four rows run out of vector registers and measured
-    5-8% slower). Adds the 5 sums of each row, in row order, to out [15]."""
-    n = y0.shape[0]
+    lo <= j < hi, lo = a + 3 + a multiple of ROW_CHUNK (row r's p indexed j - r - 1):
+    each column's coordinates and buffers are loaded and stored once for three rows,
+    which leaves the loop bound by arithmetic (~15 float32 operations a pair; four rows
+    run out of vector registers and measured 5-8% slower). Adds the 5 sums of each row,
+    in row order, to out [15] every ROW_CHUNK columns: the same bits whether the columns
+    come in one call or chunk by chunk."""
     one = np.float32(1.0)
     a0 = y0[a]
     a1 = y1[a]
@@ -95,7 +97,7 @@ def _pair_block(y0, y1, pa, pb, pc, a, out, c0, c1, c2, c3):
     fa = U64(a + 1)
     fb = U64(a + 2)
     fc = U64(a + 3)
-    for start in range(a + 3, n, ROW_CHUNK):
+    for start in range(lo, hi, ROW_CHUNK):
         aw = np.float32(0.0)
         ax = np.float32(0.0)
         ay = np.float32(0.0)
@@ -111,7 +113,7 @@ def _pair_block(y0, y1, pa, pb, pc, a, out, c0, c1, c2, c3):
         cy = np.float32(0.0)
         cu = np.float32(0.0)
         cv = np.float32(0.0)
-        for j in range(U64(start), U64(min(start + ROW_CHUNK, n))):
+        for j in range(U64(start), U64(min(start + ROW_CHUNK, hi))):
             x0 = y0[j]
             x1 = y1[j]
             e0 = a0 - x0
@@ -292,6 +294,21 @@ def gradient_workspace(n: int, dims: int = 2) -> tuple:
 
 
 @njit(cache=True, inline="always")
+def _segment(indices, values, k, end, i, lo, hi, out):
+    """Row i's p over the columns lo <= j < hi into out[j - i - 1], from its sparse pairs
+    (``joint_sparse``): eps, then the kept pairs from entry k on; returns the entry after
+    the last one used (entries end at ``end``)."""
+    first = U64(i + 1)
+    floor = np.float32(MACHINE_EPSILON)
+    for t in range(U64(lo) - first, U64(hi) - first):
+        out[t] = floor
+    stop = k + np.searchsorted(indices[k:end], hi)  # the first entry at or past hi
+    for e in range(U64(k), U64(stop)):
+        out[U64(indices[e]) - first] = values[e]
+    return stop
+
+
+@njit(cache=True, inline="always")
 def _row_sums(Y, p, i, stop, c32, rows):
     """rows[:5, i] = row i's sums over the columns i < j < stop (2-D)."""
     s, a0, a1, r0, r1 = _pair_row(Y[0], Y[1], p, i, stop, c32[0], c32[1], c32[2], c32[3])
@@ -304,27 +321,45 @@ def _row_sums(Y, p, i, stop, c32, rows):
 
 @njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
 def gradient(
-    Y, P, XT, beta, sum_p, total, exaggeration, scale, with_kl, col32, col64, rows, grad, kl_rows
+    Y,
+    P,
+    indptr,
+    indices,
+    values,
+    XT,
+    beta,
+    sum_p,
+    total,
+    exaggeration,
+    scale,
+    with_kl,
+    col32,
+    col64,
+    rows,
+    grad,
+    kl_rows,
 ):
     """The exact gradient (and KL terms when asked) at the embedding Y [dims, N] float32
     (dims 2: Cauchy kernel; 3: scikit-learn's Student-t with 2 degrees of freedom), from
-    packed P or, when P is empty, from P's pairs recomputed on the fly; returns Z, the
-    sum of the kernel.
+    packed P, or its pairs above eps (indptr, indices, values: ``joint_sparse``), or,
+    when both are empty, P's pairs recomputed on the fly; returns Z, the sum of the
+    kernel.
 
     Each unordered pair is computed once. Rows are split into a fixed number of sets
     (``units``, not the thread count) of interleaved blocks of GROUP rows; in 2-D a
     block's rows go through the columns together. A set's rows add their pairs' shares
     of the other rows to the set's own column buffers (float32, added to float64 every
     FLUSH_ROWS rows), and the sets' sums are added in set order: bit-identical results for
-    any thread count, stored P or recomputed. Fills grad (float32, as scikit-learn's) =
-    scale (exaggeration attr - rep / Z) with attr_i = sum_j p_ij w_ij (y_i - y_j), rep_i =
-    sum_j w_ij^2 (y_i - y_j) (scale: 4 in 2-D, 3 in 3-D) and, with_kl, kl_rows
-    (sum_j -p_ij log w_ij).
+    any thread count, P stored, sparse or recomputed. Fills grad (float32, as
+    scikit-learn's) = scale (exaggeration attr - rep / Z) with attr_i = sum_j p_ij w_ij
+    (y_i - y_j), rep_i = sum_j w_ij^2 (y_i - y_j) (scale: 4 in 2-D, 3 in 3-D) and,
+    with_kl, kl_rows (sum_j -p_ij log w_ij).
     """
     dims, n = Y.shape
     u_count = col32.shape[0]
     kl = 2 * dims + 1
     blocks = (n + GROUP - 1) // GROUP
+    chunked = P.shape[0] == 0 and indptr.shape[0] > 0
     for u in prange(u_count):
         c32 = col32[u]
         c64 = col64[u]
@@ -339,15 +374,49 @@ def gradient(
         low = u * GROUP  # columns past the first row of the batch hold its terms
         for blk in range(u, blocks, u_count):  # the set's blocks of GROUP rows
             r = blk * GROUP
-            if dims == 2 and r + GROUP <= n:
-                pa = _piece(P, XT, beta, sum_p, total, r, dist, acc, scratch[0])
-                pb = _piece(P, XT, beta, sum_p, total, r + 1, dist, acc, scratch[1])
-                pc = _piece(P, XT, beta, sum_p, total, r + 2, dist, acc, scratch[2])
+            if dims == 2 and r + GROUP <= n and chunked and not with_kl:
+                # sparse P: each row's pieces built ROW_CHUNK columns at a time, in L1,
+                # just before the block's arithmetic reads them
+                pa = scratch[0]
+                pb = scratch[1]
+                pc = scratch[2]
+                ka = _segment(indices, values, indptr[r], indptr[r + 1], r, r + 1, r + 3, pa)
+                kb = _segment(
+                    indices, values, indptr[r + 1], indptr[r + 2], r + 1, r + 2, r + 3, pb
+                )
+                kc = indptr[r + 2]
                 _row_sums(Y, pa, r, r + GROUP, c32, rows)  # pairs inside the block
                 _row_sums(Y, pb, r + 1, r + GROUP, c32, rows)
                 rows[:5, r + 2] = 0.0
                 block[:] = 0.0
-                _pair_block(Y[0], Y[1], pa, pb, pc, r, block, c32[0], c32[1], c32[2], c32[3])
+                for lo in range(r + 3, n, ROW_CHUNK):
+                    hi = min(lo + ROW_CHUNK, n)
+                    ka = _segment(indices, values, ka, indptr[r + 1], r, lo, hi, pa)
+                    kb = _segment(indices, values, kb, indptr[r + 2], r + 1, lo, hi, pb)
+                    kc = _segment(indices, values, kc, indptr[r + 3], r + 2, lo, hi, pc)
+                    _pair_block(
+                        Y[0], Y[1], pa, pb, pc, r, lo, hi, block, c32[0], c32[1], c32[2], c32[3]
+                    )
+                for g in range(GROUP):
+                    for k in range(5):
+                        rows[k, r + g] += block[5 * g + k]
+            elif dims == 2 and r + GROUP <= n:
+                pa = _piece(
+                    P, indptr, indices, values, XT, beta, sum_p, total, r, dist, acc, scratch[0]
+                )
+                pb = _piece(
+                    P, indptr, indices, values, XT, beta, sum_p, total, r + 1, dist, acc, scratch[1]
+                )
+                pc = _piece(
+                    P, indptr, indices, values, XT, beta, sum_p, total, r + 2, dist, acc, scratch[2]
+                )
+                _row_sums(Y, pa, r, r + GROUP, c32, rows)  # pairs inside the block
+                _row_sums(Y, pb, r + 1, r + GROUP, c32, rows)
+                rows[:5, r + 2] = 0.0
+                block[:] = 0.0
+                _pair_block(
+                    Y[0], Y[1], pa, pb, pc, r, r + 3, n, block, c32[0], c32[1], c32[2], c32[3]
+                )
                 for g in range(GROUP):
                     for k in range(5):
                         rows[k, r + g] += block[5 * g + k]
@@ -357,7 +426,9 @@ def gradient(
                     rows[kl, r + 2] = _kl_row(Y, pc, r + 2)
             else:  # 3-D, or the last, short block
                 for i in range(r, min(r + GROUP, n)):
-                    p = _piece(P, XT, beta, sum_p, total, i, dist, acc, scratch[0])
+                    p = _piece(
+                        P, indptr, indices, values, XT, beta, sum_p, total, i, dist, acc, scratch[0]
+                    )
                     if dims == 2:
                         _row_sums(Y, p, i, n, c32, rows)
                     else:

@@ -27,6 +27,8 @@ CONTRACT = {
         "joint_packed",
         "joint_packed_from_distances",
         "joint_packed_in_place",
+        "joint_sparse_counts",
+        "joint_sparse",
     ),
     "objective": ("gradient_workspace", "p_sums", "gradient"),
     "optimizer": ("descent_update",),

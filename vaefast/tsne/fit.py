@@ -25,7 +25,8 @@ from vaefast.tsne.threads import ThreadPolicy
 class Fit:
     """A finished run: ``embedding`` [N, n_components] float32, its KL, the index of the
     last iteration (as scikit-learn counts), the optimizer's state ``Y`` [dims, N] and
-    ``timings`` (optimize_s, iterations, dense_p, pairs_per_s, iterations_by_threads)."""
+    ``timings`` (optimize_s, iterations, p_storage, p_gb, pairs_per_s,
+    iterations_by_threads)."""
 
     embedding: np.ndarray
     kl: float
@@ -109,7 +110,8 @@ def fit_embedding(
     timings = {
         "optimize_s": seconds,
         "iterations": iterations,
-        "dense_p": affinities.dense,
+        "p_storage": affinities.storage,
+        "p_gb": affinities.nbytes / 1e9,
         "pairs_per_s": n * (n - 1) * iterations / max(seconds, 1e-12),
         "iterations_by_threads": dict(policy.history),
     }

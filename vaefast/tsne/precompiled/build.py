@@ -35,7 +35,7 @@ def _name(kernel) -> str:
 
 def run_paths() -> None:
     """Every public t-SNE path once, small: fits in 2-D and 3-D from few and many
-    features, stored and recomputed P, precomputed distances, both placements."""
+    features, dense, sparse and recomputed P, precomputed distances, both placements."""
     import numpy as np
 
     from vaefast.tsne import TSNE, map_points
@@ -48,6 +48,11 @@ def run_paths() -> None:
         for dims in (2, 3):
             for budget in (None, 0):
                 TSNE(dims, perplexity=10, max_iter=260, max_dense_bytes=budget).fit(X)
+        # far-apart clusters: most pairs at eps, so a sparse P fits where a dense one not
+        C = (X + np.repeat(rng.normal(scale=50.0, size=(4, features)), 30, axis=0)).astype(
+            np.float32
+        )
+        TSNE(perplexity=10, max_iter=260, max_dense_bytes=2 * 120 * 119 - 1).fit(C)
         D = ((X[:, None] - X[None]) ** 2).sum(-1)
         TSNE(perplexity=10, max_iter=260, metric="precomputed", init="random").fit(D)
         for method in PLACEMENTS:
