@@ -1,7 +1,8 @@
 """Large-N t-SNE in its own process: one fit, its time, KL and the process's peak RSS.
 
-``python -m benchmarks.tsne_large IMPL N THREADS`` prints one JSON line. IMPL is
-``vaefast``, ``openTSNE-bh`` or ``openTSNE-fft``. The data are N latent means of the
+``python -m benchmarks.tsne_large IMPL N THREADS [MAX_DENSE_BYTES]`` prints one JSON line.
+IMPL is ``vaefast``, ``openTSNE-bh`` or ``openTSNE-fft``; MAX_DENSE_BYTES caps vaefast's P
+(e.g. 4e9 keeps N = 50,000 sparse). The data are N latent means of the
 shipped z20 encoder on mnist5k digits shifted by up to 2 pixels with Gaussian pixel
 noise (sigma 0.05), seeded: real VAE means at sizes the 5,000 digits alone do not
 reach. Encoding is not timed; for vaefast a fit of 300 points first loads the Numba
@@ -34,14 +35,14 @@ def augmented_means(n: int, seed: int = 0) -> np.ndarray:
     return vae.encode(batch.reshape(n, -1).astype(np.float32))[0]
 
 
-def fit(impl: str, X: np.ndarray, threads: int) -> dict:
+def fit(impl: str, X: np.ndarray, threads: int, max_dense_bytes: int | None = None) -> dict:
     """Fit one implementation; seconds, KL and (vaefast) its phase times."""
     if impl == "vaefast":
         from vaefast.tsne import TSNE
 
         TSNE(random_state=0, n_jobs=threads).fit(X[:300])
         t0 = time.perf_counter()
-        tsne = TSNE(random_state=0, n_jobs=threads).fit(X)
+        tsne = TSNE(random_state=0, n_jobs=threads, max_dense_bytes=max_dense_bytes).fit(X)
         return {
             "seconds": time.perf_counter() - t0,
             "kl": tsne.kl_divergence_,
@@ -68,7 +69,7 @@ def fit(impl: str, X: np.ndarray, threads: int) -> dict:
 def main(argv: list[str]) -> None:
     impl, n, threads = argv[0], int(argv[1]), int(argv[2])
     X = augmented_means(n)
-    out = fit(impl, X, threads)
+    out = fit(impl, X, threads, int(float(argv[3])) if len(argv) > 3 else None)
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print(json.dumps(out), flush=True)
 
