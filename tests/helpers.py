@@ -66,8 +66,10 @@ def embed_killed_midway(
     """Start `vaefast embed ARGS`, and once some, but not all, chunks of ``store`` are
     done at ``stage`` (encoded, or placed on the t-SNE map) send it ``sig`` (default
     SIGKILL). Returns its exit status and the processes it had started (psutil, taken
-    just before the signal), to check that none is left."""
-    import os
+    just before the signal), to check that none is left. A run that ends before the poll
+    sees it midway (a busy machine can starve the poll) starts again on a fresh store,
+    up to three times; one that fails is returned as it ended."""
+    import shutil
     import signal
     import time
 
@@ -82,23 +84,28 @@ def embed_killed_midway(
         "sys.argv = ['vaefast', *sys.argv[1:]];"
         "runpy.run_module('vaefast.cli', run_name='__main__')"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", start, "embed", *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            done = zarr.open_group(str(store), mode="r")[f"_progress/{stage}"][:]
-            if 2 <= done.sum() < len(done):
-                break
-        except Exception:  # the store does not exist yet
-            pass
-        time.sleep(0.02)
-    children = psutil.Process(proc.pid).children(recursive=True)
-    os.kill(proc.pid, signal.SIGKILL if sig is None else sig)
+    for _ in range(3):  # a run may finish before the poll sees it midway: again
+        proc = subprocess.Popen(
+            [sys.executable, "-c", start, "embed", *args],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.time() + timeout
+        midway = False
+        while not midway and proc.poll() is None and time.time() < deadline:
+            try:
+                done = zarr.open_group(str(store), mode="r")[f"_progress/{stage}"][:]
+                midway = 2 <= done.sum() < len(done)
+            except Exception:  # the store does not exist yet
+                pass
+            time.sleep(0.02)
+        if midway or proc.poll() is None or proc.returncode != 0:
+            break
+        proc.communicate()
+        shutil.rmtree(store, ignore_errors=True)
+    children = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+    proc.send_signal(signal.SIGKILL if sig is None else sig)  # not once it has been reaped
     try:  # a leftover process would hold the pipe open: read for a while only
         embed_killed_midway.stderr = proc.communicate(timeout=10)[1].decode()
     except subprocess.TimeoutExpired:

@@ -319,6 +319,60 @@ def _row_sums(Y, p, i, stop, c32, rows):
     rows[4, i] = r1
 
 
+@njit(cache=True, inline="always")
+def _row_sums_3d(Y, p, i, c32, rows):
+    """rows[:7, i] = row i's sums over the columns j > i (3-D)."""
+    s, a0, a1, a2, r0, r1, r2 = _pair_row_3d(
+        Y[0], Y[1], Y[2], p, i, c32[0], c32[1], c32[2], c32[3], c32[4], c32[5]
+    )
+    rows[0, i] = s
+    rows[1, i] = a0
+    rows[2, i] = a1
+    rows[3, i] = a2
+    rows[4, i] = r0
+    rows[5, i] = r1
+    rows[6, i] = r2
+
+
+@njit(cache=True, inline="always")
+def _group_start(Y, pa, pb, r, c32, rows, block):
+    """The pairs inside the block of rows r, r + 1, r + 2 (2-D); the block's sums <- 0."""
+    _row_sums(Y, pa, r, r + GROUP, c32, rows)
+    _row_sums(Y, pb, r + 1, r + GROUP, c32, rows)
+    rows[:5, r + 2] = 0.0
+    block[:] = 0.0
+
+
+@njit(cache=True, inline="always")
+def _group_end(r, rows, block):
+    """Adds the block's sums (``_pair_block``) to its rows'."""
+    for g in range(GROUP):
+        for k in range(5):
+            rows[k, r + g] += block[5 * g + k]
+
+
+@njit(cache=True, inline="always")
+def _sparse_group(Y, indptr, indices, values, r, scratch, c32, rows, block):
+    """The block of rows r, r + 1, r + 2 (2-D) from sparse P: each row's p built
+    ROW_CHUNK columns at a time into scratch, in L1, just before the block's arithmetic
+    reads them (the same bits as from whole rows)."""
+    n = Y.shape[1]
+    pa = scratch[0]
+    pb = scratch[1]
+    pc = scratch[2]
+    ka = _segment(indices, values, indptr[r], indptr[r + 1], r, r + 1, r + 3, pa)
+    kb = _segment(indices, values, indptr[r + 1], indptr[r + 2], r + 1, r + 2, r + 3, pb)
+    kc = indptr[r + 2]
+    _group_start(Y, pa, pb, r, c32, rows, block)
+    for lo in range(r + 3, n, ROW_CHUNK):
+        hi = min(lo + ROW_CHUNK, n)
+        ka = _segment(indices, values, ka, indptr[r + 1], r, lo, hi, pa)
+        kb = _segment(indices, values, kb, indptr[r + 2], r + 1, lo, hi, pb)
+        kc = _segment(indices, values, kc, indptr[r + 3], r + 2, lo, hi, pc)
+        _pair_block(Y[0], Y[1], pa, pb, pc, r, lo, hi, block, c32[0], c32[1], c32[2], c32[3])
+    _group_end(r, rows, block)
+
+
 @njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
 def gradient(
     Y,
@@ -375,31 +429,7 @@ def gradient(
         for blk in range(u, blocks, u_count):  # the set's blocks of GROUP rows
             r = blk * GROUP
             if dims == 2 and r + GROUP <= n and chunked and not with_kl:
-                # sparse P: each row's pieces built ROW_CHUNK columns at a time, in L1,
-                # just before the block's arithmetic reads them
-                pa = scratch[0]
-                pb = scratch[1]
-                pc = scratch[2]
-                ka = _segment(indices, values, indptr[r], indptr[r + 1], r, r + 1, r + 3, pa)
-                kb = _segment(
-                    indices, values, indptr[r + 1], indptr[r + 2], r + 1, r + 2, r + 3, pb
-                )
-                kc = indptr[r + 2]
-                _row_sums(Y, pa, r, r + GROUP, c32, rows)  # pairs inside the block
-                _row_sums(Y, pb, r + 1, r + GROUP, c32, rows)
-                rows[:5, r + 2] = 0.0
-                block[:] = 0.0
-                for lo in range(r + 3, n, ROW_CHUNK):
-                    hi = min(lo + ROW_CHUNK, n)
-                    ka = _segment(indices, values, ka, indptr[r + 1], r, lo, hi, pa)
-                    kb = _segment(indices, values, kb, indptr[r + 2], r + 1, lo, hi, pb)
-                    kc = _segment(indices, values, kc, indptr[r + 3], r + 2, lo, hi, pc)
-                    _pair_block(
-                        Y[0], Y[1], pa, pb, pc, r, lo, hi, block, c32[0], c32[1], c32[2], c32[3]
-                    )
-                for g in range(GROUP):
-                    for k in range(5):
-                        rows[k, r + g] += block[5 * g + k]
+                _sparse_group(Y, indptr, indices, values, r, scratch, c32, rows, block)
             elif dims == 2 and r + GROUP <= n:
                 pa = _piece(
                     P, indptr, indices, values, XT, beta, sum_p, total, r, dist, acc, scratch[0]
@@ -410,16 +440,11 @@ def gradient(
                 pc = _piece(
                     P, indptr, indices, values, XT, beta, sum_p, total, r + 2, dist, acc, scratch[2]
                 )
-                _row_sums(Y, pa, r, r + GROUP, c32, rows)  # pairs inside the block
-                _row_sums(Y, pb, r + 1, r + GROUP, c32, rows)
-                rows[:5, r + 2] = 0.0
-                block[:] = 0.0
+                _group_start(Y, pa, pb, r, c32, rows, block)
                 _pair_block(
                     Y[0], Y[1], pa, pb, pc, r, r + 3, n, block, c32[0], c32[1], c32[2], c32[3]
                 )
-                for g in range(GROUP):
-                    for k in range(5):
-                        rows[k, r + g] += block[5 * g + k]
+                _group_end(r, rows, block)
                 if with_kl:
                     rows[kl, r] = _kl_row(Y, pa, r)
                     rows[kl, r + 1] = _kl_row(Y, pb, r + 1)
@@ -432,16 +457,7 @@ def gradient(
                     if dims == 2:
                         _row_sums(Y, p, i, n, c32, rows)
                     else:
-                        s, a0, a1, a2, r0, r1, r2 = _pair_row_3d(
-                            Y[0], Y[1], Y[2], p, i, c32[0], c32[1], c32[2], c32[3], c32[4], c32[5]
-                        )
-                        rows[0, i] = s
-                        rows[1, i] = a0
-                        rows[2, i] = a1
-                        rows[3, i] = a2
-                        rows[4, i] = r0
-                        rows[5, i] = r1
-                        rows[6, i] = r2
+                        _row_sums_3d(Y, p, i, c32, rows)
                     if with_kl:
                         rows[kl, i] = _kl_row(Y, p, i)
             batch += GROUP
