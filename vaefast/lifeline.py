@@ -1,8 +1,9 @@
 """Processes vaefast starts end with the process that started them, however it ends.
 
-A worker (an image decoder, a Dask worker of a LocalCluster) calls ``die_with_parent``
-first thing. On Linux it asks the kernel for SIGKILL when its parent ends
-(``PR_SET_PDEATHSIG``: immediate, even when the parent was SIGKILLed); everywhere, a
+An image decoder worker calls ``die_with_parent`` first thing (a LocalCluster's Dask
+workers end through distributed's own machinery; the lifeline tests stop a run of each
+kind and look for leftovers). On Linux it asks the kernel for SIGKILL when its parent
+ends (``PR_SET_PDEATHSIG``: immediate, even when the parent was SIGKILLed); everywhere, a
 daemon thread watches the parent's pid and exits the worker within ``POLL_S`` once it is
 gone (the kernel's signal follows the parent *thread* that forked, so the watcher is
 what covers a worker forked from a thread that has ended since).
