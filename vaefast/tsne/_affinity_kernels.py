@@ -340,6 +340,21 @@ def joint_packed_from_distances(D, beta, sum_p, total, P):
 
 
 @njit(cache=True, inline="always")
+def _segment(indices, values, k, end, i, lo, hi, out):
+    """Row i's p over the columns lo <= j < hi into out[j - i - 1], from its sparse pairs
+    (``joint_sparse``): eps, then the kept pairs from entry k on; returns the entry after
+    the last one used (entries end at ``end``)."""
+    first = U64(i + 1)
+    floor = np.float32(MACHINE_EPSILON)
+    for t in range(U64(lo) - first, U64(hi) - first):
+        out[t] = floor
+    stop = k + np.searchsorted(indices[k:end], hi)  # the first entry at or past hi
+    for e in range(U64(k), U64(stop)):
+        out[U64(indices[e]) - first] = values[e]
+    return stop
+
+
+@njit(cache=True, inline="always")
 def _piece(P, indptr, indices, values, XT, beta, sum_p, total, i, dist, acc, scratch):
     """Row i's pairs (i, j > i) of P, indexed j - i - 1: a view of packed P, or built into
     scratch from the sparse pairs (eps, then the kept ones), or recomputed into it. All
@@ -350,12 +365,7 @@ def _piece(P, indptr, indices, values, XT, beta, sum_p, total, i, dist, acc, scr
         return P[start : start + n - i - 1]
     out = scratch[: n - i - 1]
     if indptr.shape[0] > 0:
-        floor = np.float32(MACHINE_EPSILON)
-        for t in range(U64(out.shape[0])):
-            out[t] = floor
-        first = U64(i + 1)
-        for k in range(U64(indptr[i]), U64(indptr[i + 1])):
-            out[U64(indices[k]) - first] = values[k]
+        _segment(indices, values, indptr[i], indptr[i + 1], i, i + 1, n, out)
         return out
     _joint_row(XT, i, beta, sum_p, total, dist, acc, out)
     return out

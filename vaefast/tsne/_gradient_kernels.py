@@ -18,10 +18,10 @@ from vaefast.tsne._affinity_kernels import (
     DIST_BLOCK,
     FAST,
     FLUSH_ROWS,
-    MACHINE_EPSILON,
     ROW_CHUNK,
     U64,
     _piece,
+    _segment,
     units,
 )
 
@@ -291,21 +291,6 @@ def gradient_workspace(n: int, dims: int = 2) -> tuple:
         np.zeros((u, 2 * dims, n)),
         np.zeros((2 * dims + 2, n)),
     )
-
-
-@njit(cache=True, inline="always")
-def _segment(indices, values, k, end, i, lo, hi, out):
-    """Row i's p over the columns lo <= j < hi into out[j - i - 1], from its sparse pairs
-    (``joint_sparse``): eps, then the kept pairs from entry k on; returns the entry after
-    the last one used (entries end at ``end``)."""
-    first = U64(i + 1)
-    floor = np.float32(MACHINE_EPSILON)
-    for t in range(U64(lo) - first, U64(hi) - first):
-        out[t] = floor
-    stop = k + np.searchsorted(indices[k:end], hi)  # the first entry at or past hi
-    for e in range(U64(k), U64(stop)):
-        out[U64(indices[e]) - first] = values[e]
-    return stop
 
 
 @njit(cache=True, inline="always")
