@@ -164,6 +164,15 @@ def test_the_widget_in_jupyter_draws_and_syncs_the_selection_both_ways(ui, tmp_p
     )
     with jupyterlab(tmp_path) as (url, token), headless_chromium() as browser:
         page = browser.new_page(viewport={"width": 1300, "height": 900})
+        # a modal of Jupyter's own once blocked the first cell's click under a loaded
+        # suite: cancelled (Escape) and its text printed, shown if the test then fails
+        page.add_locator_handler(
+            page.locator(".jp-Dialog"),
+            lambda dialog: (
+                print("Jupyter's dialog, cancelled:", dialog.inner_text()),
+                page.keyboard.press("Escape"),
+            ),
+        )
         page.goto(f"{url}/{ui}/explore.ipynb?token={token}")
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
         _run_cell(page, 0)
