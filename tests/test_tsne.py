@@ -15,6 +15,7 @@ from sklearn.metrics import pairwise_distances
 from tests.helpers import EXPORTED
 from vaefast.errors import VaefastError
 from vaefast.tsne import TSNE, joint_probabilities
+from vaefast.tsne import affinities
 from vaefast.tsne.affinities import STORAGES
 from vaefast.tsne.objective import KLObjective
 
@@ -140,12 +141,13 @@ def test_every_storage_of_p_holds_the_same_bits(latent_means):
     np.testing.assert_array_equal(sparse.packed(), dense.P)
     above = dense.P > np.float32(np.finfo(np.float64).eps)
     assert sparse.values.size == np.count_nonzero(above) < dense.P.size
-    assert (np.diff(sparse.indptr) >= 0).all() and sparse.indptr[-1] == sparse.values.size
+    assert (np.diff(sparse.starts[0]) >= 0).all() and sparse.starts[0, -1] == sparse.values.size
 
 
-def test_p_is_kept_in_the_first_storage_that_fits_the_budget():
+def test_p_is_kept_in_the_first_storage_that_fits_the_budget(monkeypatch):
     """Far-apart clusters leave most pairs at eps: sparse takes a fraction of dense's
-    bytes, and is what a budget between the two gets."""
+    bytes, and is what a budget between the two gets; a packed P above the size from
+    which sparse is faster (AVX-512) is kept sparse whatever the budget."""
     X = clusters(n_per=50, k=6, seed=3)[0]
     n = len(X)
     dense_bytes = 2 * n * (n - 1)
@@ -158,6 +160,8 @@ def test_p_is_kept_in_the_first_storage_that_fits_the_budget():
         (sparse.nbytes - 1, "recomputed"),
     ):
         assert joint_probabilities(X, 10.0, max_dense_bytes=budget).storage == storage
+    monkeypatch.setattr(affinities, "sparse_from_bytes", lambda: dense_bytes - 1)
+    assert joint_probabilities(X, 10.0, max_dense_bytes=10 * dense_bytes).storage == "sparse"
     with pytest.raises(ValueError, match="storage must be one of"):
         joint_probabilities(X, 10.0, storage="csr")
 

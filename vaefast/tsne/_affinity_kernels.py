@@ -15,6 +15,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from vaefast.tsne._simd import LANES, bits16, expand, popcount, splat, store, store_first
 from vaefast.tsne._vecmath import (
     EXP_COARSE_ERROR,
     exp_nonpositive,
@@ -305,10 +306,11 @@ def joint_sparse_counts(XT, beta, sum_p, total, counts):
 
 
 @njit(parallel=True, cache=True)
-def joint_sparse(XT, beta, sum_p, total, indptr, indices, values):
-    """The joint P's pairs (i, j > i) above its floor eps, row after row: row i's columns
-    (ascending) in indices[indptr[i]:indptr[i + 1]], their p in values (float32, the bits
-    packed P holds). Every other pair is eps: ``_piece`` rebuilds a row from them."""
+def joint_sparse(XT, beta, sum_p, total, starts, mask, values):
+    """The joint P's pairs (i, j > i) above its floor eps, row after row: row i's bits
+    (pair (i, j) at bit j - i - 1) from byte starts[1, i] of mask, set where a pair is
+    kept, and its kept p (columns ascending; float32, the bits packed P holds) from
+    values[starts[0, i]] on. Every other pair is eps: ``_piece`` rebuilds a row."""
     n = XT.shape[1]
     floor = np.float32(MACHINE_EPSILON)
     for part in prange(BUILD_PARTS):
@@ -318,12 +320,17 @@ def joint_sparse(XT, beta, sum_p, total, indptr, indices, values):
         for i in range(part, n - 1, BUILD_PARTS):
             out = row[: n - i - 1]
             _joint_row(XT, i, beta, sum_p, total, dist, acc, out)
-            k = indptr[i]
-            for t in range(out.shape[0]):
-                if out[t] > floor:
-                    indices[k] = i + 1 + t
-                    values[k] = out[t]
-                    k += 1
+            k = starts[0, i]
+            byte = starts[1, i]
+            for t0 in range(0, out.shape[0], 8):
+                bits = 0
+                for t in range(t0, min(t0 + 8, out.shape[0])):
+                    if out[t] > floor:
+                        bits |= 1 << (t - t0)
+                        values[k] = out[t]
+                        k += 1
+                mask[byte] = bits
+                byte += 1
 
 
 @njit(parallel=True, cache=True)
@@ -340,22 +347,29 @@ def joint_packed_from_distances(D, beta, sum_p, total, P):
 
 
 @njit(cache=True, inline="always")
-def _segment(indices, values, k, end, i, lo, hi, out):
+def _segment(mask, values, k, bit, i, lo, hi, out):
     """Row i's p over the columns lo <= j < hi into out[j - i - 1], from its sparse pairs
-    (``joint_sparse``): eps, then the kept pairs from entry k on; returns the entry after
-    the last one used (entries end at ``end``)."""
-    first = U64(i + 1)
-    floor = np.float32(MACHINE_EPSILON)
-    for t in range(U64(lo) - first, U64(hi) - first):
-        out[t] = floor
-    stop = k + np.searchsorted(indices[k:end], hi)  # the first entry at or past hi
-    for e in range(U64(k), U64(stop)):
-        out[U64(indices[e]) - first] = values[e]
-    return stop
+    (``joint_sparse``; its bits from bit index ``bit`` of mask): eps, or where the bit is
+    set the next kept p from values[k] on, 16 columns a step (``_simd.expand``); returns
+    the index of the value after the last one used."""
+    eps = splat(MACHINE_EPSILON)
+    step = U64(LANES)
+    t = U64(lo - i - 1)
+    end = U64(hi - i - 1)
+    while t + step <= end:
+        m = bits16(mask, bit + t)
+        store(out, t, expand(values, k, m, eps))
+        k += popcount(m)
+        t += step
+    if t < end:
+        m = bits16(mask, bit + t) & ((U64(1) << (end - t)) - U64(1))
+        store_first(out, t, end - t, expand(values, k, m, eps))
+        k += popcount(m)
+    return k
 
 
 @njit(cache=True, inline="always")
-def _piece(P, indptr, indices, values, XT, beta, sum_p, total, i, dist, acc, scratch):
+def _piece(P, starts, mask, values, XT, beta, sum_p, total, i, dist, acc, scratch):
     """Row i's pairs (i, j > i) of P, indexed j - i - 1: a view of packed P, or built into
     scratch from the sparse pairs (eps, then the kept ones), or recomputed into it. All
     three give the same bits."""
@@ -364,15 +378,15 @@ def _piece(P, indptr, indices, values, XT, beta, sum_p, total, i, dist, acc, scr
         start = packed_start(i, n)
         return P[start : start + n - i - 1]
     out = scratch[: n - i - 1]
-    if indptr.shape[0] > 0:
-        _segment(indices, values, indptr[i], indptr[i + 1], i, i + 1, n, out)
+    if starts.shape[1] > 0:
+        _segment(mask, values, starts[0, i], U64(8 * starts[1, i]), i, i + 1, n, out)
         return out
     _joint_row(XT, i, beta, sum_p, total, dist, acc, out)
     return out
 
 
 @njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
-def p_log_p(P, indptr, indices, values, XT, beta, sum_p, total, out):
+def p_log_p(P, starts, mask, values, XT, beta, sum_p, total, out):
     """Partial sums over pairs j != i of p and of p log p, one per row set into
     out [2, BUILD_PARTS] (the constant parts of the KL)."""
     n = beta.shape[0]
@@ -383,7 +397,7 @@ def p_log_p(P, indptr, indices, values, XT, beta, sum_p, total, out):
         s = 0.0
         t = 0.0
         for i in range(part, n - 1, BUILD_PARTS):
-            seg = _piece(P, indptr, indices, values, XT, beta, sum_p, total, i, dist, acc, scratch)
+            seg = _piece(P, starts, mask, values, XT, beta, sum_p, total, i, dist, acc, scratch)
             for k in range(U64(seg.shape[0])):
                 p = np.float64(seg[k])
                 s += p
@@ -392,8 +406,8 @@ def p_log_p(P, indptr, indices, values, XT, beta, sum_p, total, out):
         out[1, part] = 2.0 * t
 
 
-def p_sums(P, indptr, indices, values, XT, beta, sum_p, total) -> tuple[float, float]:
+def p_sums(P, starts, mask, values, XT, beta, sum_p, total) -> tuple[float, float]:
     """(sum of p, sum of p log p) over pairs j != i: the constant parts of the KL."""
     out = np.empty((2, BUILD_PARTS))
-    p_log_p(P, indptr, indices, values, XT, beta, sum_p, total, out)
+    p_log_p(P, starts, mask, values, XT, beta, sum_p, total, out)
     return float(np.sum(out[0])), float(np.sum(out[1]))

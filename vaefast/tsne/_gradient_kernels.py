@@ -13,6 +13,20 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from vaefast.tsne._simd import (
+    LANES,
+    bits16,
+    expand,
+    popcount,
+    fma,
+    keep_first,
+    load,
+    load_first,
+    splat,
+    store,
+    store_first,
+    total,
+)
 from vaefast.tsne._vecmath import log_positive32
 from vaefast.tsne._affinity_kernels import (
     DIST_BLOCK,
@@ -21,6 +35,7 @@ from vaefast.tsne._affinity_kernels import (
     ROW_CHUNK,
     U64,
     _piece,
+    MACHINE_EPSILON,
     _segment,
     units,
 )
@@ -78,93 +93,121 @@ def _pair_row(y0, y1, p, i, stop, c0, c1, c2, c3):
     return sw, a0, a1, r0, r1
 
 
-@njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
-def _pair_block(y0, y1, pa, pb, pc, a, lo, hi, out, c0, c1, c2, c3):
+@njit(cache=True, inline="always")
+def _kernel(a0, a1, x0, x1, p, one, k, full):
+    """One row's pairs with 16 columns (coordinates a0, a1 against x0, x1; their p): d0,
+    d1, w, p w and w^2, with w zero past the first k lanes unless ``full``."""
+    d0 = a0 - x0
+    d1 = a1 - x1
+    w = one / fma(d0, d0, fma(d1, d1, one))
+    if not full:
+        w = keep_first(w, k)
+    return d0, d1, w, p * w, w * w
+
+
+@njit(cache=True, inline="always")
+def _p_lanes(src, r, k, full, offset, cursor):
+    """Row r's (0, 1, 2 of the block) p over 16 columns from offset j - r - 1 of its row
+    (the first k lanes when not ``full``) and the row's next value index: a load of
+    packed P, or from sparse P (``src[0]``) the row's bits and an expansion of its next
+    kept values, eps where a bit is clear."""
+    sparse, pa, pb, pc, mask, values, ba, bb, bc, eps = src
+    if not sparse:
+        p = pa if r == 0 else pb if r == 1 else pc
+        return (load(p, offset) if full else load_first(p, offset, k)), cursor
+    m = bits16(mask, (ba if r == 0 else bb if r == 1 else bc) + offset)
+    if not full:
+        m &= (U64(1) << k) - U64(1)
+    return expand(values, cursor, m, eps), cursor + popcount(m)
+
+
+@njit(cache=True, inline="always")
+def _lanes(y0, y1, src, rows, j, k, full, c0, c1, c2, c3, s, ks):
+    """``_pair_block``'s step over the 16 columns j..j + 15 (the first k when not
+    ``full``): returns the three rows' 15 sums s, each plus its lanes' terms, and their
+    next value indices ks (sparse P), and subtracts the step's shares from the columns'
+    buffers."""
+    fa, fb, fc, a0, a1, b0, b1, g0, g1, one = rows
+    if full:
+        x0, x1 = load(y0, j), load(y1, j)
+    else:
+        x0, x1 = load_first(y0, j, k), load_first(y1, j, k)
+    qa, ka = _p_lanes(src, 0, k, full, j - fa, ks[0])
+    qb, kb = _p_lanes(src, 1, k, full, j - fb, ks[1])
+    qc, kc = _p_lanes(src, 2, k, full, j - fc, ks[2])
+    e0, e1, w, pw, ww = _kernel(a0, a1, x0, x1, qa, one, k, full)
+    f0, f1, z, pz, zz = _kernel(b0, b1, x0, x1, qb, one, k, full)
+    k0, k1, v, pv, vv = _kernel(g0, g1, x0, x1, qc, one, k, full)
+    t0 = fma(pv, k0, fma(pz, f0, pw * e0))
+    t1 = fma(pv, k1, fma(pz, f1, pw * e1))
+    t2 = fma(vv, k0, fma(zz, f0, ww * e0))
+    t3 = fma(vv, k1, fma(zz, f1, ww * e1))
+    if full:
+        store(c0, j, load(c0, j) - t0)
+        store(c1, j, load(c1, j) - t1)
+        store(c2, j, load(c2, j) - t2)
+        store(c3, j, load(c3, j) - t3)
+    else:
+        store_first(c0, j, k, load_first(c0, j, k) - t0)
+        store_first(c1, j, k, load_first(c1, j, k) - t1)
+        store_first(c2, j, k, load_first(c2, j, k) - t2)
+        store_first(c3, j, k, load_first(c3, j, k) - t3)
+    return (
+        s[0] + w,
+        fma(pw, e0, s[1]),
+        fma(pw, e1, s[2]),
+        fma(ww, e0, s[3]),
+        fma(ww, e1, s[4]),
+        s[5] + z,
+        fma(pz, f0, s[6]),
+        fma(pz, f1, s[7]),
+        fma(zz, f0, s[8]),
+        fma(zz, f1, s[9]),
+        s[10] + v,
+        fma(pv, k0, s[11]),
+        fma(pv, k1, s[12]),
+        fma(vv, k0, s[13]),
+        fma(vv, k1, s[14]),
+    ), (ka, kb, kc)
+
+
+@njit(cache=True, inline="always")
+def _pair_block(y0, y1, src, a, lo, hi, out, c0, c1, c2, c3, ks):
     """``_pair_row`` for the three rows a, a + 1, a + 2 at once over the columns
-    lo <= j < hi, lo = a + 3 + a multiple of ROW_CHUNK (row r's p indexed j - r - 1):
-    each column's coordinates and buffers are loaded and stored once for three rows,
-    which leaves the loop bound by arithmetic (~15 float32 operations a pair; four rows
-    run out of vector registers and measured 5-8% slower). Adds the 5 sums of each row,
-    in row order, to out [15] every ROW_CHUNK columns: the same bits whether the columns
-    come in one call or chunk by chunk."""
-    one = np.float32(1.0)
-    a0 = y0[a]
-    a1 = y1[a]
-    b0 = y0[a + 1]
-    b1 = y1[a + 1]
-    g0 = y0[a + 2]
-    g1 = y1[a + 2]
-    fa = U64(a + 1)
-    fb = U64(a + 2)
-    fc = U64(a + 3)
+    lo <= j < hi, lo = a + 3 + a multiple of ROW_CHUNK, with their p from ``src``
+    (``_p_lanes``: rows of packed P, row r's indexed j - r - 1, or sparse P with the
+    rows' next value indices ks; returns those after hi), 16 columns a step
+    (``_simd``: one zmm register on AVX-512, two ymm on AVX2; the last step masked):
+    each column's coordinates and buffers are loaded and stored once for three rows, and
+    each product that enters both a row's and a column's sum is fused into both. Adds
+    the 5 sums of each row, in row order, to out [15] every ROW_CHUNK columns: the same
+    bits whether the columns come in one call or chunk by chunk."""
+    rows = (
+        U64(a + 1),
+        U64(a + 2),
+        U64(a + 3),
+        splat(y0[a]),
+        splat(y1[a]),
+        splat(y0[a + 1]),
+        splat(y1[a + 1]),
+        splat(y0[a + 2]),
+        splat(y1[a + 2]),
+        splat(1.0),
+    )
+    z = splat(0.0)
+    step = U64(LANES)
     for start in range(lo, hi, ROW_CHUNK):
-        aw = np.float32(0.0)
-        ax = np.float32(0.0)
-        ay = np.float32(0.0)
-        au = np.float32(0.0)
-        av = np.float32(0.0)
-        bw = np.float32(0.0)
-        bx = np.float32(0.0)
-        by = np.float32(0.0)
-        bu = np.float32(0.0)
-        bv = np.float32(0.0)
-        cw = np.float32(0.0)
-        cx = np.float32(0.0)
-        cy = np.float32(0.0)
-        cu = np.float32(0.0)
-        cv = np.float32(0.0)
-        for j in range(U64(start), U64(min(start + ROW_CHUNK, hi))):
-            x0 = y0[j]
-            x1 = y1[j]
-            e0 = a0 - x0
-            e1 = a1 - x1
-            w = one / (one + e0 * e0 + e1 * e1)
-            pw = pa[j - fa] * w
-            ww = w * w
-            aw += w
-            ax += pw * e0
-            ay += pw * e1
-            au += ww * e0
-            av += ww * e1
-            f0 = b0 - x0
-            f1 = b1 - x1
-            z = one / (one + f0 * f0 + f1 * f1)
-            pz = pb[j - fb] * z
-            zz = z * z
-            bw += z
-            bx += pz * f0
-            by += pz * f1
-            bu += zz * f0
-            bv += zz * f1
-            k0 = g0 - x0
-            k1 = g1 - x1
-            v = one / (one + k0 * k0 + k1 * k1)
-            pv = pc[j - fc] * v
-            vv = v * v
-            cw += v
-            cx += pv * k0
-            cy += pv * k1
-            cu += vv * k0
-            cv += vv * k1
-            c0[j] -= pw * e0 + pz * f0 + pv * k0
-            c1[j] -= pw * e1 + pz * f1 + pv * k1
-            c2[j] -= ww * e0 + zz * f0 + vv * k0
-            c3[j] -= ww * e1 + zz * f1 + vv * k1
-        out[0] += aw
-        out[1] += ax
-        out[2] += ay
-        out[3] += au
-        out[4] += av
-        out[5] += bw
-        out[6] += bx
-        out[7] += by
-        out[8] += bu
-        out[9] += bv
-        out[10] += cw
-        out[11] += cx
-        out[12] += cy
-        out[13] += cu
-        out[14] += cv
+        stop = U64(min(start + ROW_CHUNK, hi))
+        s = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)  # the 15 sums
+        j = U64(start)
+        while j + step <= stop:
+            s, ks = _lanes(y0, y1, src, rows, j, step, True, c0, c1, c2, c3, s, ks)
+            j += step
+        if j < stop:
+            s, ks = _lanes(y0, y1, src, rows, j, stop - j, False, c0, c1, c2, c3, s, ks)
+        for t in range(15):
+            out[t] += total(s[t])
+    return ks
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
@@ -336,25 +379,33 @@ def _group_end(r, rows, block):
             rows[k, r + g] += block[5 * g + k]
 
 
-@njit(cache=True, inline="always")
-def _sparse_group(Y, indptr, indices, values, r, scratch, c32, rows, block):
-    """The block of rows r, r + 1, r + 2 (2-D) from sparse P: each row's p built
-    ROW_CHUNK columns at a time into scratch, in L1, just before the block's arithmetic
-    reads them (the same bits as from whole rows)."""
-    n = Y.shape[1]
-    pa = scratch[0]
-    pb = scratch[1]
-    pc = scratch[2]
-    ka = _segment(indices, values, indptr[r], indptr[r + 1], r, r + 1, r + 3, pa)
-    kb = _segment(indices, values, indptr[r + 1], indptr[r + 2], r + 1, r + 2, r + 3, pb)
-    kc = indptr[r + 2]
+@njit(cache=True)
+def _dense_group(Y, pa, pb, pc, mask, values, r, c32, rows, block):
+    """The block of rows r, r + 1, r + 2 (2-D) from their rows of packed P (pa, pb, pc).
+    Compiled on its own, as ``_sparse_group``: each inlines ``_pair_block`` with its
+    kind of P fixed, and Numba's parallel analysis never sees its tuples."""
     _group_start(Y, pa, pb, r, c32, rows, block)
-    for lo in range(r + 3, n, ROW_CHUNK):
-        hi = min(lo + ROW_CHUNK, n)
-        ka = _segment(indices, values, ka, indptr[r + 1], r, lo, hi, pa)
-        kb = _segment(indices, values, kb, indptr[r + 2], r + 1, lo, hi, pb)
-        kc = _segment(indices, values, kc, indptr[r + 3], r + 2, lo, hi, pc)
-        _pair_block(Y[0], Y[1], pa, pb, pc, r, lo, hi, block, c32[0], c32[1], c32[2], c32[3])
+    src = (False, pa, pb, pc, mask, values, U64(0), U64(0), U64(0), splat(0.0))
+    ks = (0, 0, 0)
+    _pair_block(Y[0], Y[1], src, r, r + 3, Y.shape[1], block, c32[0], c32[1], c32[2], c32[3], ks)
+    _group_end(r, rows, block)
+
+
+@njit(cache=True)
+def _sparse_group(Y, starts, mask, values, r, scratch, c32, rows, block):
+    """The block of rows r, r + 1, r + 2 (2-D) from sparse P: the pairs inside the
+    block from its first rows rebuilt, then the rows' kept values expanded 16 columns
+    at a time as the block's arithmetic needs them (the same bits as from whole rows)."""
+    ba = U64(8 * starts[1, r])
+    bb = U64(8 * starts[1, r + 1])
+    bc = U64(8 * starts[1, r + 2])
+    ka = _segment(mask, values, starts[0, r], ba, r, r + 1, r + 3, scratch[0])
+    kb = _segment(mask, values, starts[0, r + 1], bb, r + 1, r + 2, r + 3, scratch[1])
+    _group_start(Y, scratch[0], scratch[1], r, c32, rows, block)
+    eps = splat(MACHINE_EPSILON)
+    src = (True, scratch[0], scratch[1], scratch[2], mask, values, ba, bb, bc, eps)
+    ks = (ka, kb, starts[0, r + 2])
+    _pair_block(Y[0], Y[1], src, r, r + 3, Y.shape[1], block, c32[0], c32[1], c32[2], c32[3], ks)
     _group_end(r, rows, block)
 
 
@@ -362,8 +413,8 @@ def _sparse_group(Y, indptr, indices, values, r, scratch, c32, rows, block):
 def gradient(
     Y,
     P,
-    indptr,
-    indices,
+    starts,
+    mask,
     values,
     XT,
     beta,
@@ -380,7 +431,7 @@ def gradient(
 ):
     """The exact gradient (and KL terms when asked) at the embedding Y [dims, N] float32
     (dims 2: Cauchy kernel; 3: scikit-learn's Student-t with 2 degrees of freedom), from
-    packed P, or its pairs above eps (indptr, indices, values: ``joint_sparse``), or,
+    packed P, or its pairs above eps (starts, mask, values: ``joint_sparse``), or,
     when both are empty, P's pairs recomputed on the fly; returns Z, the sum of the
     kernel.
 
@@ -398,7 +449,7 @@ def gradient(
     u_count = col32.shape[0]
     kl = 2 * dims + 1
     blocks = (n + GROUP - 1) // GROUP
-    chunked = P.shape[0] == 0 and indptr.shape[0] > 0
+    chunked = P.shape[0] == 0 and starts.shape[1] > 0
     for u in prange(u_count):
         c32 = col32[u]
         c64 = col64[u]
@@ -414,22 +465,18 @@ def gradient(
         for blk in range(u, blocks, u_count):  # the set's blocks of GROUP rows
             r = blk * GROUP
             if dims == 2 and r + GROUP <= n and chunked and not with_kl:
-                _sparse_group(Y, indptr, indices, values, r, scratch, c32, rows, block)
+                _sparse_group(Y, starts, mask, values, r, scratch, c32, rows, block)
             elif dims == 2 and r + GROUP <= n:
                 pa = _piece(
-                    P, indptr, indices, values, XT, beta, sum_p, total, r, dist, acc, scratch[0]
+                    P, starts, mask, values, XT, beta, sum_p, total, r, dist, acc, scratch[0]
                 )
                 pb = _piece(
-                    P, indptr, indices, values, XT, beta, sum_p, total, r + 1, dist, acc, scratch[1]
+                    P, starts, mask, values, XT, beta, sum_p, total, r + 1, dist, acc, scratch[1]
                 )
                 pc = _piece(
-                    P, indptr, indices, values, XT, beta, sum_p, total, r + 2, dist, acc, scratch[2]
+                    P, starts, mask, values, XT, beta, sum_p, total, r + 2, dist, acc, scratch[2]
                 )
-                _group_start(Y, pa, pb, r, c32, rows, block)
-                _pair_block(
-                    Y[0], Y[1], pa, pb, pc, r, r + 3, n, block, c32[0], c32[1], c32[2], c32[3]
-                )
-                _group_end(r, rows, block)
+                _dense_group(Y, pa, pb, pc, mask, values, r, c32, rows, block)
                 if with_kl:
                     rows[kl, r] = _kl_row(Y, pa, r)
                     rows[kl, r + 1] = _kl_row(Y, pb, r + 1)
@@ -437,7 +484,7 @@ def gradient(
             else:  # 3-D, or the last, short block
                 for i in range(r, min(r + GROUP, n)):
                     p = _piece(
-                        P, indptr, indices, values, XT, beta, sum_p, total, i, dist, acc, scratch[0]
+                        P, starts, mask, values, XT, beta, sum_p, total, i, dist, acc, scratch[0]
                     )
                     if dims == 2:
                         _row_sums(Y, p, i, n, c32, rows)

@@ -18,7 +18,7 @@ from vaefast.tsne._affinity_kernels import (
     packed_start,
     rows_from_packed,
 )
-from vaefast.tsne import _affinity_kernels, _gradient_kernels, _placement_kernels, _vecmath
+from vaefast.tsne import _affinity_kernels, _gradient_kernels, _placement_kernels, _simd, _vecmath
 from vaefast.tsne._gradient_kernels import descent_update, gradient, gradient_workspace
 from vaefast.tsne._placement_kernels import (
     place_points,
@@ -28,7 +28,7 @@ from vaefast.tsne._placement_kernels import (
 from vaefast.tsne.precompiled import attach
 
 # the shipped machine code of this CPU's level, where there is some (first runs skip Numba)
-MODULES = [_vecmath, _affinity_kernels, _gradient_kernels, _placement_kernels]
+MODULES = [_vecmath, _simd, _affinity_kernels, _gradient_kernels, _placement_kernels]
 LEVEL = attach(MODULES)
 
 __all__ = [

@@ -12,10 +12,11 @@ gradient shares bit for bit.
 P is kept in the first of three forms that fits ``max_dense_bytes`` (default: half of the
 memory available when it is built), all giving the gradient kernel the same bits:
 
-- dense: its packed upper triangle (float32, 2 N^2 bytes, its only N^2 array);
-- sparse: only the pairs above the floor eps (8 bytes each: a column and a value), every
-  other pair being eps. On VAE latent means 43 % of the pairs at N = 20,000 and 17 % at
-  100,000, so this is what fits a 100,000-point P in 7 GB instead of 20;
+- dense: its packed upper triangle (float32, 2 N^2 bytes, its only N^2 array), while
+  that is at most ``SPARSE_FROM_BYTES`` (N up to about 8,000) on AVX-512 CPUs;
+- sparse: a bit a pair (set where p is above the floor eps) and the values of the set
+  ones (4 bytes each), every other pair being eps. On VAE latent means 43 % of the pairs
+  are kept at N = 20,000 and 17 % at 100,000: 0.37 and 4.0 GB instead of 0.8 and 20;
 - recomputed: only the per-point precisions and normalizers (O(N)), P's pairs
   recomputed inside the gradient kernel (20-D distances and two exponentials a pair:
   about 15x slower per iteration than stored).
@@ -32,6 +33,22 @@ import numpy as np
 from vaefast.tsne.backends import DEFAULT, kernels
 
 FALLBACK_DENSE_BYTES = 1 << 30  # where the available memory cannot be read
+# A packed P above this streams from memory at every iteration; sparse P moves less than
+# half its bytes there and, where AVX-512 expands its values in one instruction, the
+# gradient runs faster from it (measured crossover between N = 5,000 and 10,000 on VAE
+# means: RESULTS.md), so there it is kept sparse by default. With AVX2 the expansion is
+# sixteen scalar steps and dense stays faster (20,000 points: 44 against 51 ms).
+SPARSE_FROM_BYTES = 128 << 20
+
+
+def sparse_from_bytes() -> int | None:
+    """``SPARSE_FROM_BYTES`` on CPUs that run the AVX-512 kernels, else None (dense while
+    it fits the budget)."""
+    from vaefast.tsne.precompiled import host_level
+
+    return SPARSE_FROM_BYTES if host_level() == "x86-64-v4" else None
+
+
 GEMM_MIN_FEATURES = 96  # from this many features, distances go through BLAS (RESULTS.md)
 GEMM_ROWS = 512  # rows per GEMM block (a [512, N] float64 block: 20 MB at N = 5,000)
 
@@ -66,7 +83,7 @@ class Affinities:
     """Joint probabilities P: dense, sparse or recomputed (see the module).
 
     ``P`` is the packed upper triangle [N (N - 1) / 2] (pair (i, j > i) at
-    ``packed_start(i, N) + j - i - 1``) or empty. ``indptr`` [N + 1], ``indices`` and
+    ``packed_start(i, N) + j - i - 1``) or empty. ``starts`` [2, N + 1], ``mask`` and
     ``values`` hold the pairs above eps (``joint_sparse``), or are empty. With neither,
     pairs are recomputed from ``XT`` = X.T [D, N] float64, ``beta``, ``sum_p`` and
     ``total``.
@@ -78,8 +95,8 @@ class Affinities:
     sum_p: np.ndarray
     total: float
     backend: str = DEFAULT
-    indptr: np.ndarray = field(default_factory=lambda: _empty(np.int64))
-    indices: np.ndarray = field(default_factory=lambda: _empty(np.int32))
+    starts: np.ndarray = field(default_factory=lambda: np.empty((2, 0), np.int64))
+    mask: np.ndarray = field(default_factory=lambda: _empty(np.uint8))
     values: np.ndarray = field(default_factory=lambda: _empty(P_DTYPE))
 
     @property
@@ -94,18 +111,18 @@ class Affinities:
     @property
     def storage(self) -> str:
         """How P is kept: ``dense``, ``sparse`` or ``recomputed``."""
-        return "dense" if self.dense else "sparse" if self.indptr.size else "recomputed"
+        return "dense" if self.dense else "sparse" if self.starts.size else "recomputed"
 
     @property
     def nbytes(self) -> int:
         """Bytes of P as kept (0 when recomputed)."""
-        return self.P.nbytes + self.indptr.nbytes + self.indices.nbytes + self.values.nbytes
+        return self.P.nbytes + self.starts.nbytes + self.mask.nbytes + self.values.nbytes
 
     def kernel_args(self) -> tuple:
         return (
             self.P,
-            self.indptr,
-            self.indices,
+            self.starts,
+            self.mask,
             self.values,
             self.XT,
             self.beta,
@@ -121,9 +138,10 @@ class Affinities:
         out = np.empty(k.packed_size(self.n), P_DTYPE)
         if self.storage == "sparse":
             out[:] = P_DTYPE(k.MACHINE_EPSILON)
-            rows = np.repeat(np.arange(self.n), np.diff(self.indptr))
-            starts = rows * self.n - rows * (rows + 1) // 2
-            out[starts + self.indices - rows - 1] = self.values
+            rows = np.repeat(np.arange(self.n), np.arange(self.n - 1, -1, -1))
+            column = np.arange(out.size) - (rows * self.n - rows * (rows + 1) // 2)
+            bits = np.unpackbits(self.mask, bitorder="little").astype(bool)
+            out[bits[8 * self.starts[1, rows] + column]] = self.values
             return out
         k.joint_packed(self.XT, self.beta, self.sum_p, self.total, out)
         return out
@@ -163,9 +181,10 @@ def joint_probabilities(
 
     The per-point precisions come first (O(N) memory); then P is kept dense when the
     packed triangle's ``2 N^2`` bytes fit ``max_dense_bytes`` (default: half the
-    available memory), else sparse when its pairs above eps fit (counted in one pass over
-    the pairs), else recomputed. ``storage`` forces one of ``STORAGES``. ``n_jobs``: BLAS
-    threads for the distance GEMMs (default: numpy's).
+    available memory) and, on AVX-512 CPUs, ``SPARSE_FROM_BYTES``, else sparse when its
+    pairs above eps fit (counted in one pass over the pairs), else recomputed.
+    ``storage`` forces one of ``STORAGES``. ``n_jobs``: BLAS threads for the distance
+    GEMMs (default: numpy's).
     """
     t0 = time.perf_counter()
     k = kernels(backend)
@@ -177,7 +196,10 @@ def joint_probabilities(
     beta, sum_p, row_total = np.empty(n), np.empty(n), np.empty(n)
     log_p = log_perplexity(perplexity)
     size = k.packed_size(n)
-    dense = storage == "dense" or (storage is None and 4 * size <= budget)
+    cap = sparse_from_bytes()
+    dense = storage == "dense" or (
+        storage is None and 4 * size <= (budget if cap is None else min(budget, cap))
+    )
     P = np.empty(size if dense else 0, P_DTYPE)
     # X.T, float64 (exact for float32 X): what the recomputed pairs are summed from
     XT = (
@@ -198,7 +220,11 @@ def joint_probabilities(
         if P.size:
             k.joint_packed(XT, beta, sum_p, total, P)
     sparse = {}
-    if not dense and n > 1 and (storage == "sparse" or (storage is None and budget > 8 * n)):
+    if (
+        not dense
+        and n > 1
+        and (storage == "sparse" or (storage is None and budget > n * (n - 1) // 16))
+    ):
         sparse = _sparse_pairs(XT, beta, sum_p, total, k, None if storage else budget)
     _report(beta, time.perf_counter() - t0, verbose)
     return Affinities(P, XT, beta, sum_p, total, backend, **sparse)
@@ -213,14 +239,15 @@ def _sparse_pairs(XT, beta, sum_p, total, k, budget: int | None) -> dict:
     n = beta.shape[0]
     counts = np.zeros(n, np.int64)
     k.joint_sparse_counts(XT, beta, sum_p, total, counts)
-    nnz = int(counts.sum())
-    if budget is not None and 8 * (n + 1) + 8 * nnz > budget:
+    starts = np.zeros((2, n + 1), np.int64)
+    np.cumsum(counts, out=starts[0, 1:])
+    np.cumsum((np.arange(n - 1, -1, -1) + 7) // 8, out=starts[1, 1:])  # each row's bytes
+    nnz, mask_bytes = int(starts[0, n]), int(starts[1, n]) + 8  # 8: bits16's reach
+    if budget is not None and starts.nbytes + mask_bytes + 4 * nnz > budget:
         return {}
-    indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    indices, values = np.empty(nnz, np.int32), np.empty(nnz, P_DTYPE)
-    k.joint_sparse(XT, beta, sum_p, total, indptr, indices, values)
-    return {"indptr": indptr, "indices": indices, "values": values}
+    mask, values = np.zeros(mask_bytes, np.uint8), np.empty(nnz, P_DTYPE)
+    k.joint_sparse(XT, beta, sum_p, total, starts, mask, values)
+    return {"starts": starts, "mask": mask, "values": values}
 
 
 def squared_distances(

@@ -32,11 +32,12 @@ class TSNE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     Every pair contributes to attraction and repulsion (no Barnes-Hut, FFT or kNN
     truncation); each unordered pair is computed once per iteration. P is stored (float32
-    upper triangle) while its ``2 N^2`` bytes fit ``max_dense_bytes`` (default None: half
-    the memory available at fit time), else as its pairs above scikit-learn's floor eps
-    (8 bytes each) while those fit, else recomputed to the same bits on the fly so memory
-    stays O(N D) (euclidean metric). Results are bit-identical for a given
-    ``random_state`` whatever ``n_jobs`` is, however P is kept.
+    upper triangle) up to N of about 8,000 with AVX-512 (without, while it fits), else as
+    its pairs above scikit-learn's floor eps (a bit a pair, 4 bytes a kept one), as long
+    as it fits ``max_dense_bytes`` (default None: half the memory available at fit time),
+    else recomputed to the same bits on the fly so memory stays O(N D) (euclidean
+    metric). Results are bit-identical for a given ``random_state`` whatever ``n_jobs``
+    is, however P is kept.
 
     Parameters follow ``sklearn.manifold.TSNE(method="exact")``: ``method`` accepts only
     "exact" (the error names what to use for Barnes-Hut); ``angle`` is accepted and unused
