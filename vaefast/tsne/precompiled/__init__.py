@@ -3,8 +3,9 @@ shipped in the package, so a first map on a fresh install does not wait ~20 s fo
 Numba to compile its kernels.
 
 Each level folder (``x86-64-v4``: AVX-512; ``x86-64-v3``: AVX2 and FMA) is an ordinary
-Numba cache, compiled for that level's CPU name with no host-specific features
-(``python -m vaefast.tsne.precompiled.build``, ``make kernels``). At import, each kernel
+Numba cache, compiled for that level's CPU name with no host-specific features, only
+the level's ``TUNING`` (512-bit vectors for AVX-512) (``python -m
+vaefast.tsne.precompiled.build``, ``make kernels``). At import, each kernel
 of the numba backend gets a cache that first looks in the folder of the highest level
 this CPU runs, then in Numba's own cache. An entry is used only where everything it was
 built from matches: the kernels' sources (``stamp``), Numba's version, the Python
@@ -28,6 +29,10 @@ _V2 = ("cx16", "sahf", "popcnt", "sse3", "sse4.1", "sse4.2", "ssse3")
 _V3 = (*_V2, "avx", "avx2", "bmi", "bmi2", "f16c", "fma", "lzcnt", "movbe", "xsave")
 _V4 = (*_V3, "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")
 LEVELS = {"x86-64-v4": _V4, "x86-64-v3": _V3}
+# LLVM features each level is built with beyond its CPU name: LLVM tunes x86-64-v4 to
+# prefer 256-bit vectors, and the loops it vectorizes itself (P's binary search, the KL's
+# logs) run ~1.25x faster in 512-bit ones (RESULTS.md); the pair kernel's are explicit.
+TUNING = {"x86-64-v4": "-prefer-256-bit", "x86-64-v3": ""}
 OFF = "VAEFAST_PRECOMPILED"  # "0": compile locally, as without shipped code
 
 
@@ -79,7 +84,8 @@ def _shipped_cache_class():
         def _load_overload(self, sig, target_context):
             if self._enabled:
                 sig_key, magic, code = self._index_key(sig, target_context.codegen())
-                data = self._shipped.load((sig_key, (magic[0], self._level, ""), code))
+                key = (sig_key, (magic[0], self._level, TUNING[self._level]), code)
+                data = self._shipped.load(key)
                 if data is not None:
                     return self._impl.rebuild(target_context, data)
             return super()._load_overload(sig, target_context)

@@ -4,9 +4,9 @@ every level in ``LEVELS``, into the package (or the folder given).
 First the public t-SNE paths run once on small data with Numba compiling for this CPU,
 which records every kernel signature they reach. Then, one process per level, each
 signature is compiled (not run: any x86-64 machine builds every level) with Numba's CPU
-name set to the level and no host features, and saved as a Numba cache entry, with
-``manifest.json`` beside the levels. Run it after editing a kernel module: a test checks
-that the shipped code was built from today's sources.
+name set to the level, no host features and the level's ``TUNING``, and saved as a
+Numba cache entry, with ``manifest.json`` beside the levels. Run it after editing a
+kernel module: a test checks that the shipped code was built from today's sources.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vaefast.tsne.precompiled import LEVELS, OFF, ROOT, dispatchers, stamp
+from vaefast.tsne.precompiled import LEVELS, OFF, ROOT, TUNING, dispatchers, stamp
 
 
 def kernel_modules() -> list:
@@ -126,7 +126,7 @@ def build(root: Path = ROOT) -> None:
                 ["compile", str(signatures), str(staged)],
                 NUMBA_CACHE_DIR=str(tmp / f"cache-{level}"),
                 NUMBA_CPU_NAME=level,
-                NUMBA_CPU_FEATURES="",
+                NUMBA_CPU_FEATURES=TUNING[level],
             )
             shutil.rmtree(root / level, ignore_errors=True)
             shutil.move(staged, root / level)
